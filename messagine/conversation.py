@@ -1,0 +1,259 @@
+"""The conversation service: the rules of the lobby and of chats.
+
+Starting, searching, leaving the lobby, ending a chat (with confirmation), /next, the
+language, help and about. Each method takes the sender's state as the update opened it,
+makes at most the storage calls its rule needs (each atomic in the repository) and
+sends the notices. A re-delivered update that had already changed state (``resumed``)
+sends its notices again rather than reporting a different state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from messagine import keyboards
+from messagine.answer import Answer
+from messagine.catalog import Catalog, Texts
+from messagine.languages import LANGUAGES, language_name
+from messagine.models import ActiveChat, EndReason, MatchOutcome, UserState
+from messagine.storage.port import Repository
+from messagine.telegram import Telegram, TelegramBlocked
+
+log = logging.getLogger(__name__)
+
+# A partner found to have blocked the bot is dropped and the search goes on; bounded so a
+# run of stale lobby entries cannot hold the request past its deadline.
+_MAX_MATCH_ATTEMPTS = 3
+
+
+class Conversation:
+    """The lobby and chat rules for one bot instance."""
+
+    def __init__(
+        self, repository: Repository, telegram: Telegram, catalog: Catalog,
+        recent_partners: int, clock: Callable[[], float],
+    ) -> None:
+        self.repository = repository
+        self.telegram = telegram
+        self.catalog = catalog
+        self.recent_partners = recent_partners
+        self.clock = clock
+
+    def texts(self, language: str) -> Texts:
+        """The catalog for a user's language (English where there is none)."""
+        return self.catalog.for_language(language)
+
+    # -- start, help, about --------------------------------------------------------------
+
+    def start(self, user: UserState, answer: Answer) -> str:
+        """Welcome a new user (naming their language) or greet a returning one."""
+        t = self.texts(user.language)
+        if user.is_new:
+            answer.send(t("start.welcome_new", language=language_name(user.language)),
+                        keyboards.welcome_new(t))
+            return "start:new"
+        answer.send(t("start.welcome_back"), keyboards.idle(t) if user.chat is None
+                    else keyboards.in_chat(t))
+        return "start:known"
+
+    def help(self, user: UserState, answer: Answer) -> str:
+        """The help text with a button for the user's state."""
+        t = self.texts(user.language)
+        answer.send(t("help.text"), keyboards.help_menu(t, user))
+        return "help"
+
+    def about(self, user: UserState, answer: Answer) -> str:
+        """Counts of users, chats and waiting users."""
+        counts = self.repository.counts(user.user_id)
+        t = self.texts(user.language)
+        answer.send(t("about.text", users=counts.users, active_chats=counts.active_chats,
+                      previous_chats=counts.previous_chats,
+                      my_previous_chats=counts.my_previous_chats, waiting=counts.waiting))
+        return "about"
+
+    # -- the lobby -----------------------------------------------------------------------
+
+    def find_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """Pair the user at once with a compatible waiting user, or put them in the lobby."""
+        t = self.texts(user.language)
+        for _ in range(_MAX_MATCH_ATTEMPTS):
+            result = self.repository.find_partner(
+                user.user_id, self.recent_partners, self.clock(), update_id)
+            if result.outcome is MatchOutcome.IN_CHAT:
+                answer.send(t("chat.active"), keyboards.in_chat(t))
+                return "find:in_chat"
+            if result.outcome is MatchOutcome.WAITING:
+                answer.send(t("lobby.joined", language=language_name(user.language)),
+                            keyboards.lobby(t))
+                return "find:waiting"
+            if result.outcome is MatchOutcome.ALREADY_WAITING:
+                answer.send(t("lobby.already"), keyboards.lobby(t))
+                return "find:already_waiting"
+            assert result.chat is not None  # noqa: S101 - MATCHED always carries the chat
+            if self._announce_chat(user, result.chat, answer, update_id):
+                return "find:matched"
+        answer.send(t("lobby.already"), keyboards.lobby(t))
+        return "find:partners_unreachable"
+
+    def _announce_chat(
+        self, user: UserState, chat: ActiveChat, answer: Answer, update_id: int
+    ) -> bool:
+        """Tell both users the chat started; False if the partner turned out unreachable."""
+        partner_t = self.texts(chat.partner_language)
+        try:
+            self.telegram.send_text(chat.partner_id, partner_t("chat.started"),
+                                    keyboards.chat_started(partner_t))
+        except TelegramBlocked:
+            # The partner blocked the bot while waiting: drop them and search again.
+            self.repository.end_chat(
+                user.user_id, EndReason.PARTNER_UNREACHABLE, self.clock(), update_id)
+            self.repository.set_blocked(chat.partner_id, blocked=True)
+            return False
+        t = self.texts(user.language)
+        answer.send(t("chat.started"), keyboards.chat_started(t))
+        return True
+
+    def cancel_find(self, user: UserState, answer: Answer) -> str:
+        """Leave the lobby."""
+        t = self.texts(user.language)
+        if self.repository.leave_lobby(user.user_id):
+            answer.send(t("lobby.left"), keyboards.idle(t))
+            return "cancel_find:left"
+        answer.send(t("lobby.not_in"), keyboards.in_chat(t) if user.chat else keyboards.idle(t))
+        return "cancel_find:not_waiting"
+
+    # -- ending chats --------------------------------------------------------------------
+
+    def ask_exit(self, user: UserState, answer: Answer) -> str:
+        """Ask for confirmation before ending a chat, or say why there is nothing to end."""
+        t = self.texts(user.language)
+        if user.chat is not None:
+            answer.send(t("exit.confirm"), keyboards.confirm_exit(t))
+            return "exit:asked"
+        if user.waiting:
+            answer.send(t("exit.in_lobby"), keyboards.lobby(t))
+            return "exit:in_lobby"
+        answer.send(t("exit.idle"), keyboards.idle(t))
+        return "exit:idle"
+
+    def exit_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """End the chat (confirmed); each side is told once, even if both confirm at once."""
+        t = self.texts(user.language)
+        if not self._end(user, EndReason.EXIT, update_id):
+            answer.send(t("exit.already_ended"), keyboards.idle(t))
+            return "exit:already_ended"
+        answer.send(t("exit.closed_by_you"), keyboards.idle(t))
+        return "exit:closed"
+
+    def keep_chat(self, user: UserState, answer: Answer) -> str:
+        """The user said No to ending the chat."""
+        t = self.texts(user.language)
+        answer.send(t("exit.kept") if user.chat else t("exit.already_ended"),
+                    None if user.chat else keyboards.idle(t))
+        return "exit:kept"
+
+    def next_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """End the current chat without confirmation and search again."""
+        ended = self._end(user, EndReason.NEXT, update_id) if user.chat else False
+        outcome = self.find_chat(user, answer, update_id)
+        return ("next:ended+" if ended else "next:") + outcome.removeprefix("find:")
+
+    def _end(self, user: UserState, reason: EndReason, update_id: int) -> bool:
+        ended = self.repository.end_chat(user.user_id, reason, self.clock(), update_id)
+        if ended is None:
+            return False
+        partner_t = self.texts(ended.partner_language)
+        try:
+            self.telegram.send_text(ended.partner_id, partner_t("exit.closed_by_partner"),
+                                    keyboards.idle(partner_t))
+        except TelegramBlocked:
+            self.repository.set_blocked(ended.partner_id, blocked=True)
+        return True
+
+    def partner_unreachable(self, user: UserState, update_id: int) -> None:
+        """The partner blocked the bot: end the chat, mark them, tell the user."""
+        ended = self.repository.end_chat(
+            user.user_id, EndReason.PARTNER_UNREACHABLE, self.clock(), update_id)
+        if ended is not None:
+            self.repository.set_blocked(ended.partner_id, blocked=True)
+        t = self.texts(user.language)
+        self.telegram.send_text(user.user_id, t("partner.unreachable"), keyboards.idle(t))
+
+    def bot_blocked(self, user: UserState, update_id: int) -> str:
+        """The user blocked the bot: mark them, leave the lobby, end the chat, tell the partner."""
+        self.repository.set_blocked(user.user_id, blocked=True)
+        ended = self.repository.end_chat(
+            user.user_id, EndReason.BLOCKED, self.clock(), update_id)
+        if ended is None:
+            return "blocked_bot"
+        partner_t = self.texts(ended.partner_language)
+        try:
+            self.telegram.send_text(ended.partner_id, partner_t("partner.unreachable"),
+                                    keyboards.idle(partner_t))
+        except TelegramBlocked:
+            self.repository.set_blocked(ended.partner_id, blocked=True)
+        return "blocked_bot:chat_ended"
+
+    def bot_unblocked(self, user: UserState) -> str:
+        """The user unblocked the bot (or started it again): clear the mark."""
+        self.repository.set_blocked(user.user_id, blocked=False)
+        return "unblocked_bot"
+
+    # -- saying hi -----------------------------------------------------------------------
+
+    def say_hi(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """Send a greeting, in the partner's language, to the partner."""
+        t = self.texts(user.language)
+        if user.chat is None:
+            answer.send(t("hi.not_in_chat"), keyboards.idle(t))
+            return "hi:not_in_chat"
+        partner_t = self.texts(user.chat.partner_language)
+        try:
+            self.telegram.send_text(user.chat.partner_id, partner_t("hi.greeting"))
+        except TelegramBlocked:
+            self.partner_unreachable(user, update_id)
+            return "hi:partner_unreachable"
+        if answer.carrying_message_id is not None:
+            self.telegram.edit_keyboard(answer.chat_id, answer.carrying_message_id,
+                                        keyboards.after_hi(t))
+        return "hi:sent"
+
+    # -- language ------------------------------------------------------------------------
+
+    def show_languages(self, user: UserState, answer: Answer, *, show_all: bool = False) -> str:
+        """The language picker (top ten, or all)."""
+        t = self.texts(user.language)
+        if user.chat is not None:
+            answer.send(t("language.in_chat"), keyboards.in_chat(t))
+            return "language:in_chat"
+        answer.send(t("language.choose", language=language_name(user.language)),
+                    keyboards.language_picker(t, user.language, show_all=show_all))
+        return "language:picker"
+
+    def toggle_languages(self, user: UserState, answer: Answer, *, show_all: bool) -> str:
+        """Switch the picker between the top ten and all languages, in place."""
+        message_id = answer.carrying_message_id
+        if message_id is None or user.chat is not None:
+            return self.show_languages(user, answer, show_all=show_all)
+        t = self.texts(user.language)
+        self.telegram.edit_keyboard(answer.chat_id, message_id,
+                                    keyboards.language_picker(t, user.language, show_all=show_all))
+        return "language:all" if show_all else "language:top"
+
+    def set_language(self, user: UserState, language: str, answer: Answer, update_id: int) -> str:
+        """Change the matching language; a waiting user is searched for again in the new pool."""
+        if language not in LANGUAGES:
+            return self.show_languages(user, answer)
+        updated = self.repository.set_language(user.user_id, language)
+        if updated.chat is not None:
+            t = self.texts(updated.language)
+            answer.send(t("language.in_chat"), keyboards.in_chat(t))
+            return "language:in_chat"
+        t = self.texts(updated.language)
+        if not updated.waiting:
+            answer.send(t("language.set", language=language_name(language)), keyboards.idle(t))
+            return "language:set"
+        answer.send(t("language.set", language=language_name(language)))
+        return "language:set+" + self.find_chat(updated, Answer(
+            self.telegram, user.user_id), update_id).removeprefix("find:")

@@ -1,0 +1,1 @@
+"""Development tools that are never deployed (.gcloudignore leaves this folder out)."""

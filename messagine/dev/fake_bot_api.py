@@ -1,0 +1,596 @@
+"""A fake Telegram Bot API: a real HTTP server on 127.0.0.1 that keeps a model of the chats.
+
+It answers the Bot API methods the bot uses with realistic results (Message objects,
+message ids increasing per chat and shared by both sides as in a private chat, MessageId
+for copyMessage), records every call, and can be told to fail: 403 for a user who blocked
+the bot, or any status (429 with retry_after, 5xx, a hang) for a method and/or chat.
+
+``FakeUser`` builds the updates a Telegram client would produce (text, media, replies,
+edits, button presses, blocking the bot) and puts the user's own messages into the model,
+so copies can be checked against their originals. Tests use it; so can a local sandbox.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.message
+import email.policy
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+JsonObject = dict[str, Any]
+
+# Fields of a message that are its content: what copyMessage copies.
+CONTENT_FIELDS = (
+    "text", "entities", "caption", "caption_entities", "photo", "video", "animation",
+    "document", "audio", "voice", "video_note", "sticker", "location", "venue", "contact",
+    "dice", "poll", "link_preview_options", "has_media_spoiler",
+)
+_JSON_PARAMS = ("reply_markup", "entities", "caption_entities", "reply_parameters", "commands",
+                "allowed_updates", "scope", "link_preview_options", "message_ids")
+_INT_PARAMS = ("chat_id", "from_chat_id", "message_id", "reply_to_message_id", "offset",
+               "limit", "max_connections")
+
+
+@dataclass
+class ApiCall:
+    """One request the bot made: the method, its decoded parameters and the HTTP status."""
+
+    method: str
+    params: JsonObject
+    status: int = 200
+    at: float = field(default_factory=time.time)
+
+    @property
+    def chat_id(self) -> int | None:
+        """The target chat, where the method has one."""
+        value = self.params.get("chat_id")
+        return value if isinstance(value, int) else None
+
+
+@dataclass
+class FailureRule:
+    """Answer ``status`` (or hang ``delay`` seconds) to matching calls, ``times`` times."""
+
+    method: str | None
+    chat_id: int | None
+    status: int
+    description: str
+    retry_after: int | None
+    times: int | None
+    delay: float = 0.0
+
+    def matches(self, method: str, params: JsonObject) -> bool:
+        """True when the rule applies to this call and has uses left."""
+        return ((self.method is None or self.method == method)
+                and (self.chat_id is None or self.chat_id == params.get("chat_id"))
+                and (self.times is None or self.times > 0))
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+        self.retry_after = retry_after
+
+
+class FakeBotApi:
+    """The fake server and its model of every chat. Use as a context manager or start/stop."""
+
+    def __init__(
+        self, token: str = "123456789:TEST-token-for-the-fake-bot-api-0000",
+        host: str = "127.0.0.1", port: int = 0, username: str = "MessagineTestBot",
+    ) -> None:
+        self.token = token
+        self.bot_user: JsonObject = {
+            "id": int(token.split(":", maxsplit=1)[0]), "is_bot": True, "first_name": "Messagine",
+            "username": username, "can_join_groups": False,
+            "can_read_all_group_messages": False, "supports_inline_queries": False,
+        }
+        self._lock = threading.RLock()
+        self.calls: list[ApiCall] = []
+        self.rules: list[FailureRule] = []
+        self.blocked: set[int] = set()
+        self.chats: dict[int, dict[int, JsonObject]] = {}
+        self._next_message_id: dict[int, int] = {}
+        self._update_ids = itertools.count(1)
+        self.pending_updates: list[JsonObject] = []
+        self.commands: dict[str, list[JsonObject]] = {}
+        self.webhook: JsonObject = {"url": "", "pending_update_count": 0}
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- server lifecycle ----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The base URL to give the bot as TELEGRAM_API_URL."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeBotApi:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeBotApi:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- test controls -------------------------------------------------------------------
+
+    def fail(
+        self, method: str | None = None, chat_id: int | None = None, status: int = 500,
+        description: str | None = None, retry_after: int | None = None,
+        times: int | None = 1, delay: float = 0.0,
+    ) -> FailureRule:
+        """Make matching calls fail (or first hang ``delay`` s); ``times=None``: always."""
+        default = {403: "Forbidden: bot was blocked by the user",
+                   429: f"Too Many Requests: retry after {retry_after}",
+                   400: "Bad Request"}.get(status, "Internal Server Error")
+        rule = FailureRule(method, chat_id, status, description or default, retry_after, times,
+                           delay)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear_failures(self) -> None:
+        """Forget every failure rule."""
+        with self._lock:
+            self.rules.clear()
+
+    def reset_calls(self) -> None:
+        """Forget the recorded calls (the chats stay)."""
+        with self._lock:
+            self.calls.clear()
+
+    def calls_of(self, method: str, chat_id: int | None = None) -> list[ApiCall]:
+        """The successful calls of ``method`` (to ``chat_id`` if given)."""
+        with self._lock:
+            return [c for c in self.calls if c.method == method and c.status == 200
+                    and (chat_id is None or c.chat_id == chat_id)]
+
+    def user(self, user_id: int, first_name: str = "Test", *, language_code: str | None = "en",
+             username: str | None = None, last_name: str | None = None) -> FakeUser:
+        """A Telegram user who talks to the bot in a private chat."""
+        return FakeUser(self, user_id, first_name, language_code, username, last_name)
+
+    def next_update_id(self) -> int:
+        """A fresh update id."""
+        with self._lock:
+            return next(self._update_ids)
+
+    def messages(self, chat_id: int) -> list[JsonObject]:
+        """Every message in a private chat, oldest first (deleted ones are gone)."""
+        with self._lock:
+            return [copy.deepcopy(m) for _, m in sorted(self.chats.get(chat_id, {}).items())]
+
+    # -- the model -----------------------------------------------------------------------
+
+    def _new_message(self, chat_id: int, sender: JsonObject, content: JsonObject) -> JsonObject:
+        with self._lock:
+            message_id = self._next_message_id.get(chat_id, 1)
+            self._next_message_id[chat_id] = message_id + 1
+            message = {"message_id": message_id, "from": sender, "date": int(time.time()),
+                       "chat": {"id": chat_id, "type": "private"}, **content}
+            self.chats.setdefault(chat_id, {})[message_id] = message
+            return message
+
+    def _message(self, chat_id: int, message_id: int, missing: str) -> JsonObject:
+        message = self.chats.get(chat_id, {}).get(message_id)
+        if message is None:
+            raise _ApiError(400, f"Bad Request: {missing}")
+        return message
+
+    # -- the methods ---------------------------------------------------------------------
+
+    def _dispatch(self, method: str, params: JsonObject, rule: FailureRule | None) -> Any:
+        if rule is not None and rule.status != 200:
+            raise _ApiError(rule.status, rule.description, rule.retry_after)
+        handler = getattr(self, "_m_" + method, None)
+        if handler is None:
+            raise _ApiError(404, "Not Found: method not found")
+        chat_id = params.get("chat_id")
+        if isinstance(chat_id, int) and chat_id in self.blocked and method != "getChat":
+            raise _ApiError(403, "Forbidden: bot was blocked by the user")
+        return handler(params)
+
+    def _reply_target(self, chat_id: int, params: JsonObject) -> JsonObject:
+        reply = params.get("reply_parameters") or {}
+        target = reply.get("message_id") or params.get("reply_to_message_id")
+        if target is None:
+            return {}
+        if target in self.chats.get(chat_id, {}):
+            return {"reply_to_message": _without_reply(self.chats[chat_id][target])}
+        if reply.get("allow_sending_without_reply"):
+            return {}
+        raise _ApiError(400, "Bad Request: message to be replied not found")
+
+    def _m_getMe(self, params: JsonObject) -> JsonObject:  # noqa: N802 - Bot API names
+        return self.bot_user
+
+    def _m_sendMessage(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        chat_id, text = params["chat_id"], params.get("text", "")
+        if not text or len(text) > 4096:
+            raise _ApiError(400, "Bad Request: message text is empty or too long")
+        content: JsonObject = {"text": text, **self._reply_target(chat_id, params)}
+        for key in ("entities", "reply_markup"):
+            if params.get(key):
+                content[key] = params[key]
+        return self._new_message(chat_id, self.bot_user, content)
+
+    def _m_copyMessage(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        source = self._message(params["from_chat_id"], params["message_id"],
+                               "message to copy not found")
+        content = {k: copy.deepcopy(v) for k, v in source.items() if k in CONTENT_FIELDS}
+        if "dice" not in content and "poll" not in content and not any(
+                k in content for k in ("text", "photo", "video", "animation", "document",
+                                       "audio", "voice", "video_note", "sticker", "location",
+                                       "venue", "contact")):
+            raise _ApiError(400, "Bad Request: message can't be copied")
+        content.update(self._reply_target(params["chat_id"], params))
+        message = self._new_message(params["chat_id"], self.bot_user, content)
+        return {"message_id": message["message_id"]}
+
+    def _edit(self, params: JsonObject, field_name: str, entities_name: str) -> JsonObject:
+        message = self._message(params["chat_id"], params["message_id"],
+                                "message to edit not found")
+        if message.get("from", {}).get("id") != self.bot_user["id"]:
+            raise _ApiError(400, "Bad Request: message can't be edited")
+        new_value = params.get(field_name)
+        new_markup = params.get("reply_markup")
+        if (new_value == message.get(field_name)
+                and params.get(entities_name) == message.get(entities_name)
+                and new_markup == message.get("reply_markup")):
+            raise _ApiError(400, "Bad Request: message is not modified")
+        message[field_name] = new_value
+        for key, value in ((entities_name, params.get(entities_name)),
+                           ("reply_markup", new_markup)):
+            if value:
+                message[key] = value
+            else:
+                message.pop(key, None)
+        message["edit_date"] = int(time.time())
+        return copy.deepcopy(message)
+
+    def _m_editMessageText(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        message = self._message(params["chat_id"], params["message_id"],
+                                "message to edit not found")
+        if "text" not in message:
+            raise _ApiError(400, "Bad Request: there is no text in the message to edit")
+        return self._edit(params, "text", "entities")
+
+    def _m_editMessageCaption(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        return self._edit(params, "caption", "caption_entities")
+
+    def _m_editMessageReplyMarkup(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        message = self._message(params["chat_id"], params["message_id"],
+                                "message to edit not found")
+        markup = params.get("reply_markup")
+        if markup and markup.get("inline_keyboard"):
+            message["reply_markup"] = markup
+        else:
+            message.pop("reply_markup", None)
+        return copy.deepcopy(message)
+
+    def _m_deleteMessage(self, params: JsonObject) -> bool:  # noqa: N802
+        self._message(params["chat_id"], params["message_id"], "message to delete not found")
+        del self.chats[params["chat_id"]][params["message_id"]]
+        return True
+
+    def _m_answerCallbackQuery(self, params: JsonObject) -> bool:  # noqa: N802
+        return True
+
+    def _m_leaveChat(self, params: JsonObject) -> bool:  # noqa: N802
+        return True
+
+    def _m_setMyCommands(self, params: JsonObject) -> bool:  # noqa: N802
+        self.commands[params.get("language_code") or ""] = params.get("commands") or []
+        return True
+
+    def _m_getMyCommands(self, params: JsonObject) -> list[JsonObject]:  # noqa: N802
+        return self.commands.get(params.get("language_code") or "", [])
+
+    def _m_deleteMyCommands(self, params: JsonObject) -> bool:  # noqa: N802
+        self.commands.pop(params.get("language_code") or "", None)
+        return True
+
+    def _m_setWebhook(self, params: JsonObject) -> bool:  # noqa: N802
+        self.webhook = {"url": params.get("url", ""), "pending_update_count": 0,
+                        "max_connections": params.get("max_connections"),
+                        "allowed_updates": params.get("allowed_updates")}
+        return True
+
+    def _m_deleteWebhook(self, params: JsonObject) -> bool:  # noqa: N802
+        self.webhook = {"url": "", "pending_update_count": 0}
+        return True
+
+    def _m_getWebhookInfo(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        return self.webhook
+
+    def _m_getUpdates(self, params: JsonObject) -> list[JsonObject]:  # noqa: N802
+        offset = params.get("offset") or 0
+        with self._lock:
+            self.pending_updates = [u for u in self.pending_updates if u["update_id"] >= offset]
+            return list(self.pending_updates[: params.get("limit") or 100])
+
+    def _m_sendDocument(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        document = params.get("document")
+        if not isinstance(document, dict):
+            raise _ApiError(400, "Bad Request: there is no document in the request")
+        content: JsonObject = {"document": {
+            "file_id": f"doc-{time.time_ns()}", "file_unique_id": f"u{time.time_ns()}",
+            "file_name": document["file_name"], "file_size": len(document["content"])}}
+        if params.get("caption"):
+            content["caption"] = params["caption"]
+        message = self._new_message(params["chat_id"], self.bot_user, content)
+        message["document"]["content"] = document["content"]
+        return message
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def handle_request(self, path: str, content_type: str, body: bytes) -> tuple[int, JsonObject]:
+        """Answer one Bot API request (``/bot<token>/<method>``) as Telegram would."""
+        parts = urlsplit(path)
+        segments = parts.path.strip("/").split("/")
+        if len(segments) != 2 or segments[0] != "bot" + self.token:
+            return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+        method = segments[1]
+        params = _decode_params(parts.query, content_type, body)
+        with self._lock:
+            rule = next((r for r in self.rules if r.matches(method, params)), None)
+            if rule is not None and rule.times is not None:
+                rule.times -= 1
+        if rule is not None and rule.delay:
+            time.sleep(rule.delay)
+        try:
+            with self._lock:
+                result = self._dispatch(method, params, rule)
+        except _ApiError as error:
+            answer: JsonObject = {"ok": False, "error_code": error.status,
+                                  "description": error.description}
+            if error.retry_after is not None:
+                answer["parameters"] = {"retry_after": error.retry_after}
+            self._record(method, params, error.status)
+            return error.status, answer
+        self._record(method, params, 200)
+        return 200, {"ok": True, "result": result}
+
+    def _record(self, method: str, params: JsonObject, status: int) -> None:
+        with self._lock:
+            self.calls.append(ApiCall(method, params, status))
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, answer = api.handle_request(
+                    self.path, self.headers.get("Content-Type", ""), body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _serve  # noqa: N815 - http.server's naming
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def _decode_params(query: str, content_type: str, body: bytes) -> JsonObject:
+    raw: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        raw.update(parse_qsl(body.decode(), keep_blank_values=True))
+    elif content_type.startswith("application/json") and body:
+        raw.update(json.loads(body))
+    elif content_type.startswith("multipart/form-data"):
+        message = BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+        assert isinstance(message, email.message.EmailMessage)  # noqa: S101 - policy HTTP
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)  # noqa: S101 - a leaf part decodes to bytes
+            filename = part.get_filename()
+            if filename is not None:
+                raw[str(name)] = {"file_name": filename, "content": payload.decode("latin-1")}
+            else:
+                raw[str(name)] = payload.decode()
+    params: JsonObject = {}
+    for key, value in raw.items():
+        if key in _JSON_PARAMS and isinstance(value, str):
+            params[key] = json.loads(value)
+        elif key in _INT_PARAMS and isinstance(value, str) and value.lstrip("-").isdigit():
+            params[key] = int(value)
+        else:
+            params[key] = value
+    return params
+
+
+def _without_reply(message: JsonObject) -> JsonObject:
+    return {k: copy.deepcopy(v) for k, v in message.items() if k != "reply_to_message"}
+
+
+# Sample content a client would send: what tests and the sandbox use.
+SAMPLE_CONTENT: dict[str, JsonObject] = {
+    "photo": {"photo": [
+        {"file_id": "AgAD-photo-small", "file_unique_id": "ph1", "width": 90, "height": 67,
+         "file_size": 1200},
+        {"file_id": "AgAD-photo-large", "file_unique_id": "ph2", "width": 1280, "height": 960,
+         "file_size": 81200}]},
+    "video": {"video": {"file_id": "BAAD-video", "file_unique_id": "vi1", "width": 640,
+                        "height": 360, "duration": 12, "mime_type": "video/mp4"}},
+    "animation": {"animation": {"file_id": "CgAD-gif", "file_unique_id": "an1", "width": 320,
+                                "height": 240, "duration": 3},
+                  "document": {"file_id": "CgAD-gif", "file_unique_id": "an1"}},
+    "document": {"document": {"file_id": "BQAD-doc", "file_unique_id": "do1",
+                              "file_name": "notes.pdf", "mime_type": "application/pdf"}},
+    "audio": {"audio": {"file_id": "CQAD-audio", "file_unique_id": "au1", "duration": 200,
+                        "title": "Song", "performer": "Band"}},
+    "voice": {"voice": {"file_id": "AwAD-voice", "file_unique_id": "vo1", "duration": 4,
+                        "mime_type": "audio/ogg"}},
+    "video_note": {"video_note": {"file_id": "DQAD-round", "file_unique_id": "vn1",
+                                  "length": 240, "duration": 5}},
+    "sticker": {"sticker": {"file_id": "CAAD-sticker", "file_unique_id": "st1", "type": "regular",
+                            "width": 512, "height": 512, "is_animated": False,
+                            "is_video": False, "emoji": "😀"}},
+    "location": {"location": {"latitude": 52.520008, "longitude": 13.404954}},
+    "venue": {"location": {"latitude": 48.8584, "longitude": 2.2945},
+              "venue": {"location": {"latitude": 48.8584, "longitude": 2.2945},
+                        "title": "Eiffel Tower", "address": "Champ de Mars, Paris"}},
+    "contact": {"contact": {"phone_number": "+15550100", "first_name": "Sam"}},
+    "dice": {"dice": {"emoji": "🎲", "value": 4}},
+    "poll": {"poll": {"id": "5001", "question": "Tea or coffee?", "options": [
+        {"persistent_id": "0", "text": "Tea", "voter_count": 0},
+        {"persistent_id": "1", "text": "Coffee", "voter_count": 0}],
+        "total_voter_count": 0, "is_closed": False, "is_anonymous": True, "type": "regular",
+        "allows_multiple_answers": False}},
+}
+
+
+class FakeUser:
+    """A person in a private chat with the bot; methods return the updates they cause."""
+
+    def __init__(self, api: FakeBotApi, user_id: int, first_name: str,
+                 language_code: str | None, username: str | None, last_name: str | None
+                 ) -> None:
+        self.api = api
+        self.id = user_id
+        self.profile: JsonObject = {"id": user_id, "is_bot": False, "first_name": first_name}
+        for key, value in (("last_name", last_name), ("username", username),
+                           ("language_code", language_code)):
+            if value is not None:
+                self.profile[key] = value
+
+    @property
+    def chat(self) -> JsonObject:
+        """The private chat object of this user."""
+        return {"id": self.id, "type": "private", "first_name": self.profile["first_name"]}
+
+    def _update(self, kind: str, payload: JsonObject) -> JsonObject:
+        return {"update_id": self.api.next_update_id(), kind: payload}
+
+    def send(self, content: JsonObject, reply_to: int | None = None) -> JsonObject:
+        """The update for a message with ``content`` (reply to ``reply_to`` in this chat)."""
+        content = copy.deepcopy(content)
+        if reply_to is not None:
+            with self.api._lock:
+                content["reply_to_message"] = _without_reply(self.api._message(
+                    self.id, reply_to, "reply target not found"))
+        message = self.api._new_message(self.id, self.profile, content)
+        message["chat"] = self.chat
+        return self._update("message", copy.deepcopy(message))
+
+    def text(self, text: str, reply_to: int | None = None,
+             entities: list[JsonObject] | None = None) -> JsonObject:
+        """The update for a text message."""
+        content: JsonObject = {"text": text}
+        if entities:
+            content["entities"] = entities
+        return self.send(content, reply_to)
+
+    def command(self, name: str, reply_to: int | None = None) -> JsonObject:
+        """The update for ``/name`` as Telegram sends it (with a bot_command entity)."""
+        text = "/" + name
+        return self.text(text, reply_to, [{"type": "bot_command", "offset": 0,
+                                           "length": len(text.split()[0])}])
+
+    def media(self, content_type: str, caption: str | None = None,
+              reply_to: int | None = None) -> JsonObject:
+        """The update for a sample message of ``content_type`` (see SAMPLE_CONTENT)."""
+        content = copy.deepcopy(SAMPLE_CONTENT[content_type])
+        if caption is not None:
+            content["caption"] = caption
+        return self.send(content, reply_to)
+
+    def edit(self, message_id: int, text: str | None = None,
+             caption: str | None = None) -> JsonObject:
+        """The update for editing one of this user's messages."""
+        with self.api._lock:
+            message = self.api._message(self.id, message_id, "no such message")
+            if text is not None:
+                message["text"] = text
+            if caption is not None:
+                message["caption"] = caption
+            message["edit_date"] = int(time.time())
+            edited = copy.deepcopy(message)
+        edited["chat"] = self.chat
+        return self._update("edited_message", edited)
+
+    def press(self, message_id: int, data: str) -> JsonObject:
+        """The update for pressing the button with ``data`` under a bot message."""
+        with self.api._lock:
+            message = copy.deepcopy(self.api._message(
+                self.id, message_id, "no such message"))
+        message["chat"] = self.chat
+        return self._update("callback_query", {
+            "id": f"cb{time.time_ns()}", "from": self.profile, "message": message,
+            "chat_instance": str(self.id * 7), "data": data})
+
+    def press_button(self, label: str) -> JsonObject:
+        """Press the newest visible button whose label contains ``label``."""
+        for message in reversed(self.inbox()):
+            for row in message.get("reply_markup", {}).get("inline_keyboard", []):
+                for button in row:
+                    if label in button["text"]:
+                        return self.press(message["message_id"], button["callback_data"])
+        raise LookupError(f"no button {label!r} in the chat of user {self.id}")
+
+    def block_bot(self) -> JsonObject:
+        """The my_chat_member update for blocking the bot (later sends to them get 403)."""
+        self.api.blocked.add(self.id)
+        return self._membership("member", "kicked")
+
+    def unblock_bot(self) -> JsonObject:
+        """The my_chat_member update for unblocking the bot."""
+        self.api.blocked.discard(self.id)
+        return self._membership("kicked", "member")
+
+    def _membership(self, old: str, new: str) -> JsonObject:
+        return self._update("my_chat_member", {
+            "chat": self.chat, "from": self.profile, "date": int(time.time()),
+            "old_chat_member": {"user": self.api.bot_user, "status": old},
+            "new_chat_member": {"user": self.api.bot_user, "status": new,
+                                **({"until_date": 0} if new == "kicked" else {})}})
+
+    def inbox(self) -> list[JsonObject]:
+        """The bot's messages in this chat, oldest first: what this user sees from the bot."""
+        return [m for m in self.api.messages(self.id)
+                if m.get("from", {}).get("id") == self.api.bot_user["id"]]
+
+    def last(self) -> JsonObject:
+        """The newest message from the bot."""
+        inbox = self.inbox()
+        if not inbox:
+            raise LookupError(f"user {self.id} has no message from the bot")
+        return inbox[-1]
+
+    def texts(self) -> Iterator[str]:
+        """The texts (or captions) of the bot's messages, oldest first."""
+        for message in self.inbox():
+            yield message.get("text") or message.get("caption") or ""

@@ -1,0 +1,205 @@
+"""pyTelegramBotAPI handlers: each translates one kind of update into a service call.
+
+Handlers are checked in registration order and the first match runs, so commands come
+before the catch-all relay. Every handler records its outcome on the update context for
+the log line; none holds a rule of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from telebot import TeleBot, types
+
+from messagine import context, keyboards
+from messagine.answer import Answer
+from messagine.catalog import Catalog
+from messagine.conversation import Conversation
+from messagine.relay import RELAYED_CONTENT_TYPES, Relay
+from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
+
+PRIVATE = ["private"]
+GROUPS = ["group", "supergroup"]
+# Every content type pyTelegramBotAPI knows, so no private message goes unanswered.
+ALL_CONTENT_TYPES = sorted({
+    *RELAYED_CONTENT_TYPES, "game", "story", "invoice", "successful_payment",
+    "paid_media", "giveaway", "giveaway_winners", "giveaway_completed", "checklist",
+    "users_shared", "chat_shared", "write_access_allowed", "web_app_data", "new_chat_members",
+    "left_chat_member", "new_chat_title", "new_chat_photo", "delete_chat_photo",
+    "group_chat_created", "supergroup_chat_created", "channel_chat_created",
+    "migrate_to_chat_id", "migrate_from_chat_id", "pinned_message", "unknown",
+})
+
+COMMANDS = {
+    "start": ("start",),
+    "find_chat": ("find_chat", "find", "search"),
+    "cancel_find": ("cancel_find", "cancel"),
+    "exit_chat": ("exit_chat", "stop", "end"),
+    "next": ("next",),
+    "help": ("help",),
+    "about": ("about",),
+    "set_language": ("set_language", "language"),
+    "delete": ("delete",),
+}
+"""Each command and its aliases; the first name is the one logged and shown in menus."""
+
+
+def register(
+    bot: TeleBot, conversation: Conversation, relay: Relay, telegram: Telegram, catalog: Catalog
+) -> None:
+    """Attach every handler of the bot to ``bot``."""
+
+    def done(outcome: str) -> None:
+        context.current().outcome = outcome
+
+    def user_and_answer(message: types.Message) -> tuple[context.UpdateContext, Answer]:
+        ctx = context.current()
+        return ctx, Answer(telegram, message.chat.id)
+
+    def on(command: str) -> Callable[[Callable[[types.Message], None]], Any]:
+        decorator: Callable[[Callable[[types.Message], None]], Any] = bot.message_handler(
+            commands=list(COMMANDS[command]), chat_types=PRIVATE)
+        return decorator
+
+    @on("start")
+    def start(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(conversation.start(ctx.require_user(), answer))
+
+    @on("find_chat")
+    def find_chat(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(conversation.find_chat(ctx.require_user(), answer, ctx.update_id))
+
+    @on("cancel_find")
+    def cancel_find(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(conversation.cancel_find(ctx.require_user(), answer))
+
+    @on("exit_chat")
+    def exit_chat(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(conversation.ask_exit(ctx.require_user(), answer))
+
+    @on("next")
+    def next_chat(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(conversation.next_chat(ctx.require_user(), answer, ctx.update_id))
+
+    @on("help")
+    def help_command(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(conversation.help(ctx.require_user(), answer))
+
+    @on("about")
+    def about(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(conversation.about(ctx.require_user(), answer))
+
+    @on("set_language")
+    def set_language(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(conversation.show_languages(ctx.require_user(), answer))
+
+    @on("delete")
+    def delete(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        done(relay.delete(ctx.require_user(), message, answer))
+
+    @bot.message_handler(chat_types=PRIVATE, content_types=list(RELAYED_CONTENT_TYPES))
+    def relay_message(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        user = ctx.require_user()
+        is_command = message.content_type == "text" and (message.text or "").startswith("/")
+        if is_command and user.chat is None:
+            t = catalog.for_language(user.language)
+            answer.send(t("unknown_command"), keyboards.idle(t))
+            done("unknown_command")
+            return
+        done(relay.relay(user, message, ctx.update_id))
+
+    @bot.message_handler(chat_types=PRIVATE, content_types=ALL_CONTENT_TYPES)
+    def unsupported(message: types.Message) -> None:
+        ctx, answer = user_and_answer(message)
+        t = catalog.for_language(ctx.require_user().language)
+        answer.send(t("relay.unsupported"))
+        done("unsupported:" + message.content_type)
+
+    @bot.message_handler(chat_types=GROUPS, content_types=ALL_CONTENT_TYPES)
+    def group_message(message: types.Message) -> None:
+        leave_group(message.chat.id)
+
+    @bot.edited_message_handler(chat_types=PRIVATE, content_types=list(RELAYED_CONTENT_TYPES))
+    def edited(message: types.Message) -> None:
+        ctx = context.current()
+        done(relay.edit(ctx.require_user(), message))
+
+    @bot.callback_query_handler(func=lambda _query: True)
+    def button(query: types.CallbackQuery) -> None:
+        ctx = context.current()
+        # A query older than about 15 s can no longer be answered; the press still counts.
+        with contextlib.suppress(TelegramRejected):
+            telegram.answer_callback(query.id)
+        message = query.message
+        if message is None or message.chat.type != "private" or ctx.user is None:
+            done("button:ignored")
+            return
+        answer = Answer(telegram, message.chat.id, message.message_id)
+        done(press(ctx, str(query.data or ""), answer))
+
+    def press(ctx: context.UpdateContext, data: str, answer: Answer) -> str:
+        user = ctx.require_user()
+        update_id = ctx.update_id
+        if data.startswith(keyboards.SET_LANGUAGE):
+            return conversation.set_language(
+                user, data.removeprefix(keyboards.SET_LANGUAGE), answer, update_id)
+        actions = {
+            keyboards.FIND: lambda: conversation.find_chat(user, answer, update_id),
+            keyboards.CANCEL_FIND: lambda: conversation.cancel_find(user, answer),
+            keyboards.EXIT: lambda: conversation.ask_exit(user, answer),
+            keyboards.EXIT_YES: lambda: conversation.exit_chat(user, answer, update_id),
+            keyboards.EXIT_NO: lambda: conversation.keep_chat(user, answer),
+            keyboards.LANGUAGE: lambda: conversation.show_languages(user, answer),
+            keyboards.LANGUAGE_ALL: lambda: conversation.toggle_languages(
+                user, answer, show_all=True),
+            keyboards.LANGUAGE_TOP: lambda: conversation.toggle_languages(
+                user, answer, show_all=False),
+            keyboards.HELP: lambda: conversation.help(user, answer),
+            keyboards.ABOUT: lambda: conversation.about(user, answer),
+            keyboards.SAY_HI: lambda: conversation.say_hi(user, answer, update_id),
+        }
+        action = actions.get(data)
+        if action is None:
+            return "button:unknown"
+        return "button:" + action()
+
+    @bot.my_chat_member_handler(func=lambda _update: True)
+    def membership(update: types.ChatMemberUpdated) -> None:
+        ctx = context.current()
+        status = update.new_chat_member.status
+        if update.chat.type in GROUPS:
+            if status in ("member", "administrator"):
+                leave_group(update.chat.id)
+            else:
+                done("group:left")
+            return
+        if update.chat.type != "private" or ctx.user is None:
+            done("membership:ignored")
+            return
+        if status == "kicked":
+            done(conversation.bot_blocked(ctx.user, ctx.update_id))
+        elif status == "member":
+            done(conversation.bot_unblocked(ctx.user))
+        else:
+            done("membership:" + status)
+
+    def leave_group(chat_id: int) -> None:
+        t = catalog.for_language("en")
+        try:
+            telegram.send_text(chat_id, t("private_only"))
+            telegram.leave_chat(chat_id)
+        except (TelegramBlocked, TelegramRejected):
+            pass  # already removed from the group, or not allowed to write there
+        done("group:left")

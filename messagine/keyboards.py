@@ -1,0 +1,85 @@
+"""Inline keyboards and the callback data their buttons carry.
+
+Labels come from the catalog; callback data are the short constants below, which the
+handlers map back to the same service calls as the matching commands.
+"""
+
+from __future__ import annotations
+
+from messagine.catalog import Texts
+from messagine.languages import LANGUAGES, TOP_LANGUAGES, language_name
+from messagine.models import UserState
+from messagine.telegram import Keyboard
+
+FIND = "find"
+CANCEL_FIND = "cancel_find"
+EXIT = "exit"
+EXIT_YES = "exit:yes"
+EXIT_NO = "exit:no"
+LANGUAGE = "lang"
+LANGUAGE_ALL = "lang:all"
+LANGUAGE_TOP = "lang:top"
+SET_LANGUAGE = "lang="
+HELP = "help"
+ABOUT = "about"
+SAY_HI = "hi"
+
+
+def welcome_new(t: Texts) -> Keyboard:
+    """Under the first welcome: [Find Chat, Language] [About, Help]."""
+    return [[(t("btn.find_chat"), FIND), (t("btn.language"), LANGUAGE)],
+            [(t("btn.about"), ABOUT), (t("btn.help"), HELP)]]
+
+
+def idle(t: Texts) -> Keyboard:
+    """For a user with no chat: [Find Chat, Help]."""
+    return [[(t("btn.find_chat"), FIND), (t("btn.help"), HELP)]]
+
+
+def lobby(t: Texts) -> Keyboard:
+    """For a waiting user: [Exit Lobby] [Language, Help]."""
+    return [[(t("btn.exit_lobby"), CANCEL_FIND)],
+            [(t("btn.language"), LANGUAGE), (t("btn.help"), HELP)]]
+
+
+def in_chat(t: Texts) -> Keyboard:
+    """For a user in a chat: [Exit Chat, Help]."""
+    return [[(t("btn.exit_chat"), EXIT), (t("btn.help"), HELP)]]
+
+
+def chat_started(t: Texts) -> Keyboard:
+    """Under the chat-start notice: [Say Hi, Exit Chat]."""
+    return [[(t("btn.say_hi"), SAY_HI), (t("btn.exit_chat"), EXIT)]]
+
+
+def after_hi(t: Texts) -> Keyboard:
+    """The chat-start notice once hi was said: [Exit Chat]."""
+    return [[(t("btn.exit_chat"), EXIT)]]
+
+
+def confirm_exit(t: Texts) -> Keyboard:
+    """The exit confirmation: [Yes ✅, No ❌]."""
+    return [[(t("btn.yes"), EXIT_YES), (t("btn.no"), EXIT_NO)]]
+
+
+def help_menu(t: Texts, user: UserState) -> Keyboard:
+    """Help: one button for the user's state, then [Language, About]."""
+    if user.chat is not None:
+        first = (t("btn.exit_chat"), EXIT)
+    elif user.waiting:
+        first = (t("btn.exit_lobby"), CANCEL_FIND)
+    else:
+        first = (t("btn.find_chat"), FIND)
+    return [[first], [(t("btn.language"), LANGUAGE), (t("btn.about"), ABOUT)]]
+
+
+def language_picker(t: Texts, current: str, *, show_all: bool) -> Keyboard:
+    """Languages two per row, the current one ticked; the top ten or all, with a toggle."""
+    codes = list(LANGUAGES) if show_all else list(TOP_LANGUAGES)
+    buttons = [(("✓ " if code == current else "") + language_name(code), SET_LANGUAGE + code)
+               for code in codes]
+    rows: list[list[tuple[str, str]]] = [buttons[i:i + 2] for i in range(0, len(buttons), 2)]
+    toggle = (t("btn.top_languages"), LANGUAGE_TOP) if show_all else (
+        t("btn.all_languages"), LANGUAGE_ALL)
+    rows.append([toggle])
+    return rows

@@ -1,0 +1,129 @@
+"""The records the services and the repository exchange.
+
+Plain frozen dataclasses, free of any database or Telegram type, so that every storage
+backend returns the same shapes and the services can be tested on any of them.
+Times are UNIX seconds (UTC) as floats.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What the privacy policy says we store of a Telegram account, refreshed on every update."""
+
+    user_id: int
+    first_name: str
+    last_name: str | None
+    username: str | None
+    language_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveChat:
+    """The chat a user is in, seen from that user's side."""
+
+    chat_id: int
+    partner_id: int
+    partner_language: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """A user as the services need them for one update."""
+
+    user_id: int
+    language: str
+    is_new: bool
+    blocked: bool
+    banned: bool
+    chat: ActiveChat | None
+    waiting_since: float | None
+
+    @property
+    def waiting(self) -> bool:
+        """True while the user is in the lobby."""
+        return self.waiting_since is not None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedUpdate:
+    """The result of claiming an update: a duplicate, or the sender's state (if any)."""
+
+    duplicate: bool
+    user: UserState | None = None
+
+
+class MatchOutcome(enum.Enum):
+    """What a search for a partner ended in."""
+
+    MATCHED = "matched"
+    WAITING = "waiting"
+    ALREADY_WAITING = "already_waiting"
+    IN_CHAT = "in_chat"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """The outcome of ``Repository.find_partner``.
+
+    ``chat`` is set for MATCHED and IN_CHAT. ``resumed`` is True when the chat was made by
+    this same update before (a re-delivery after a failure), so the notices are sent again.
+    ``waiting_count`` is how many users wait in the pool, the searcher included.
+    """
+
+    outcome: MatchOutcome
+    chat: ActiveChat | None = None
+    resumed: bool = False
+    waiting_count: int = 0
+
+
+class EndReason(enum.Enum):
+    """How a chat ended."""
+
+    EXIT = "exit"
+    NEXT = "next"
+    BLOCKED = "blocked"
+    PARTNER_UNREACHABLE = "partner_unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class EndedChat:
+    """A chat that ``Repository.end_chat`` ended (or had ended for this same update)."""
+
+    chat_id: int
+    partner_id: int
+    partner_language: str
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageLink:
+    """One relayed message: the original in the sender's chat and its copy at the partner.
+
+    No content: only ids, the content type and the time, which is all that replies, edits
+    and deletions need.
+    """
+
+    chat_id: int
+    sender_id: int
+    sender_message_id: int
+    recipient_id: int
+    copy_message_id: int
+    content_type: str
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """The numbers /about shows."""
+
+    users: int
+    active_chats: int
+    previous_chats: int
+    my_previous_chats: int
+    waiting: int

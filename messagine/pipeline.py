@@ -1,0 +1,152 @@
+"""The update pipeline: from a decoded JSON update to a finished dispatch.
+
+parse -> find the sender -> claim the update_id (drop re-deliveries) and load the sender's
+state in one storage call -> pyTelegramBotAPI dispatch (threaded=False, so all work ends
+before we return) -> an HTTP status for the webhook. A failure a retry can fix answers
+503 and releases the claim so that Telegram's re-delivery is processed; input that can
+never succeed answers 200 so it does not stall the chat's queue at Telegram.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from telebot import TeleBot, types
+
+from messagine import context
+from messagine.catalog import Catalog
+from messagine.languages import language_for
+from messagine.models import Profile
+from messagine.storage.port import Repository, StorageUnavailable
+from messagine.telegram import Telegram, TelegramError, TelegramUnavailable
+
+log = logging.getLogger("messagine.updates")
+
+HANDLED_KINDS = ("message", "edited_message", "callback_query", "my_chat_member")
+"""The update kinds the bot handles; set-webhook asks Telegram for these only."""
+
+KNOWN_KINDS = (
+    *HANDLED_KINDS, "channel_post", "edited_channel_post", "business_connection",
+    "business_message", "edited_business_message", "deleted_business_messages",
+    "message_reaction", "message_reaction_count", "inline_query", "chosen_inline_result",
+    "shipping_query", "pre_checkout_query", "purchased_paid_media", "poll", "poll_answer",
+    "chat_member", "chat_join_request", "chat_boost", "removed_chat_boost",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What became of one update: the HTTP status to answer and a short outcome."""
+
+    status: int
+    outcome: str
+
+
+class Pipeline:
+    """Processes one update at a time per thread; shared by the webhook and polling."""
+
+    def __init__(
+        self, bot: TeleBot, repository: Repository, telegram: Telegram, catalog: Catalog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bot = bot
+        self.repository = repository
+        self.telegram = telegram
+        self.catalog = catalog
+        self.clock = clock
+
+    def process(self, payload: Mapping[str, Any]) -> Result:
+        """Handle one decoded update; never raises."""
+        started = time.perf_counter()
+        update_id = payload.get("update_id")
+        kind = next((k for k in KNOWN_KINDS if k in payload), "unknown")
+        content_type: str | None = None
+        result: Result
+        if not isinstance(update_id, int) or isinstance(update_id, bool):
+            result = Result(200, "ignored:no_update_id")
+        elif kind not in HANDLED_KINDS:
+            result = Result(200, f"ignored:kind:{kind}")
+        else:
+            result, content_type = self._process(update_id, kind, payload)
+        log.info(
+            "update_id=%s kind=%s content=%s outcome=%s status=%s backend=%s ms=%.1f",
+            update_id if isinstance(update_id, int) else "-", kind, content_type or "-",
+            result.outcome, result.status, self.repository.backend,
+            (time.perf_counter() - started) * 1000,
+        )
+        return result
+
+    def _process(
+        self, update_id: int, kind: str, payload: Mapping[str, Any]
+    ) -> tuple[Result, str | None]:
+        try:
+            update = types.Update.de_json(dict(payload))
+            sender, chat = _sender_and_chat(update, kind)
+        except Exception:  # noqa: BLE001 - any malformed field means "not a usable update"
+            return Result(200, "ignored:malformed"), None
+        content_type = getattr(getattr(update, kind), "content_type", None)
+        if sender is None or chat is None:
+            return Result(200, "ignored:no_sender"), content_type
+        if sender.is_bot:
+            return Result(200, "ignored:from_bot"), content_type
+        profile = None
+        if chat.type == "private":
+            profile = Profile(sender.id, sender.first_name or "", sender.last_name,
+                              sender.username, sender.language_code)
+        try:
+            opened = self.repository.open_update(
+                update_id, profile, language_for(sender.language_code), self.clock())
+        except StorageUnavailable:
+            log.exception("storage unavailable while claiming update %s", update_id)
+            return Result(503, "retry:storage"), content_type
+        if opened.duplicate:
+            return Result(200, "duplicate"), content_type
+        ctx = context.UpdateContext(update_id, kind, content_type, opened.user)
+        token = context.enter(ctx)
+        try:
+            self.bot.process_new_updates([update])
+        except (StorageUnavailable, TelegramUnavailable) as error:
+            return self._release(update_id, error), content_type
+        except TelegramError as error:
+            log.warning("telegram refused %s: %s %s", error.method, error.code, error.description)
+            return Result(200, f"telegram_refused:{error.method}"), content_type
+        except Exception:
+            log.exception("update %s failed", update_id)
+            self._apologise(ctx, chat)
+            return Result(200, "error"), content_type
+        finally:
+            context.leave(token)
+        return Result(200, ctx.outcome), content_type
+
+    def _release(self, update_id: int, error: Exception) -> Result:
+        where = "telegram" if isinstance(error, TelegramError) else "storage"
+        log.error("update %s will be retried: %s unavailable (%s)", update_id, where, error)
+        try:
+            self.repository.release_update(update_id)
+        except StorageUnavailable:
+            log.exception("could not release the claim of update %s", update_id)
+        return Result(503, f"retry:{where}")
+
+    def _apologise(self, ctx: context.UpdateContext, chat: types.Chat) -> None:
+        """Tell the user something went wrong (never a raw error); best effort."""
+        if ctx.user is None or chat.type != "private":
+            return
+        t = self.catalog.for_language(ctx.user.language)
+        try:
+            self.telegram.send_text(chat.id, t("error.generic"))
+        except TelegramError:
+            log.warning("could not send the apology for update %s", ctx.update_id)
+
+
+def _sender_and_chat(
+    update: types.Update, kind: str
+) -> tuple[types.User | None, types.Chat | None]:
+    item = getattr(update, kind)
+    if kind == "callback_query":
+        message = item.message
+        return item.from_user, (message.chat if message is not None else None)
+    return item.from_user, item.chat

@@ -1,0 +1,124 @@
+"""The relay service: what a user sends in a chat reaches the partner as a copy.
+
+Every message goes out with copyMessage, so captions and formatting stay and no origin
+header is added, and the pair (original, copy) is kept in the message log so that replies
+land on the right message, edits are mirrored and /delete removes the partner's copy.
+Once a copy is delivered nothing after it may make the update retryable (a retry would
+deliver it twice), so a failure to record the link is logged and tolerated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from telebot import types
+
+from messagine import keyboards
+from messagine.answer import Answer
+from messagine.catalog import Catalog
+from messagine.conversation import Conversation
+from messagine.models import MessageLink, UserState
+from messagine.storage.port import Repository, StorageUnavailable
+from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
+
+log = logging.getLogger(__name__)
+
+RELAYED_CONTENT_TYPES = (
+    "text", "photo", "video", "animation", "document", "audio", "voice", "video_note",
+    "sticker", "location", "venue", "contact", "dice", "poll",
+)
+
+
+class Relay:
+    """Copies, replies, edits and deletions between the two users of a chat."""
+
+    def __init__(
+        self, repository: Repository, telegram: Telegram, catalog: Catalog,
+        conversation: Conversation, clock: Callable[[], float],
+    ) -> None:
+        self.repository = repository
+        self.telegram = telegram
+        self.catalog = catalog
+        self.conversation = conversation
+        self.clock = clock
+
+    def relay(self, user: UserState, message: types.Message, update_id: int) -> str:
+        """Copy ``message`` to the partner, as a reply where it replies to a chat message."""
+        t = self.catalog.for_language(user.language)
+        if user.chat is None:
+            key, keyboard = (("relay.waiting", keyboards.lobby(t)) if user.waiting
+                             else ("relay.idle", keyboards.idle(t)))
+            self.telegram.send_text(user.user_id, t(key), keyboard)
+            return "relay:not_in_chat"
+        chat = user.chat
+        reply_to = None
+        if message.reply_to_message is not None:
+            link = self.repository.find_message(
+                chat.chat_id, user.user_id, message.reply_to_message.message_id)
+            if link is not None:
+                reply_to = (link.copy_message_id if link.sender_id == user.user_id
+                            else link.sender_message_id)
+        try:
+            copy_id = self.telegram.copy_message(
+                chat.partner_id, user.user_id, message.message_id, reply_to)
+        except TelegramBlocked:
+            self.conversation.partner_unreachable(user, update_id)
+            return "relay:partner_unreachable"
+        except TelegramRejected as error:
+            log.warning("copy refused by Telegram: %s %s", error.code, error.description)
+            self.telegram.send_text(user.user_id, t("relay.failed"))
+            return "relay:rejected"
+        link = MessageLink(
+            chat_id=chat.chat_id, sender_id=user.user_id, sender_message_id=message.message_id,
+            recipient_id=chat.partner_id, copy_message_id=copy_id,
+            content_type=message.content_type, sent_at=self.clock(),
+        )
+        try:
+            self.repository.record_message(link)
+        except StorageUnavailable:
+            log.exception("relayed message delivered but its link was not recorded")
+        return "relayed"
+
+    def edit(self, user: UserState, message: types.Message) -> str:
+        """Mirror an edit of text or caption on the partner's copy."""
+        if user.chat is None:
+            return "edit:not_in_chat"
+        link = self.repository.find_message(user.chat.chat_id, user.user_id, message.message_id)
+        if link is None or link.sender_id != user.user_id:
+            return "edit:unknown_message"
+        try:
+            if message.text is not None:
+                self.telegram.edit_text(link.recipient_id, link.copy_message_id, message.text,
+                                        entities=message.entities)
+            elif message.caption is not None:
+                self.telegram.edit_caption(link.recipient_id, link.copy_message_id,
+                                           message.caption, entities=message.caption_entities)
+            else:
+                return "edit:unsupported"
+        except TelegramBlocked:
+            return "edit:partner_unreachable"
+        except TelegramRejected as error:
+            log.info("edit refused by Telegram: %s %s", error.code, error.description)
+            return "edit:rejected"
+        return "edited"
+
+    def delete(self, user: UserState, message: types.Message, answer: Answer) -> str:
+        """/delete as a reply to one of your messages deletes the partner's copy."""
+        t = self.catalog.for_language(user.language)
+        target = message.reply_to_message
+        if target is None:
+            answer.send(t("delete.how"))
+            return "delete:how"
+        link = (self.repository.find_message(user.chat.chat_id, user.user_id, target.message_id)
+                if user.chat is not None else None)
+        if link is None or link.sender_id != user.user_id:
+            answer.send(t("delete.not_found"))
+            return "delete:not_found"
+        try:
+            self.telegram.delete_message(link.recipient_id, link.copy_message_id)
+        except (TelegramRejected, TelegramBlocked):
+            answer.send(t("delete.failed"))
+            return "delete:rejected"
+        answer.send(t("delete.done"))
+        return "deleted"

@@ -1,0 +1,75 @@
+"""The composition root: builds the repository, the bot and the services once per instance.
+
+Nothing here touches the network or the database: clients connect on first use, so a
+cold start pays only for imports, and an instance reuses everything across requests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import telebot
+
+from messagine import handlers
+from messagine.catalog import Catalog
+from messagine.conversation import Conversation
+from messagine.logs import configure_logging
+from messagine.pipeline import Pipeline
+from messagine.relay import Relay
+from messagine.settings import Settings
+from messagine.storage import open_repository
+from messagine.storage.port import Repository
+from messagine.telegram import Telegram, configure_transport
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything one instance needs to serve updates."""
+
+    settings: Settings
+    repository: Repository
+    telegram: Telegram
+    catalog: Catalog
+    pipeline: Pipeline
+
+
+def build_runtime(
+    settings: Settings, *, repository: Repository | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Runtime:
+    """Wire the bot for ``settings`` (``repository`` overrides the configured one, for tests)."""
+    configure_logging(settings.log_level)
+    configure_transport(settings.telegram_api_url, settings.telegram_timeout_s)
+    repository = repository or open_repository(settings)
+    bot = telebot.TeleBot(settings.telegram_token.reveal(), threaded=False, parse_mode=None)
+    telegram = Telegram(bot)
+    catalog = Catalog()
+    conversation = Conversation(repository, telegram, catalog, settings.recent_partners, clock)
+    relay = Relay(repository, telegram, catalog, conversation, clock)
+    handlers.register(bot, conversation, relay, telegram, catalog)
+    pipeline = Pipeline(bot, repository, telegram, catalog, clock)
+    return Runtime(settings, repository, telegram, catalog, pipeline)
+
+
+class LazyRuntime:
+    """A runtime built from the environment on first use, then reused (one per process)."""
+
+    def __init__(self, *, require_webhook_secret: bool) -> None:
+        self._require_webhook_secret = require_webhook_secret
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Runtime:
+        """The instance's runtime; raises ``SettingsError`` while the configuration is invalid."""
+        runtime = self._runtime
+        if runtime is None:
+            with self._lock:
+                if self._runtime is None:
+                    settings = Settings.from_env(
+                        require_webhook_secret=self._require_webhook_secret)
+                    self._runtime = build_runtime(settings)
+                runtime = self._runtime
+        return runtime

@@ -1,0 +1,143 @@
+"""Configuration: the one place the environment is read.
+
+``Settings.from_env`` validates everything at once and raises ``SettingsError`` listing
+every missing or malformed value, so an operator fixes a deploy in one round. Secrets are
+wrapped in ``Secret`` so that no repr, log line or traceback shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_API_URL = "https://api.telegram.org"
+STORAGE_CHOICES = ("auto", "sqlite", "mongo", "firestore")
+_TOKEN_RE = re.compile(r"^\d{5,16}:[A-Za-z0-9_-]{20,64}$")
+# Telegram accepts 1-256 characters A-Z, a-z, 0-9, _ and - as a webhook secret token.
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+
+
+class SettingsError(Exception):
+    """One or more settings are missing or malformed; ``problems`` lists each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret string that never shows itself in repr or str."""
+
+    value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that must send it."""
+        return self.value
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the bot; build it with ``from_env``."""
+
+    telegram_token: Secret
+    webhook_secret: Secret | None
+    telegram_api_url: str
+    storage: str
+    sqlite_path: str
+    admin_ids: frozenset[int]
+    recent_partners: int
+    telegram_timeout_s: float
+    log_level: str
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, require_webhook_secret: bool = False
+    ) -> Settings:
+        """Read and validate the environment (``os.environ`` by default).
+
+        ``require_webhook_secret`` is set by the webhook entry point: a webhook without a
+        secret would let anyone on the internet post forged updates.
+        """
+        env = os.environ if env is None else env
+        problems: list[str] = []
+
+        token_text = env.get("TELEGRAM_TOKEN", "").strip()
+        if not token_text:
+            problems.append("TELEGRAM_TOKEN is not set (the bot token from @BotFather)")
+        elif not _TOKEN_RE.match(token_text):
+            problems.append("TELEGRAM_TOKEN does not look like a bot token (digits:characters)")
+
+        secret_text = env.get("WEBHOOK_SECRET", "").strip()
+        if secret_text and not _SECRET_RE.match(secret_text):
+            problems.append("WEBHOOK_SECRET must be 1-256 characters of A-Z a-z 0-9 _ -")
+        elif not secret_text and require_webhook_secret:
+            problems.append(
+                "WEBHOOK_SECRET is not set: the webhook refuses to run without it "
+                "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+
+        api_url = env.get("TELEGRAM_API_URL", DEFAULT_API_URL).strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
+            problems.append(f"TELEGRAM_API_URL is not an http(s) URL: {api_url!r}")
+
+        storage = env.get("STORAGE", "auto").strip().lower() or "auto"
+        if storage not in STORAGE_CHOICES:
+            problems.append(f"STORAGE must be one of {', '.join(STORAGE_CHOICES)}, not {storage!r}")
+        elif storage == "auto":
+            storage = "sqlite"
+        if storage in ("mongo", "firestore"):
+            problems.append(f"STORAGE={storage} is not available in this build yet; use sqlite")
+
+        admin_ids = _ids(env, "ADMIN_IDS", problems)
+
+        recent = _int(env, "RECENT_PARTNERS", 5, 0, 1000, problems)
+        timeout = _int(env, "TELEGRAM_TIMEOUT_SECONDS", 10, 1, 50, problems)
+
+        log_level = env.get("LOG_LEVEL", "INFO").strip().upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
+
+        if problems:
+            raise SettingsError(problems)
+        return cls(
+            telegram_token=Secret(token_text),
+            webhook_secret=Secret(secret_text) if secret_text else None,
+            telegram_api_url=api_url,
+            storage=storage,
+            sqlite_path=env.get("SQLITE_PATH", "messagine.sqlite3").strip(),
+            admin_ids=frozenset(admin_ids),
+            recent_partners=recent,
+            telegram_timeout_s=float(timeout),
+            log_level=log_level,
+        )
+
+
+def _ids(env: Mapping[str, str], name: str, problems: list[str]) -> set[int]:
+    ids: set[int] = set()
+    for part in filter(None, (p.strip() for p in env.get(name, "").split(","))):
+        if re.fullmatch(r"-?\d+", part):
+            ids.add(int(part))
+        else:
+            problems.append(f"{name} must be comma-separated Telegram ids, not {part!r}")
+    return ids
+
+
+def _int(
+    env: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]
+) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not re.fullmatch(r"\d+", text) or not low <= int(text) <= high:
+        problems.append(f"{name} must be a whole number from {low} to {high}, not {text!r}")
+        return default
+    return int(text)

@@ -1,0 +1,108 @@
+"""The repository port: every storage operation the services use.
+
+Operations that must be atomic across concurrent function instances (claiming an update,
+pairing two users, ending a chat) are single methods here, and each backend implements
+them natively; services never read, decide and write back across the network.
+Every method may raise ``StorageUnavailable`` for failures a later retry can fix.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from messagine.models import (
+    Counts,
+    EndedChat,
+    EndReason,
+    MatchResult,
+    MessageLink,
+    OpenedUpdate,
+    Profile,
+    UserState,
+)
+
+
+class StorageUnavailable(Exception):  # noqa: N818 - the name says what the caller must know
+    """The store could not be reached or did not answer in time; retrying later may work."""
+
+
+class Repository(Protocol):
+    """The storage port. One call is one round trip to the store."""
+
+    @property
+    def backend(self) -> str:
+        """The backend's short name, for logs ("sqlite", "mongo", "firestore")."""
+        ...
+
+    def open_update(
+        self, update_id: int, profile: Profile | None, default_language: str, now: float
+    ) -> OpenedUpdate:
+        """Claim ``update_id`` and, for a user's update, refresh the profile and load the state.
+
+        Returns ``duplicate=True`` (and changes nothing) when the id was claimed before.
+        A new user is created with ``default_language`` as their language.
+        """
+        ...
+
+    def release_update(self, update_id: int) -> None:
+        """Forget the claim of ``update_id`` so that Telegram's re-delivery is processed."""
+        ...
+
+    def get_user(self, user_id: int) -> UserState | None:
+        """The user's state, or None for an unknown user."""
+        ...
+
+    def set_language(self, user_id: int, language: str) -> UserState:
+        """Change the matching language; a waiting user's lobby entry moves with it.
+
+        Refused (state returned unchanged) while the user is in a chat.
+        """
+        ...
+
+    def find_partner(
+        self, user_id: int, recent_partners: int, now: float, update_id: int
+    ) -> MatchResult:
+        """Pair the user with the longest-waiting compatible user of their language, or queue.
+
+        Compatible: not among either one's last ``recent_partners`` partners and not
+        excluded (reported or blocked) by either. Atomic: no user ends in two chats, or in
+        the lobby and a chat at once, and nobody waits while a compatible user also waits.
+        """
+        ...
+
+    def leave_lobby(self, user_id: int) -> bool:
+        """Take the user out of the lobby; False if they were not in it."""
+        ...
+
+    def end_chat(
+        self, user_id: int, reason: EndReason, now: float, update_id: int
+    ) -> EndedChat | None:
+        """End the user's chat once; None if they are in no chat.
+
+        When the chat was ended by this same ``update_id`` before (a re-delivery), the
+        ended chat is returned with ``resumed=True`` so the notices can be sent again.
+        """
+        ...
+
+    def set_blocked(self, user_id: int, blocked: bool) -> None:
+        """Mark that the user blocked (or unblocked) the bot; blocking also leaves the lobby."""
+        ...
+
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+        """Never match these two users again (a report or a block by ``user_id``)."""
+        ...
+
+    def record_message(self, link: MessageLink) -> None:
+        """Store the mapping between a relayed message and its copy."""
+        ...
+
+    def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
+        """The link of a message in ``user_id``'s own chat: one they sent or a copy they got.
+
+        Only links of chat ``chat_id`` count, so nothing maps into an earlier partner's chat.
+        """
+        ...
+
+    def counts(self, user_id: int) -> Counts:
+        """Totals for /about."""
+        ...

@@ -1,0 +1,422 @@
+"""The SQLite repository: the embedded default for running the bot on one's own machine.
+
+Safe across processes sharing one database file: WAL mode, a busy timeout, and every
+write as one ``BEGIN IMMEDIATE`` transaction, which takes the database's single write lock
+up front so that read-decide-write sequences (matching, ending a chat) are serialised.
+Each thread gets its own connection, since function instances serve requests on threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from messagine.models import (
+    ActiveChat,
+    Counts,
+    EndedChat,
+    EndReason,
+    MatchOutcome,
+    MatchResult,
+    MessageLink,
+    OpenedUpdate,
+    Profile,
+    UserState,
+)
+from messagine.storage.port import StorageUnavailable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    first_name TEXT NOT NULL,
+    last_name TEXT,
+    username TEXT,
+    language_code TEXT,
+    language TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    blocked INTEGER NOT NULL DEFAULT 0,
+    banned INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS claimed_updates (
+    update_id INTEGER PRIMARY KEY,
+    claimed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lobby (
+    user_id INTEGER PRIMARY KEY,
+    language TEXT NOT NULL,
+    since REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lobby_by_language ON lobby (language, since, user_id);
+CREATE TABLE IF NOT EXISTS chats (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_a INTEGER NOT NULL,
+    user_b INTEGER NOT NULL,
+    language TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    opened_by_update INTEGER,
+    ended_at REAL,
+    ended_by INTEGER,
+    end_reason TEXT,
+    closed_by_update INTEGER
+);
+CREATE INDEX IF NOT EXISTS chats_by_user_a ON chats (user_a, started_at);
+CREATE INDEX IF NOT EXISTS chats_by_user_b ON chats (user_b, started_at);
+CREATE TABLE IF NOT EXISTS memberships (
+    user_id INTEGER PRIMARY KEY,
+    chat_id INTEGER NOT NULL,
+    partner_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS exclusions (
+    user_id INTEGER NOT NULL,
+    other_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (user_id, other_id)
+);
+CREATE TABLE IF NOT EXISTS message_links (
+    chat_id INTEGER NOT NULL,
+    sender_id INTEGER NOT NULL,
+    sender_message_id INTEGER NOT NULL,
+    recipient_id INTEGER NOT NULL,
+    copy_message_id INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (sender_id, sender_message_id)
+);
+CREATE INDEX IF NOT EXISTS message_links_by_copy
+    ON message_links (recipient_id, copy_message_id);
+"""
+
+# The state of one user: profile flags, their chat (seen from their side) and lobby entry.
+_STATE_QUERY = """
+SELECT u.id, u.language, u.blocked, u.banned,
+       m.chat_id, m.partner_id, p.language, c.started_at, l.since
+FROM users u
+LEFT JOIN memberships m ON m.user_id = u.id
+LEFT JOIN chats c ON c.id = m.chat_id
+LEFT JOIN users p ON p.id = m.partner_id
+LEFT JOIN lobby l ON l.user_id = u.id
+WHERE u.id = ?
+"""
+
+# The last N partners of a user, newest first.
+_RECENT_PARTNERS = """
+SELECT CASE WHEN user_a = :me THEN user_b ELSE user_a END
+FROM chats WHERE user_a = :me OR user_b = :me
+ORDER BY started_at DESC, id DESC LIMIT :recent
+"""
+
+# The longest-waiting compatible user of a language (see Repository.find_partner).
+_CANDIDATE_QUERY = """
+SELECT l.user_id FROM lobby l
+WHERE l.language = :language AND l.user_id != :me
+  AND l.user_id NOT IN (""" + _RECENT_PARTNERS + """)
+  AND :me NOT IN (
+      SELECT CASE WHEN c.user_a = l.user_id THEN c.user_b ELSE c.user_a END
+      FROM chats c WHERE c.user_a = l.user_id OR c.user_b = l.user_id
+      ORDER BY c.started_at DESC, c.id DESC LIMIT :recent)
+  AND NOT EXISTS (
+      SELECT 1 FROM exclusions e
+      WHERE (e.user_id = :me AND e.other_id = l.user_id)
+         OR (e.user_id = l.user_id AND e.other_id = :me))
+ORDER BY l.since, l.user_id
+LIMIT 1
+"""
+
+
+class SqliteRepository:
+    """The repository port on one SQLite database file."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 10.0) -> None:
+        self._path = str(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+
+    # -- connection handling -------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self._path, timeout=self._busy_timeout_s, isolation_level=None
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            self._ensure_schema(conn)
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        with self._schema_lock:
+            if not self._schema_ready:
+                conn.executescript(_SCHEMA)
+                self._schema_ready = True
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; BEGIN IMMEDIATE takes the write lock before the first read."""
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as error:
+            raise StorageUnavailable(f"sqlite: {error}") from None
+        try:
+            yield conn
+        except sqlite3.OperationalError as error:
+            conn.execute("ROLLBACK")
+            raise StorageUnavailable(f"sqlite: {error}") from None
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                conn.execute("ROLLBACK")
+                raise StorageUnavailable(f"sqlite: {error}") from None
+
+    def init_schema(self) -> None:
+        """Create the tables and indexes if absent (also done on first use)."""
+        self._connection()
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- reading state -------------------------------------------------------------------
+
+    @staticmethod
+    def _state(
+        conn: sqlite3.Connection, user_id: int, *, is_new: bool = False
+    ) -> UserState | None:
+        row = conn.execute(_STATE_QUERY, (user_id,)).fetchone()
+        if row is None:
+            return None
+        (uid, language, blocked, banned, chat_id, partner_id, partner_language,
+         started_at, since) = row
+        chat = None
+        if chat_id is not None:
+            chat = ActiveChat(chat_id, partner_id, partner_language or language, started_at)
+        return UserState(
+            user_id=uid, language=language, is_new=is_new, blocked=bool(blocked),
+            banned=bool(banned), chat=chat, waiting_since=since,
+        )
+
+    def get_user(self, user_id: int) -> UserState | None:
+        """See ``Repository.get_user``."""
+        with self._transaction(write=False) as conn:
+            return self._state(conn, user_id)
+
+    # -- updates and users ---------------------------------------------------------------
+
+    def open_update(
+        self, update_id: int, profile: Profile | None, default_language: str, now: float
+    ) -> OpenedUpdate:
+        """See ``Repository.open_update``: claim, profile upsert and state in one transaction."""
+        with self._transaction() as conn:
+            claimed = conn.execute(
+                "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at) VALUES (?, ?)",
+                (update_id, now),
+            ).rowcount
+            if not claimed:
+                return OpenedUpdate(duplicate=True)
+            if profile is None:
+                return OpenedUpdate(duplicate=False)
+            known = conn.execute(
+                "SELECT 1 FROM users WHERE id = ?", (profile.user_id,)
+            ).fetchone()
+            conn.execute(
+                """
+                INSERT INTO users (id, first_name, last_name, username, language_code,
+                                   language, first_seen, last_seen)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET
+                    first_name = excluded.first_name, last_name = excluded.last_name,
+                    username = excluded.username, language_code = excluded.language_code,
+                    last_seen = excluded.last_seen
+                """,
+                (profile.user_id, profile.first_name, profile.last_name, profile.username,
+                 profile.language_code, default_language, now, now),
+            )
+            state = self._state(conn, profile.user_id, is_new=known is None)
+            return OpenedUpdate(duplicate=False, user=state)
+
+    def release_update(self, update_id: int) -> None:
+        """See ``Repository.release_update``."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM claimed_updates WHERE update_id = ?", (update_id,))
+
+    def set_language(self, user_id: int, language: str) -> UserState:
+        """See ``Repository.set_language``."""
+        with self._transaction() as conn:
+            state = self._state(conn, user_id)
+            if state is None:
+                raise LookupError(f"unknown user {user_id}")
+            if state.chat is not None:
+                return state
+            conn.execute("UPDATE users SET language = ? WHERE id = ?", (language, user_id))
+            conn.execute("UPDATE lobby SET language = ? WHERE user_id = ?", (language, user_id))
+            new_state = self._state(conn, user_id)
+            assert new_state is not None  # noqa: S101 - the row was read in this transaction
+            return new_state
+
+    def set_blocked(self, user_id: int, blocked: bool) -> None:
+        """See ``Repository.set_blocked``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET blocked = ? WHERE id = ?", (int(blocked), user_id))
+            if blocked:
+                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
+
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+        """See ``Repository.exclude_pair``."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO exclusions (user_id, other_id, reason, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (user_id, other_id, reason, now),
+            )
+
+    # -- lobby and chats -----------------------------------------------------------------
+
+    def find_partner(
+        self, user_id: int, recent_partners: int, now: float, update_id: int
+    ) -> MatchResult:
+        """See ``Repository.find_partner``; serialised by the IMMEDIATE write lock."""
+        with self._transaction() as conn:
+            state = self._state(conn, user_id)
+            if state is None:
+                raise LookupError(f"unknown user {user_id}")
+            if state.chat is not None:
+                opened_by = conn.execute(
+                    "SELECT opened_by_update FROM chats WHERE id = ?", (state.chat.chat_id,)
+                ).fetchone()[0]
+                if opened_by == update_id:
+                    return MatchResult(MatchOutcome.MATCHED, state.chat, resumed=True)
+                return MatchResult(MatchOutcome.IN_CHAT, state.chat)
+            candidate = conn.execute(
+                _CANDIDATE_QUERY,
+                {"language": state.language, "me": user_id, "recent": recent_partners},
+            ).fetchone()
+            if candidate is None:
+                was_waiting = state.waiting
+                conn.execute(
+                    "INSERT OR IGNORE INTO lobby (user_id, language, since) VALUES (?, ?, ?)",
+                    (user_id, state.language, now),
+                )
+                waiting = conn.execute(
+                    "SELECT count(*) FROM lobby WHERE language = ?", (state.language,)
+                ).fetchone()[0]
+                outcome = MatchOutcome.ALREADY_WAITING if was_waiting else MatchOutcome.WAITING
+                return MatchResult(outcome, waiting_count=waiting)
+            partner_id = candidate[0]
+            conn.execute("DELETE FROM lobby WHERE user_id IN (?, ?)", (user_id, partner_id))
+            chat_id = conn.execute(
+                "INSERT INTO chats (user_a, user_b, language, started_at, opened_by_update)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (partner_id, user_id, state.language, now, update_id),
+            ).lastrowid
+            conn.executemany(
+                "INSERT INTO memberships (user_id, chat_id, partner_id) VALUES (?, ?, ?)",
+                [(user_id, chat_id, partner_id), (partner_id, chat_id, user_id)],
+            )
+            partner_language = conn.execute(
+                "SELECT language FROM users WHERE id = ?", (partner_id,)
+            ).fetchone()[0]
+            assert chat_id is not None  # noqa: S101 - an INSERT always sets lastrowid
+            return MatchResult(
+                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, partner_language, now)
+            )
+
+    def leave_lobby(self, user_id: int) -> bool:
+        """See ``Repository.leave_lobby``."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,)).rowcount > 0
+
+    def end_chat(
+        self, user_id: int, reason: EndReason, now: float, update_id: int
+    ) -> EndedChat | None:
+        """See ``Repository.end_chat``."""
+        with self._transaction() as conn:
+            member = conn.execute(
+                "SELECT chat_id, partner_id FROM memberships WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            if member is None:
+                earlier = conn.execute(
+                    "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END FROM chats"
+                    " WHERE (user_a = :me OR user_b = :me) AND closed_by_update = :update",
+                    {"me": user_id, "update": update_id},
+                ).fetchone()
+                if earlier is None:
+                    return None
+                chat_id, partner_id = earlier
+                resumed = True
+            else:
+                chat_id, partner_id = member
+                resumed = False
+                conn.execute(
+                    "UPDATE chats SET ended_at = ?, ended_by = ?, end_reason = ?,"
+                    " closed_by_update = ? WHERE id = ?",
+                    (now, user_id, reason.value, update_id, chat_id),
+                )
+                conn.execute("DELETE FROM memberships WHERE chat_id = ?", (chat_id,))
+            partner_language = conn.execute(
+                "SELECT language FROM users WHERE id = ?", (partner_id,)
+            ).fetchone()
+            return EndedChat(
+                chat_id, partner_id, partner_language[0] if partner_language else "en", resumed
+            )
+
+    # -- message links -------------------------------------------------------------------
+
+    def record_message(self, link: MessageLink) -> None:
+        """See ``Repository.record_message``."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO message_links (chat_id, sender_id, sender_message_id,"
+                " recipient_id, copy_message_id, content_type, sent_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (link.chat_id, link.sender_id, link.sender_message_id, link.recipient_id,
+                 link.copy_message_id, link.content_type, link.sent_at),
+            )
+
+    def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
+        """See ``Repository.find_message``."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                "SELECT chat_id, sender_id, sender_message_id, recipient_id, copy_message_id,"
+                " content_type, sent_at FROM message_links"
+                " WHERE chat_id = :chat AND ((sender_id = :user AND sender_message_id = :msg)"
+                "  OR (recipient_id = :user AND copy_message_id = :msg))",
+                {"chat": chat_id, "user": user_id, "msg": message_id},
+            ).fetchone()
+        return MessageLink(*row) if row else None
+
+    # -- statistics ----------------------------------------------------------------------
+
+    def counts(self, user_id: int) -> Counts:
+        """See ``Repository.counts``."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                """
+                SELECT (SELECT count(*) FROM users),
+                       (SELECT count(*) FROM chats WHERE ended_at IS NULL),
+                       (SELECT count(*) FROM chats WHERE ended_at IS NOT NULL),
+                       (SELECT count(*) FROM chats WHERE ended_at IS NOT NULL
+                            AND (user_a = :me OR user_b = :me)),
+                       (SELECT count(*) FROM lobby)
+                """,
+                {"me": user_id},
+            ).fetchone()
+        return Counts(*row)

@@ -1,0 +1,203 @@
+"""The Telegram gateway: the bot's only way to call the Bot API.
+
+It points pyTelegramBotAPI at the configured API URL, sends every call as a POST form
+body (the library's default puts parameters, message text included, in the URL query,
+where proxies and error messages would show it), bounds each call with timeouts, and
+turns the library's and requests' exceptions into three kinds the services act on:
+``TelegramUnavailable`` (retry later), ``TelegramBlocked`` (403: the user blocked the bot)
+and ``TelegramRejected`` (any other 4xx: retrying will not help). None of them carries
+the request URL, which holds the bot token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import requests
+import telebot
+from telebot import apihelper, types
+
+T = TypeVar("T")
+Keyboard = Sequence[Sequence[tuple[str, str]]]
+"""Rows of (label, callback data) inline buttons."""
+
+
+class TelegramError(Exception):
+    """A Bot API call failed; ``method`` and ``code`` say which and how (no URL, no content)."""
+
+    def __init__(self, method: str, code: int, description: str) -> None:
+        self.method = method
+        self.code = code
+        self.description = description
+        super().__init__(f"{method} failed: {code} {description}")
+
+
+class TelegramUnavailable(TelegramError):  # noqa: N818 - named for what the caller does
+    """Network error, timeout, 5xx or 429: the same call may succeed later."""
+
+    def __init__(
+        self, method: str, code: int, description: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(method, code, description)
+        self.retry_after = retry_after
+
+
+class TelegramBlocked(TelegramError):  # noqa: N818
+    """403: the user blocked the bot (or deleted their account)."""
+
+
+class TelegramRejected(TelegramError):  # noqa: N818
+    """Any other 4xx: the request can never succeed as it is."""
+
+
+class _FormPostSender:
+    """pyTelegramBotAPI's request sender, replaced: POST bodies, one session per thread."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        self._timeout = (connect_timeout, read_timeout)
+        self._local = threading.local()
+
+    def __call__(
+        self, method: str, url: str, params: dict[str, Any] | None = None,
+        files: Any = None, timeout: Any = None, proxies: Any = None,
+    ) -> requests.Response:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            self._local.session = session
+        del method, timeout  # always POST (the Bot API accepts it for every method)
+        return session.post(url, data=params, files=files, timeout=self._timeout,
+                            proxies=proxies)
+
+
+def configure_transport(api_url: str, timeout_s: float) -> None:
+    """Point pyTelegramBotAPI at ``api_url`` with bounded, body-only requests (per process)."""
+    apihelper.API_URL = api_url.rstrip("/") + "/bot{0}/{1}"  # type: ignore[assignment]
+    sender = _FormPostSender(min(5.0, timeout_s), timeout_s)
+    apihelper.CUSTOM_REQUEST_SENDER = sender  # type: ignore[assignment]
+    # The library logs request parameters (message text) at DEBUG: keep it quiet.
+    telebot.logger.setLevel("CRITICAL")
+
+
+def _classify(method: str, error: Exception) -> TelegramError:
+    if isinstance(error, apihelper.ApiTelegramException):
+        code = int(error.error_code)
+        description = str(error.description)
+        if code == 429 or code >= 500:
+            retry = (error.result_json.get("parameters") or {}).get("retry_after")
+            return TelegramUnavailable(method, code, description,
+                                       float(retry) if retry is not None else None)
+        if code == 403:
+            return TelegramBlocked(method, code, description)
+        return TelegramRejected(method, code, description)
+    if isinstance(error, apihelper.ApiHTTPException):
+        status = int(error.result.status_code)
+        if status == 429 or status >= 500:
+            return TelegramUnavailable(method, status, "HTTP error")
+        if status == 403:
+            return TelegramBlocked(method, status, "Forbidden")
+        return TelegramRejected(method, status, "HTTP error")
+    if isinstance(error, requests.Timeout):
+        return TelegramUnavailable(method, 0, "timeout")
+    if isinstance(error, requests.RequestException | apihelper.ApiInvalidJSONException):
+        return TelegramUnavailable(method, 0, type(error).__name__)
+    raise error
+
+
+class _Entity(types.MessageEntity):
+    """A message entity serialised without its unset fields, as Telegram sent it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
+
+def _entities(entities: list[types.MessageEntity] | None) -> list[types.MessageEntity] | None:
+    if not entities:
+        return None
+    return [_Entity(**{k: v for k, v in vars(e).items() if v is not None}) for e in entities]
+
+
+def keyboard_markup(rows: Keyboard | None) -> types.InlineKeyboardMarkup | None:
+    """An inline keyboard from rows of (label, callback data); None for no keyboard."""
+    if rows is None:
+        return None
+    markup = types.InlineKeyboardMarkup()
+    for row in rows:
+        markup.row(*(types.InlineKeyboardButton(label, callback_data=data) for label, data in row))
+    return markup
+
+
+class Telegram:
+    """The Bot API calls the services make, with errors classified."""
+
+    def __init__(self, bot: telebot.TeleBot) -> None:
+        self.bot = bot
+
+    @staticmethod
+    def _call(method: str, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except (apihelper.ApiException, requests.RequestException) as error:
+            raise _classify(method, error) from None
+
+    def send_text(self, chat_id: int, text: str, keyboard: Keyboard | None = None) -> int:
+        """Send a text message; returns its message id."""
+        message = self._call("sendMessage", lambda: self.bot.send_message(
+            chat_id, text, reply_markup=keyboard_markup(keyboard)))
+        return int(message.message_id)
+
+    def copy_message(
+        self, chat_id: int, from_chat_id: int, message_id: int, reply_to: int | None = None
+    ) -> int:
+        """Copy a message (no origin header, captions and formatting kept); returns its id."""
+        reply = (types.ReplyParameters(reply_to, allow_sending_without_reply=True)
+                 if reply_to is not None else None)
+        result = self._call("copyMessage", lambda: self.bot.copy_message(
+            chat_id, from_chat_id, message_id, reply_parameters=reply))
+        return int(result.message_id)
+
+    def edit_text(
+        self, chat_id: int, message_id: int, text: str,
+        entities: list[types.MessageEntity] | None = None, keyboard: Keyboard | None = None,
+    ) -> None:
+        """Replace a message's text (and keyboard)."""
+        self._call("editMessageText", lambda: self.bot.edit_message_text(
+            text, chat_id, message_id, entities=_entities(entities),
+            reply_markup=keyboard_markup(keyboard)))
+
+    def edit_caption(
+        self, chat_id: int, message_id: int, caption: str,
+        entities: list[types.MessageEntity] | None = None,
+    ) -> None:
+        """Replace a media message's caption."""
+        self._call("editMessageCaption", lambda: self.bot.edit_message_caption(
+            caption, chat_id, message_id, caption_entities=_entities(entities)))
+
+    def edit_keyboard(self, chat_id: int, message_id: int, keyboard: Keyboard | None) -> None:
+        """Replace (or, with None, remove) a message's inline keyboard."""
+        markup = keyboard_markup(keyboard) or types.InlineKeyboardMarkup()
+        self._call("editMessageReplyMarkup", lambda: self.bot.edit_message_reply_markup(
+            chat_id, message_id, reply_markup=markup))
+
+    def delete_message(self, chat_id: int, message_id: int) -> None:
+        """Delete a message in a chat."""
+        self._call("deleteMessage", lambda: self.bot.delete_message(chat_id, message_id))
+
+    def answer_callback(self, callback_id: str, text: str | None = None) -> None:
+        """Answer a button press (stops the button's spinner)."""
+        self._call("answerCallbackQuery", lambda: self.bot.answer_callback_query(
+            callback_id, text=text))
+
+    def leave_chat(self, chat_id: int) -> None:
+        """Leave a group the bot was added to."""
+        self._call("leaveChat", lambda: self.bot.leave_chat(chat_id))
+
+    def set_commands(
+        self, commands: Sequence[tuple[str, str]], language_code: str | None
+    ) -> None:
+        """Set the command menu for one language (None: the default for every language)."""
+        menu = [types.BotCommand(name, description) for name, description in commands]
+        self._call("setMyCommands", lambda: self.bot.set_my_commands(
+            menu, language_code=language_code))

@@ -1,0 +1,67 @@
+"""The HTTP face of the bot: the checks every webhook request passes before any work.
+
+In this order, before any storage or Telegram call: POST only (405), at most 1 MiB (413),
+the ``X-Telegram-Bot-Api-Secret-Token`` header equal to WEBHOOK_SECRET in constant time
+(401), a JSON object (400). Then the pipeline decides 200 or 503.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from messagine.runtime import LazyRuntime, Runtime
+from messagine.settings import SettingsError
+
+if TYPE_CHECKING:
+    import flask
+
+log = logging.getLogger("messagine.webhook")
+
+MAX_BODY_BYTES = 1024 * 1024
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
+
+_runtime = LazyRuntime(require_webhook_secret=True)
+
+Response = tuple[str, int, dict[str, str]]
+
+
+def handle(request: flask.Request, runtime: Runtime | None = None) -> Response:
+    """Answer one webhook request (the ``webhook`` entry point of main.py)."""
+    if request.method != "POST":
+        log.warning("refused %s request: only POST is accepted", request.method)
+        return _reply(405, "method not allowed", {"Allow": "POST"})
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        log.warning("refused request of %s bytes: over the 1 MiB limit", request.content_length)
+        return _reply(413, "payload too large")
+    try:
+        runtime = runtime or _runtime.get()
+    except SettingsError as error:
+        log.error(  # noqa: TRY400 - the problems say it all; a traceback would not help
+            "configuration invalid, answering 500: %s", "; ".join(error.problems))
+        return _reply(500, "bot not configured")
+    expected = runtime.settings.webhook_secret
+    given = request.headers.get(SECRET_HEADER, "")
+    if expected is None or not hmac.compare_digest(given.encode(), expected.reveal().encode()):
+        log.warning("refused request with a missing or wrong secret token")
+        return _reply(401, "unauthorized")
+    body = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        log.warning("refused request over the 1 MiB limit (no or wrong Content-Length)")
+        return _reply(413, "payload too large")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("refused request whose body is not JSON (%s bytes)", len(body))
+        return _reply(400, "body is not JSON")
+    if not isinstance(payload, dict):
+        log.warning("refused request whose JSON is a %s, not an object", type(payload).__name__)
+        return _reply(400, "body is not a JSON object")
+    result = runtime.pipeline.process(payload)
+    return _reply(result.status, "ok" if result.status == 200 else "retry later")
+
+
+def _reply(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    return text, status, {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
