@@ -153,7 +153,7 @@ def register(
         user = ctx.require_user()
         update_id = ctx.update_id
         if data.startswith(keyboards.SET_LANGUAGE):
-            return conversation.set_language(
+            return "button:" + conversation.set_language(
                 user, data.removeprefix(keyboards.SET_LANGUAGE), answer, update_id)
         actions = {
             keyboards.FIND: lambda: conversation.find_chat(user, answer, update_id),

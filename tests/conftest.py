@@ -1,0 +1,193 @@
+"""Shared fixtures: the fake Bot API, repositories per backend, the bot in-process and the
+real functions-framework server in a subprocess.
+
+No test may reach the network: a guard refuses every connection that is not to loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.runtime import Runtime, build_runtime
+from messagine.settings import Settings
+from messagine.storage.sqlite import SqliteRepository
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-webhook-secret_0123456789"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: Any) -> Any:
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and self.family in (socket.AF_INET, socket.AF_INET6) \
+            and host not in _LOOPBACK:
+        raise RuntimeError(f"test tried to reach the network: {host}")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeBotApi]:
+    with FakeBotApi() as api:
+        yield api
+
+
+def bot_env(api: FakeBotApi, sqlite_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a bot that talks to ``api`` and stores in ``sqlite_path``."""
+    return {"TELEGRAM_TOKEN": api.token, "TELEGRAM_API_URL": api.url,
+            "WEBHOOK_SECRET": SECRET, "STORAGE": "sqlite", "SQLITE_PATH": str(sqlite_path),
+            "TELEGRAM_TIMEOUT_SECONDS": "5", **extra}
+
+
+# -- repositories: one contract, every backend -------------------------------------------
+
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh, empty repository of each backend in turn."""
+    if request.param == "sqlite":
+        repo = SqliteRepository(tmp_path / "contract.sqlite3")
+        yield repo
+        repo.close()
+
+
+# -- the bot in this process -------------------------------------------------------------
+
+class Clock:
+    """A controllable clock for the services."""
+
+    def __init__(self, now: float = 1_790_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def bot(fake_api: FakeBotApi, tmp_path: Path, clock: Clock) -> Runtime:
+    """The whole bot wired in this process against the fake Bot API and SQLite."""
+    settings = Settings.from_env(bot_env(fake_api, tmp_path / "bot.sqlite3"))
+    return build_runtime(settings, clock=clock)
+
+
+# -- the real HTTP entry point -----------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class FunctionServer:
+    """``functions-framework --target webhook`` serving main.py in a subprocess."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        full_env = {**os.environ, **env, "WORKERS": str(workers), "THREADS": "8",
+                    "PYTHONUNBUFFERED": "1"}
+        self.log_path = Path(env["SQLITE_PATH"]).with_suffix(".log")
+        self._mark = 0
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", "webhook",
+             "--source", str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.url, timeout=1)
+                return
+            except requests.ConnectionError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("functions-framework did not start:\n" + self.log())
+
+    def post(self, update: Any, secret: str | None = SECRET, **kwargs: Any) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        if secret is not None:
+            headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+        if isinstance(update, (bytes, str)):
+            return requests.post(self.url, data=update, headers=headers, timeout=30, **kwargs)
+        return requests.post(self.url, json=update, headers=headers, timeout=30, **kwargs)
+
+    def log(self) -> str:
+        """What the server logged since the last ``mark_log``."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[self._mark:]
+
+    def mark_log(self) -> None:
+        self._log.flush()
+        self._mark = len(self.log_path.read_text(errors="replace"))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FunctionServer, FakeBotApi]]:
+    """One fake Bot API and one function server per test module (starting one takes ~1 s)."""
+    with FakeBotApi() as api:
+        path = tmp_path_factory.mktemp("served") / "server.sqlite3"
+        server = FunctionServer(bot_env(api, path))
+        yield server, api
+        server.stop()
+
+
+@pytest.fixture
+def function_server(served: tuple[FunctionServer, FakeBotApi]) -> FunctionServer:
+    """The module's function server; its fake Bot API starts each test with no calls."""
+    server, api = served
+    api.reset_calls()
+    api.clear_failures()
+    server.mark_log()
+    return server
+
+
+@pytest.fixture
+def served_api(served: tuple[FunctionServer, FakeBotApi]) -> FakeBotApi:
+    """The fake Bot API behind ``function_server``."""
+    return served[1]
+
+
+Deliver = Callable[[dict[str, Any]], Any]
+
+
+@pytest.fixture
+def deliver(bot: Runtime) -> Deliver:
+    """Process one update in-process and return the pipeline's result."""
+    return bot.pipeline.process

@@ -1,0 +1,152 @@
+"""Two strangers meet, talk with every kind of message, and part: end to end over HTTP.
+
+The updates go through functions-framework serving main.py; the assertions read what each
+user's chat shows in the fake Bot API's model, as a Telegram client would show it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from conftest import FunctionServer
+from messagine.dev.fake_bot_api import CONTENT_FIELDS, SAMPLE_CONTENT, FakeBotApi, FakeUser
+
+pytestmark = pytest.mark.slow
+
+
+def buttons(message: dict[str, Any]) -> list[str]:
+    return [b["text"] for row in message.get("reply_markup", {}).get("inline_keyboard", [])
+            for b in row]
+
+
+def content(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k in CONTENT_FIELDS}
+
+
+def without_dates(message: Any) -> Any:
+    """The message with its timestamps left out, whose digits could contain any id."""
+    if isinstance(message, list):
+        return [without_dates(m) for m in message]
+    return {k: without_dates(v) if isinstance(v, dict) else v for k, v in message.items()
+            if k not in ("date", "edit_date")}
+
+
+def assert_anonymous_copy(copy: dict[str, Any], original: dict[str, Any], sender: FakeUser):
+    """The copy is the original's content, from the bot, with nothing of the sender."""
+    assert content(copy) == content(original), "nothing inserted or removed"
+    assert copy["from"]["is_bot"]
+    for header in ("forward_origin", "forward_from", "forward_sender_name", "forward_date"):
+        assert header not in copy
+    serialised = json.dumps(without_dates(copy), ensure_ascii=False)
+    for trace in (str(sender.id), sender.profile["first_name"]):
+        assert trace not in serialised, f"the copy carries the sender's {trace!r}"
+
+
+def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, served_api: FakeBotApi):
+    post = function_server.post
+    alice = served_api.user(7001, "Alice", username="alice_w")
+    bob = served_api.user(7002, "Bobby", language_code="en-GB")
+
+    # Welcome, with the language named and the four buttons.
+    assert post(alice.command("start")).status_code == 200
+    welcome = alice.last()
+    assert "English" in welcome["text"]
+    assert buttons(welcome) == ["🔍 Find Chat", "🌐 Language", "ℹ️ About", "❓ Help"]
+    post(bob.command("start"))
+
+    # Alice waits: the welcome becomes the lobby message, and its callback is answered.
+    post(alice.press_button("Find Chat"))
+    assert "lobby" in alice.last()["text"] and buttons(alice.last())[0] == "🚪 Exit Lobby"
+    assert len(alice.inbox()) == 1, "the pressed message was updated, not repeated"
+    assert len(served_api.calls_of("answerCallbackQuery")) == 1
+    post(alice.command("find_chat"))
+    assert "already in the lobby" in alice.last()["text"]
+
+    # Bob searches with an alias and they are paired at once.
+    post(bob.command("search"))
+    for user in (alice, bob):
+        assert user.last()["text"].startswith("Chat started")
+        assert buttons(user.last()) == ["👋 Say Hi", "🚪 Exit Chat"]
+
+    # Say Hi reaches Bob; Alice's notice keeps only the exit button.
+    post(alice.press_button("Say Hi"))
+    assert bob.last()["text"] == "👋 Hi!"
+    assert buttons(alice.last()) == ["🚪 Exit Chat"]
+
+    # Every content type arrives as an anonymous copy.
+    hello = alice.text("Hello *there*", entities=[{"type": "bold", "offset": 6, "length": 7}])
+    post(hello)
+    assert_anonymous_copy(bob.last(), hello["message"], alice)
+    for content_type in SAMPLE_CONTENT:
+        caption = "look at this" if content_type in ("photo", "video", "document") else None
+        update = alice.media(content_type, caption=caption)
+        assert post(update).status_code == 200
+        assert_anonymous_copy(bob.last(), update["message"], alice)
+
+    # Replies land on the right message on the other side, both ways.
+    copy_of_hello = next(m for m in bob.inbox() if m.get("text") == "Hello *there*")
+    reply = bob.text("hi Alice's copy", reply_to=copy_of_hello["message_id"])
+    post(reply)
+    assert alice.last()["reply_to_message"]["message_id"] == hello["message"]["message_id"]
+    bob_reply_copy = alice.last()
+    post(alice.text("answering", reply_to=bob_reply_copy["message_id"]))
+    assert bob.last()["reply_to_message"]["message_id"] == reply["message"]["message_id"]
+
+    # An edit is mirrored on the copy, text and caption alike, with no "edited" text added.
+    post(alice.edit(hello["message"]["message_id"], text="Hello there, edited"))
+    edited = next(m for m in bob.inbox() if m["message_id"] == copy_of_hello["message_id"])
+    assert edited["text"] == "Hello there, edited" and "edit_date" in edited
+    photo = alice.media("photo", caption="before")
+    post(photo)
+    photo_copy_id = bob.last()["message_id"]
+    post(alice.edit(photo["message"]["message_id"], caption="after"))
+    assert next(m for m in bob.inbox() if m["message_id"] == photo_copy_id)["caption"] == "after"
+
+    # /delete as a reply removes Bob's copy.
+    post(alice.command("delete", reply_to=photo["message"]["message_id"]))
+    assert photo_copy_id not in [m["message_id"] for m in bob.inbox()]
+    assert alice.last()["text"] == "Deleted for your partner."
+
+    # Exit asks first; No keeps the chat, Yes ends it and both sides are told once.
+    post(alice.command("exit_chat"))
+    assert buttons(alice.last()) == ["Yes ✅", "No ❌"]
+    post(alice.press_button("No"))
+    assert alice.last()["text"] == "OK, the chat goes on."
+    post(alice.command("stop"))
+    post(alice.press_button("Yes"))
+    assert alice.last()["text"] == "You have closed the chat."
+    assert bob.last()["text"] == "Chat closed by your partner."
+    for user in (alice, bob):
+        assert buttons(user.last()) == ["🔍 Find Chat", "❓ Help"]
+    assert sum("closed by your partner" in t for t in bob.texts()) == 1
+
+    # They just met, so they are not paired again.
+    post(alice.command("find"))
+    post(bob.command("find"))
+    assert "lobby" in alice.last()["text"] and "lobby" in bob.last()["text"]
+    post(alice.command("cancel_find"))
+    assert alice.last()["text"] == "You left the lobby."
+    post(alice.command("cancel_find"))
+    assert alice.last()["text"] == "You are not in the lobby."
+
+    post(alice.command("about"))
+    about = alice.last()["text"]
+    assert "Previous chats: 1" in about and "Your previous chats: 1" in about
+    assert "Users waiting: 1" in about
+
+
+def test_what_the_bot_sends_never_names_the_partner(
+    function_server: FunctionServer, served_api: FakeBotApi
+):
+    alice = served_api.user(7101, "Zelda", username="zelda_secret", last_name="Hyrule")
+    bob = served_api.user(7102, "Link", username="link_secret")
+    for update in (alice.command("find_chat"), bob.command("find_chat"), alice.text("hey"),
+                   bob.text("hello"), alice.command("next")):
+        function_server.post(update)
+    for receiver, sender in ((bob, alice), (alice, bob)):
+        seen = json.dumps(without_dates(receiver.inbox()), ensure_ascii=False)
+        for trace in (sender.profile["first_name"], sender.profile["username"], str(sender.id)):
+            assert trace not in seen

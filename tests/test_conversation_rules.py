@@ -1,0 +1,261 @@
+"""The rules of the lobby and of chats, with the bot in this process.
+
+Real SQLite and the real fake Bot API over HTTP; only the HTTP entry point is skipped
+(its own tests cover it), which keeps these fast and lets them inject failures.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Deliver
+from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
+from messagine.runtime import Runtime, build_runtime
+from messagine.settings import Settings
+from messagine.storage.sqlite import SqliteRepository
+
+
+def buttons(message: dict[str, Any]) -> list[str]:
+    return [b["text"] for row in message.get("reply_markup", {}).get("inline_keyboard", [])
+            for b in row]
+
+
+def pair(deliver: Deliver, a: FakeUser, b: FakeUser) -> None:
+    assert deliver(a.command("find_chat")).outcome == "find:waiting"
+    assert deliver(b.command("find_chat")).outcome == "find:matched"
+
+
+@pytest.fixture
+def alice(fake_api: FakeBotApi) -> FakeUser:
+    return fake_api.user(101, "Alice")
+
+
+@pytest.fixture
+def bob(fake_api: FakeBotApi) -> FakeUser:
+    return fake_api.user(102, "Bob")
+
+
+def test_next_ends_the_chat_and_searches_again(deliver: Deliver, fake_api: FakeBotApi,
+                                               alice: FakeUser, bob: FakeUser):
+    carol = fake_api.user(103, "Carol")
+    deliver(carol.command("find_chat"))
+    assert deliver(alice.command("find_chat")).outcome == "find:matched"  # with Carol
+    deliver(bob.command("find_chat"))
+    assert deliver(alice.command("next")).outcome == "next:ended+matched"  # now with Bob
+    assert carol.last()["text"] == "Chat closed by your partner."
+    assert bob.last()["text"].startswith("Chat started")
+    assert deliver(carol.command("next")).outcome == "next:waiting"
+
+
+def test_both_confirming_exit_ends_the_chat_once(deliver: Deliver, alice: FakeUser,
+                                                 bob: FakeUser):
+    pair(deliver, alice, bob)
+    deliver(alice.command("exit_chat"))
+    deliver(bob.command("exit_chat"))
+    alice_yes, bob_yes = alice.press_button("Yes"), bob.press_button("Yes")
+    bob_confirmation = bob_yes["callback_query"]["message"]["message_id"]
+    assert deliver(alice_yes).outcome == "button:exit:closed"
+    assert deliver(bob_yes).outcome == "button:exit:already_ended"
+    assert [t for t in bob.texts() if "closed" in t] == ["Chat closed by your partner."]
+    confirmation = next(m for m in bob.inbox() if m["message_id"] == bob_confirmation)
+    assert confirmation["text"] == "This chat has already ended."
+    assert [t for t in alice.texts() if "closed" in t] == ["You have closed the chat."]
+
+
+def test_exit_outside_a_chat_says_why(deliver: Deliver, alice: FakeUser):
+    deliver(alice.command("exit_chat"))
+    assert alice.last()["text"].startswith("You have no chat right now")
+    deliver(alice.command("find_chat"))
+    deliver(alice.command("end"))
+    assert "you are in the lobby" in alice.last()["text"]
+
+
+def test_help_shows_the_button_for_the_state(deliver: Deliver, alice: FakeUser, bob: FakeUser):
+    deliver(alice.command("help"))
+    assert buttons(alice.last())[0] == "🔍 Find Chat"
+    assert "/find_chat" in alice.last()["text"]
+    deliver(alice.command("find_chat"))
+    deliver(alice.command("help"))
+    assert buttons(alice.last())[0] == "🚪 Exit Lobby"
+    deliver(bob.command("find_chat"))
+    deliver(alice.command("help"))
+    assert buttons(alice.last()) == ["🚪 Exit Chat", "🌐 Language", "ℹ️ About"]
+
+
+def test_a_known_user_is_welcomed_back(deliver: Deliver, alice: FakeUser):
+    assert deliver(alice.command("start")).outcome == "start:new"
+    assert deliver(alice.command("start")).outcome == "start:known"
+    assert alice.last()["text"] == "Welcome back! 👋"
+    assert buttons(alice.last()) == ["🔍 Find Chat", "❓ Help"]
+
+
+def test_the_language_comes_from_telegram_when_supported(deliver: Deliver, fake_api: FakeBotApi):
+    deliver(fake_api.user(201, "Ana", language_code="pt-br").command("start"))
+    assert "Português" in fake_api.user(201).last()["text"]
+    deliver(fake_api.user(202, "X", language_code="xx").command("start"))
+    assert "English" in fake_api.user(202).last()["text"]
+    deliver(fake_api.user(203, "Y", language_code=None).command("start"))
+    assert "English" in fake_api.user(203).last()["text"]
+
+
+def test_the_language_picker_toggles_and_moves_the_lobby_entry(
+    deliver: Deliver, fake_api: FakeBotApi, alice: FakeUser
+):
+    hans = fake_api.user(301, "Hans", language_code="de")
+    deliver(hans.command("find_chat"))
+    deliver(alice.command("find_chat"))
+    deliver(alice.command("set_language"))
+    picker = alice.last()
+    assert len(buttons(picker)) == 11 and buttons(picker)[0] == "✓ English"
+    deliver(alice.press_button("All >>"))
+    assert len(buttons(alice.last())) == 57
+    assert alice.last()["message_id"] == picker["message_id"], "toggled in place"
+    deliver(alice.press_button("<< Top 10"))
+    assert len(buttons(alice.last())) == 11
+    outcome = deliver(alice.press_button("Deutsch")).outcome
+    assert outcome == "button:language:set+matched", "a waiting user is matched in the new pool"
+    assert any(t == "Your language is now Deutsch." for t in alice.texts())
+    assert hans.last()["text"].startswith("Chat started")
+    deliver(alice.command("set_language"))
+    assert "during a chat" in alice.last()["text"]
+
+
+def test_messages_outside_a_chat_get_an_answer(deliver: Deliver, alice: FakeUser):
+    assert deliver(alice.text("anyone?")).outcome == "relay:not_in_chat"
+    assert "not in a chat" in alice.last()["text"]
+    deliver(alice.command("find_chat"))
+    deliver(alice.media("sticker"))
+    assert "still in the lobby" in alice.last()["text"]
+    assert deliver(alice.command("frobnicate")).outcome == "unknown_command"
+    assert "/help" in alice.last()["text"]
+
+
+def test_unknown_commands_in_a_chat_are_relayed_as_text(deliver: Deliver, alice: FakeUser,
+                                                        bob: FakeUser):
+    pair(deliver, alice, bob)
+    assert deliver(alice.command("shrug")).outcome == "relayed"
+    assert bob.last()["text"] == "/shrug"
+
+
+def test_content_that_cannot_be_relayed_is_answered(deliver: Deliver, alice: FakeUser,
+                                                    bob: FakeUser):
+    pair(deliver, alice, bob)
+    game = {"game": {"title": "Lumberjack", "description": "Chop",
+                     "photo": [{"file_id": "g", "file_unique_id": "g", "width": 1, "height": 1}]}}
+    assert deliver(alice.send(game)).outcome == "unsupported:game"
+    assert alice.last()["text"] == "This kind of message can't be sent in a chat."
+
+
+def test_a_partner_who_blocked_the_bot_ends_the_chat(deliver: Deliver, fake_api: FakeBotApi,
+                                                     bot: Runtime, alice: FakeUser,
+                                                     bob: FakeUser):
+    pair(deliver, alice, bob)
+    fake_api.blocked.add(bob.id)
+    assert deliver(alice.text("still there?")).outcome == "relay:partner_unreachable"
+    assert "left Messagine" in alice.last()["text"]
+    state = bot.repository.get_user(bob.id)
+    assert state is not None and state.blocked and state.chat is None
+
+
+def test_a_copy_telegram_refuses_is_reported_to_the_sender(deliver: Deliver, fake_api: FakeBotApi,
+                                                          alice: FakeUser, bob: FakeUser):
+    pair(deliver, alice, bob)
+    fake_api.fail("copyMessage", status=400, description="Bad Request: message can't be copied")
+    assert deliver(alice.media("poll")).outcome == "relay:rejected"
+    assert "did not get it" in alice.last()["text"]
+    assert deliver(alice.text("and this?")).outcome == "relayed"
+
+
+def test_a_waiting_partner_who_blocked_the_bot_is_skipped(deliver: Deliver, fake_api: FakeBotApi,
+                                                          alice: FakeUser, bob: FakeUser):
+    carol = fake_api.user(103, "Carol")
+    deliver(bob.command("find_chat"))
+    fake_api.blocked.add(bob.id)
+    assert deliver(alice.command("find_chat")).outcome == "find:waiting"
+    assert deliver(carol.command("find_chat")).outcome == "find:matched"
+    assert alice.last()["text"].startswith("Chat started")
+
+
+def test_a_failed_chat_start_notice_is_sent_again_on_redelivery(
+    deliver: Deliver, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser
+):
+    deliver(alice.command("find_chat"))
+    fake_api.fail("sendMessage", chat_id=alice.id, status=500)
+    search = bob.command("find_chat")
+    assert deliver(search).status == 503
+    assert deliver(search).outcome == "find:matched", "the re-delivery resumes the same chat"
+    assert alice.last()["text"].startswith("Chat started")
+    assert bob.last()["text"].startswith("Chat started")
+
+
+def test_a_failed_exit_notice_is_sent_again_on_redelivery(
+    deliver: Deliver, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser
+):
+    pair(deliver, alice, bob)
+    deliver(alice.command("exit_chat"))
+    press = alice.press_button("Yes")
+    fake_api.fail("sendMessage", chat_id=bob.id, status=502)
+    assert deliver(press).status == 503
+    assert deliver(press).outcome == "button:exit:closed"
+    assert bob.last()["text"] == "Chat closed by your partner."
+
+
+def test_edits_and_deletes_outside_the_chat_are_not_delivered(
+    deliver: Deliver, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser
+):
+    pair(deliver, alice, bob)
+    hello = alice.text("hello")
+    deliver(hello)
+    deliver(alice.command("next"))
+    fake_api.reset_calls()
+    message_id = hello["message"]["message_id"]
+    assert deliver(alice.edit(message_id, text="changed")).outcome == "edit:not_in_chat"
+    assert deliver(alice.command("delete", reply_to=message_id)).outcome == "delete:not_found"
+    assert fake_api.calls_of("editMessageText") == []
+    assert fake_api.calls_of("deleteMessage") == []
+    assert deliver(alice.command("delete")).outcome == "delete:how"
+
+
+def test_delete_refuses_the_partners_messages(deliver: Deliver, fake_api: FakeBotApi,
+                                              alice: FakeUser, bob: FakeUser):
+    pair(deliver, alice, bob)
+    deliver(bob.text("mine"))
+    copy_id = alice.last()["message_id"]
+    assert deliver(alice.command("delete", reply_to=copy_id)).outcome == "delete:not_found"
+    assert fake_api.calls_of("deleteMessage") == []
+    assert alice.last()["text"].startswith("That message can't be deleted")
+
+
+def test_an_unreachable_store_answers_503_and_releases_nothing_half_done(
+    fake_api: FakeBotApi, tmp_path: Path, alice: FakeUser
+):
+    path = tmp_path / "locked.sqlite3"
+    settings = Settings.from_env({"TELEGRAM_TOKEN": fake_api.token,
+                                  "TELEGRAM_API_URL": fake_api.url, "SQLITE_PATH": str(path)})
+    runtime = build_runtime(settings, repository=SqliteRepository(path, busy_timeout_s=0.05))
+    runtime.repository.get_user(1)  # creates the schema
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    update = alice.command("find_chat")
+    result = runtime.pipeline.process(update)
+    assert (result.status, result.outcome) == (503, "retry:storage")
+    assert fake_api.calls == []
+    holder.execute("ROLLBACK")
+    assert runtime.pipeline.process(update).outcome == "find:waiting"
+
+
+def test_an_unexpected_error_apologises_and_answers_200(
+    bot: Runtime, deliver: Deliver, monkeypatch: pytest.MonkeyPatch, alice: FakeUser
+):
+    def broken(*_args: object) -> None:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(bot.repository, "counts", broken)
+    result = deliver(alice.command("about"))
+    assert (result.status, result.outcome) == (200, "error")
+    assert alice.last()["text"].startswith("Sorry, something went wrong on our side")
+    assert "error_occurred" not in alice.last()["text"]

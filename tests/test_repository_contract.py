@@ -1,0 +1,243 @@
+"""The repository contract: every storage backend must pass these same cases."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from messagine.models import EndReason, MatchOutcome, MessageLink, Profile
+from messagine.storage.port import Repository
+
+T0 = 1_790_000_000.0
+_update_ids = itertools.count(1)
+
+
+def profile(user_id: int, first_name: str = "User", language_code: str | None = "en") -> Profile:
+    return Profile(user_id, first_name, None, None, language_code)
+
+
+def register(repo: Repository, user_id: int, language: str = "en", now: float = T0) -> None:
+    opened = repo.open_update(next(_update_ids), profile(user_id), language, now)
+    assert opened.user is not None
+
+
+def find(repo: Repository, user_id: int, now: float = T0, recent: int = 5,
+         update_id: int | None = None):  # type: ignore[no-untyped-def]
+    return repo.find_partner(user_id, recent, now, update_id or next(_update_ids))
+
+
+# -- updates and users -------------------------------------------------------------------
+
+def test_open_update_creates_the_user_once_and_refreshes_the_profile(repository: Repository):
+    first = repository.open_update(next(_update_ids), profile(1, "Ann"), "de", T0)
+    assert not first.duplicate
+    assert first.user is not None and first.user.is_new and first.user.language == "de"
+    again = repository.open_update(next(_update_ids), profile(1, "Anna", "fr"), "fr", T0 + 5)
+    assert again.user is not None and not again.user.is_new
+    assert again.user.language == "de", "the default language applies to new users only"
+    assert repository.get_profile(1) == Profile(1, "Anna", None, None, "fr")
+    assert repository.get_profile(2) is None
+
+
+def test_a_claimed_update_is_a_duplicate_until_released(repository: Repository):
+    update_id = next(_update_ids)
+    assert not repository.open_update(update_id, profile(1), "en", T0).duplicate
+    assert repository.open_update(update_id, profile(1), "en", T0).duplicate
+    repository.release_update(update_id)
+    assert not repository.open_update(update_id, profile(1), "en", T0).duplicate
+
+
+def test_updates_without_a_user_are_claimed_too(repository: Repository):
+    update_id = next(_update_ids)
+    opened = repository.open_update(update_id, None, "en", T0)
+    assert not opened.duplicate and opened.user is None
+    assert repository.open_update(update_id, None, "en", T0).duplicate
+
+
+# -- matching ----------------------------------------------------------------------------
+
+def test_the_second_searcher_is_paired_with_the_first(repository: Repository):
+    register(repository, 1)
+    register(repository, 2)
+    waiting = find(repository, 1)
+    assert waiting.outcome is MatchOutcome.WAITING and waiting.waiting_count == 1
+    assert find(repository, 1).outcome is MatchOutcome.ALREADY_WAITING
+    matched = find(repository, 2, now=T0 + 3)
+    assert matched.outcome is MatchOutcome.MATCHED and matched.chat is not None
+    assert matched.chat.partner_id == 1 and not matched.resumed
+    one, two = repository.get_user(1), repository.get_user(2)
+    assert one is not None and two is not None
+    assert one.chat is not None and one.chat.partner_id == 2 and not one.waiting
+    assert two.chat is not None and two.chat.partner_id == 1 and not two.waiting
+    assert one.chat.chat_id == two.chat.chat_id
+    assert find(repository, 1).outcome is MatchOutcome.IN_CHAT
+
+
+def test_a_redelivered_search_resumes_the_chat_it_made(repository: Repository):
+    register(repository, 1)
+    register(repository, 2)
+    find(repository, 1)
+    matched = find(repository, 2, update_id=9_000_001)
+    again = find(repository, 2, update_id=9_000_001)
+    assert again.outcome is MatchOutcome.MATCHED and again.resumed
+    assert again.chat == matched.chat
+    assert find(repository, 2, update_id=9_000_002).outcome is MatchOutcome.IN_CHAT
+
+
+def test_languages_are_separate_pools(repository: Repository):
+    register(repository, 1, "en")
+    register(repository, 2, "de")
+    assert find(repository, 1).outcome is MatchOutcome.WAITING
+    assert find(repository, 2).outcome is MatchOutcome.WAITING
+    register(repository, 3, "de")
+    matched = find(repository, 3)
+    assert matched.chat is not None and matched.chat.partner_id == 2
+    assert matched.chat.partner_language == "de"
+
+
+def test_the_longest_waiting_compatible_user_is_chosen(repository: Repository):
+    for user_id in (1, 2, 3):
+        register(repository, user_id)
+    # 1 and 2 were partners, so both can wait at once; 1 has waited longer.
+    find(repository, 1, now=T0)
+    find(repository, 2, now=T0 + 1)
+    chat = find(repository, 1, now=T0 + 2).chat
+    assert chat is not None
+    repository.end_chat(1, EndReason.EXIT, T0 + 3, next(_update_ids))
+    assert find(repository, 1, now=T0 + 10).outcome is MatchOutcome.WAITING
+    assert find(repository, 2, now=T0 + 20).outcome is MatchOutcome.WAITING
+    matched = find(repository, 3, now=T0 + 30)
+    assert matched.chat is not None and matched.chat.partner_id == 1
+
+
+def test_recent_partners_are_not_paired_again_until_enough_others(repository: Repository):
+    for user_id in range(1, 9):
+        register(repository, user_id)
+    now = T0
+
+    def chat_and_end(a: int, b: int) -> None:
+        nonlocal now
+        now += 10
+        assert find(repository, a, now=now, recent=2).outcome is MatchOutcome.WAITING
+        assert find(repository, b, now=now + 1, recent=2).outcome is MatchOutcome.MATCHED
+        assert repository.end_chat(a, EndReason.EXIT, now + 2, next(_update_ids)) is not None
+
+    chat_and_end(1, 2)
+    assert find(repository, 1, now=now + 5, recent=2).outcome is MatchOutcome.WAITING
+    assert find(repository, 2, now=now + 6, recent=2).outcome is MatchOutcome.WAITING, \
+        "1 and 2 just met"
+    assert repository.leave_lobby(1) and repository.leave_lobby(2)
+    chat_and_end(1, 3)
+    chat_and_end(1, 4)
+    # 2 is no longer among 1's last two partners, and 1 is the only partner 2 had.
+    chat_and_end(2, 5)
+    chat_and_end(2, 6)
+    find(repository, 1, now=now + 5, recent=2)
+    assert find(repository, 2, now=now + 6, recent=2).outcome is MatchOutcome.MATCHED
+
+
+def test_recent_partners_zero_allows_meeting_again(repository: Repository):
+    register(repository, 1)
+    register(repository, 2)
+    find(repository, 1, recent=0)
+    find(repository, 2, recent=0)
+    repository.end_chat(1, EndReason.EXIT, T0, next(_update_ids))
+    find(repository, 1, recent=0)
+    assert find(repository, 2, recent=0).outcome is MatchOutcome.MATCHED
+
+
+@pytest.mark.parametrize("excluder", [1, 2])
+def test_an_excluded_pair_never_meets_in_either_direction(repository: Repository, excluder: int):
+    register(repository, 1)
+    register(repository, 2)
+    repository.exclude_pair(excluder, 3 - excluder, "blocked", T0)
+    assert find(repository, 1, recent=0).outcome is MatchOutcome.WAITING
+    assert find(repository, 2, recent=0).outcome is MatchOutcome.WAITING
+    register(repository, 3)
+    matched = find(repository, 3, recent=0)
+    assert matched.chat is not None and matched.chat.partner_id == 1
+
+
+# -- ending chats ------------------------------------------------------------------------
+
+def test_a_chat_ends_once_and_a_redelivery_resumes(repository: Repository):
+    register(repository, 1)
+    register(repository, 2)
+    find(repository, 1)
+    chat = find(repository, 2).chat
+    assert chat is not None
+    ended = repository.end_chat(2, EndReason.EXIT, T0 + 60, 7_000_001)
+    assert ended is not None and ended.partner_id == 1 and not ended.resumed
+    assert ended.chat_id == chat.chat_id
+    assert repository.end_chat(1, EndReason.EXIT, T0 + 61, 7_000_002) is None
+    assert repository.end_chat(2, EndReason.EXIT, T0 + 61, 7_000_003) is None
+    again = repository.end_chat(2, EndReason.EXIT, T0 + 62, 7_000_001)
+    assert again is not None and again.resumed and again.chat_id == chat.chat_id
+    for user_id in (1, 2):
+        state = repository.get_user(user_id)
+        assert state is not None and state.chat is None and not state.waiting
+
+
+def test_lobby_leave_and_language_move(repository: Repository):
+    register(repository, 1, "en")
+    assert not repository.leave_lobby(1)
+    find(repository, 1)
+    moved = repository.set_language(1, "de")
+    assert moved.language == "de" and moved.waiting
+    register(repository, 2, "de")
+    matched = find(repository, 2)
+    assert matched.chat is not None and matched.chat.partner_id == 1
+    refused = repository.set_language(1, "fr")
+    assert refused.language == "de" and refused.chat is not None
+    register(repository, 3)
+    find(repository, 3)
+    assert repository.leave_lobby(3)
+    state = repository.get_user(3)
+    assert state is not None and not state.waiting
+
+
+def test_blocking_the_bot_leaves_the_lobby(repository: Repository):
+    register(repository, 1)
+    find(repository, 1)
+    repository.set_blocked(1, blocked=True)
+    state = repository.get_user(1)
+    assert state is not None and state.blocked and not state.waiting
+    register(repository, 2)
+    assert find(repository, 2).outcome is MatchOutcome.WAITING
+    repository.set_blocked(1, blocked=False)
+    state = repository.get_user(1)
+    assert state is not None and not state.blocked
+
+
+# -- message links -----------------------------------------------------------------------
+
+def test_message_links_map_both_ways_within_one_chat(repository: Repository):
+    register(repository, 1)
+    register(repository, 2)
+    find(repository, 1)
+    chat = find(repository, 2).chat
+    assert chat is not None
+    link = MessageLink(chat.chat_id, 2, 10, 1, 20, "text", T0)
+    repository.record_message(link)
+    assert repository.find_message(chat.chat_id, 2, 10) == link
+    assert repository.find_message(chat.chat_id, 1, 20) == link
+    assert repository.find_message(chat.chat_id, 1, 10) is None
+    assert repository.find_message(chat.chat_id + 1, 2, 10) is None
+    repository.record_message(link)  # recording twice is harmless
+    assert repository.find_message(chat.chat_id, 2, 10) == link
+
+
+def test_counts(repository: Repository):
+    for user_id in range(1, 6):
+        register(repository, user_id)
+    find(repository, 1)
+    find(repository, 2)
+    repository.end_chat(1, EndReason.EXIT, T0, next(_update_ids))
+    find(repository, 3)
+    find(repository, 4)
+    find(repository, 5)
+    counts = repository.counts(1)
+    assert (counts.users, counts.active_chats, counts.previous_chats,
+            counts.my_previous_chats, counts.waiting) == (5, 1, 1, 1, 1)
+    assert repository.counts(5).my_previous_chats == 0
