@@ -55,8 +55,7 @@ class TelegramRejected(TelegramError):  # noqa: N818
 class _FormPostSender:
     """pyTelegramBotAPI's request sender, replaced: POST bodies, one session per thread."""
 
-    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
-        self._timeout = (connect_timeout, read_timeout)
+    def __init__(self) -> None:
         self._local = threading.local()
 
     def __call__(
@@ -67,16 +66,17 @@ class _FormPostSender:
         if session is None:
             session = requests.Session()
             self._local.session = session
-        del method, timeout  # always POST (the Bot API accepts it for every method)
-        return session.post(url, data=params, files=files, timeout=self._timeout,
-                            proxies=proxies)
+        del method  # always POST: the Bot API accepts it for every method
+        # ``timeout`` is (connect, read) from apihelper's limits, longer for long polling.
+        return session.post(url, data=params, files=files, timeout=timeout, proxies=proxies)
 
 
 def configure_transport(api_url: str, timeout_s: float) -> None:
     """Point pyTelegramBotAPI at ``api_url`` with bounded, body-only requests (per process)."""
     apihelper.API_URL = api_url.rstrip("/") + "/bot{0}/{1}"  # type: ignore[assignment]
-    sender = _FormPostSender(min(5.0, timeout_s), timeout_s)
-    apihelper.CUSTOM_REQUEST_SENDER = sender  # type: ignore[assignment]
+    apihelper.CONNECT_TIMEOUT = min(5.0, timeout_s)  # type: ignore[assignment]
+    apihelper.READ_TIMEOUT = timeout_s  # type: ignore[assignment]
+    apihelper.CUSTOM_REQUEST_SENDER = _FormPostSender()  # type: ignore[assignment]
     # The library logs request parameters (message text) at DEBUG: keep it quiet.
     telebot.logger.setLevel("CRITICAL")
 
@@ -193,6 +193,31 @@ class Telegram:
     def leave_chat(self, chat_id: int) -> None:
         """Leave a group the bot was added to."""
         self._call("leaveChat", lambda: self.bot.leave_chat(chat_id))
+
+    def set_webhook(self, url: str, secret: str, allowed_updates: Sequence[str],
+                    max_connections: int) -> None:
+        """Register the webhook URL with its secret token and the update kinds we handle."""
+        self._call("setWebhook", lambda: self.bot.set_webhook(
+            url, secret_token=secret, allowed_updates=list(allowed_updates),
+            max_connections=max_connections, drop_pending_updates=False))
+
+    def delete_webhook(self) -> None:
+        """Remove the webhook (needed before long polling)."""
+        self._call("deleteWebhook", self.bot.delete_webhook)
+
+    def webhook_info(self) -> dict[str, Any]:
+        """Telegram's view of the webhook: URL, pending updates, last error."""
+        info = self._call("getWebhookInfo", self.bot.get_webhook_info)
+        return {key: value for key, value in vars(info).items() if value is not None}
+
+    def get_updates(self, offset: int, timeout_s: int, allowed_updates: Sequence[str]
+                    ) -> list[dict[str, Any]]:
+        """Long-poll for updates, returned as the raw JSON objects a webhook would get."""
+        token = self.bot.token
+        result: list[dict[str, Any]] = self._call("getUpdates", lambda: apihelper.get_updates(
+            token, offset=offset, limit=100, timeout=None, allowed_updates=list(allowed_updates),
+            long_polling_timeout=timeout_s))
+        return result
 
     def set_commands(
         self, commands: Sequence[tuple[str, str]], language_code: str | None

@@ -105,7 +105,8 @@ class FakeBotApi:
         self._update_ids = itertools.count(1)
         self.pending_updates: list[JsonObject] = []
         self.commands: dict[str, list[JsonObject]] = {}
-        self.webhook: JsonObject = {"url": "", "pending_update_count": 0}
+        self.webhook: JsonObject = {"url": "", "has_custom_certificate": False,
+                                    "pending_update_count": 0}
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -314,13 +315,14 @@ class FakeBotApi:
         return True
 
     def _m_setWebhook(self, params: JsonObject) -> bool:  # noqa: N802
-        self.webhook = {"url": params.get("url", ""), "pending_update_count": 0,
+        self.webhook = {"url": params.get("url", ""), "has_custom_certificate": False,
+                        "pending_update_count": 0,
                         "max_connections": params.get("max_connections"),
                         "allowed_updates": params.get("allowed_updates")}
         return True
 
     def _m_deleteWebhook(self, params: JsonObject) -> bool:  # noqa: N802
-        self.webhook = {"url": "", "pending_update_count": 0}
+        self.webhook = {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
         return True
 
     def _m_getWebhookInfo(self, params: JsonObject) -> JsonObject:  # noqa: N802

@@ -1,0 +1,69 @@
+"""The message catalog: complete, compiled from its source, and used by key everywhere."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from babel.messages.pofile import read_po
+
+from messagine.catalog import LOCALE_DIR, Catalog
+
+PACKAGE = Path(__file__).resolve().parent.parent / "messagine"
+
+
+def po_messages(language: str) -> dict[str, str]:
+    path = LOCALE_DIR / language / "LC_MESSAGES" / "messagine.po"
+    with path.open("rb") as source:
+        catalog = read_po(source)
+    return {str(m.id): str(m.string) for m in catalog if m.id}
+
+
+def keys_used_in_code() -> set[str]:
+    """Every literal key passed to a Texts object (t("key") or texts(...)("key"))."""
+    keys: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("t", "partner_t") and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                keys.add(str(node.args[0].value))
+    return keys
+
+
+def test_the_compiled_catalogs_match_their_sources():
+    catalog = Catalog()
+    assert "en" in catalog.languages()
+    for language in catalog.languages():
+        texts = catalog.for_language(language)
+        for key, text in po_messages(language).items():
+            assert texts(key) == text, f"{language}/{key}: run pybabel compile"
+
+
+def test_every_key_the_code_uses_is_in_english():
+    used = keys_used_in_code()
+    assert len(used) > 30, "the scan found the keys"
+    missing = used - set(po_messages("en"))
+    assert not missing
+
+
+@pytest.mark.parametrize("language", Catalog().languages())
+def test_every_catalog_has_every_message_with_the_same_placeholders(language: str):
+    english, other = po_messages("en"), po_messages(language)
+    assert set(other) == set(english)
+    for key, text in english.items():
+        assert set(re.findall(r"{(\w+)}", other[key])) == set(re.findall(r"{(\w+)}", text)), key
+
+
+def test_a_language_without_a_catalog_falls_back_to_english():
+    texts = Catalog().for_language("sw")
+    assert texts("btn.yes") == "Yes ✅"
+    with pytest.raises(KeyError):
+        texts("no.such.key")
+
+
+def test_placeholders_are_filled():
+    texts = Catalog().for_language("en")
+    assert "Deutsch" in texts("language.set", language="Deutsch")
