@@ -10,8 +10,8 @@ import json
 from typing import Any
 
 import pytest
-from conftest import FunctionServer
 
+from conftest import FunctionServer
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, SAMPLE_CONTENT, FakeBotApi, FakeUser
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Deliver
 
+from conftest import Deliver
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings

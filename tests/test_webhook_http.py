@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET, FunctionServer
 
+from conftest import SECRET, FunctionServer
 from messagine.dev.fake_bot_api import FakeBotApi
 
 SAMPLES = Path(__file__).parent / "samples"

@@ -11,12 +11,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from conftest import bot_env
 from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.runtime import build_runtime
 from messagine.settings import Settings
 from messagine.storage.sqlite import SqliteRepository
-
-from conftest import bot_env
 
 
 class RecordingRepository:
