@@ -90,3 +90,32 @@ def test_poll_runs_updates_through_the_pipeline(fake_api: FakeBotApi, tmp_path: 
     assert bob.last()["text"] == "hello over polling"
     offsets = [c.params.get("offset") for c in fake_api.calls_of("getUpdates")]
     assert offsets[-1] == 4, "the next poll confirms the processed updates"
+
+
+def test_serve_runs_the_webhook_locally(fake_api: FakeBotApi, tmp_path: Path):
+    import time
+
+    import requests
+
+    from conftest import free_port
+
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if k != "TELEGRAM_TOKEN"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "messagine", "serve", "--port", str(port)], cwd=ROOT,
+        env={**clean, **bot_env(fake_api, tmp_path / "db.sqlite3")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        update = fake_api.user(5, "Eve").command("start")
+        for _ in range(100):
+            try:
+                response = requests.post(f"http://127.0.0.1:{port}/", json=update, timeout=5,
+                                         headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert fake_api.user(5).last()["text"].startswith("Welcome to Messagine")
+    finally:
+        server.terminate()
+        server.wait(10)

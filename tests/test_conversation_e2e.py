@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FunctionServer
+from conftest import SECRET, FunctionServer
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, SAMPLE_CONTENT, FakeBotApi, FakeUser
 
 pytestmark = pytest.mark.slow
@@ -136,6 +136,16 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
     about = alice.last()["text"]
     assert "Previous chats: 1" in about and "Your previous chats: 1" in about
     assert "Users waiting: 1" in about
+
+    # Privacy: no content, token or secret in the logs; no parameter in a Bot API URL.
+    log = function_server.log()
+    assert "outcome=relayed" in log
+    for private in ("Hello", "there", "hi Alice", "answering", "look at this", "before",
+                    "after", "+15550100", "52.52", "Eiffel", "Tea or coffee", "alice_w",
+                    "Alice", "Bobby", served_api.token, served_api.token.split(":")[1],
+                    SECRET, "AgAD-photo", "CAAD-sticker"):
+        assert private not in log, f"{private!r} appeared in the log"
+    assert all(call.query == "" for call in served_api.calls)
 
 
 def test_what_the_bot_sends_never_names_the_partner(

@@ -48,6 +48,8 @@ class ApiCall:
     params: JsonObject
     status: int = 200
     at: float = field(default_factory=time.time)
+    query: str = ""
+    """The URL's query string: parameters there would show in proxy and error logs."""
 
     @property
     def chat_id(self) -> int | None:
@@ -371,14 +373,14 @@ class FakeBotApi:
                                   "description": error.description}
             if error.retry_after is not None:
                 answer["parameters"] = {"retry_after": error.retry_after}
-            self._record(method, params, error.status)
+            self._record(ApiCall(method, params, error.status, query=parts.query))
             return error.status, answer
-        self._record(method, params, 200)
+        self._record(ApiCall(method, params, 200, query=parts.query))
         return 200, {"ok": True, "result": result}
 
-    def _record(self, method: str, params: JsonObject, status: int) -> None:
+    def _record(self, call: ApiCall) -> None:
         with self._lock:
-            self.calls.append(ApiCall(method, params, status))
+            self.calls.append(call)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         api = self
