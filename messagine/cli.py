@@ -70,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(runtime.telegram.webhook_info(), indent=2, sort_keys=True))
             return 0
         if args.command == "init-db":
-            init_schema = getattr(runtime.repository, "init_schema", None)
-            if init_schema is not None:
-                init_schema()
+            runtime.repository.init_schema()
             print(f"{runtime.repository.backend} storage ready")
             return 0
     except TelegramError as error:

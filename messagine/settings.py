@@ -53,6 +53,9 @@ class Settings:
     telegram_api_url: str
     storage: str
     sqlite_path: str
+    mongodb_uri: Secret | None
+    mongodb_database: str
+    message_retention_days: int
     admin_ids: frozenset[int]
     recent_partners: int
     telegram_timeout_s: float
@@ -89,18 +92,23 @@ class Settings:
         if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
             problems.append(f"TELEGRAM_API_URL is not an http(s) URL: {api_url!r}")
 
+        mongodb_uri = env.get("MONGODB_URI", "").strip()
         storage = env.get("STORAGE", "auto").strip().lower() or "auto"
         if storage not in STORAGE_CHOICES:
             problems.append(f"STORAGE must be one of {', '.join(STORAGE_CHOICES)}, not {storage!r}")
         elif storage == "auto":
-            storage = "sqlite"
-        if storage in ("mongo", "firestore"):
-            problems.append(f"STORAGE={storage} is not available in this build yet; use sqlite")
+            storage = "mongo" if mongodb_uri else "sqlite"
+        if storage == "mongo" and not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
+            problems.append("STORAGE=mongo needs MONGODB_URI (mongodb:// or mongodb+srv://)")
+        if storage == "firestore":
+            problems.append("STORAGE=firestore is not available in this build yet; "
+                            "use mongo or sqlite")
 
         admin_ids = _ids(env, "ADMIN_IDS", problems)
 
         recent = _int(env, "RECENT_PARTNERS", 5, 0, 1000, problems)
         timeout = _int(env, "TELEGRAM_TIMEOUT_SECONDS", 10, 1, 50, problems)
+        retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
 
         log_level = env.get("LOG_LEVEL", "INFO").strip().upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -114,6 +122,9 @@ class Settings:
             telegram_api_url=api_url,
             storage=storage,
             sqlite_path=env.get("SQLITE_PATH", "messagine.sqlite3").strip(),
+            mongodb_uri=Secret(mongodb_uri) if mongodb_uri else None,
+            mongodb_database=env.get("MONGODB_DATABASE", "").strip() or "messagine",
+            message_retention_days=retention,
             admin_ids=frozenset(admin_ids),
             recent_partners=recent,
             telegram_timeout_s=float(timeout),

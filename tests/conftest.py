@@ -6,7 +6,9 @@ No test may reach the network: a guard refuses every connection that is not to l
 
 from __future__ import annotations
 
+import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -55,7 +57,62 @@ def bot_env(api: FakeBotApi, sqlite_path: Path, **extra: str) -> dict[str, str]:
 
 # -- repositories: one contract, every backend -------------------------------------------
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "mongo"]
+_database_names = itertools.count(1)
+
+
+class MongoServer:
+    """mongoeco's MongoDB wire-protocol server on 127.0.0.1, data kept in a file."""
+
+    def __init__(self, python: str, data: Path) -> None:
+        self.python = python
+        self.data = data
+        self.port = free_port()
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.python, str(ROOT / "tests" / "support" / "mongoeco_server.py"),
+             str(self.port), str(self.data)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if b"ready" not in line:
+            raise RuntimeError(f"the MongoDB test server did not start: {line!r}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def _mongoeco_python() -> str | None:
+    candidate = os.environ.get("MONGOECO_PYTHON") or str(ROOT / ".venv-mongo" / "bin" / "python")
+    return candidate if Path(candidate).exists() else None
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB to test against: MONGODB_TEST_URI if set, else a local mongoeco server."""
+    if os.environ.get("MONGODB_TEST_URI"):
+        yield os.environ["MONGODB_TEST_URI"]
+        return
+    python = _mongoeco_python()
+    if python is None:
+        if os.environ.get("MESSAGINE_REQUIRE_MONGO") == "1":
+            pytest.fail("no mongoeco environment (.venv-mongo) although MongoDB is required")
+        pytest.skip("no MongoDB: set MONGODB_TEST_URI or run .ci/run (makes .venv-mongo)")
+    server = MongoServer(python, tmp_path_factory.mktemp("mongo") / "data.sqlite3")
+    yield server.uri
+    server.stop()
+
+
+def mongo_database_name() -> str:
+    return f"messagine_test_{os.getpid()}_{next(_database_names)}"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -65,6 +122,15 @@ def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         repo = SqliteRepository(tmp_path / "contract.sqlite3")
         yield repo
         repo.close()
+    else:
+        from messagine.storage.mongo import MongoRepository
+
+        uri = request.getfixturevalue("mongo_uri")
+        name = mongo_database_name()
+        repo = MongoRepository(uri, name)
+        yield repo
+        repo.db.client.drop_database(name)
+        repo.close()
 
 
 # -- the bot in this process -------------------------------------------------------------
@@ -72,8 +138,8 @@ def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 class Clock:
     """A controllable clock for the services."""
 
-    def __init__(self, now: float = 1_790_000_000.0) -> None:
-        self.now = now
+    def __init__(self, now: float | None = None) -> None:
+        self.now = float(int(time.time())) if now is None else now
 
     def __call__(self) -> float:
         return self.now

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
 from messagine.models import EndReason, MatchOutcome, MessageLink, Profile
 from messagine.storage.port import Repository
 
-T0 = 1_790_000_000.0
+T0 = float(int(time.time()))  # links expire by wall-clock TTL on some backends
 _update_ids = itertools.count(1)
 
 

@@ -39,10 +39,33 @@ def test_missing_token_and_secret_are_named():
     assert "secrets.token_urlsafe" in str(caught.value)
 
 
-@pytest.mark.parametrize("storage", ["mongo", "firestore"])
-def test_backends_not_built_yet_are_a_clear_error(storage: str):
-    with pytest.raises(SettingsError, match=f"STORAGE={storage} is not available"):
-        Settings.from_env({"TELEGRAM_TOKEN": TOKEN, "STORAGE": storage})
+def test_firestore_is_not_built_yet():
+    with pytest.raises(SettingsError, match="STORAGE=firestore is not available"):
+        Settings.from_env({"TELEGRAM_TOKEN": TOKEN, "STORAGE": "firestore"})
+
+
+@pytest.mark.parametrize(("env", "storage"), [
+    ({}, "sqlite"),
+    ({"MONGODB_URI": "mongodb+srv://u:p@cluster0.example.net/"}, "mongo"),
+    ({"MONGODB_URI": "mongodb://127.0.0.1:1/", "STORAGE": "sqlite"}, "sqlite"),
+    ({"MONGODB_URI": "mongodb://127.0.0.1:1/", "STORAGE": "mongo"}, "mongo"),
+])
+def test_the_backend_choice(env: dict[str, str], storage: str):
+    assert Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **env}).storage == storage
+
+
+@pytest.mark.parametrize("uri", ["", "postgres://x", "127.0.0.1:27017"])
+def test_mongo_without_a_uri_is_a_clear_error(uri: str):
+    with pytest.raises(SettingsError, match="STORAGE=mongo needs MONGODB_URI"):
+        Settings.from_env({"TELEGRAM_TOKEN": TOKEN, "STORAGE": "mongo", "MONGODB_URI": uri})
+
+
+def test_the_mongodb_uri_is_a_secret():
+    uri = "mongodb+srv://bot:s3cr3t-pa55@cluster0.example.net/"
+    settings = Settings.from_env({"TELEGRAM_TOKEN": TOKEN, "MONGODB_URI": uri})
+    assert "s3cr3t-pa55" not in repr(settings)
+    assert settings.mongodb_uri is not None and settings.mongodb_uri.reveal() == uri
+    assert settings.mongodb_database == "messagine"
 
 
 def test_values_are_parsed():

@@ -19,4 +19,9 @@ def open_repository(settings: Settings) -> Repository:
         from messagine.storage.sqlite import SqliteRepository  # noqa: PLC0415 - lazy driver
 
         return SqliteRepository(settings.sqlite_path)
+    if settings.storage == "mongo" and settings.mongodb_uri is not None:
+        from messagine.storage.mongo import MongoRepository  # noqa: PLC0415 - lazy driver
+
+        return MongoRepository(settings.mongodb_uri.reveal(), settings.mongodb_database,
+                               message_retention_days=settings.message_retention_days)
     raise NotImplementedError(f"STORAGE={settings.storage} has no adapter in this build")

@@ -34,6 +34,10 @@ class Repository(Protocol):
         """The backend's short name, for logs ("sqlite", "mongo", "firestore")."""
         ...
 
+    def init_schema(self) -> None:
+        """Create tables or indexes if absent; idempotent (also done on first use)."""
+        ...
+
     def open_update(
         self, update_id: int, profile: Profile | None, default_language: str, now: float
     ) -> OpenedUpdate:

@@ -1,0 +1,511 @@
+"""The MongoDB repository: the production backend, for many instances on one Atlas cluster.
+
+Atomicity comes from single-document operations and unique keys, never multi-document
+transactions (they cost more and abort under contention):
+
+- an update is claimed by pushing its id into the sender's user document with a filter
+  that excludes it, as one upsert: a re-delivery fails the filter and the upsert's insert
+  hits the unique ``_id`` (DuplicateKeyError), so claim, profile refresh and state load are
+  one command;
+- pairing takes a short lease on the language pool's lock document (one conditional
+  upsert) so that choosing a partner and writing the chat cannot interleave with another
+  instance's; the pairing's steps are written into the lock first as an intent that the
+  next holder rolls forward if the instance died half way;
+- a chat ends when its document's ``ended_at`` goes from null to a time, which only one
+  of two concurrent callers can do.
+
+docs/storage.md argues each operation in full. pymongo is imported only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import pymongo
+from pymongo import ReturnDocument
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    WriteConcernError,
+    WTimeoutError,
+)
+
+from messagine.models import (
+    ActiveChat,
+    Counts,
+    EndedChat,
+    EndReason,
+    MatchOutcome,
+    MatchResult,
+    MessageLink,
+    OpenedUpdate,
+    Profile,
+    UserState,
+)
+from messagine.storage.port import StorageUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Document = dict[str, Any]
+
+# How many recent update ids a user document keeps for de-duplication. Telegram delivers
+# one update of a chat at a time and re-sends that one until it succeeds, so a re-delivery
+# is always among the newest few.
+_RECENT_UPDATES = 50
+_SCHEMA_VERSION = 1
+_LOCK_LEASE_S = 5.0
+_LOCK_WAIT_S = 8.0
+_UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
+
+
+def _unavailable_as_storage_error(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except _UNAVAILABLE as error:
+            raise StorageUnavailable(f"mongo: {type(error).__name__}") from None
+
+    return wrapper
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class MongoRepository:
+    """The repository port on a MongoDB database (Atlas in production)."""
+
+    backend = "mongo"
+
+    def __init__(
+        self, uri: str, database: str = "messagine", *, message_retention_days: int = 30,
+        update_retention_s: int = 86_400, client_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self._uri = uri
+        self._database_name = database
+        self._message_retention = timedelta(days=message_retention_days)
+        self._update_retention_s = update_retention_s
+        self._client_factory = client_factory or pymongo.MongoClient
+        self._client: Any = None
+        self._db: Any = None
+        self._lock = threading.Lock()
+        self._indexes_ready = False
+
+    # -- the client ----------------------------------------------------------------------
+
+    @property
+    def db(self) -> Any:
+        """The database, connecting lazily: one client per instance, reused by every request."""
+        db = self._connect()
+        if not self._indexes_ready:
+            # One read per instance: the indexes are created only where they are absent.
+            marker = db.meta.find_one({"_id": "schema"})
+            if marker is None or marker.get("version") != _SCHEMA_VERSION:
+                self.init_schema()
+            self._indexes_ready = True
+        return db
+
+    def _connect(self) -> Any:
+        if self._db is None:
+            with self._lock:
+                if self._db is None:
+                    # Cloud Functions: a request must answer well inside Telegram's 60 s, so
+                    # every wait is short (a stalled primary costs at most ~5 s, then 503);
+                    # an instance serves a few concurrent requests, so a small pool suffices,
+                    # and idle connections are dropped before the instance is frozen long.
+                    self._client = self._client_factory(
+                        self._uri, appname="messagine", retryWrites=True, retryReads=True,
+                        serverSelectionTimeoutMS=5_000, connectTimeoutMS=3_000,
+                        socketTimeoutMS=10_000, maxPoolSize=10, maxIdleTimeMS=60_000,
+                        tz_aware=True,
+                    )
+                    self._db = self._client[self._database_name]
+        return self._db
+
+    def close(self) -> None:
+        """Close the client (tests; an instance keeps it for its life)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            self._db = None
+            self._indexes_ready = False
+
+    @_unavailable_as_storage_error
+    def init_schema(self) -> None:
+        """Create every index, idempotently (``python -m messagine init-db``, and first use)."""
+        db = self._connect()
+        db.users.create_index("recent_updates", name="users_by_recent_update")
+        db.lobby.create_index([("language", 1), ("since", 1)], name="lobby_by_language")
+        db.chats.create_index([("users", 1), ("started_at", -1)], name="chats_by_user")
+        db.chats.create_index("ended_at", name="chats_by_end")
+        db.chats.create_index("closed_by_update", name="chats_by_closing_update",
+                              sparse=True)
+        db.exclusions.create_index("other_id", name="exclusions_by_other")
+        db.exclusions.create_index("user_id", name="exclusions_by_user")
+        db.message_links.create_index(
+            [("recipient_id", 1), ("copy_message_id", 1)], name="links_by_copy")
+        db.message_links.create_index("expires_at", name="links_ttl", expireAfterSeconds=0)
+        db.claimed_updates.create_index(
+            "claimed_at", name="claims_ttl", expireAfterSeconds=self._update_retention_s)
+        db.meta.replace_one({"_id": "schema"}, {"version": _SCHEMA_VERSION}, upsert=True)
+        self._indexes_ready = True
+
+    # -- reading state -------------------------------------------------------------------
+
+    @staticmethod
+    def _state(doc: Mapping[str, Any], *, is_new: bool = False) -> UserState:
+        chat = doc.get("chat")
+        active = None
+        if chat:
+            active = ActiveChat(int(chat["id"]), int(chat["partner"]),
+                                str(chat["partner_language"]), float(chat["started_at"]))
+        return UserState(
+            user_id=int(doc["_id"]), language=str(doc["language"]), is_new=is_new,
+            blocked=bool(doc.get("blocked")), banned=bool(doc.get("banned")), chat=active,
+            waiting_since=doc.get("waiting_since"),
+        )
+
+    @_unavailable_as_storage_error
+    def get_user(self, user_id: int) -> UserState | None:
+        """See ``Repository.get_user``."""
+        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        return self._state(doc) if doc else None
+
+    @_unavailable_as_storage_error
+    def get_profile(self, user_id: int) -> Profile | None:
+        """See ``Repository.get_profile``."""
+        doc = self.db.users.find_one({"_id": user_id})
+        if doc is None:
+            return None
+        return Profile(user_id, doc["first_name"], doc.get("last_name"), doc.get("username"),
+                       doc.get("language_code"))
+
+    # -- updates and users ---------------------------------------------------------------
+
+    @_unavailable_as_storage_error
+    def open_update(
+        self, update_id: int, profile: Profile | None, default_language: str, now: float
+    ) -> OpenedUpdate:
+        """See ``Repository.open_update``: one command for claim, profile and state."""
+        if profile is None:
+            try:
+                self.db.claimed_updates.insert_one(
+                    {"_id": update_id, "claimed_at": datetime.now(UTC)})
+            except DuplicateKeyError:
+                return OpenedUpdate(duplicate=True)
+            return OpenedUpdate(duplicate=False)
+        try:
+            before = self.db.users.find_one_and_update(
+                {"_id": profile.user_id, "recent_updates": {"$ne": update_id}},
+                {"$set": {"first_name": profile.first_name, "last_name": profile.last_name,
+                          "username": profile.username, "language_code": profile.language_code,
+                          "last_seen": now},
+                 "$setOnInsert": {"language": default_language, "first_seen": now,
+                                  "blocked": False, "banned": False, "chat": None,
+                                  "waiting_since": None},
+                 "$push": {"recent_updates": {"$each": [update_id],
+                                              "$slice": -_RECENT_UPDATES}}},
+                projection={"recent_updates": 0}, upsert=True,
+                return_document=ReturnDocument.BEFORE,
+            )
+        except DuplicateKeyError:
+            return OpenedUpdate(duplicate=True)
+        if before is None:
+            fresh = {"_id": profile.user_id, "language": default_language, "chat": None,
+                     "waiting_since": None}
+            return OpenedUpdate(duplicate=False, user=self._state(fresh, is_new=True))
+        return OpenedUpdate(duplicate=False, user=self._state(before))
+
+    @_unavailable_as_storage_error
+    def release_update(self, update_id: int) -> None:
+        """See ``Repository.release_update``."""
+        self.db.users.update_one({"recent_updates": update_id},
+                                 {"$pull": {"recent_updates": update_id}})
+        self.db.claimed_updates.delete_one({"_id": update_id})
+
+    @_unavailable_as_storage_error
+    def set_language(self, user_id: int, language: str) -> UserState:
+        """See ``Repository.set_language``; a waiting user's entry moves under both locks."""
+        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        if doc is None:
+            raise LookupError(f"unknown user {user_id}")
+        if doc.get("chat") or doc["language"] == language:
+            return self._state(doc)
+        if doc.get("waiting_since") is None:
+            doc = self.db.users.find_one_and_update(
+                {"_id": user_id, "chat": None}, {"$set": {"language": language}},
+                projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
+            return self._state(doc or self.db.users.find_one({"_id": user_id}))
+        with self._pool_lock(doc["language"]):
+            entry = self.db.lobby.find_one_and_delete({"_id": user_id})
+        with self._pool_lock(language):
+            doc = self.db.users.find_one_and_update(
+                {"_id": user_id, "chat": None}, {"$set": {"language": language}},
+                projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
+            if doc is not None and entry is not None:
+                entry["language"] = language
+                self.db.lobby.replace_one({"_id": user_id}, entry, upsert=True)
+        return self._state(doc or self.db.users.find_one({"_id": user_id}))
+
+    @_unavailable_as_storage_error
+    def set_blocked(self, user_id: int, blocked: bool) -> None:
+        """See ``Repository.set_blocked``."""
+        doc = self.db.users.find_one_and_update(
+            {"_id": user_id}, {"$set": {"blocked": blocked}}, projection={"language": 1})
+        if blocked and doc is not None:
+            self._leave_lobby(user_id, doc["language"])
+
+    @_unavailable_as_storage_error
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+        """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
+        self.db.exclusions.update_one(
+            {"_id": f"{user_id}:{other_id}"},
+            {"$setOnInsert": {"user_id": user_id, "other_id": other_id, "reason": reason,
+                              "created_at": now}}, upsert=True)
+        self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
+        self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
+
+    # -- the pool lock -------------------------------------------------------------------
+
+    def _pool_lock(self, language: str) -> _PoolLock:
+        return _PoolLock(self, f"lobby:{language}")
+
+    def _avoided_by(self, user_id: int, recent_partners: int) -> list[int]:
+        """The user's recent partners and everyone excluded in either direction."""
+        avoid: set[int] = set()
+        if recent_partners > 0:
+            for chat in self.db.chats.find({"users": user_id}, {"users": 1}).sort(
+                    "started_at", -1).limit(recent_partners):
+                avoid.update(u for u in chat["users"] if u != user_id)
+        for row in self.db.exclusions.find(
+                {"$or": [{"user_id": user_id}, {"other_id": user_id}]},
+                {"user_id": 1, "other_id": 1}):
+            avoid.update((row["user_id"], row["other_id"]))
+        avoid.discard(user_id)
+        return sorted(avoid)
+
+    def _apply_pairing(self, intent: Mapping[str, Any]) -> None:
+        """Write a pairing; every step is idempotent, so a crashed one is rolled forward."""
+        a, b, chat_id = intent["searcher"], intent["partner"], intent["chat_id"]
+        with_chat = {"_id": chat_id, "users": [b, a], "language": intent["language"],
+                     "started_at": intent["started_at"], "opened_by_update": intent["update_id"],
+                     "ended_at": None, "ended_by": None, "end_reason": None,
+                     "closed_by_update": None}
+        with contextlib.suppress(DuplicateKeyError):  # written before the instance died
+            self.db.chats.insert_one(with_chat)
+        for user, partner, partner_language in (
+                (a, b, intent["partner_language"]), (b, a, intent["language_of_searcher"])):
+            self.db.users.update_one(
+                {"_id": user, "chat": None},
+                {"$set": {"chat": {"id": chat_id, "partner": partner,
+                                   "partner_language": partner_language,
+                                   "started_at": intent["started_at"]},
+                          "waiting_since": None}})
+        self.db.lobby.delete_many({"_id": {"$in": [a, b]}})
+
+    # -- lobby and chats -----------------------------------------------------------------
+
+    @_unavailable_as_storage_error
+    def find_partner(
+        self, user_id: int, recent_partners: int, now: float, update_id: int
+    ) -> MatchResult:
+        """See ``Repository.find_partner``: decided and written under the pool's lease."""
+        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        if doc is None:
+            raise LookupError(f"unknown user {user_id}")
+        resumed = self._resumed_chat(doc, update_id)
+        if resumed is not None:
+            return resumed
+        language = doc["language"]
+        with self._pool_lock(language) as lock:
+            doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+            resumed = self._resumed_chat(doc, update_id)
+            if resumed is not None:
+                return resumed
+            avoid = self._avoided_by(user_id, recent_partners)
+            candidate = self.db.lobby.find_one(
+                {"language": language, "_id": {"$nin": [user_id, *avoid]},
+                 "avoid": {"$ne": user_id}},
+                sort=[("since", 1), ("_id", 1)])
+            if candidate is None:
+                was_waiting = doc.get("waiting_since") is not None
+                self.db.lobby.update_one(
+                    {"_id": user_id},
+                    {"$setOnInsert": {"language": language, "since": now},
+                     "$set": {"avoid": avoid}}, upsert=True)
+                if not was_waiting:
+                    self.db.users.update_one({"_id": user_id}, {"$set": {"waiting_since": now}})
+                waiting = self.db.lobby.count_documents({"language": language})
+                outcome = MatchOutcome.ALREADY_WAITING if was_waiting else MatchOutcome.WAITING
+                return MatchResult(outcome, waiting_count=waiting)
+            partner = self.db.users.find_one({"_id": candidate["_id"]}, {"language": 1})
+            intent = {"searcher": user_id, "partner": candidate["_id"],
+                      "chat_id": secrets.randbits(62), "language": language,
+                      "language_of_searcher": language,
+                      "partner_language": partner["language"] if partner else language,
+                      "started_at": now, "update_id": update_id}
+            lock.record_intent(intent)
+            self._apply_pairing(intent)
+            lock.clear_intent()
+        return MatchResult(MatchOutcome.MATCHED, ActiveChat(
+            intent["chat_id"], intent["partner"], intent["partner_language"], now))
+
+    def _resumed_chat(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
+        chat = doc.get("chat")
+        if not chat:
+            return None
+        state = self._state(doc)
+        assert state.chat is not None  # noqa: S101 - set when doc["chat"] is
+        opened = self.db.chats.find_one({"_id": chat["id"]}, {"opened_by_update": 1})
+        if opened is not None and opened.get("opened_by_update") == update_id:
+            return MatchResult(MatchOutcome.MATCHED, state.chat, resumed=True)
+        return MatchResult(MatchOutcome.IN_CHAT, state.chat)
+
+    @_unavailable_as_storage_error
+    def leave_lobby(self, user_id: int) -> bool:
+        """See ``Repository.leave_lobby``."""
+        doc = self.db.users.find_one({"_id": user_id}, {"language": 1})
+        return doc is not None and self._leave_lobby(user_id, doc["language"])
+
+    def _leave_lobby(self, user_id: int, language: str) -> bool:
+        with self._pool_lock(language):
+            left = bool(self.db.lobby.delete_one({"_id": user_id}).deleted_count)
+            self.db.users.update_one({"_id": user_id, "chat": None},
+                                     {"$set": {"waiting_since": None}})
+        return left
+
+    @_unavailable_as_storage_error
+    def end_chat(
+        self, user_id: int, reason: EndReason, now: float, update_id: int
+    ) -> EndedChat | None:
+        """See ``Repository.end_chat``: the chat document's null ``ended_at`` is won once."""
+        doc = self.db.users.find_one({"_id": user_id}, {"chat": 1})
+        chat = (doc or {}).get("chat")
+        if chat:
+            ended = self.db.chats.find_one_and_update(
+                {"_id": chat["id"], "ended_at": None},
+                {"$set": {"ended_at": now, "ended_by": user_id, "end_reason": reason.value,
+                          "closed_by_update": update_id}},
+                projection={"users": 1})
+            if ended is None:
+                # The partner ended it first; tidy our side if they have not yet.
+                closed = self.db.chats.find_one({"_id": chat["id"]}, {"closed_by_update": 1})
+                self._clear_chat(chat["id"], [user_id, int(chat["partner"])])
+                if closed is None or closed.get("closed_by_update") != update_id:
+                    return None
+                return EndedChat(int(chat["id"]), int(chat["partner"]),
+                                 self._language(int(chat["partner"])), resumed=True)
+            self._clear_chat(chat["id"], ended["users"])
+            partner_id = int(chat["partner"])
+            return EndedChat(int(chat["id"]), partner_id, self._language(partner_id),
+                             resumed=False)
+        earlier = self.db.chats.find_one({"closed_by_update": update_id, "users": user_id},
+                                         {"users": 1})
+        if earlier is None:
+            return None
+        partner_id = next(int(u) for u in earlier["users"] if u != user_id)
+        return EndedChat(int(earlier["_id"]), partner_id, self._language(partner_id), True)
+
+    def _clear_chat(self, chat_id: int, users: list[int]) -> None:
+        self.db.users.update_many({"_id": {"$in": users}, "chat.id": chat_id},
+                                  {"$set": {"chat": None}})
+
+    def _language(self, user_id: int) -> str:
+        doc = self.db.users.find_one({"_id": user_id}, {"language": 1})
+        return str(doc["language"]) if doc else "en"
+
+    # -- message links -------------------------------------------------------------------
+
+    @_unavailable_as_storage_error
+    def record_message(self, link: MessageLink) -> None:
+        """See ``Repository.record_message``: one upsert, expiring after the retention."""
+        self.db.message_links.replace_one(
+            {"_id": f"{link.sender_id}:{link.sender_message_id}"},
+            {"chat_id": link.chat_id, "sender_id": link.sender_id,
+             "sender_message_id": link.sender_message_id, "recipient_id": link.recipient_id,
+             "copy_message_id": link.copy_message_id, "content_type": link.content_type,
+             "sent_at": link.sent_at,
+             "expires_at": _utc(link.sent_at) + self._message_retention},
+            upsert=True)
+
+    @_unavailable_as_storage_error
+    def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
+        """See ``Repository.find_message``."""
+        doc = self.db.message_links.find_one(
+            {"$or": [{"_id": f"{user_id}:{message_id}"},
+                     {"recipient_id": user_id, "copy_message_id": message_id}],
+             "chat_id": chat_id})
+        if doc is None:
+            return None
+        return MessageLink(doc["chat_id"], doc["sender_id"], doc["sender_message_id"],
+                           doc["recipient_id"], doc["copy_message_id"], doc["content_type"],
+                           doc["sent_at"])
+
+    # -- statistics ----------------------------------------------------------------------
+
+    @_unavailable_as_storage_error
+    def counts(self, user_id: int) -> Counts:
+        """See ``Repository.counts``."""
+        db = self.db
+        return Counts(
+            users=db.users.estimated_document_count(),
+            active_chats=db.chats.count_documents({"ended_at": None}),
+            previous_chats=db.chats.count_documents({"ended_at": {"$ne": None}}),
+            my_previous_chats=db.chats.count_documents(
+                {"users": user_id, "ended_at": {"$ne": None}}),
+            waiting=db.lobby.estimated_document_count(),
+        )
+
+
+class _PoolLock:
+    """A lease on one language pool: held for a few commands, expiring if its holder dies."""
+
+    def __init__(self, repository: MongoRepository, key: str) -> None:
+        self._repository = repository
+        self._key = key
+        self._token = secrets.token_hex(8)
+
+    def __enter__(self) -> _PoolLock:
+        locks = self._repository.db.locks
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        pause = 0.002
+        while True:
+            now = time.time()
+            try:
+                held = locks.find_one_and_update(
+                    {"_id": self._key, "until": {"$lt": now}},
+                    {"$set": {"holder": self._token, "until": now + _LOCK_LEASE_S}},
+                    upsert=True, return_document=ReturnDocument.AFTER)
+            except DuplicateKeyError:
+                held = None  # another instance holds the lease
+            if held is not None:
+                if held.get("intent"):
+                    # The previous holder died half way through a pairing: finish it.
+                    self._repository._apply_pairing(held["intent"])
+                    self.clear_intent()
+                return self
+            if time.monotonic() > deadline:
+                raise StorageUnavailable(f"mongo: {self._key} stayed locked")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def record_intent(self, intent: Mapping[str, Any]) -> None:
+        self._repository.db.locks.update_one(
+            {"_id": self._key, "holder": self._token}, {"$set": {"intent": dict(intent)}})
+
+    def clear_intent(self) -> None:
+        self._repository.db.locks.update_one(
+            {"_id": self._key, "holder": self._token}, {"$unset": {"intent": ""}})
+
+    def __exit__(self, *exc: object) -> None:
+        self._repository.db.locks.update_one(
+            {"_id": self._key, "holder": self._token}, {"$set": {"until": 0.0}})
