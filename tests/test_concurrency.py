@@ -7,10 +7,12 @@ pair, and a chat that both sides end at once is ended once.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +28,55 @@ T0 = 1_790_000_000.0
 pytestmark = pytest.mark.slow
 
 
-def _repo(path: str) -> SqliteRepository:
-    return SqliteRepository(path, busy_timeout_s=30)
+Spec = tuple[str, str, str]
+"""(backend, SQLite path or MongoDB URI, database name): what a worker process opens."""
 
 
-def _register_all(path: str, languages: list[str]) -> None:
-    repo = _repo(path)
-    for user_id in range(1, USERS + 1):
-        repo.open_update(user_id, Profile(user_id, f"U{user_id}", None, None, None),
-                         languages[user_id - 1], T0)
+def _repo(spec: Spec) -> Any:
+    backend, where, database = spec
+    if backend == "sqlite":
+        return SqliteRepository(where, busy_timeout_s=30)
+    from messagine.storage.mongo import MongoRepository
+
+    return MongoRepository(where, database)
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Spec]:
+    if request.param == "sqlite":
+        yield ("sqlite", str(tmp_path / "race.sqlite3"), "")
+        return
+    from conftest import mongo_database_name
+
+    uri = request.getfixturevalue("mongo_uri")
+    name = mongo_database_name()
+    yield ("mongo", uri, name)
+    with opened(("mongo", uri, name)) as repo:
+        repo.db.client.drop_database(name)
+
+
+@contextlib.contextmanager
+def opened(spec: Spec) -> Iterator[Any]:
+    repo = _repo(spec)
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def _register_all(spec: Spec, languages: list[str]) -> None:
+    with opened(spec) as repo:
+        for user_id in range(1, USERS + 1):
+            repo.open_update(user_id, Profile(user_id, f"U{user_id}", None, None, None),
+                             languages[user_id - 1], T0)
 
 
 def _owned(worker: int) -> list[int]:
     return [u for u in range(1, USERS + 1) if u % PROCESSES == worker]
 
 
-def _search_all(path: str, worker: int, start: Any, out: Any) -> None:
-    repo = _repo(path)
+def _search_all(spec: Spec, worker: int, start: Any, out: Any) -> None:
+    repo = _repo(spec)
     users = _owned(worker)
     start.wait()
     results = [(u, repo.find_partner(u, 5, time.time(), 10_000 + u)) for u in users]
@@ -50,8 +84,8 @@ def _search_all(path: str, worker: int, start: Any, out: Any) -> None:
              for u, r in results])
 
 
-def _end_all(path: str, worker: int, start: Any, out: Any) -> None:
-    repo = _repo(path)
+def _end_all(spec: Spec, worker: int, start: Any, out: Any) -> None:
+    repo = _repo(spec)
     start.wait()
     ended = []
     for user_id in _owned(worker):
@@ -61,8 +95,8 @@ def _end_all(path: str, worker: int, start: Any, out: Any) -> None:
     out.put(ended)
 
 
-def _churn(path: str, worker: int, start: Any, out: Any, operations: int) -> None:
-    repo = _repo(path)
+def _churn(spec: Spec, worker: int, start: Any, out: Any, operations: int) -> None:
+    repo = _repo(spec)
     rng = random.Random(worker)
     users = _owned(worker)
     update_id = 100_000 * (worker + 1)
@@ -88,96 +122,90 @@ def _churn(path: str, worker: int, start: Any, out: Any, operations: int) -> Non
     out.put((violations, matched))
 
 
-def _run(target: Any, path: Path, *extra: Any) -> list[Any]:
+def _run(target: Any, spec: Spec, *extra: Any) -> list[Any]:
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     out = context.Queue()
-    workers = [context.Process(target=target, args=(str(path), w, start, out, *extra))
+    workers = [context.Process(target=target, args=(spec, w, start, out, *extra))
                for w in range(PROCESSES)]
     for process in workers:
         process.start()
     time.sleep(0.5)  # let every process import and open the database before the start
     start.set()
-    results = [out.get(timeout=120) for _ in workers]
+    results = [out.get(timeout=300) for _ in workers]
     for process in workers:
         process.join(30)
         assert process.exitcode == 0
     return results
 
 
-def _check_final_state(path: Path, recent: int) -> None:
-    repo = _repo(str(path))
-    conn = repo._connection()  # the test reads the tables directly to check invariants
-    members = dict(conn.execute("SELECT user_id, chat_id FROM memberships").fetchall())
-    active = conn.execute("SELECT id, user_a, user_b FROM chats WHERE ended_at IS NULL").fetchall()
-    assert len(members) == 2 * len(active)
-    for chat_id, user_a, user_b in active:
-        assert members[user_a] == chat_id and members[user_b] == chat_id
-    waiting = [row[0] for row in conn.execute("SELECT user_id FROM lobby ORDER BY since")]
-    assert not set(waiting) & set(members), "a user waits and chats at once"
-    # Nobody waits while a compatible user also waits.
-    for i, first in enumerate(waiting):
-        for second in waiting[i + 1:]:
-            state_a, state_b = repo.get_user(first), repo.get_user(second)
-            assert state_a is not None and state_b is not None
-            if state_a.language != state_b.language:
-                continue
-            recent_a = _recent(conn, first, recent)
-            recent_b = _recent(conn, second, recent)
-            assert second in recent_a or first in recent_b, \
-                f"users {first} and {second} both wait but could chat"
+def _check_final_state(spec: Spec, recent: int) -> None:
+    """Every user's state, read through the port, satisfies the invariants."""
+    with opened(spec) as repo:
+        _check_states(repo, recent)
 
 
-def _recent(conn: Any, user_id: int, limit: int) -> set[int]:
-    rows = conn.execute(
-        "SELECT CASE WHEN user_a = ? THEN user_b ELSE user_a END FROM chats"
-        " WHERE user_a = ? OR user_b = ? ORDER BY started_at DESC, id DESC LIMIT ?",
-        (user_id, user_id, user_id, limit)).fetchall()
-    return {row[0] for row in rows}
+def _check_states(repo: Any, recent: int) -> None:
+    states = {u: repo.get_user(u) for u in range(1, USERS + 1)}
+    for user_id, state in states.items():
+        assert state is not None
+        assert not (state.chat is not None and state.waiting), f"{user_id} waits and chats"
+        if state.chat is not None:
+            partner = states[state.chat.partner_id]
+            assert partner is not None and partner.chat is not None
+            assert partner.chat.partner_id == user_id
+            assert partner.chat.chat_id == state.chat.chat_id
+    counts = repo.counts(1)
+    in_chats = sum(1 for s in states.values() if s is not None and s.chat is not None)
+    assert counts.active_chats * 2 == in_chats
+    waiting = [u for u, s in states.items() if s is not None and s.waiting]
+    assert counts.waiting == len(waiting)
+    # Nobody waits while a compatible user also waits: a search by any waiting user
+    # (with a fresh update id) finds nobody.
+    for user_id in waiting:
+        result = repo.find_partner(user_id, recent, time.time(), 9_000_000 + user_id)
+        assert result.outcome is MatchOutcome.ALREADY_WAITING, \
+            f"user {user_id} waits although a compatible user waits too"
 
 
-def test_200_users_searching_at_once_form_exactly_100_pairs(tmp_path: Path):
-    path = tmp_path / "race.sqlite3"
-    _register_all(str(path), ["en"] * USERS)
-    outcomes = [item for batch in _run(_search_all, path) for item in batch]
+def test_200_users_searching_at_once_form_exactly_100_pairs(spec: Spec):
+    _register_all(spec, ["en"] * USERS)
+    outcomes = [item for batch in _run(_search_all, spec) for item in batch]
     counts = Counter(outcome for _, outcome, _, _ in outcomes)
     assert counts == {"matched": 100, "waiting": 100}
     chat_ids = [chat for _, outcome, chat, _ in outcomes if outcome == "matched"]
     assert len(set(chat_ids)) == 100, "each pair was made once"
-    repo = _repo(str(path))
-    assert repo.counts(1).waiting == 0 and repo.counts(1).active_chats == 100
-    _check_final_state(path, 5)
+    with opened(spec) as repo:
+        assert repo.counts(1).waiting == 0 and repo.counts(1).active_chats == 100
+        _check_states(repo, 5)
+        ended = [item for batch in _run(_end_all, spec) for item in batch]
+        assert len(ended) == 100, "both sides ending at once end each chat exactly once"
+        assert len({chat for _, chat in ended}) == 100
+        assert repo.counts(1).active_chats == 0 and repo.counts(1).previous_chats == 100
 
-    ended = [item for batch in _run(_end_all, path) for item in batch]
-    assert len(ended) == 100, "both sides ending at once end each chat exactly once"
-    assert len({chat for _, chat in ended}) == 100
-    assert repo.counts(1).active_chats == 0 and repo.counts(1).previous_chats == 100
 
-
-def test_two_languages_pair_within_their_pools(tmp_path: Path):
-    path = tmp_path / "pools.sqlite3"
+def test_two_languages_pair_within_their_pools(spec: Spec):
     languages = ["en" if user % 3 else "de" for user in range(1, USERS)] + ["de"]
-    _register_all(str(path), languages)
-    outcomes = [item for batch in _run(_search_all, path) for item in batch]
-    repo = _repo(str(path))
-    for user_id, outcome, _, _ in outcomes:
-        state = repo.get_user(user_id)
-        assert state is not None
-        if outcome == "matched":
-            assert state.chat is not None
-            partner = repo.get_user(state.chat.partner_id)
-            assert partner is not None and partner.language == state.language
-    pools = Counter(languages)
-    assert repo.counts(1).waiting == pools["en"] % 2 + pools["de"] % 2
-    _check_final_state(path, 5)
+    _register_all(spec, languages)
+    outcomes = [item for batch in _run(_search_all, spec) for item in batch]
+    with opened(spec) as repo:
+        for user_id, outcome, _, _ in outcomes:
+            state = repo.get_user(user_id)
+            assert state is not None
+            if outcome == "matched":
+                assert state.chat is not None
+                partner = repo.get_user(state.chat.partner_id)
+                assert partner is not None and partner.language == state.language
+        pools = Counter(languages)
+        assert repo.counts(1).waiting == pools["en"] % 2 + pools["de"] % 2
+        _check_states(repo, 5)
 
 
-def test_random_churn_keeps_every_invariant(tmp_path: Path):
-    path = tmp_path / "churn.sqlite3"
-    _register_all(str(path), ["en" if user % 4 else "es" for user in range(1, USERS + 1)])
-    results = _run(_churn, path, 400)
+def test_random_churn_keeps_every_invariant(spec: Spec):
+    _register_all(spec, ["en" if user % 4 else "es" for user in range(1, USERS + 1)])
+    results = _run(_churn, spec, 400 if spec[0] == "sqlite" else 100)
     violations = [v for batch, _ in results for v in batch]
     assert violations == []
     matched = [chat for _, batch in results for chat in batch]
     assert len(matched) == len(set(matched)), "a chat was reported as made twice"
-    _check_final_state(path, 2)
+    _check_final_state(spec, 2)
