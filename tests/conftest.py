@@ -224,12 +224,27 @@ class FunctionServer:
         self._log.close()
 
 
+def backend_env(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
+    """The settings that select ``backend`` (MongoDB in a database of its own)."""
+    if backend == "mongo":
+        uri = request.getfixturevalue("mongo_uri")
+        return {"STORAGE": "mongo", "MONGODB_URI": uri, "MONGODB_DATABASE": mongo_database_name()}
+    return {}
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FunctionServer, FakeBotApi]]:
-    """One fake Bot API and one function server per test module (starting one takes ~1 s)."""
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[FunctionServer, FakeBotApi]]:
+    """One fake Bot API and one function server per test module (starting one takes ~1 s).
+
+    A module selects backends with ``pytestmark = pytest.mark.parametrize("served",
+    BACKENDS, indirect=True)``; by default it is SQLite.
+    """
+    backend = getattr(request, "param", "sqlite")
     with FakeBotApi() as api:
         path = tmp_path_factory.mktemp("served") / "server.sqlite3"
-        server = FunctionServer(bot_env(api, path))
+        server = FunctionServer({**bot_env(api, path), **backend_env(request, backend)})
         yield server, api
         server.stop()
 

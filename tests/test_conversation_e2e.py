@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from conftest import SECRET, FunctionServer
+from conftest import BACKENDS, SECRET, FunctionServer
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, SAMPLE_CONTENT, FakeBotApi, FakeUser
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.parametrize("served", BACKENDS, indirect=True, scope="module")]
 
 
 def buttons(message: dict[str, Any]) -> list[str]:

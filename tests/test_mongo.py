@@ -1,0 +1,193 @@
+"""What only the MongoDB backend must show: commands per message, one client per process,
+indexed queries, and an outage survived without losing or doubling a message."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+from pymongo import monitoring
+
+from conftest import (
+    MongoServer,
+    _mongoeco_python,
+    bot_env,
+    mongo_database_name,
+)
+from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.runtime import LazyRuntime, build_runtime
+from messagine.settings import Settings
+from messagine.storage.mongo import MongoRepository
+
+pytestmark = pytest.mark.slow
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts the commands pymongo sends (heartbeats are not commands here)."""
+
+    def __init__(self) -> None:
+        self.commands: Counter[str] = Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands[event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+def database(mongo_uri: str) -> Iterator[str]:
+    name = mongo_database_name()
+    yield name
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(mongo_uri)
+    client.drop_database(name)
+    client.close()
+
+
+def test_a_relayed_text_costs_two_commands(fake_api: FakeBotApi, tmp_path: Path,
+                                           mongo_uri: str, database: str):
+    counter = CommandCounter()
+
+    def client(*args: Any, **kwargs: Any) -> Any:
+        return pymongo.MongoClient(*args, event_listeners=[counter], **kwargs)
+
+    repository = MongoRepository(mongo_uri, database, client_factory=client)
+    settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
+    runtime = build_runtime(settings, repository=repository)
+    alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
+    for update in (alice.command("find_chat"), bob.command("find_chat")):
+        runtime.pipeline.process(update)
+    for i in range(10):
+        counter.commands.clear()
+        fake_api.reset_calls()
+        assert runtime.pipeline.process(alice.text(f"text {i}")).outcome == "relayed"
+        assert counter.commands == {"findAndModify": 1, "update": 1}, counter.commands
+        assert [c.method for c in fake_api.calls] == ["copyMessage"]
+    repository.close()
+
+
+def test_one_client_per_process_across_a_thousand_requests(
+    fake_api: FakeBotApi, tmp_path: Path, mongo_uri: str, database: str,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    created: list[int] = []
+
+    class CountedClient(pymongo.MongoClient):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            created.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pymongo, "MongoClient", CountedClient)
+    env = {**bot_env(fake_api, tmp_path / "unused.sqlite3"), "STORAGE": "mongo",
+           "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    lazy = LazyRuntime(require_webhook_secret=True)
+    users = [fake_api.user(1000 + i, f"U{i}") for i in range(8)]
+    errors: list[BaseException] = []
+
+    def serve(user: Any) -> None:
+        try:
+            for _ in range(125):
+                assert lazy.get().pipeline.process(user.command("help")).status == 200
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=serve, args=(u,)) for u in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(fake_api.calls_of("sendMessage")) == 1000
+    assert len(created) == 1
+    lazy.get().repository.close()  # type: ignore[attr-defined]
+
+
+HOT_QUERIES = [
+    ("users", {"_id": 1, "recent_updates": {"$ne": 5}}, None),
+    ("users", {"recent_updates": 5}, None),
+    ("message_links", {"_id": "1:5"}, None),
+    ("message_links", {"recipient_id": 1, "copy_message_id": 5}, None),
+    ("lobby", {"language": "en", "_id": {"$nin": [1]}, "avoid": {"$ne": 1}},
+     [("since", 1), ("_id", 1)]),
+    ("chats", {"users": 1}, [("started_at", -1)]),
+    ("exclusions", {"user_id": 1}, None),
+    ("exclusions", {"other_id": 1}, None),
+    ("chats", {"closed_by_update": 7, "users": 1}, None),
+]
+
+
+def test_every_hot_query_is_served_by_an_index(mongo_uri: str, database: str):
+    repository = MongoRepository(mongo_uri, database)
+    repository.init_schema()
+    db = repository.db
+    for collection, query, sort in HOT_QUERIES:
+        db[collection].replace_one({"_id": "probe"}, {"probe": True}, upsert=True)
+        cursor = db[collection].find(query)
+        if sort:
+            cursor = cursor.sort(sort)
+        plan = cursor.explain()
+        if "queryPlanner" in plan:  # a real MongoDB (MONGODB_TEST_URI): its planner decides
+            assert "COLLSCAN" not in json.dumps(plan["queryPlanner"]), (collection, query)
+        else:  # mongoeco has no MongoDB planner: check that an index leads with the field
+            first_field = next(iter(query))
+            leading = {spec["key"][0][0] for spec in db[collection].index_information().values()}
+            assert first_field in leading, (collection, query, leading)
+    repository.close()
+
+
+def test_init_db_is_idempotent(mongo_uri: str, database: str):
+    repository = MongoRepository(mongo_uri, database)
+    repository.init_schema()
+    first = repository.db.message_links.index_information()
+    repository.init_schema()
+    assert repository.db.message_links.index_information() == first
+    assert first["links_ttl"]["expireAfterSeconds"] == 0
+    claims = repository.db.claimed_updates.index_information()
+    assert claims["claims_ttl"]["expireAfterSeconds"] == 86_400
+    repository.close()
+
+
+def test_an_outage_answers_503_and_loses_or_doubles_nothing(
+    fake_api: FakeBotApi, tmp_path: Path
+):
+    python = _mongoeco_python()
+    if python is None:
+        pytest.skip("no mongoeco environment to stop and restart")
+    server = MongoServer(python, tmp_path / "outage.sqlite3")
+    try:
+        repository = MongoRepository(server.uri, "outage")
+        settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
+        runtime = build_runtime(settings, repository=repository)
+        alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
+        for update in (alice.command("find_chat"), bob.command("find_chat")):
+            assert runtime.pipeline.process(update).status == 200
+        before = alice.text("sent before the outage")
+        assert runtime.pipeline.process(before).outcome == "relayed"
+
+        server.stop()
+        during = alice.text("sent during the outage")
+        result = runtime.pipeline.process(during)
+        assert (result.status, result.outcome) == (503, "retry:storage")
+        assert "sent during the outage" not in list(bob.texts())
+
+        server.start()
+        assert runtime.pipeline.process(during).outcome == "relayed"
+        assert runtime.pipeline.process(during).outcome == "duplicate"
+        assert runtime.pipeline.process(before).outcome == "duplicate"
+        texts = list(bob.texts())
+        assert texts.count("sent before the outage") == 1
+        assert texts.count("sent during the outage") == 1
+        repository.close()
+    finally:
+        server.stop()
