@@ -16,7 +16,7 @@ from messagine import keyboards
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.languages import LANGUAGES, language_name
-from messagine.models import ActiveChat, EndReason, MatchOutcome, UserState
+from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
 from messagine.storage.port import Repository
 from messagine.telegram import Telegram, TelegramBlocked
 
@@ -163,13 +163,16 @@ class Conversation:
         ended = self.repository.end_chat(user.user_id, reason, self.clock(), update_id)
         if ended is None:
             return False
+        self._tell_partner(ended, "exit.closed_by_partner")
+        return True
+
+    def _tell_partner(self, ended: EndedChat, key: str) -> None:
+        """Tell the partner of an ended chat, in their language; mark them if they blocked us."""
         partner_t = self.texts(ended.partner_language)
         try:
-            self.telegram.send_text(ended.partner_id, partner_t("exit.closed_by_partner"),
-                                    keyboards.idle(partner_t))
+            self.telegram.send_text(ended.partner_id, partner_t(key), keyboards.idle(partner_t))
         except TelegramBlocked:
             self.repository.set_blocked(ended.partner_id, blocked=True)
-        return True
 
     def partner_unreachable(self, user: UserState, update_id: int) -> None:
         """The partner blocked the bot: end the chat, mark them, tell the user."""
@@ -187,12 +190,7 @@ class Conversation:
             user.user_id, EndReason.BLOCKED, self.clock(), update_id)
         if ended is None:
             return "blocked_bot"
-        partner_t = self.texts(ended.partner_language)
-        try:
-            self.telegram.send_text(ended.partner_id, partner_t("partner.unreachable"),
-                                    keyboards.idle(partner_t))
-        except TelegramBlocked:
-            self.repository.set_blocked(ended.partner_id, blocked=True)
+        self._tell_partner(ended, "partner.unreachable")
         return "blocked_bot:chat_ended"
 
     def bot_unblocked(self, user: UserState) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 from telebot import TeleBot, types
 
@@ -17,6 +16,7 @@ from messagine import context, keyboards
 from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
+from messagine.models import UserState
 from messagine.relay import RELAYED_CONTENT_TYPES, Relay
 from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
 
@@ -31,6 +31,9 @@ ALL_CONTENT_TYPES = sorted({
     "group_chat_created", "supergroup_chat_created", "channel_chat_created",
     "migrate_to_chat_id", "migrate_from_chat_id", "pinned_message", "unknown",
 })
+
+_Route = Callable[[UserState, Answer, types.Message, int], str]
+"""A command's service call: (sender, answer, message, update id) -> outcome."""
 
 COMMANDS = {
     "start": ("start",),
@@ -58,55 +61,29 @@ def register(
         ctx = context.current()
         return ctx, Answer(telegram, message.chat.id)
 
-    def on(command: str) -> Callable[[Callable[[types.Message], None]], Any]:
-        decorator: Callable[[Callable[[types.Message], None]], Any] = bot.message_handler(
-            commands=list(COMMANDS[command]), chat_types=PRIVATE)
-        return decorator
+    routes: dict[str, _Route] = {
+        "start": lambda user, answer, _m, _u: conversation.start(user, answer),
+        "find_chat": lambda user, answer, _m, update: conversation.find_chat(
+            user, answer, update),
+        "cancel_find": lambda user, answer, _m, _u: conversation.cancel_find(user, answer),
+        "exit_chat": lambda user, answer, _m, _u: conversation.ask_exit(user, answer),
+        "next": lambda user, answer, _m, update: conversation.next_chat(user, answer, update),
+        "help": lambda user, answer, _m, _u: conversation.help(user, answer),
+        "about": lambda user, answer, _m, _u: conversation.about(user, answer),
+        "set_language": lambda user, answer, _m, _u: conversation.show_languages(user, answer),
+        "delete": lambda user, answer, message, _u: relay.delete(user, message, answer),
+    }
 
-    @on("start")
-    def start(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(conversation.start(ctx.require_user(), answer))
+    def command_handler(route: _Route) -> Callable[[types.Message], None]:
+        def handle(message: types.Message) -> None:
+            ctx, answer = user_and_answer(message)
+            done(route(ctx.require_user(), answer, message, ctx.update_id))
 
-    @on("find_chat")
-    def find_chat(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(conversation.find_chat(ctx.require_user(), answer, ctx.update_id))
+        return handle
 
-    @on("cancel_find")
-    def cancel_find(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(conversation.cancel_find(ctx.require_user(), answer))
-
-    @on("exit_chat")
-    def exit_chat(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(conversation.ask_exit(ctx.require_user(), answer))
-
-    @on("next")
-    def next_chat(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(conversation.next_chat(ctx.require_user(), answer, ctx.update_id))
-
-    @on("help")
-    def help_command(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(conversation.help(ctx.require_user(), answer))
-
-    @on("about")
-    def about(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(conversation.about(ctx.require_user(), answer))
-
-    @on("set_language")
-    def set_language(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(conversation.show_languages(ctx.require_user(), answer))
-
-    @on("delete")
-    def delete(message: types.Message) -> None:
-        ctx, answer = user_and_answer(message)
-        done(relay.delete(ctx.require_user(), message, answer))
+    for command, route in routes.items():
+        bot.register_message_handler(command_handler(route), commands=list(COMMANDS[command]),
+                                     chat_types=PRIVATE)
 
     @bot.message_handler(chat_types=PRIVATE, content_types=list(RELAYED_CONTENT_TYPES))
     def relay_message(message: types.Message) -> None:

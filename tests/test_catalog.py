@@ -22,14 +22,23 @@ def po_messages(language: str) -> dict[str, str]:
 
 
 def keys_used_in_code() -> set[str]:
-    """Every literal key passed to a Texts object (t("key") or texts(...)("key"))."""
+    """Every string in the package shaped like a catalog key: "prefix.name" with a prefix
+    the English catalog uses (so a mistyped key is caught wherever it is written), and the
+    literal first argument of every t(...) / partner_t(...) call."""
+    prefixes = {key.split(".")[0] for key in po_messages("en") if "." in key}
     keys: set[str] = set()
-    for path in PACKAGE.rglob("*.py"):
+    # Storage adapters hold database field paths ("chat.id"), never interface text.
+    sources = [p for p in PACKAGE.rglob("*.py") if "storage" not in p.parts]
+    for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id in ("t", "partner_t") and node.args
                     and isinstance(node.args[0], ast.Constant)):
                 keys.add(str(node.args[0].value))
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and re.fullmatch(r"[a-z]+\.[a-z_]+", node.value)
+                    and node.value.split(".")[0] in prefixes):
+                keys.add(node.value)
     return keys
 
 
