@@ -1,0 +1,85 @@
+"""The build file: its deploy step is valid for the real gcloud CLI and gives production
+every setting it needs. No account is needed: gcloud must fail only for lack of one."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+BUILD = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+
+
+def step(step_id: str) -> dict[str, Any]:
+    return next(s for s in BUILD["steps"] if s["id"] == step_id)
+
+
+def filled(text: str) -> str:
+    """The text with the build's default substitutions (and a project id) filled in."""
+    values = {**BUILD["substitutions"], "PROJECT_ID": "demo-project"}
+    return re.sub(r"\$\{?(_?[A-Z_]+)\}?", lambda m: str(values.get(m.group(1), m.group(0))),
+                  text)
+
+
+def deploy_args() -> list[str]:
+    return [filled(arg) for arg in step("deploy")["args"]]
+
+
+def flag(name: str) -> str:
+    return next(a.split("=", 1)[1] for a in deploy_args() if a.startswith(f"--{name}="))
+
+
+def test_the_entry_point_exists_in_main():
+    functions = {node.name for node in ast.parse((ROOT / "main.py").read_text()).body
+                 if isinstance(node, ast.FunctionDef)}
+    assert flag("entry-point") in functions
+
+
+def test_the_timeout_is_below_telegrams_wait():
+    assert int(flag("timeout").rstrip("s")) < 60
+
+
+def test_concurrency_above_one_has_a_whole_cpu():
+    assert int(flag("concurrency")) > 1 and float(flag("cpu")) >= 1
+
+
+def test_every_setting_production_requires_is_provided():
+    provided = {pair.split("=")[0] for pair in flag("set-env-vars").split(",")}
+    provided |= {pair.split("=")[0] for pair in flag("set-secrets").split(",")}
+    assert {"TELEGRAM_TOKEN", "WEBHOOK_SECRET", "STORAGE"} <= provided
+    if BUILD["substitutions"]["_STORAGE"] == "mongo":
+        assert "MONGODB_URI" in provided
+    # Secrets come from Secret Manager, never as plain environment values.
+    assert not {"TELEGRAM_TOKEN", "WEBHOOK_SECRET", "MONGODB_URI"} & {
+        pair.split("=")[0] for pair in flag("set-env-vars").split(",")}
+
+
+def test_the_webhook_step_gets_the_secrets_it_uses():
+    register = step("register-webhook")
+    assert set(register["secretEnv"]) == {"TELEGRAM_TOKEN", "WEBHOOK_SECRET"}
+    script = register["args"][-1]
+    assert "set-webhook --url" in script and "set-commands" in script
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
+def test_gcloud_accepts_the_deploy_command_and_fails_only_for_lack_of_an_account(
+    tmp_path: Path,
+):
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+           "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    result = subprocess.run(["gcloud", *deploy_args(), "--project=demo-project"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "You do not currently have an active account selected" in result.stderr, \
+        result.stderr
+    assert "unrecognized arguments" not in result.stderr
+    assert "argument --" not in result.stderr
