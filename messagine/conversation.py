@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from messagine import keyboards
+from messagine.analytics import Analytics, now_iso
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.languages import LANGUAGES, language_name
@@ -32,8 +33,9 @@ class Conversation:
 
     def __init__(
         self, repository: Repository, telegram: Telegram, catalog: Catalog,
-        recent_partners: int, clock: Callable[[], float],
+        recent_partners: int, clock: Callable[[], float], analytics: Analytics,
     ) -> None:
+        self.analytics = analytics
         self.repository = repository
         self.telegram = telegram
         self.catalog = catalog
@@ -52,6 +54,8 @@ class Conversation:
         if user.is_new:
             answer.send(t("start.welcome_new", language=language_name(user.language)),
                         keyboards.welcome_new(t))
+            self.analytics.update_profile(user, set_once={"$created": now_iso()},
+                                          set_values={"language": user.language})
             return "start:new"
         answer.send(t("start.welcome_back"), keyboards.idle(t) if user.chat is None
                     else keyboards.in_chat(t))
@@ -92,6 +96,12 @@ class Conversation:
                 return "find:already_waiting"
             assert result.chat is not None  # noqa: S101 - MATCHED always carries the chat
             if self._announce_chat(user, result.chat, answer, update_id):
+                if not result.resumed:
+                    waited = result.chat.started_at - (result.partner_waiting_since
+                                                       or result.chat.started_at)
+                    self.analytics.track(user, "chat.started", {
+                        "language": user.language, "wait_seconds": round(waited, 1)})
+                    self.analytics.update_profile(user, increment={"chats": 1})
                 return "find:matched"
         answer.send(t("lobby.already"), keyboards.lobby(t))
         return "find:partners_unreachable"
@@ -164,7 +174,21 @@ class Conversation:
         if ended is None:
             return False
         self._tell_partner(ended, "exit.closed_by_partner")
+        self._track_end(user, ended, reason)
         return True
+
+    def _track_end(self, user: UserState, ended: EndedChat, reason: EndReason) -> None:
+        """chat.ended: how long, how many messages each side sent, who ended it and how."""
+        if ended.resumed or user.chat is None or not self.analytics.enabled_for(user):
+            return
+        sent = self.repository.count_messages(ended.chat_id)
+        self.analytics.track(user, "chat.ended", {
+            "duration_seconds": round(self.clock() - user.chat.started_at, 1),
+            "messages_sent": sent.get(user.user_id, 0),
+            "messages_received": sent.get(ended.partner_id, 0),
+            "ended_by": "self" if reason in (EndReason.EXIT, EndReason.NEXT,
+                                             EndReason.BLOCKED) else "partner",
+            "how": reason.value, "language": user.language})
 
     def _tell_partner(self, ended: EndedChat, key: str) -> None:
         """Tell the partner of an ended chat, in their language; mark them if they blocked us."""
@@ -180,22 +204,26 @@ class Conversation:
             user.user_id, EndReason.PARTNER_UNREACHABLE, self.clock(), update_id)
         if ended is not None:
             self.repository.set_blocked(ended.partner_id, blocked=True)
+            self._track_end(user, ended, EndReason.PARTNER_UNREACHABLE)
         t = self.texts(user.language)
         self.telegram.send_text(user.user_id, t("partner.unreachable"), keyboards.idle(t))
 
     def bot_blocked(self, user: UserState, update_id: int) -> str:
         """The user blocked the bot: mark them, leave the lobby, end the chat, tell the partner."""
         self.repository.set_blocked(user.user_id, blocked=True)
+        self.analytics.track(user, "user.blocked_bot")
         ended = self.repository.end_chat(
             user.user_id, EndReason.BLOCKED, self.clock(), update_id)
         if ended is None:
             return "blocked_bot"
         self._tell_partner(ended, "partner.unreachable")
+        self._track_end(user, ended, EndReason.BLOCKED)
         return "blocked_bot:chat_ended"
 
     def bot_unblocked(self, user: UserState) -> str:
         """The user unblocked the bot (or started it again): clear the mark."""
         self.repository.set_blocked(user.user_id, blocked=False)
+        self.analytics.track(user, "user.returned")
         return "unblocked_bot"
 
     # -- saying hi -----------------------------------------------------------------------
@@ -244,6 +272,8 @@ class Conversation:
         if language not in LANGUAGES:
             return self.show_languages(user, answer)
         updated = self.repository.set_language(user.user_id, language)
+        if updated.language == language:
+            self.analytics.update_profile(updated, set_values={"language": language})
         if updated.chat is not None:
             t = self.texts(updated.language)
             answer.send(t("language.in_chat"), keyboards.in_chat(t))

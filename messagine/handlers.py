@@ -13,6 +13,7 @@ from collections.abc import Callable
 from telebot import TeleBot, types
 
 from messagine import context, keyboards
+from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
@@ -50,7 +51,8 @@ COMMANDS = {
 
 
 def register(
-    bot: TeleBot, conversation: Conversation, relay: Relay, telegram: Telegram, catalog: Catalog
+    bot: TeleBot, conversation: Conversation, relay: Relay, telegram: Telegram, catalog: Catalog,
+    analytics: Analytics,
 ) -> None:
     """Attach every handler of the bot to ``bot``."""
 
@@ -74,16 +76,18 @@ def register(
         "delete": lambda user, answer, message, _u: relay.delete(user, message, answer),
     }
 
-    def command_handler(route: _Route) -> Callable[[types.Message], None]:
+    def command_handler(command: str, route: _Route) -> Callable[[types.Message], None]:
         def handle(message: types.Message) -> None:
             ctx, answer = user_and_answer(message)
-            done(route(ctx.require_user(), answer, message, ctx.update_id))
+            user = ctx.require_user()
+            analytics.track(user, f"command.{command}")
+            done(route(user, answer, message, ctx.update_id))
 
         return handle
 
     for command, route in routes.items():
-        bot.register_message_handler(command_handler(route), commands=list(COMMANDS[command]),
-                                     chat_types=PRIVATE)
+        bot.register_message_handler(command_handler(command, route),
+                                     commands=list(COMMANDS[command]), chat_types=PRIVATE)
 
     @bot.message_handler(chat_types=PRIVATE, content_types=list(RELAYED_CONTENT_TYPES))
     def relay_message(message: types.Message) -> None:
@@ -93,6 +97,7 @@ def register(
         if is_command and user.chat is None:
             t = catalog.for_language(user.language)
             answer.send(t("unknown_command"), keyboards.idle(t))
+            analytics.track(user, "command.unknown")
             done("unknown_command")
             return
         done(relay.relay(user, message, ctx.update_id))
@@ -100,8 +105,10 @@ def register(
     @bot.message_handler(chat_types=PRIVATE, content_types=ALL_CONTENT_TYPES)
     def unsupported(message: types.Message) -> None:
         ctx, answer = user_and_answer(message)
-        t = catalog.for_language(ctx.require_user().language)
+        user = ctx.require_user()
+        t = catalog.for_language(user.language)
         answer.send(t("relay.unsupported"))
+        analytics.track(user, f"message.invalid.{message.content_type}")
         done("unsupported:" + message.content_type)
 
     @bot.message_handler(chat_types=GROUPS, content_types=ALL_CONTENT_TYPES)
@@ -129,6 +136,7 @@ def register(
     def press(ctx: context.UpdateContext, data: str, answer: Answer) -> str:
         user = ctx.require_user()
         update_id = ctx.update_id
+        analytics.track(user, "action." + keyboards.action_name(data))
         if data.startswith(keyboards.SET_LANGUAGE):
             return "button:" + conversation.set_language(
                 user, data.removeprefix(keyboards.SET_LANGUAGE), answer, update_id)

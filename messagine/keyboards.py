@@ -25,6 +25,19 @@ ABOUT = "about"
 SAY_HI = "hi"
 
 
+_ACTIONS = {FIND: "find_chat", CANCEL_FIND: "cancel_find", EXIT: "exit_chat",
+            EXIT_YES: "exit_yes", EXIT_NO: "exit_no", LANGUAGE: "language",
+            LANGUAGE_ALL: "language_all", LANGUAGE_TOP: "language_top", HELP: "help",
+            ABOUT: "about", SAY_HI: "say_hi"}
+
+
+def action_name(data: str) -> str:
+    """The analytics name of a button's callback data ("unknown" for anything else)."""
+    if data.startswith(SET_LANGUAGE):
+        return "set_language"
+    return _ACTIONS.get(data, "unknown")
+
+
 def welcome_new(t: Texts) -> Keyboard:
     """Under the first welcome: [Find Chat, Language] [About, Help]."""
     return [[(t("btn.find_chat"), FIND), (t("btn.language"), LANGUAGE)],

@@ -43,6 +43,7 @@ class UserState:
     banned: bool
     chat: ActiveChat | None
     waiting_since: float | None
+    analytics_opt_out: bool = False
 
     @property
     def waiting(self) -> bool:
@@ -73,13 +74,15 @@ class MatchResult:
 
     ``chat`` is set for MATCHED and IN_CHAT. ``resumed`` is True when the chat was made by
     this same update before (a re-delivery after a failure), so the notices are sent again.
-    ``waiting_count`` is how many users wait in the pool, the searcher included.
+    ``waiting_count`` is how many users wait in the pool, the searcher included;
+    ``partner_waiting_since`` is when the partner of a new chat joined the lobby.
     """
 
     outcome: MatchOutcome
     chat: ActiveChat | None = None
     resumed: bool = False
     waiting_count: int = 0
+    partner_waiting_since: float | None = None
 
 
 class EndReason(enum.Enum):

@@ -18,6 +18,7 @@ from typing import Any
 from telebot import TeleBot, types
 
 from messagine import context
+from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.languages import language_for
 from messagine.models import Profile
@@ -51,8 +52,9 @@ class Pipeline:
 
     def __init__(
         self, bot: TeleBot, repository: Repository, telegram: Telegram, catalog: Catalog,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, analytics: Analytics | None = None,
     ) -> None:
+        self.analytics = analytics or NoAnalytics()
         self.bot = bot
         self.repository = repository
         self.telegram = telegram
@@ -72,11 +74,17 @@ class Pipeline:
             result = Result(200, f"ignored:kind:{kind}")
         else:
             result, content_type = self._process(update_id, kind, payload)
+        fields = {
+            "update_id": update_id if isinstance(update_id, int) else None, "kind": kind,
+            "content_type": content_type, "outcome": result.outcome, "status": result.status,
+            "backend": self.repository.backend,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
         log.info(
             "update_id=%s kind=%s content=%s outcome=%s status=%s backend=%s ms=%.1f",
-            update_id if isinstance(update_id, int) else "-", kind, content_type or "-",
-            result.outcome, result.status, self.repository.backend,
-            (time.perf_counter() - started) * 1000,
+            fields["update_id"] or "-", kind, content_type or "-", result.outcome,
+            result.status, fields["backend"], fields["latency_ms"],
+            extra={"json_fields": fields},
         )
         return result
 
@@ -120,6 +128,7 @@ class Pipeline:
             return Result(200, "error"), content_type
         finally:
             context.leave(token)
+            self.analytics.flush()
         return Result(200, ctx.outcome), content_type
 
     def _release(self, update_id: int, error: Exception) -> Result:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from telebot import types
 
 from messagine import keyboards
+from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
@@ -35,8 +36,9 @@ class Relay:
 
     def __init__(
         self, repository: Repository, telegram: Telegram, catalog: Catalog,
-        conversation: Conversation, clock: Callable[[], float],
+        conversation: Conversation, clock: Callable[[], float], analytics: Analytics,
     ) -> None:
+        self.analytics = analytics
         self.repository = repository
         self.telegram = telegram
         self.catalog = catalog
@@ -68,6 +70,7 @@ class Relay:
         except TelegramRejected as error:
             log.warning("copy refused by Telegram: %s %s", error.code, error.description)
             self.telegram.send_text(user.user_id, t("relay.failed"))
+            self.analytics.track(user, f"message.invalid.{message.content_type}")
             return "relay:rejected"
         link = MessageLink(
             chat_id=chat.chat_id, sender_id=user.user_id, sender_message_id=message.message_id,
@@ -78,6 +81,7 @@ class Relay:
             self.repository.record_message(link)
         except StorageUnavailable:
             log.exception("relayed message delivered but its link was not recorded")
+        self.analytics.track(user, f"message.{message.content_type}")
         return "relayed"
 
     def edit(self, user: UserState, message: types.Message) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import telebot
 
 from messagine import handlers
+from messagine.analytics import Analytics, MixpanelAnalytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.logs import configure_logging
@@ -34,6 +35,7 @@ class Runtime:
     telegram: Telegram
     catalog: Catalog
     pipeline: Pipeline
+    analytics: Analytics
 
 
 def build_runtime(
@@ -41,17 +43,29 @@ def build_runtime(
     clock: Callable[[], float] = time.time,
 ) -> Runtime:
     """Wire the bot for ``settings`` (``repository`` overrides the configured one, for tests)."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, on_google_cloud=settings.on_google_cloud,
+                      project_id=settings.project_id)
     configure_transport(settings.telegram_api_url, settings.telegram_timeout_s)
     repository = repository or open_repository(settings)
     bot = telebot.TeleBot(settings.telegram_token.reveal(), threaded=False, parse_mode=None)
     telegram = Telegram(bot)
     catalog = Catalog()
-    conversation = Conversation(repository, telegram, catalog, settings.recent_partners, clock)
-    relay = Relay(repository, telegram, catalog, conversation, clock)
-    handlers.register(bot, conversation, relay, telegram, catalog)
-    pipeline = Pipeline(bot, repository, telegram, catalog, clock)
-    return Runtime(settings, repository, telegram, catalog, pipeline)
+    analytics = open_analytics(settings)
+    conversation = Conversation(repository, telegram, catalog, settings.recent_partners, clock,
+                                analytics)
+    relay = Relay(repository, telegram, catalog, conversation, clock, analytics)
+    handlers.register(bot, conversation, relay, telegram, catalog, analytics)
+    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics)
+    return Runtime(settings, repository, telegram, catalog, pipeline, analytics)
+
+
+def open_analytics(settings: Settings) -> Analytics:
+    """Mixpanel when MIXPANEL_TOKEN is set, otherwise nothing at all."""
+    if settings.mixpanel_token is None or settings.analytics_key is None:
+        return NoAnalytics()
+    return MixpanelAnalytics(settings.mixpanel_token.reveal(), settings.analytics_key.reveal(),
+                             events_url=settings.mixpanel_events_url,
+                             people_url=settings.mixpanel_people_url)
 
 
 class LazyRuntime:

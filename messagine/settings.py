@@ -60,6 +60,12 @@ class Settings:
     recent_partners: int
     telegram_timeout_s: float
     log_level: str
+    on_google_cloud: bool
+    project_id: str | None
+    mixpanel_token: Secret | None
+    analytics_key: Secret | None
+    mixpanel_events_url: str | None
+    mixpanel_people_url: str | None
 
     @classmethod
     def from_env(
@@ -114,6 +120,8 @@ class Settings:
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
 
+        mixpanel_token, analytics_key, mixpanel_urls = _analytics(env, problems)
+
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -129,7 +137,32 @@ class Settings:
             recent_partners=recent,
             telegram_timeout_s=float(timeout),
             log_level=log_level,
+            on_google_cloud=bool(env.get("K_SERVICE") or env.get("FUNCTION_TARGET")),
+            project_id=(env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or "").strip()
+            or None,
+            mixpanel_token=Secret(mixpanel_token) if mixpanel_token else None,
+            analytics_key=Secret(analytics_key) if mixpanel_token else None,
+            mixpanel_events_url=mixpanel_urls["MIXPANEL_EVENTS_URL"],
+            mixpanel_people_url=mixpanel_urls["MIXPANEL_PEOPLE_URL"],
         )
+
+
+def _analytics(
+    env: Mapping[str, str], problems: list[str]
+) -> tuple[str, str, dict[str, str | None]]:
+    mixpanel_token = env.get("MIXPANEL_TOKEN", "").strip()
+    analytics_key = env.get("ANALYTICS_PSEUDONYM_KEY", "").strip()
+    if mixpanel_token and len(analytics_key) < 16:
+        problems.append(
+            "ANALYTICS_PSEUDONYM_KEY must be set (16+ characters) when MIXPANEL_TOKEN is: "
+            "it keys the hash that hides Telegram ids from the analytics vendor")
+    urls: dict[str, str | None] = {}
+    for name in ("MIXPANEL_EVENTS_URL", "MIXPANEL_PEOPLE_URL"):
+        url = env.get(name, "").strip()
+        if url and not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+            problems.append(f"{name} is not an http(s) URL: {url!r}")
+        urls[name] = url or None
+    return mixpanel_token, analytics_key, urls
 
 
 def _ids(env: Mapping[str, str], name: str, problems: list[str]) -> set[int]:

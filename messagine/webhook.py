@@ -12,6 +12,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from messagine import logs
 from messagine.runtime import LazyRuntime, Runtime
 from messagine.settings import SettingsError
 
@@ -59,7 +60,12 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> Response:
     if not isinstance(payload, dict):
         log.warning("refused request whose JSON is a %s, not an object", type(payload).__name__)
         return _reply(400, "body is not a JSON object")
-    result = runtime.pipeline.process(payload)
+    token = logs.set_trace(logs.trace_from_header(
+        request.headers.get("X-Cloud-Trace-Context"), runtime.settings.project_id))
+    try:
+        result = runtime.pipeline.process(payload)
+    finally:
+        logs.reset_trace(token)
     return _reply(result.status, "ok" if result.status == 200 else "retry later")
 
 

@@ -60,7 +60,7 @@ Document = dict[str, Any]
 # one update of a chat at a time and re-sends that one until it succeeds, so a re-delivery
 # is always among the newest few.
 _RECENT_UPDATES = 50
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _LOCK_LEASE_S = 5.0
 _LOCK_WAIT_S = 8.0
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
@@ -154,6 +154,7 @@ class MongoRepository:
         db.message_links.create_index(
             [("recipient_id", 1), ("copy_message_id", 1)], name="links_by_copy")
         db.message_links.create_index("expires_at", name="links_ttl", expireAfterSeconds=0)
+        db.message_links.create_index("chat_id", name="links_by_chat")
         db.claimed_updates.create_index(
             "claimed_at", name="claims_ttl", expireAfterSeconds=self._update_retention_s)
         db.meta.replace_one({"_id": "schema"}, {"version": _SCHEMA_VERSION}, upsert=True)
@@ -172,6 +173,7 @@ class MongoRepository:
             user_id=int(doc["_id"]), language=str(doc["language"]), is_new=is_new,
             blocked=bool(doc.get("blocked")), banned=bool(doc.get("banned")), chat=active,
             waiting_since=doc.get("waiting_since"),
+            analytics_opt_out=bool(doc.get("analytics_opt_out")),
         )
 
     @_unavailable_as_storage_error
@@ -263,6 +265,19 @@ class MongoRepository:
             {"_id": user_id}, {"$set": {"blocked": blocked}}, projection={"language": 1})
         if blocked and doc is not None:
             self._leave_lobby(user_id, doc["language"])
+
+    @_unavailable_as_storage_error
+    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
+        """See ``Repository.set_analytics_opt_out``."""
+        self.db.users.update_one({"_id": user_id}, {"$set": {"analytics_opt_out": opt_out}})
+
+    @_unavailable_as_storage_error
+    def count_messages(self, chat_id: int) -> dict[int, int]:
+        """See ``Repository.count_messages``."""
+        counts: dict[int, int] = {}
+        for doc in self.db.message_links.find({"chat_id": chat_id}, {"sender_id": 1}):
+            counts[int(doc["sender_id"])] = counts.get(int(doc["sender_id"]), 0) + 1
+        return counts
 
     @_unavailable_as_storage_error
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
@@ -357,7 +372,8 @@ class MongoRepository:
             self._apply_pairing(intent)
             lock.clear_intent()
         return MatchResult(MatchOutcome.MATCHED, ActiveChat(
-            intent["chat_id"], intent["partner"], intent["partner_language"], now))
+            intent["chat_id"], intent["partner"], intent["partner_language"], now),
+            partner_waiting_since=candidate.get("since"))
 
     def _resumed_chat(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
         chat = doc.get("chat")

@@ -96,6 +96,14 @@ class Repository(Protocol):
         """Mark that the user blocked (or unblocked) the bot; blocking also leaves the lobby."""
         ...
 
+    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
+        """Record the user's objection to analytics (True) or its withdrawal (False)."""
+        ...
+
+    def count_messages(self, chat_id: int) -> dict[int, int]:
+        """How many messages each user of a chat sent (from the message log)."""
+        ...
+
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """Never match these two users again (a report or a block by ``user_id``)."""
         ...

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS users (
     first_seen REAL NOT NULL,
     last_seen REAL NOT NULL,
     blocked INTEGER NOT NULL DEFAULT 0,
-    banned INTEGER NOT NULL DEFAULT 0
+    banned INTEGER NOT NULL DEFAULT 0,
+    analytics_opt_out INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS claimed_updates (
     update_id INTEGER PRIMARY KEY,
@@ -89,11 +90,17 @@ CREATE TABLE IF NOT EXISTS message_links (
 );
 CREATE INDEX IF NOT EXISTS message_links_by_copy
     ON message_links (recipient_id, copy_message_id);
+CREATE INDEX IF NOT EXISTS message_links_by_chat ON message_links (chat_id, sender_id);
 """
+
+# Columns added after a table was first created: (table, column, definition).
+_ADDED_COLUMNS = (
+    ("users", "analytics_opt_out", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 # The state of one user: profile flags, their chat (seen from their side) and lobby entry.
 _STATE_QUERY = """
-SELECT u.id, u.language, u.blocked, u.banned,
+SELECT u.id, u.language, u.blocked, u.banned, u.analytics_opt_out,
        m.chat_id, m.partner_id, p.language, c.started_at, l.since
 FROM users u
 LEFT JOIN memberships m ON m.user_id = u.id
@@ -112,7 +119,7 @@ ORDER BY started_at DESC, id DESC LIMIT :recent
 
 # The longest-waiting compatible user of a language (see Repository.find_partner).
 _CANDIDATE_QUERY = """
-SELECT l.user_id FROM lobby l
+SELECT l.user_id, l.since FROM lobby l
 WHERE l.language = :language AND l.user_id != :me
   AND l.user_id NOT IN (""" + _RECENT_PARTNERS + """)
   AND :me NOT IN (
@@ -159,6 +166,10 @@ class SqliteRepository:
         with self._schema_lock:
             if not self._schema_ready:
                 conn.executescript(_SCHEMA)
+                for table, column, definition in _ADDED_COLUMNS:
+                    existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in existing:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
                 self._schema_ready = True
 
     @contextmanager
@@ -204,7 +215,7 @@ class SqliteRepository:
         row = conn.execute(_STATE_QUERY, (user_id,)).fetchone()
         if row is None:
             return None
-        (uid, language, blocked, banned, chat_id, partner_id, partner_language,
+        (uid, language, blocked, banned, opt_out, chat_id, partner_id, partner_language,
          started_at, since) = row
         chat = None
         if chat_id is not None:
@@ -212,6 +223,7 @@ class SqliteRepository:
         return UserState(
             user_id=uid, language=language, is_new=is_new, blocked=bool(blocked),
             banned=bool(banned), chat=chat, waiting_since=since,
+            analytics_opt_out=bool(opt_out),
         )
 
     def get_user(self, user_id: int) -> UserState | None:
@@ -287,6 +299,20 @@ class SqliteRepository:
             if blocked:
                 conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
 
+    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
+        """See ``Repository.set_analytics_opt_out``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET analytics_opt_out = ? WHERE id = ?",
+                         (int(opt_out), user_id))
+
+    def count_messages(self, chat_id: int) -> dict[int, int]:
+        """See ``Repository.count_messages``."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT sender_id, count(*) FROM message_links WHERE chat_id = ?"
+                " GROUP BY sender_id", (chat_id,)).fetchall()
+        return {int(sender): int(count) for sender, count in rows}
+
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``."""
         with self._transaction() as conn:
@@ -328,7 +354,7 @@ class SqliteRepository:
                 ).fetchone()[0]
                 outcome = MatchOutcome.ALREADY_WAITING if was_waiting else MatchOutcome.WAITING
                 return MatchResult(outcome, waiting_count=waiting)
-            partner_id = candidate[0]
+            partner_id, partner_since = candidate
             conn.execute("DELETE FROM lobby WHERE user_id IN (?, ?)", (user_id, partner_id))
             chat_id = conn.execute(
                 "INSERT INTO chats (user_a, user_b, language, started_at, opened_by_update)"
@@ -344,7 +370,8 @@ class SqliteRepository:
             ).fetchone()[0]
             assert chat_id is not None  # noqa: S101 - an INSERT always sets lastrowid
             return MatchResult(
-                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, partner_language, now)
+                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, partner_language, now),
+                partner_waiting_since=partner_since,
             )
 
     def leave_lobby(self, user_id: int) -> bool:
