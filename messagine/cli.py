@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -134,6 +135,9 @@ def serve_webhook(host: str, port: int) -> int:
 
     import functions_framework  # noqa: PLC0415
 
+    # functions-framework sets FUNCTION_TARGET, which means "Google Cloud" to the log
+    # settings; on one's own machine readable lines are the better default.
+    os.environ.setdefault("LOG_FORMAT", "text")
     source = Path(__file__).resolve().parent.parent / "main.py"
     app = functions_framework.create_app(target="webhook", source=str(source))
     app.run(host=host, port=port)

@@ -37,14 +37,14 @@ class _TextFormatter(logging.Formatter):
 
 
 def configure_logging(
-    level: str = "INFO", *, on_google_cloud: bool = False, project_id: str | None = None
+    level: str = "INFO", *, structured: bool = False, project_id: str | None = None
 ) -> None:
     """Configure the root logger once per process (later calls only change the level)."""
     global _configured  # noqa: PLW0603 - logging is process-wide by nature
     root = logging.getLogger()
     if not _configured:
         handler: logging.Handler
-        if on_google_cloud:
+        if structured:
             from google.cloud.logging_v2.handlers.structured_log import (  # noqa: PLC0415
                 StructuredLogHandler,
             )

@@ -43,7 +43,7 @@ def build_runtime(
     clock: Callable[[], float] = time.time,
 ) -> Runtime:
     """Wire the bot for ``settings`` (``repository`` overrides the configured one, for tests)."""
-    configure_logging(settings.log_level, on_google_cloud=settings.on_google_cloud,
+    configure_logging(settings.log_level, structured=settings.structured_logs,
                       project_id=settings.project_id)
     configure_transport(settings.telegram_api_url, settings.telegram_timeout_s)
     repository = repository or open_repository(settings)

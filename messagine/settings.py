@@ -61,6 +61,7 @@ class Settings:
     telegram_timeout_s: float
     log_level: str
     on_google_cloud: bool
+    structured_logs: bool
     project_id: str | None
     mixpanel_token: Secret | None
     analytics_key: Secret | None
@@ -122,6 +123,10 @@ class Settings:
 
         mixpanel_token, analytics_key, mixpanel_urls = _analytics(env, problems)
 
+        log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
+        if log_format not in ("auto", "json", "text"):
+            problems.append(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
+
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -138,6 +143,8 @@ class Settings:
             telegram_timeout_s=float(timeout),
             log_level=log_level,
             on_google_cloud=bool(env.get("K_SERVICE") or env.get("FUNCTION_TARGET")),
+            structured_logs=log_format == "json" or (
+                log_format == "auto" and bool(env.get("K_SERVICE") or env.get("FUNCTION_TARGET"))),
             project_id=(env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or "").strip()
             or None,
             mixpanel_token=Secret(mixpanel_token) if mixpanel_token else None,

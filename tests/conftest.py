@@ -178,6 +178,8 @@ class FunctionServer:
                     "PYTHONUNBUFFERED": "1"}
         self.log_path = Path(env["SQLITE_PATH"]).with_suffix(".log")
         self._mark = 0
+        self._traces = itertools.count(0xABC0001)
+        self.trace_id = ""
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "webhook",
@@ -198,6 +200,8 @@ class FunctionServer:
 
     def post(self, update: Any, secret: str | None = SECRET, **kwargs: Any) -> requests.Response:
         headers = kwargs.pop("headers", {})
+        self.trace_id = f"{next(self._traces):032x}"
+        headers.setdefault("X-Cloud-Trace-Context", f"{self.trace_id}/1;o=1")
         if secret is not None:
             headers["X-Telegram-Bot-Api-Secret-Token"] = secret
         if isinstance(update, (bytes, str)):
@@ -229,6 +233,8 @@ def backend_env(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
     if backend == "mongo":
         uri = request.getfixturevalue("mongo_uri")
         return {"STORAGE": "mongo", "MONGODB_URI": uri, "MONGODB_DATABASE": mongo_database_name()}
+    if backend == "sqlite-cloud-logging":  # as on Google Cloud: JSON logs on stdout
+        return {"K_SERVICE": "messagine", "GOOGLE_CLOUD_PROJECT": "demo-project"}
     return {}
 
 

@@ -23,15 +23,19 @@ def step(step_id: str) -> dict[str, Any]:
     return next(s for s in BUILD["steps"] if s["id"] == step_id)
 
 
-def filled(text: str) -> str:
+ANALYTICS = (",MIXPANEL_TOKEN=MIXPANEL_TOKEN:latest,"
+             "ANALYTICS_PSEUDONYM_KEY=ANALYTICS_PSEUDONYM_KEY:latest")
+
+
+def filled(text: str, **overrides: str) -> str:
     """The text with the build's default substitutions (and a project id) filled in."""
-    values = {**BUILD["substitutions"], "PROJECT_ID": "demo-project"}
+    values = {**BUILD["substitutions"], "PROJECT_ID": "demo-project", **overrides}
     return re.sub(r"\$\{?(_?[A-Z_]+)\}?", lambda m: str(values.get(m.group(1), m.group(0))),
                   text)
 
 
-def deploy_args() -> list[str]:
-    return [filled(arg) for arg in step("deploy")["args"]]
+def deploy_args(**overrides: str) -> list[str]:
+    return [filled(arg, **overrides) for arg in step("deploy")["args"]]
 
 
 def flag(name: str) -> str:
@@ -61,6 +65,11 @@ def test_every_setting_production_requires_is_provided():
     # Secrets come from Secret Manager, never as plain environment values.
     assert not {"TELEGRAM_TOKEN", "WEBHOOK_SECRET", "MONGODB_URI"} & {
         pair.split("=")[0] for pair in flag("set-env-vars").split(",")}
+    assert "GOOGLE_CLOUD_PROJECT=demo-project" in flag("set-env-vars").split(",")
+    with_analytics = next(a for a in deploy_args(_ANALYTICS_SECRETS=ANALYTICS)
+                          if a.startswith("--set-secrets="))
+    assert {"MIXPANEL_TOKEN", "ANALYTICS_PSEUDONYM_KEY"} <= {
+        pair.split("=")[0] for pair in with_analytics.removeprefix("--set-secrets=").split(",")}
 
 
 def test_the_webhook_step_gets_the_secrets_it_uses():
@@ -71,12 +80,14 @@ def test_the_webhook_step_gets_the_secrets_it_uses():
 
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
+@pytest.mark.parametrize("analytics", ["", ANALYTICS])
 def test_gcloud_accepts_the_deploy_command_and_fails_only_for_lack_of_an_account(
-    tmp_path: Path,
+    tmp_path: Path, analytics: str
 ):
     env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
-    result = subprocess.run(["gcloud", *deploy_args(), "--project=demo-project"], cwd=ROOT,
+    args = deploy_args(_ANALYTICS_SECRETS=analytics)
+    result = subprocess.run(["gcloud", *args, "--project=demo-project"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0
     assert "You do not currently have an active account selected" in result.stderr, \

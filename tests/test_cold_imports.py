@@ -16,7 +16,8 @@ env = {"TELEGRAM_TOKEN": "123456789:AAH-some_token_value_0123456789abcd",
        "TELEGRAM_API_URL": "http://127.0.0.1:9", "SQLITE_PATH": ":memory:"}
 env.update(dict(arg.split("=", 1) for arg in sys.argv[1:]))
 build_runtime(Settings.from_env(env))
-print(",".join(sorted(m for m in ("pymongo", "google.cloud.firestore", "babel")
+print(",".join(sorted(m for m in ("pymongo", "google.cloud.firestore", "babel",
+                                 "google.cloud.logging_v2", "mixpanel")
                       if m in sys.modules)))
 """
 
@@ -28,6 +29,16 @@ def loaded(*settings: str) -> str:
 
 def test_sqlite_loads_no_other_driver():
     assert loaded() == ""
+
+
+def test_cloud_logging_loads_only_on_google_cloud():
+    assert loaded("K_SERVICE=messagine") == "google.cloud.logging_v2"
+    assert loaded("K_SERVICE=messagine", "LOG_FORMAT=text") == ""
+
+
+def test_mixpanel_loads_only_when_an_event_is_sent():
+    # A token alone imports nothing at start: the package loads on the first event.
+    assert loaded("MIXPANEL_TOKEN=t", "ANALYTICS_PSEUDONYM_KEY=0123456789abcdef") == ""
 
 
 def test_mongo_loads_pymongo_and_connects_to_nothing_at_build():

@@ -15,7 +15,8 @@ from conftest import BACKENDS, SECRET, FunctionServer
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, SAMPLE_CONTENT, FakeBotApi, FakeUser
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.parametrize("served", BACKENDS, indirect=True, scope="module")]
+              pytest.mark.parametrize("served", [*BACKENDS, "sqlite-cloud-logging"],
+                                      indirect=True, scope="module")]
 
 
 def buttons(message: dict[str, Any]) -> list[str]:
@@ -46,7 +47,8 @@ def assert_anonymous_copy(copy: dict[str, Any], original: dict[str, Any], sender
         assert trace not in serialised, f"the copy carries the sender's {trace!r}"
 
 
-def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, served_api: FakeBotApi):
+def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, served_api: FakeBotApi,
+                                          request: pytest.FixtureRequest):
     post = function_server.post
     alice = served_api.user(7001, "Alice", username="alice_w")
     bob = served_api.user(7002, "Bobby", language_code="en-GB")
@@ -147,6 +149,18 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
                     SECRET, "AgAD-photo", "CAAD-sticker"):
         assert private not in log, f"{private!r} appeared in the log"
     assert all(call.query == "" for call in served_api.calls)
+    # functions-framework sets FUNCTION_TARGET, so every variant logs as on Google Cloud:
+    # one JSON object per line; with a project id the trace is the full trace name.
+    if '"severity"' in log:
+        records = [json.loads(line) for line in log.splitlines() if line.strip()]
+        updates = [r for r in records if "update_id" in r]
+        assert len(updates) == len({r["update_id"] for r in updates}), "one line per update"
+        assert all(r["severity"] == "INFO" and r["latency_ms"] >= 0 for r in updates)
+        trace = updates[-1]["logging.googleapis.com/trace"]
+        assert trace.endswith(function_server.trace_id)
+        if request.node.callspec.params["served"] == "sqlite-cloud-logging":
+            assert trace == f"projects/demo-project/traces/{function_server.trace_id}"
+        assert {"update_id", "kind", "content_type", "outcome", "backend"} <= set(updates[-1])
 
 
 def test_what_the_bot_sends_never_names_the_partner(
