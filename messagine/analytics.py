@@ -156,8 +156,12 @@ class MixpanelAnalytics:
             client.people_increment(distinct_id, dict(increment))
 
     def delete_profile(self, user_id: int) -> None:
-        """Buffer the deletion of the user's profile (whatever their choice)."""
-        self._mixpanel().people_delete(pseudonym(self._key, user_id))
+        """Drop what is buffered about the user and buffer the deletion of their profile."""
+        distinct_id = pseudonym(self._key, user_id)
+        pending = self._collector.pending()
+        pending[:] = [(endpoint, message) for endpoint, message in pending
+                      if distinct_id not in message]
+        self._mixpanel().people_delete(distinct_id)
 
     def flush(self) -> None:
         """Send this update's batch: one request per endpoint; a failure is logged once."""

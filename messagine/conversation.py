@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from messagine import keyboards
 from messagine.analytics import Analytics, now_iso
@@ -34,7 +35,9 @@ class Conversation:
     def __init__(
         self, repository: Repository, telegram: Telegram, catalog: Catalog,
         recent_partners: int, clock: Callable[[], float], analytics: Analytics,
+        min_age: int = 0,
     ) -> None:
+        self.min_age = min_age
         self.analytics = analytics
         self.repository = repository
         self.telegram = telegram
@@ -81,6 +84,10 @@ class Conversation:
     def find_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """Pair the user at once with a compatible waiting user, or put them in the lobby."""
         t = self.texts(user.language)
+        if self.min_age and not user.age_confirmed and user.chat is None:
+            answer.send(t("age.question", min_age=self.min_age),
+                        keyboards.age_question(t, self.min_age))
+            return "find:age_asked"
         for _ in range(_MAX_MATCH_ATTEMPTS):
             result = self.repository.find_partner(
                 user.user_id, self.recent_partners, self.clock(), update_id)
@@ -124,6 +131,17 @@ class Conversation:
         answer.send(t("chat.started"), keyboards.chat_started(t))
         return True
 
+    def answer_age(self, user: UserState, confirmed: bool, answer: Answer, update_id: int
+                   ) -> str:
+        """Record the age answer; a yes goes on to the search, a no is told why not."""
+        self.repository.confirm_age(user.user_id, confirmed, self.clock())
+        if confirmed:
+            return "age:yes+" + self.find_chat(
+                replace(user, age_confirmed=True), answer, update_id).removeprefix("find:")
+        t = self.texts(user.language)
+        answer.send(t("age.refused", min_age=self.min_age), keyboards.idle(t))
+        return "age:no"
+
     def cancel_find(self, user: UserState, answer: Answer) -> str:
         """Leave the lobby."""
         t = self.texts(user.language)
@@ -150,7 +168,7 @@ class Conversation:
     def exit_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the chat (confirmed); each side is told once, even if both confirm at once."""
         t = self.texts(user.language)
-        if not self._end(user, EndReason.EXIT, update_id):
+        if not self.end(user, EndReason.EXIT, update_id):
             answer.send(t("exit.already_ended"), keyboards.idle(t))
             return "exit:already_ended"
         answer.send(t("exit.closed_by_you"), keyboards.idle(t))
@@ -165,11 +183,12 @@ class Conversation:
 
     def next_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the current chat without confirmation and search again."""
-        ended = self._end(user, EndReason.NEXT, update_id) if user.chat else False
+        ended = self.end(user, EndReason.NEXT, update_id) if user.chat else False
         outcome = self.find_chat(user, answer, update_id)
         return ("next:ended+" if ended else "next:") + outcome.removeprefix("find:")
 
-    def _end(self, user: UserState, reason: EndReason, update_id: int) -> bool:
+    def end(self, user: UserState, reason: EndReason, update_id: int) -> bool:
+        """End the user's chat and tell the partner only that it ended; False if none."""
         ended = self.repository.end_chat(user.user_id, reason, self.clock(), update_id)
         if ended is None:
             return False
@@ -186,8 +205,7 @@ class Conversation:
             "duration_seconds": round(self.clock() - user.chat.started_at, 1),
             "messages_sent": sent.get(user.user_id, 0),
             "messages_received": sent.get(ended.partner_id, 0),
-            "ended_by": "self" if reason in (EndReason.EXIT, EndReason.NEXT,
-                                             EndReason.BLOCKED) else "partner",
+            "ended_by": "partner" if reason is EndReason.PARTNER_UNREACHABLE else "self",
             "how": reason.value, "language": user.language})
 
     def _tell_partner(self, ended: EndedChat, key: str) -> None:

@@ -18,6 +18,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.models import UserState
+from messagine.privacy import Privacy
 from messagine.relay import RELAYED_CONTENT_TYPES, Relay
 from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
 
@@ -46,13 +47,17 @@ COMMANDS = {
     "about": ("about",),
     "set_language": ("set_language", "language"),
     "delete": ("delete",),
+    "privacy": ("privacy",),
+    "mydata": ("mydata",),
+    "deleteme": ("deleteme",),
+    "analytics": ("analytics",),
 }
 """Each command and its aliases; the first name is the one logged and shown in menus."""
 
 
 def register(
-    bot: TeleBot, conversation: Conversation, relay: Relay, telegram: Telegram, catalog: Catalog,
-    analytics: Analytics,
+    bot: TeleBot, conversation: Conversation, relay: Relay, privacy: Privacy, telegram: Telegram,
+    catalog: Catalog, analytics: Analytics,
 ) -> None:
     """Attach every handler of the bot to ``bot``."""
 
@@ -74,6 +79,11 @@ def register(
         "about": lambda user, answer, _m, _u: conversation.about(user, answer),
         "set_language": lambda user, answer, _m, _u: conversation.show_languages(user, answer),
         "delete": lambda user, answer, message, _u: relay.delete(user, message, answer),
+        "privacy": lambda user, answer, _m, _u: privacy.policy(user, answer),
+        "mydata": lambda user, _a, _m, _u: privacy.my_data(user),
+        "deleteme": lambda user, answer, _m, _u: privacy.ask_delete(user, answer),
+        "analytics": lambda user, answer, message, _u: privacy.analytics_choice(
+            user, (message.text or "").partition(" ")[2], answer),
     }
 
     def command_handler(command: str, route: _Route) -> Callable[[types.Message], None]:
@@ -154,6 +164,10 @@ def register(
             keyboards.HELP: lambda: conversation.help(user, answer),
             keyboards.ABOUT: lambda: conversation.about(user, answer),
             keyboards.SAY_HI: lambda: conversation.say_hi(user, answer, update_id),
+            keyboards.AGE_YES: lambda: conversation.answer_age(user, True, answer, update_id),
+            keyboards.AGE_NO: lambda: conversation.answer_age(user, False, answer, update_id),
+            keyboards.DELETE_YES: lambda: privacy.delete(user, answer, update_id),
+            keyboards.DELETE_NO: lambda: privacy.keep(user, answer),
         }
         action = actions.get(data)
         if action is None:

@@ -23,12 +23,17 @@ SET_LANGUAGE = "lang="
 HELP = "help"
 ABOUT = "about"
 SAY_HI = "hi"
+AGE_YES = "age:yes"
+AGE_NO = "age:no"
+DELETE_YES = "deleteme:yes"
+DELETE_NO = "deleteme:no"
 
 
 _ACTIONS = {FIND: "find_chat", CANCEL_FIND: "cancel_find", EXIT: "exit_chat",
             EXIT_YES: "exit_yes", EXIT_NO: "exit_no", LANGUAGE: "language",
             LANGUAGE_ALL: "language_all", LANGUAGE_TOP: "language_top", HELP: "help",
-            ABOUT: "about", SAY_HI: "say_hi"}
+            ABOUT: "about", SAY_HI: "say_hi", AGE_YES: "age_yes", AGE_NO: "age_no",
+            DELETE_YES: "deleteme_yes", DELETE_NO: "deleteme_no"}
 
 
 def action_name(data: str) -> str:
@@ -96,3 +101,13 @@ def language_picker(t: Texts, current: str, *, show_all: bool) -> Keyboard:
         t("btn.all_languages"), LANGUAGE_ALL)
     rows.append([toggle])
     return rows
+
+
+def age_question(t: Texts, min_age: int) -> Keyboard:
+    """The one-tap age confirmation before a first chat."""
+    return [[(t("btn.age_yes", min_age=min_age), AGE_YES), (t("btn.age_no"), AGE_NO)]]
+
+
+def confirm_delete(t: Texts) -> Keyboard:
+    """The erasure confirmation."""
+    return [[(t("btn.delete_yes"), DELETE_YES)], [(t("btn.delete_no"), DELETE_NO)]]

@@ -8,7 +8,8 @@ Times are UNIX seconds (UTC) as floats.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class UserState:
     chat: ActiveChat | None
     waiting_since: float | None
     analytics_opt_out: bool = False
+    age_confirmed: bool = False
 
     @property
     def waiting(self) -> bool:
@@ -92,6 +94,7 @@ class EndReason(enum.Enum):
     NEXT = "next"
     BLOCKED = "blocked"
     PARTNER_UNREACHABLE = "partner_unreachable"
+    DELETED = "deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +133,36 @@ class Counts:
     previous_chats: int
     my_previous_chats: int
     waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRecord:
+    """One chat of a user, for their data export: the partner only as an id to be labelled."""
+
+    chat_id: int
+    partner_id: int
+    language: str
+    started_at: float
+    ended_at: float | None
+    end_reason: str | None
+    ended_by_user: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecords:
+    """Everything stored about one user, as the repository holds it (see /mydata)."""
+
+    profile: dict[str, Any]
+    chats: list[ChatRecord] = field(default_factory=list)
+    messages: list[MessageLink] = field(default_factory=list)
+    exclusions: list[tuple[int, str, float]] = field(default_factory=list)
+    """(other user, reason, time) for each pair this user excluded (block or report)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long records are kept, in seconds."""
+
+    messages_s: float
+    chats_s: float
+    claims_s: float = 86_400.0

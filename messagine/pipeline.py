@@ -21,11 +21,13 @@ from messagine import context
 from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.languages import language_for
-from messagine.models import Profile
+from messagine.models import Profile, Retention
 from messagine.storage.port import Repository, StorageUnavailable
 from messagine.telegram import Telegram, TelegramError, TelegramUnavailable
 
 log = logging.getLogger("messagine.updates")
+
+_PURGE_EVERY_S = 3600.0
 
 HANDLED_KINDS = ("message", "edited_message", "callback_query", "my_chat_member")
 """The update kinds the bot handles; set-webhook asks Telegram for these only."""
@@ -53,8 +55,11 @@ class Pipeline:
     def __init__(
         self, bot: TeleBot, repository: Repository, telegram: Telegram, catalog: Catalog,
         clock: Callable[[], float] = time.time, analytics: Analytics | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.analytics = analytics or NoAnalytics()
+        self.retention = retention
+        self._next_purge = 0.0
         self.bot = bot
         self.repository = repository
         self.telegram = telegram
@@ -74,6 +79,7 @@ class Pipeline:
             result = Result(200, f"ignored:kind:{kind}")
         else:
             result, content_type = self._process(update_id, kind, payload)
+        self._purge_when_due()
         fields = {
             "update_id": update_id if isinstance(update_id, int) else None, "kind": kind,
             "content_type": content_type, "outcome": result.outcome, "status": result.status,
@@ -130,6 +136,23 @@ class Pipeline:
             context.leave(token)
             self.analytics.flush()
         return Result(200, ctx.outcome), content_type
+
+    def _purge_when_due(self) -> None:
+        """Delete expired records at most once an hour per instance.
+
+        It runs inside a request because nothing may run after the response; backends with
+        TTL indexes do nothing here.
+        """
+        if self.retention is None or time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + _PURGE_EVERY_S
+        try:
+            purged = self.repository.purge_expired(self.clock(), self.retention)
+        except StorageUnavailable:
+            log.warning("expired records not purged: storage unavailable")
+            return
+        if any(purged.values()):
+            log.info("purged expired records: %s", purged)
 
     def _release(self, update_id: int, error: Exception) -> Result:
         where = "telegram" if isinstance(error, TelegramError) else "storage"

@@ -18,7 +18,9 @@ from messagine.analytics import Analytics, MixpanelAnalytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.logs import configure_logging
+from messagine.models import Retention
 from messagine.pipeline import Pipeline
+from messagine.privacy import Privacy, PrivacyTerms
 from messagine.relay import Relay
 from messagine.settings import Settings
 from messagine.storage import open_repository
@@ -52,10 +54,16 @@ def build_runtime(
     catalog = Catalog()
     analytics = open_analytics(settings)
     conversation = Conversation(repository, telegram, catalog, settings.recent_partners, clock,
-                                analytics)
+                                analytics, settings.min_age)
     relay = Relay(repository, telegram, catalog, conversation, clock, analytics)
-    handlers.register(bot, conversation, relay, telegram, catalog, analytics)
-    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics)
+    terms = PrivacyTerms(settings.privacy_contact, settings.privacy_policy_url,
+                         settings.message_retention_days, settings.chat_retention_days,
+                         settings.min_age)
+    privacy = Privacy(repository, telegram, catalog, conversation, analytics, terms, clock)
+    handlers.register(bot, conversation, relay, privacy, telegram, catalog, analytics)
+    retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
+                          chats_s=settings.chat_retention_days * 86_400.0)
+    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics, retention)
     return Runtime(settings, repository, telegram, catalog, pipeline, analytics)
 
 

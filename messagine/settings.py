@@ -56,6 +56,10 @@ class Settings:
     mongodb_uri: Secret | None
     mongodb_database: str
     message_retention_days: int
+    chat_retention_days: int
+    privacy_contact: str
+    privacy_policy_url: str | None
+    min_age: int
     admin_ids: frozenset[int]
     recent_partners: int
     telegram_timeout_s: float
@@ -116,6 +120,9 @@ class Settings:
         recent = _int(env, "RECENT_PARTNERS", 5, 0, 1000, problems)
         timeout = _int(env, "TELEGRAM_TIMEOUT_SECONDS", 10, 1, 50, problems)
         retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
+        chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
+        min_age = _min_age(env, problems)
+        policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
 
         log_level = env.get("LOG_LEVEL", "INFO").strip().upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -138,6 +145,10 @@ class Settings:
             mongodb_uri=Secret(mongodb_uri) if mongodb_uri else None,
             mongodb_database=env.get("MONGODB_DATABASE", "").strip() or "messagine",
             message_retention_days=retention,
+            chat_retention_days=chat_retention,
+            privacy_contact=env.get("PRIVACY_CONTACT", "").strip() or "messaginebot@gmail.com",
+            privacy_policy_url=policy_url or None,
+            min_age=min_age,
             admin_ids=frozenset(admin_ids),
             recent_partners=recent,
             telegram_timeout_s=float(timeout),
@@ -170,6 +181,20 @@ def _analytics(
             problems.append(f"{name} is not an http(s) URL: {url!r}")
         urls[name] = url or None
     return mixpanel_token, analytics_key, urls
+
+
+def _min_age(env: Mapping[str, str], problems: list[str]) -> int:
+    min_age = _int(env, "MIN_AGE", 16, 0, 21, problems)
+    if 0 < min_age < 13:
+        problems.append("MIN_AGE must be 0 (no question) or from 13 to 21")
+    return min_age
+
+
+def _https_url(env: Mapping[str, str], name: str, problems: list[str]) -> str:
+    url = env.get(name, "").strip()
+    if url and not url.startswith("https://"):
+        problems.append(f"{name} must be an https:// URL, not {url!r}")
+    return url
 
 
 def _ids(env: Mapping[str, str], name: str, problems: list[str]) -> set[int]:

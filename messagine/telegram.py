@@ -11,6 +11,7 @@ the request URL, which holds the bot token.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -157,6 +158,13 @@ class Telegram:
         result = self._call("copyMessage", lambda: self.bot.copy_message(
             chat_id, from_chat_id, message_id, reply_parameters=reply))
         return int(result.message_id)
+
+    def send_document(self, chat_id: int, file_name: str, content: bytes,
+                      caption: str | None = None) -> int:
+        """Send a file (sendDocument) made in memory; returns its message id."""
+        message = self._call("sendDocument", lambda: self.bot.send_document(
+            chat_id, io.BytesIO(content), caption=caption, visible_file_name=file_name))
+        return int(message.message_id)
 
     def edit_text(
         self, chat_id: int, message_id: int, text: str,

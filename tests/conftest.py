@@ -52,7 +52,9 @@ def bot_env(api: FakeBotApi, sqlite_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a bot that talks to ``api`` and stores in ``sqlite_path``."""
     return {"TELEGRAM_TOKEN": api.token, "TELEGRAM_API_URL": api.url,
             "WEBHOOK_SECRET": SECRET, "STORAGE": "sqlite", "SQLITE_PATH": str(sqlite_path),
-            "TELEGRAM_TIMEOUT_SECONDS": "5", **extra}
+            "TELEGRAM_TIMEOUT_SECONDS": "5",
+            # The age question is tested on its own; elsewhere users are taken as of age.
+            "MIN_AGE": "0", **extra}
 
 
 # -- repositories: one contract, every backend -------------------------------------------

@@ -154,3 +154,16 @@ def test_a_slow_analytics_server_is_cut_off_by_the_timeout(
     assert result.outcome == "relayed" and bob.last()["text"] == "not held up"
     warnings = [r.getMessage() for r in caplog.records if r.name == "messagine.analytics"]
     assert len(warnings) == 1 and "dropped" in warnings[0]
+
+
+def test_deleteme_deletes_the_profile_and_sends_nothing_else(
+    tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer
+):
+    alice = fake_api.user(1001, "Alice")
+    tracked_bot.pipeline.process(alice.command("start"))
+    tracked_bot.pipeline.process(alice.command("deleteme"))
+    capture.requests.clear()
+    tracked_bot.pipeline.process(alice.press_button("Delete everything"))
+    assert capture.events() == [], "no event about a user being erased"
+    deletions = [p for p in capture.people() if "$delete" in p]
+    assert [p["$distinct_id"] for p in deletions] == [pseudonym(KEY, 1001)]

@@ -23,5 +23,6 @@ def open_repository(settings: Settings) -> Repository:
         from messagine.storage.mongo import MongoRepository  # noqa: PLC0415 - lazy driver
 
         return MongoRepository(settings.mongodb_uri.reveal(), settings.mongodb_database,
-                               message_retention_days=settings.message_retention_days)
+                               message_retention_days=settings.message_retention_days,
+                               chat_retention_days=settings.chat_retention_days)
     raise NotImplementedError(f"STORAGE={settings.storage} has no adapter in this build")

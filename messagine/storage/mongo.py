@@ -40,6 +40,7 @@ from pymongo.errors import (
 
 from messagine.models import (
     ActiveChat,
+    ChatRecord,
     Counts,
     EndedChat,
     EndReason,
@@ -48,6 +49,8 @@ from messagine.models import (
     MessageLink,
     OpenedUpdate,
     Profile,
+    Retention,
+    UserRecords,
     UserState,
 )
 from messagine.storage.port import StorageUnavailable
@@ -60,7 +63,7 @@ Document = dict[str, Any]
 # one update of a chat at a time and re-sends that one until it succeeds, so a re-delivery
 # is always among the newest few.
 _RECENT_UPDATES = 50
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _LOCK_LEASE_S = 5.0
 _LOCK_WAIT_S = 8.0
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
@@ -88,8 +91,10 @@ class MongoRepository:
 
     def __init__(
         self, uri: str, database: str = "messagine", *, message_retention_days: int = 30,
-        update_retention_s: int = 86_400, client_factory: Callable[..., Any] | None = None,
+        chat_retention_days: int = 180, update_retention_s: int = 86_400,
+        client_factory: Callable[..., Any] | None = None,
     ) -> None:
+        self._chat_retention = timedelta(days=chat_retention_days)
         self._uri = uri
         self._database_name = database
         self._message_retention = timedelta(days=message_retention_days)
@@ -155,6 +160,8 @@ class MongoRepository:
             [("recipient_id", 1), ("copy_message_id", 1)], name="links_by_copy")
         db.message_links.create_index("expires_at", name="links_ttl", expireAfterSeconds=0)
         db.message_links.create_index("chat_id", name="links_by_chat")
+        db.message_links.create_index("sender_id", name="links_by_sender")
+        db.chats.create_index("expires_at", name="chats_ttl", expireAfterSeconds=0)
         db.claimed_updates.create_index(
             "claimed_at", name="claims_ttl", expireAfterSeconds=self._update_retention_s)
         db.meta.replace_one({"_id": "schema"}, {"version": _SCHEMA_VERSION}, upsert=True)
@@ -174,6 +181,7 @@ class MongoRepository:
             blocked=bool(doc.get("blocked")), banned=bool(doc.get("banned")), chat=active,
             waiting_since=doc.get("waiting_since"),
             analytics_opt_out=bool(doc.get("analytics_opt_out")),
+            age_confirmed=doc.get("age_answer") == "yes",
         )
 
     @_unavailable_as_storage_error
@@ -270,6 +278,65 @@ class MongoRepository:
     def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
         """See ``Repository.set_analytics_opt_out``."""
         self.db.users.update_one({"_id": user_id}, {"$set": {"analytics_opt_out": opt_out}})
+
+    @_unavailable_as_storage_error
+    def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
+        """See ``Repository.confirm_age``."""
+        self.db.users.update_one({"_id": user_id}, {"$set": {
+            "age_answer": "yes" if confirmed else "no", "age_answered_at": now}})
+
+    @_unavailable_as_storage_error
+    def export_user(self, user_id: int) -> UserRecords | None:
+        """See ``Repository.export_user``."""
+        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        if doc is None:
+            return None
+        profile = {("id" if key == "_id" else key): value for key, value in doc.items()}
+        lobby = self.db.lobby.find_one({"_id": user_id}, {"language": 1, "since": 1})
+        profile["lobby"] = ({"language": lobby["language"], "since": lobby["since"]}
+                            if lobby else None)
+        chats = [ChatRecord(
+            int(c["_id"]), next((int(u) for u in c["users"] if u != user_id), 0),
+            c["language"], c["started_at"], c.get("ended_at"), c.get("end_reason"),
+            None if c.get("ended_by") is None else c["ended_by"] == user_id)
+            for c in self.db.chats.find({"users": user_id}).sort("started_at", 1)]
+        messages = [MessageLink(d["chat_id"], d["sender_id"], d["sender_message_id"],
+                                d["recipient_id"], d["copy_message_id"], d["content_type"],
+                                d["sent_at"])
+                    for d in self.db.message_links.find({"sender_id": user_id}).sort(
+                        "sent_at", 1)]
+        exclusions = [(int(e["other_id"]), e["reason"], e["created_at"])
+                      for e in self.db.exclusions.find({"user_id": user_id})]
+        return UserRecords(profile, chats, messages, exclusions)
+
+    @_unavailable_as_storage_error
+    def delete_user(self, user_id: int) -> dict[str, int]:
+        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        db = self.db
+        counts = {
+            "messages": db.message_links.delete_many(
+                {"$or": [{"sender_id": user_id}, {"recipient_id": user_id}]}).deleted_count,
+            "exclusions": db.exclusions.delete_many(
+                {"$or": [{"user_id": user_id}, {"other_id": user_id}]}).deleted_count,
+            "lobby": db.lobby.delete_many({"_id": user_id}).deleted_count,
+            "chats_anonymised": 0,
+        }
+        for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
+            tombstone = -secrets.randbits(62) - 1
+            update: dict[str, Any] = {
+                "users": [tombstone if u == user_id else u for u in chat["users"]]}
+            if chat.get("ended_by") == user_id:
+                update["ended_by"] = tombstone
+            db.chats.update_one({"_id": chat["_id"]}, {"$set": update})
+            counts["chats_anonymised"] += 1
+        db.users.update_many({"chat.partner": user_id}, {"$set": {"chat": None}})
+        counts["profile"] = db.users.delete_one({"_id": user_id}).deleted_count
+        return counts
+
+    def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
+        """See ``Repository.purge_expired``: TTL indexes expire documents on MongoDB."""
+        del now, retention
+        return {}
 
     @_unavailable_as_storage_error
     def count_messages(self, chat_id: int) -> dict[int, int]:
@@ -410,7 +477,8 @@ class MongoRepository:
             ended = self.db.chats.find_one_and_update(
                 {"_id": chat["id"], "ended_at": None},
                 {"$set": {"ended_at": now, "ended_by": user_id, "end_reason": reason.value,
-                          "closed_by_update": update_id}},
+                          "closed_by_update": update_id,
+                          "expires_at": _utc(now) + self._chat_retention}},
                 projection={"users": 1})
             if ended is None:
                 # The partner ended it first; tidy our side if they have not yet.

@@ -18,6 +18,8 @@ from messagine.models import (
     MessageLink,
     OpenedUpdate,
     Profile,
+    Retention,
+    UserRecords,
     UserState,
 )
 
@@ -102,6 +104,29 @@ class Repository(Protocol):
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """How many messages each user of a chat sent (from the message log)."""
+        ...
+
+    def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
+        """Record the user's answer to the minimum-age question, with its time."""
+        ...
+
+    def export_user(self, user_id: int) -> UserRecords | None:
+        """Everything stored about the user (None for an unknown user)."""
+        ...
+
+    def delete_user(self, user_id: int) -> dict[str, int]:
+        """Delete or irreversibly anonymise every record about the user; counts per kind.
+
+        The user's chats stay for their partners' history with the user's id replaced by a
+        random negative id that nothing else links to. Idempotent: a second call counts 0.
+        """
+        ...
+
+    def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
+        """Delete message links, claimed updates and ended chats past their retention.
+
+        Backends with native expiry (TTL indexes) may leave this to the database.
+        """
         ...
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:

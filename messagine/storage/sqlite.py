@@ -16,6 +16,7 @@ from pathlib import Path
 
 from messagine.models import (
     ActiveChat,
+    ChatRecord,
     Counts,
     EndedChat,
     EndReason,
@@ -24,6 +25,8 @@ from messagine.models import (
     MessageLink,
     OpenedUpdate,
     Profile,
+    Retention,
+    UserRecords,
     UserState,
 )
 from messagine.storage.port import StorageUnavailable
@@ -40,7 +43,9 @@ CREATE TABLE IF NOT EXISTS users (
     last_seen REAL NOT NULL,
     blocked INTEGER NOT NULL DEFAULT 0,
     banned INTEGER NOT NULL DEFAULT 0,
-    analytics_opt_out INTEGER NOT NULL DEFAULT 0
+    analytics_opt_out INTEGER NOT NULL DEFAULT 0,
+    age_answer TEXT,
+    age_answered_at REAL
 );
 CREATE TABLE IF NOT EXISTS claimed_updates (
     update_id INTEGER PRIMARY KEY,
@@ -96,11 +101,13 @@ CREATE INDEX IF NOT EXISTS message_links_by_chat ON message_links (chat_id, send
 # Columns added after a table was first created: (table, column, definition).
 _ADDED_COLUMNS = (
     ("users", "analytics_opt_out", "INTEGER NOT NULL DEFAULT 0"),
+    ("users", "age_answer", "TEXT"),
+    ("users", "age_answered_at", "REAL"),
 )
 
 # The state of one user: profile flags, their chat (seen from their side) and lobby entry.
 _STATE_QUERY = """
-SELECT u.id, u.language, u.blocked, u.banned, u.analytics_opt_out,
+SELECT u.id, u.language, u.blocked, u.banned, u.analytics_opt_out, u.age_answer,
        m.chat_id, m.partner_id, p.language, c.started_at, l.since
 FROM users u
 LEFT JOIN memberships m ON m.user_id = u.id
@@ -215,7 +222,7 @@ class SqliteRepository:
         row = conn.execute(_STATE_QUERY, (user_id,)).fetchone()
         if row is None:
             return None
-        (uid, language, blocked, banned, opt_out, chat_id, partner_id, partner_language,
+        (uid, language, blocked, banned, opt_out, age_answer, chat_id, partner_id, partner_language,
          started_at, since) = row
         chat = None
         if chat_id is not None:
@@ -223,7 +230,7 @@ class SqliteRepository:
         return UserState(
             user_id=uid, language=language, is_new=is_new, blocked=bool(blocked),
             banned=bool(banned), chat=chat, waiting_since=since,
-            analytics_opt_out=bool(opt_out),
+            analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
         )
 
     def get_user(self, user_id: int) -> UserState | None:
@@ -304,6 +311,81 @@ class SqliteRepository:
         with self._transaction() as conn:
             conn.execute("UPDATE users SET analytics_opt_out = ? WHERE id = ?",
                          (int(opt_out), user_id))
+
+    def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
+        """See ``Repository.confirm_age``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
+                         ("yes" if confirmed else "no", now, user_id))
+
+    def export_user(self, user_id: int) -> UserRecords | None:
+        """See ``Repository.export_user``."""
+        with self._transaction(write=False) as conn:
+            conn.row_factory = sqlite3.Row
+            try:
+                row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+                if row is None:
+                    return None
+                profile = dict(row)
+                lobby = conn.execute("SELECT language, since FROM lobby WHERE user_id = ?",
+                                     (user_id,)).fetchone()
+                profile["lobby"] = dict(lobby) if lobby else None
+                chats = [ChatRecord(
+                    r["id"], r["user_b"] if r["user_a"] == user_id else r["user_a"],
+                    r["language"], r["started_at"], r["ended_at"], r["end_reason"],
+                    None if r["ended_by"] is None else r["ended_by"] == user_id)
+                    for r in conn.execute(
+                        "SELECT * FROM chats WHERE user_a = ? OR user_b = ? ORDER BY id",
+                        (user_id, user_id))]
+                messages = [MessageLink(
+                    r["chat_id"], r["sender_id"], r["sender_message_id"], r["recipient_id"],
+                    r["copy_message_id"], r["content_type"], r["sent_at"])
+                    for r in conn.execute(
+                        "SELECT * FROM message_links WHERE sender_id = ? ORDER BY sent_at",
+                        (user_id,))]
+                exclusions = [(r["other_id"], r["reason"], r["created_at"]) for r in conn.execute(
+                    "SELECT * FROM exclusions WHERE user_id = ?", (user_id,))]
+            finally:
+                conn.row_factory = None
+        return UserRecords(profile, chats, messages, exclusions)
+
+    def delete_user(self, user_id: int) -> dict[str, int]:
+        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        tombstone = "-(abs(random()) % 4611686018427387903) - 1"
+        with self._transaction() as conn:
+            counts = {
+                "messages": conn.execute(
+                    "DELETE FROM message_links WHERE sender_id = ? OR recipient_id = ?",
+                    (user_id, user_id)).rowcount,
+                "exclusions": conn.execute(
+                    "DELETE FROM exclusions WHERE user_id = ? OR other_id = ?",
+                    (user_id, user_id)).rowcount,
+                "lobby": conn.execute("DELETE FROM lobby WHERE user_id = ?",
+                                      (user_id,)).rowcount,
+            }
+            conn.execute("DELETE FROM memberships WHERE user_id = ? OR partner_id = ?",
+                         (user_id, user_id))
+            conn.execute(f"UPDATE chats SET ended_by = {tombstone} WHERE ended_by = ?",
+                         (user_id,))
+            counts["chats_anonymised"] = sum(
+                conn.execute(f"UPDATE chats SET {column} = {tombstone} WHERE {column} = ?",
+                             (user_id,)).rowcount for column in ("user_a", "user_b"))
+            counts["profile"] = conn.execute("DELETE FROM users WHERE id = ?",
+                                             (user_id,)).rowcount
+        return counts
+
+    def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
+        """See ``Repository.purge_expired``: SQLite has no TTL, so this deletes."""
+        with self._transaction() as conn:
+            return {
+                "messages": conn.execute("DELETE FROM message_links WHERE sent_at < ?",
+                                         (now - retention.messages_s,)).rowcount,
+                "claims": conn.execute("DELETE FROM claimed_updates WHERE claimed_at < ?",
+                                       (now - retention.claims_s,)).rowcount,
+                "chats": conn.execute(
+                    "DELETE FROM chats WHERE ended_at IS NOT NULL AND ended_at < ?",
+                    (now - retention.chats_s,)).rowcount,
+            }
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""

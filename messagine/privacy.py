@@ -1,0 +1,201 @@
+"""The privacy service: the policy's rights as commands.
+
+/privacy (the policy), /mydata (access and portability: a JSON file), /deleteme (erasure,
+after confirmation), /analytics off|on (objection to analytics), and the age question
+before a first chat. Rectification needs no command: the profile refreshes from every
+update and /set_language changes the language.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from messagine import keyboards
+from messagine.analytics import Analytics
+from messagine.answer import Answer
+from messagine.catalog import Catalog, Texts
+from messagine.conversation import Conversation
+from messagine.models import EndReason, UserRecords, UserState
+from messagine.storage.port import Repository
+from messagine.telegram import Telegram
+
+TELEGRAM_TEXT_LIMIT = 4096
+EXPORT_FORMAT = "messagine-user-data/1"
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyTerms:
+    """The configured facts the policy states."""
+
+    contact: str
+    policy_url: str | None
+    message_days: int
+    chat_days: int
+    min_age: int
+
+
+def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
+    """The full policy in one language (docs/privacy.md is the English one)."""
+    return texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
+                 chat_days=terms.chat_days, min_age=terms.min_age)
+
+
+def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
+    """Split at paragraph, then line, boundaries into parts Telegram accepts."""
+    parts: list[str] = []
+    current = ""
+    for whole_line in text.split("\n"):
+        line = whole_line
+        while len(line) > limit:  # a single line longer than a message: cut it hard
+            if current:
+                parts.append(current)
+                current = ""
+            parts.append(line[:limit])
+            line = line[limit:]
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > limit:
+            parts.append(current)
+            current = line
+        else:
+            current = candidate
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def export_document(records: UserRecords, generated_at: float) -> dict[str, Any]:
+    """The /mydata document: the user's data, partners only as anonymous labels."""
+    labels: dict[int, str] = {}
+
+    def label(user_id: int) -> str:
+        return labels.setdefault(user_id, f"partner-{len(labels) + 1}")
+
+    chat_labels: dict[int, str] = {}
+    chats = []
+    for chat in records.chats:
+        chat_labels[chat.chat_id] = f"chat-{len(chat_labels) + 1}"
+        chats.append({
+            "chat": chat_labels[chat.chat_id], "partner": label(chat.partner_id),
+            "language": chat.language, "started_at": _iso(chat.started_at),
+            "ended_at": _iso(chat.ended_at), "how_it_ended": chat.end_reason,
+            "ended_by": None if chat.ended_by_user is None else (
+                "you" if chat.ended_by_user else "partner"),
+        })
+    profile = records.profile
+    return {
+        "format": EXPORT_FORMAT,
+        "generated_at": _iso(generated_at),
+        "profile": {
+            "telegram_id": profile.get("id"),
+            "first_name": profile.get("first_name"),
+            "last_name": profile.get("last_name"),
+            "username": profile.get("username"),
+            "language_code": profile.get("language_code"),
+            "first_seen": _iso(profile.get("first_seen")),
+            "last_seen": _iso(profile.get("last_seen")),
+        },
+        "settings": {
+            "language": profile.get("language"),
+            "analytics": "off" if profile.get("analytics_opt_out") else "on",
+            "age_confirmation": profile.get("age_answer"),
+            "age_confirmation_at": _iso(profile.get("age_answered_at")),
+            "blocked_the_bot": bool(profile.get("blocked")),
+            "banned": bool(profile.get("banned")),
+        },
+        "lobby": None if not profile.get("lobby") else {
+            "language": profile["lobby"]["language"],
+            "since": _iso(profile["lobby"]["since"])},
+        "chats": chats,
+        "messages_sent": [
+            {"chat": chat_labels.get(m.chat_id, "chat-deleted"), "message_id": m.sender_message_id,
+             "content_type": m.content_type, "sent_at": _iso(m.sent_at)}
+            for m in records.messages],
+        "blocked_users": [
+            {"user": label(other), "reason": reason, "at": _iso(at)}
+            for other, reason, at in records.exclusions],
+        "reports": [],
+    }
+
+
+class Privacy:
+    """Each right of the privacy policy as a command."""
+
+    def __init__(
+        self, repository: Repository, telegram: Telegram, catalog: Catalog,
+        conversation: Conversation, analytics: Analytics, terms: PrivacyTerms,
+        clock: Callable[[], float],
+    ) -> None:
+        self.repository = repository
+        self.telegram = telegram
+        self.catalog = catalog
+        self.conversation = conversation
+        self.analytics = analytics
+        self.terms = terms
+        self.clock = clock
+
+    def policy(self, user: UserState, answer: Answer) -> str:
+        """Send the policy (split at Telegram's limit), or its link when one is configured."""
+        t = self.catalog.for_language(user.language)
+        if self.terms.policy_url:
+            answer.send(t("privacy.link", url=self.terms.policy_url))
+            return "privacy:link"
+        parts = split_message(policy_text(t, self.terms))
+        for part in parts:
+            answer.send(part)
+        return f"privacy:text:{len(parts)}"
+
+    def my_data(self, user: UserState) -> str:
+        """Send everything stored about the user as a JSON document."""
+        records = self.repository.export_user(user.user_id)
+        t = self.catalog.for_language(user.language)
+        document = export_document(records or UserRecords({}), self.clock())
+        content = json.dumps(document, ensure_ascii=False, indent=2).encode()
+        self.telegram.send_document(user.user_id, "messagine-my-data.json", content,
+                                    t("mydata.caption"))
+        return "mydata:sent"
+
+    def ask_delete(self, user: UserState, answer: Answer) -> str:
+        """Ask before erasing everything."""
+        t = self.catalog.for_language(user.language)
+        answer.send(t("deleteme.confirm"), keyboards.confirm_delete(t))
+        return "deleteme:asked"
+
+    def keep(self, user: UserState, answer: Answer) -> str:
+        """The user cancelled the erasure."""
+        answer.send(self.catalog.for_language(user.language)("deleteme.kept"))
+        return "deleteme:cancelled"
+
+    def delete(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """End the chat (the partner learns only that it ended), then erase everything."""
+        t = self.catalog.for_language(user.language)
+        if user.chat is not None:
+            self.conversation.end(user, EndReason.DELETED, update_id)
+        self.analytics.delete_profile(user.user_id)
+        counts = self.repository.delete_user(user.user_id)
+        answer.send(t("deleteme.done", messages=counts.get("messages", 0),
+                      exclusions=counts.get("exclusions", 0),
+                      chats=counts.get("chats_anonymised", 0)))
+        return "deleteme:deleted"
+
+    def analytics_choice(self, user: UserState, argument: str, answer: Answer) -> str:
+        """/analytics off|on sets the objection; without an argument, the current state."""
+        t = self.catalog.for_language(user.language)
+        choice = argument.strip().lower()
+        if choice in ("off", "on"):
+            opt_out = choice == "off"
+            self.repository.set_analytics_opt_out(user.user_id, opt_out)
+            answer.send(t("analytics.off" if opt_out else "analytics.on"))
+            return f"analytics:{choice}"
+        state = t("analytics.state_off" if user.analytics_opt_out else "analytics.state_on")
+        answer.send(t("analytics.status", state=state))
+        return "analytics:status"
