@@ -55,10 +55,16 @@ class UserState:
 
 @dataclass(frozen=True, slots=True)
 class OpenedUpdate:
-    """The result of claiming an update: a duplicate, or the sender's state (if any)."""
+    """The result of claiming an update: a duplicate, or the sender's state (if any).
+
+    ``throttled``: the sender is over the flood limit, so the update is dropped; ``warn``:
+    this is the update that went over, which gets the one "please slow down".
+    """
 
     duplicate: bool
     user: UserState | None = None
+    throttled: bool = False
+    warn: bool = False
 
 
 class MatchOutcome(enum.Enum):

@@ -111,14 +111,20 @@ class Pipeline:
         if chat.type == "private":
             profile = Profile(sender.id, sender.first_name or "", sender.last_name,
                               sender.username, sender.language_code)
+        item = getattr(update, kind)
         try:
             opened = self.repository.open_update(
-                update_id, profile, language_for(sender.language_code), self.clock())
+                update_id, profile, language_for(sender.language_code), self.clock(),
+                getattr(item, "media_group_id", None))
         except StorageUnavailable:
             log.exception("storage unavailable while claiming update %s", update_id)
             return Result(503, "retry:storage"), content_type
         if opened.duplicate:
             return Result(200, "duplicate"), content_type
+        if opened.throttled:
+            if opened.warn and opened.user is not None:
+                self._tell(opened.user.user_id, opened.user.language, "flood.slow_down")
+            return Result(200, "throttled:warned" if opened.warn else "throttled"), content_type
         ctx = context.UpdateContext(update_id, kind, content_type, opened.user)
         token = context.enter(ctx)
         try:
@@ -165,13 +171,15 @@ class Pipeline:
 
     def _apologise(self, ctx: context.UpdateContext, chat: types.Chat) -> None:
         """Tell the user something went wrong (never a raw error); best effort."""
-        if ctx.user is None or chat.type != "private":
-            return
-        t = self.catalog.for_language(ctx.user.language)
+        if ctx.user is not None and chat.type == "private":
+            self._tell(chat.id, ctx.user.language, "error.generic")
+
+    def _tell(self, chat_id: int, language: str, key: str) -> None:
+        """Send one catalog text, best effort: a failure is logged, never raised."""
         try:
-            self.telegram.send_text(chat.id, t("error.generic"))
-        except TelegramError:
-            log.warning("could not send the apology for update %s", ctx.update_id)
+            self.telegram.send_text(chat_id, self.catalog.for_language(language)(key))
+        except TelegramError as error:
+            log.warning("could not send %s: %s %s", key, error.method, error.code)
 
 
 def _sender_and_chat(

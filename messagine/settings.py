@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from messagine.flood import FloodRule
+
 DEFAULT_API_URL = "https://api.telegram.org"
 STORAGE_CHOICES = ("auto", "sqlite", "mongo", "firestore")
 _TOKEN_RE = re.compile(r"^\d{5,16}:[A-Za-z0-9_-]{20,64}$")
@@ -60,6 +62,7 @@ class Settings:
     privacy_contact: str
     privacy_policy_url: str | None
     min_age: int
+    flood_rule: FloodRule
     admin_ids: frozenset[int]
     recent_partners: int
     telegram_timeout_s: float
@@ -122,6 +125,8 @@ class Settings:
         retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
         chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
         min_age = _min_age(env, problems)
+        flood_limit = _int(env, "FLOOD_LIMIT", 3, 1, 10_000, problems)
+        flood_window = _int(env, "FLOOD_WINDOW_SECONDS", 3, 1, 3600, problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
 
         log_level = env.get("LOG_LEVEL", "INFO").strip().upper()
@@ -149,6 +154,7 @@ class Settings:
             privacy_contact=env.get("PRIVACY_CONTACT", "").strip() or "messaginebot@gmail.com",
             privacy_policy_url=policy_url or None,
             min_age=min_age,
+            flood_rule=FloodRule(limit=flood_limit, window_s=float(flood_window)),
             admin_ids=frozenset(admin_ids),
             recent_partners=recent,
             telegram_timeout_s=float(timeout),

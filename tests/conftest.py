@@ -54,7 +54,9 @@ def bot_env(api: FakeBotApi, sqlite_path: Path, **extra: str) -> dict[str, str]:
             "WEBHOOK_SECRET": SECRET, "STORAGE": "sqlite", "SQLITE_PATH": str(sqlite_path),
             "TELEGRAM_TIMEOUT_SECONDS": "5",
             # The age question is tested on its own; elsewhere users are taken as of age.
-            "MIN_AGE": "0", **extra}
+            "MIN_AGE": "0",
+            # Tests send faster than any person; the flood limit has tests of its own.
+            "FLOOD_LIMIT": "10000", **extra}
 
 
 # -- repositories: one contract, every backend -------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Deliver
+from conftest import Deliver, bot_env
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
@@ -234,8 +234,7 @@ def test_an_unreachable_store_answers_503_and_releases_nothing_half_done(
     fake_api: FakeBotApi, tmp_path: Path, alice: FakeUser
 ):
     path = tmp_path / "locked.sqlite3"
-    settings = Settings.from_env({"TELEGRAM_TOKEN": fake_api.token,
-                                  "TELEGRAM_API_URL": fake_api.url, "SQLITE_PATH": str(path)})
+    settings = Settings.from_env(bot_env(fake_api, path))
     runtime = build_runtime(settings, repository=SqliteRepository(path, busy_timeout_s=0.05))
     runtime.repository.get_user(1)  # creates the schema
     holder = sqlite3.connect(path, isolation_level=None)

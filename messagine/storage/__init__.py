@@ -18,11 +18,12 @@ def open_repository(settings: Settings) -> Repository:
     if settings.storage == "sqlite":
         from messagine.storage.sqlite import SqliteRepository  # noqa: PLC0415 - lazy driver
 
-        return SqliteRepository(settings.sqlite_path)
+        return SqliteRepository(settings.sqlite_path, flood_rule=settings.flood_rule)
     if settings.storage == "mongo" and settings.mongodb_uri is not None:
         from messagine.storage.mongo import MongoRepository  # noqa: PLC0415 - lazy driver
 
         return MongoRepository(settings.mongodb_uri.reveal(), settings.mongodb_database,
                                message_retention_days=settings.message_retention_days,
-                               chat_retention_days=settings.chat_retention_days)
+                               chat_retention_days=settings.chat_retention_days,
+                               flood_rule=settings.flood_rule)
     raise NotImplementedError(f"STORAGE={settings.storage} has no adapter in this build")

@@ -38,6 +38,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from messagine.flood import FloodRule
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -92,8 +93,9 @@ class MongoRepository:
     def __init__(
         self, uri: str, database: str = "messagine", *, message_retention_days: int = 30,
         chat_retention_days: int = 180, update_retention_s: int = 86_400,
-        client_factory: Callable[..., Any] | None = None,
+        client_factory: Callable[..., Any] | None = None, flood_rule: FloodRule | None = None,
     ) -> None:
+        self._flood_rule = flood_rule or FloodRule()
         self._chat_retention = timedelta(days=chat_retention_days)
         self._uri = uri
         self._database_name = database
@@ -203,9 +205,10 @@ class MongoRepository:
 
     @_unavailable_as_storage_error
     def open_update(
-        self, update_id: int, profile: Profile | None, default_language: str, now: float
+        self, update_id: int, profile: Profile | None, default_language: str, now: float,
+        album: str | None = None,
     ) -> OpenedUpdate:
-        """See ``Repository.open_update``: one command for claim, profile and state."""
+        """See ``Repository.open_update``: one command for claim, profile, flood and state."""
         if profile is None:
             try:
                 self.db.claimed_updates.insert_one(
@@ -214,26 +217,17 @@ class MongoRepository:
                 return OpenedUpdate(duplicate=True)
             return OpenedUpdate(duplicate=False)
         try:
-            before = self.db.users.find_one_and_update(
+            doc = self.db.users.find_one_and_update(
                 {"_id": profile.user_id, "recent_updates": {"$ne": update_id}},
-                {"$set": {"first_name": profile.first_name, "last_name": profile.last_name,
-                          "username": profile.username, "language_code": profile.language_code,
-                          "last_seen": now},
-                 "$setOnInsert": {"language": default_language, "first_seen": now,
-                                  "blocked": False, "banned": False, "chat": None,
-                                  "waiting_since": None},
-                 "$push": {"recent_updates": {"$each": [update_id],
-                                              "$slice": -_RECENT_UPDATES}}},
+                _open_update_pipeline(update_id, profile, default_language, now, album,
+                                      self._flood_rule),
                 projection={"recent_updates": 0}, upsert=True,
-                return_document=ReturnDocument.BEFORE,
+                return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:
             return OpenedUpdate(duplicate=True)
-        if before is None:
-            fresh = {"_id": profile.user_id, "language": default_language, "chat": None,
-                     "waiting_since": None}
-            return OpenedUpdate(duplicate=False, user=self._state(fresh, is_new=True))
-        return OpenedUpdate(duplicate=False, user=self._state(before))
+        return OpenedUpdate(duplicate=False, user=self._state(doc, is_new=doc["created_now"]),
+                            throttled=bool(doc["f_throttled"]), warn=bool(doc["f_warn"]))
 
     @_unavailable_as_storage_error
     def release_update(self, update_id: int) -> None:
@@ -548,6 +542,78 @@ class MongoRepository:
                 {"users": user_id, "ended_at": {"$ne": None}}),
             waiting=db.lobby.estimated_document_count(),
         )
+
+
+def _if_null(field_name: str, default: Any) -> dict[str, Any]:
+    return {"$ifNull": ["$" + field_name, default]}
+
+
+def _is_false(expression: Any) -> dict[str, Any]:
+    return {"$eq": [expression, False]}  # mongoeco has no $not
+
+
+def _open_update_pipeline(
+    update_id: int, profile: Profile, default_language: str, now: float, album: str | None,
+    rule: FloodRule,
+) -> list[dict[str, Any]]:
+    """Claim, profile refresh, user creation and ``flood.admit``, as one document write.
+
+    Each $set stage sees the fields the previous one wrote; ``tests/test_flood.py`` checks
+    that this agrees with the Python rule step by step.
+    """
+    not_cooling = _is_false("$_cool")
+    return [
+        {"$set": {
+            "created_now": {"$eq": [{"$type": "$first_seen"}, "missing"]},
+            "_cool": {"$gt": [_if_null("f_cooldown", 0.0), now]},
+            "_newwin": {"$gte": [{"$subtract": [now, _if_null("f_start", 0.0)]},
+                                 rule.window_s]},
+        }},
+        {"$set": {"_album": {"$and": [album is not None,
+                                      {"$eq": [_if_null("f_album", None), album]},
+                                      _is_false("$_newwin")]}}},
+        {"$set": {
+            "f_count": {"$cond": ["$_cool", _if_null("f_count", 0), {"$cond": [
+                "$_newwin", 1,
+                {"$add": [_if_null("f_count", 0), {"$cond": ["$_album", 0, 1]}]}]}]},
+            "f_start": {"$cond": [{"$and": [not_cooling, "$_newwin"]}, now,
+                                  _if_null("f_start", 0.0)]},
+            "f_warned": {"$cond": [{"$and": [not_cooling, "$_newwin"]}, False,
+                                   _if_null("f_warned", False)]},
+            "f_album": {"$cond": ["$_cool", _if_null("f_album", None), album]},
+        }},
+        {"$set": {"_over": {"$and": [not_cooling, {"$gt": ["$f_count", rule.limit]}]}}},
+        {"$set": {"_strike": {"$and": ["$_over", _is_false("$f_warned")]}}},
+        {"$set": {
+            "f_throttled": {"$or": ["$_cool", "$_over"]},
+            "f_warn": "$_strike",
+            "f_strikes": {"$cond": ["$_strike", {"$add": [{"$cond": [
+                {"$gt": [{"$subtract": [now, _if_null("f_last_strike", 0.0)]},
+                         rule.strikes_forgotten_after_s]},
+                0, _if_null("f_strikes", 0)]}, 1]}, _if_null("f_strikes", 0)]},
+            "f_last_strike": {"$cond": ["$_strike", now, _if_null("f_last_strike", 0.0)]},
+            "f_warned": {"$or": ["$f_warned", "$_strike"]},
+        }},
+        {"$set": {
+            "f_cooldown": {"$cond": ["$_strike", {"$add": [now, {"$min": [
+                rule.max_cooldown_s, {"$multiply": [rule.first_cooldown_s, {"$pow": [
+                    2, {"$subtract": ["$f_strikes", 1]}]}]}]}]}, _if_null("f_cooldown", 0.0)]},
+            "first_name": {"$literal": profile.first_name},
+            "last_name": {"$literal": profile.last_name},
+            "username": {"$literal": profile.username},
+            "language_code": {"$literal": profile.language_code},
+            "last_seen": now,
+            "first_seen": _if_null("first_seen", now),
+            "language": _if_null("language", default_language),
+            "blocked": _if_null("blocked", False),
+            "banned": _if_null("banned", False),
+            "chat": _if_null("chat", None),
+            "waiting_since": _if_null("waiting_since", None),
+            "recent_updates": {"$slice": [{"$concatArrays": [
+                _if_null("recent_updates", []), [update_id]]}, -_RECENT_UPDATES]},
+        }},
+        {"$unset": ["_cool", "_newwin", "_album", "_over", "_strike"]},
+    ]
 
 
 class _PoolLock:

@@ -41,12 +41,15 @@ class Repository(Protocol):
         ...
 
     def open_update(
-        self, update_id: int, profile: Profile | None, default_language: str, now: float
+        self, update_id: int, profile: Profile | None, default_language: str, now: float,
+        album: str | None = None,
     ) -> OpenedUpdate:
         """Claim ``update_id`` and, for a user's update, refresh the profile and load the state.
 
         Returns ``duplicate=True`` (and changes nothing) when the id was claimed before.
-        A new user is created with ``default_language`` as their language.
+        A new user is created with ``default_language`` as their language. The update is
+        also counted against the flood limit (``messagine.flood.admit``; ``album`` is the
+        media_group_id, whose messages count once), in the same call.
         """
         ...
 

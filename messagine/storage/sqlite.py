@@ -8,12 +8,15 @@ Each thread gets its own connection, since function instances serve requests on 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
+from messagine.flood import FloodRule, FloodState, admit
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -45,7 +48,8 @@ CREATE TABLE IF NOT EXISTS users (
     banned INTEGER NOT NULL DEFAULT 0,
     analytics_opt_out INTEGER NOT NULL DEFAULT 0,
     age_answer TEXT,
-    age_answered_at REAL
+    age_answered_at REAL,
+    flood TEXT
 );
 CREATE TABLE IF NOT EXISTS claimed_updates (
     update_id INTEGER PRIMARY KEY,
@@ -103,6 +107,7 @@ _ADDED_COLUMNS = (
     ("users", "analytics_opt_out", "INTEGER NOT NULL DEFAULT 0"),
     ("users", "age_answer", "TEXT"),
     ("users", "age_answered_at", "REAL"),
+    ("users", "flood", "TEXT"),
 )
 
 # The state of one user: profile flags, their chat (seen from their side) and lobby entry.
@@ -147,7 +152,9 @@ class SqliteRepository:
 
     backend = "sqlite"
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 10.0,
+                 flood_rule: FloodRule | None = None) -> None:
+        self._flood_rule = flood_rule or FloodRule()
         self._path = str(path)
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
@@ -249,7 +256,8 @@ class SqliteRepository:
     # -- updates and users ---------------------------------------------------------------
 
     def open_update(
-        self, update_id: int, profile: Profile | None, default_language: str, now: float
+        self, update_id: int, profile: Profile | None, default_language: str, now: float,
+        album: str | None = None,
     ) -> OpenedUpdate:
         """See ``Repository.open_update``: claim, profile upsert and state in one transaction."""
         with self._transaction() as conn:
@@ -262,23 +270,27 @@ class SqliteRepository:
             if profile is None:
                 return OpenedUpdate(duplicate=False)
             known = conn.execute(
-                "SELECT 1 FROM users WHERE id = ?", (profile.user_id,)
+                "SELECT flood FROM users WHERE id = ?", (profile.user_id,)
             ).fetchone()
+            counters = FloodState(**json.loads(known[0])) if known and known[0] else FloodState()
+            counters, verdict = admit(counters, now, album, self._flood_rule)
             conn.execute(
                 """
                 INSERT INTO users (id, first_name, last_name, username, language_code,
-                                   language, first_seen, last_seen)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                                   language, first_seen, last_seen, flood)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (id) DO UPDATE SET
                     first_name = excluded.first_name, last_name = excluded.last_name,
                     username = excluded.username, language_code = excluded.language_code,
-                    last_seen = excluded.last_seen
+                    last_seen = excluded.last_seen, flood = excluded.flood
                 """,
                 (profile.user_id, profile.first_name, profile.last_name, profile.username,
-                 profile.language_code, default_language, now, now),
+                 profile.language_code, default_language, now, now,
+                 json.dumps(asdict(counters))),
             )
             state = self._state(conn, profile.user_id, is_new=known is None)
-            return OpenedUpdate(duplicate=False, user=state)
+            return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
+                                warn=verdict.warn)
 
     def release_update(self, update_id: int) -> None:
         """See ``Repository.release_update``."""
