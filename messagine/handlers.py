@@ -18,6 +18,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.models import UserState
+from messagine.moderation import ADMIN_COMMANDS, Moderation
 from messagine.privacy import Privacy
 from messagine.relay import RELAYED_CONTENT_TYPES, Relay
 from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
@@ -51,13 +52,15 @@ COMMANDS = {
     "mydata": ("mydata",),
     "deleteme": ("deleteme",),
     "analytics": ("analytics",),
+    "report": ("report",),
+    "block": ("block",),
 }
 """Each command and its aliases; the first name is the one logged and shown in menus."""
 
 
 def register(
-    bot: TeleBot, conversation: Conversation, relay: Relay, privacy: Privacy, telegram: Telegram,
-    catalog: Catalog, analytics: Analytics,
+    bot: TeleBot, conversation: Conversation, relay: Relay, privacy: Privacy,
+    moderation: Moderation, telegram: Telegram, catalog: Catalog, analytics: Analytics,
 ) -> None:
     """Attach every handler of the bot to ``bot``."""
 
@@ -84,6 +87,8 @@ def register(
         "deleteme": lambda user, answer, _m, _u: privacy.ask_delete(user, answer),
         "analytics": lambda user, answer, message, _u: privacy.analytics_choice(
             user, (message.text or "").partition(" ")[2], answer),
+        "report": lambda user, answer, _m, _u: moderation.ask_report(user, answer),
+        "block": lambda user, answer, _m, update: moderation.block(user, answer, update),
     }
 
     def command_handler(command: str, route: _Route) -> Callable[[types.Message], None]:
@@ -98,6 +103,21 @@ def register(
     for command, route in routes.items():
         bot.register_message_handler(command_handler(command, route),
                                      commands=list(COMMANDS[command]), chat_types=PRIVATE)
+
+    @bot.message_handler(commands=list(ADMIN_COMMANDS), chat_types=PRIVATE)
+    def admin_command(message: types.Message) -> None:
+        # Whole commands from admins only; from anyone else an unknown command, never
+        # relayed, so "/ban" cannot be used to probe or to reach a partner.
+        ctx, answer = user_and_answer(message)
+        user = ctx.require_user()
+        command, _, argument = (message.text or "").partition(" ")
+        name = command.lstrip("/").split("@")[0]
+        if not moderation.is_admin(user.user_id):
+            t = catalog.for_language(user.language)
+            answer.send(t("unknown_command"))
+            done("unknown_command")
+            return
+        done(moderation.admin_command(user, name, argument, answer, ctx.update_id))
 
     @bot.message_handler(chat_types=PRIVATE, content_types=list(RELAYED_CONTENT_TYPES))
     def relay_message(message: types.Message) -> None:
@@ -123,6 +143,9 @@ def register(
 
     @bot.message_handler(chat_types=GROUPS, content_types=ALL_CONTENT_TYPES)
     def group_message(message: types.Message) -> None:
+        if message.chat.id == moderation.settings.admin_chat_id:
+            done("moderators_chat:ignored")
+            return
         leave_group(message.chat.id)
 
     @bot.edited_message_handler(chat_types=PRIVATE, content_types=list(RELAYED_CONTENT_TYPES))
@@ -137,11 +160,19 @@ def register(
         with contextlib.suppress(TelegramRejected):
             telegram.answer_callback(query.id)
         message = query.message
+        data = str(query.data or "")
+        if data.startswith(("mod:ban:", "mod:dismiss:")) and message is not None:
+            if moderation.is_admin(query.from_user.id):
+                done(moderation.resolve(query.from_user.id, data, message.chat.id,
+                                        message.message_id, ctx.update_id))
+            else:
+                done("mod:not_admin")
+            return
         if message is None or message.chat.type != "private" or ctx.user is None:
             done("button:ignored")
             return
         answer = Answer(telegram, message.chat.id, message.message_id)
-        done(press(ctx, str(query.data or ""), answer))
+        done(press(ctx, data, answer))
 
     def press(ctx: context.UpdateContext, data: str, answer: Answer) -> str:
         user = ctx.require_user()
@@ -150,6 +181,12 @@ def register(
         if data.startswith(keyboards.SET_LANGUAGE):
             return "button:" + conversation.set_language(
                 user, data.removeprefix(keyboards.SET_LANGUAGE), answer, update_id)
+        if data == keyboards.REPORT_CANCEL:
+            answer.send(catalog.for_language(user.language)("report.cancelled"))
+            return "button:report:cancelled"
+        if data.startswith(keyboards.REPORT):
+            return "button:" + moderation.report(
+                user, data.removeprefix(keyboards.REPORT), answer, update_id)
         actions = {
             keyboards.FIND: lambda: conversation.find_chat(user, answer, update_id),
             keyboards.CANCEL_FIND: lambda: conversation.cancel_find(user, answer),
@@ -179,7 +216,9 @@ def register(
         ctx = context.current()
         status = update.new_chat_member.status
         if update.chat.type in GROUPS:
-            if status in ("member", "administrator"):
+            if update.chat.id == moderation.settings.admin_chat_id:
+                done("moderators_chat:" + status)
+            elif status in ("member", "administrator"):
                 leave_group(update.chat.id)
             else:
                 done("group:left")

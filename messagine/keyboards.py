@@ -27,6 +27,11 @@ AGE_YES = "age:yes"
 AGE_NO = "age:no"
 DELETE_YES = "deleteme:yes"
 DELETE_NO = "deleteme:no"
+REPORT = "report:"
+REPORT_REASONS = ("spam", "abuse", "minor", "other")
+REPORT_CANCEL = "report:cancel"
+MOD_BAN = "mod:ban:"
+MOD_DISMISS = "mod:dismiss:"
 
 
 _ACTIONS = {FIND: "find_chat", CANCEL_FIND: "cancel_find", EXIT: "exit_chat",
@@ -40,6 +45,8 @@ def action_name(data: str) -> str:
     """The analytics name of a button's callback data ("unknown" for anything else)."""
     if data.startswith(SET_LANGUAGE):
         return "set_language"
+    if data.startswith(REPORT):
+        return "report"
     return _ACTIONS.get(data, "unknown")
 
 
@@ -111,3 +118,15 @@ def age_question(t: Texts, min_age: int) -> Keyboard:
 def confirm_delete(t: Texts) -> Keyboard:
     """The erasure confirmation."""
     return [[(t("btn.delete_yes"), DELETE_YES)], [(t("btn.delete_no"), DELETE_NO)]]
+
+
+def report_reasons(t: Texts) -> Keyboard:
+    """The reasons a reporter chooses from, and Cancel."""
+    rows = [[(t(f"btn.report_{reason}"), REPORT + reason)] for reason in REPORT_REASONS]
+    return [*rows, [(t("btn.cancel"), REPORT_CANCEL)]]
+
+
+def moderation(t: Texts, report_id: int) -> Keyboard:
+    """Under a report in the moderators' chat: [Ban, Dismiss]."""
+    return [[(t("btn.mod_ban"), f"{MOD_BAN}{report_id}"),
+             (t("btn.mod_dismiss"), f"{MOD_DISMISS}{report_id}")]]

@@ -101,6 +101,9 @@ class EndReason(enum.Enum):
     BLOCKED = "blocked"
     PARTNER_UNREACHABLE = "partner_unreachable"
     DELETED = "deleted"
+    REPORT = "report"
+    BLOCK = "block"
+    BANNED = "banned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +175,27 @@ class Retention:
     messages_s: float
     chats_s: float
     claims_s: float = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A user's report about a partner, for the moderators."""
+
+    report_id: int
+    reporter_id: int
+    reported_id: int
+    chat_id: int
+    reason: str
+    created_at: float
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationStats:
+    """The numbers /stats shows the admins."""
+
+    users: int
+    waiting: int
+    active_chats: int
+    chats_today: int
+    reports_today: int

@@ -21,13 +21,22 @@ from messagine import context
 from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.languages import language_for
-from messagine.models import Profile, Retention
+from messagine.models import OpenedUpdate, Profile, Retention
 from messagine.storage.port import Repository, StorageUnavailable
-from messagine.telegram import Telegram, TelegramError, TelegramUnavailable
+from messagine.telegram import (
+    Telegram,
+    TelegramError,
+    TelegramUnavailable,
+    reset_deadline,
+    set_deadline,
+)
 
 log = logging.getLogger("messagine.updates")
 
 _PURGE_EVERY_S = 3600.0
+UPDATE_BUDGET_S = 25.0
+"""Time an update may spend on Bot API waits (429s): well inside the function's 50 s
+timeout and Telegram's 60 s, whatever the calls before the wait took."""
 
 HANDLED_KINDS = ("message", "edited_message", "callback_query", "my_chat_member")
 """The update kinds the bot handles; set-webhook asks Telegram for these only."""
@@ -119,14 +128,12 @@ class Pipeline:
         except StorageUnavailable:
             log.exception("storage unavailable while claiming update %s", update_id)
             return Result(503, "retry:storage"), content_type
-        if opened.duplicate:
-            return Result(200, "duplicate"), content_type
-        if opened.throttled:
-            if opened.warn and opened.user is not None:
-                self._tell(opened.user.user_id, opened.user.language, "flood.slow_down")
-            return Result(200, "throttled:warned" if opened.warn else "throttled"), content_type
+        stopped = self._stop_before_dispatch(opened)
+        if stopped is not None:
+            return stopped, content_type
         ctx = context.UpdateContext(update_id, kind, content_type, opened.user)
         token = context.enter(ctx)
+        deadline = set_deadline(time.monotonic() + UPDATE_BUDGET_S)
         try:
             self.bot.process_new_updates([update])
         except (StorageUnavailable, TelegramUnavailable) as error:
@@ -139,9 +146,24 @@ class Pipeline:
             self._apologise(ctx, chat)
             return Result(200, "error"), content_type
         finally:
+            reset_deadline(deadline)
             context.leave(token)
             self.analytics.flush()
         return Result(200, ctx.outcome), content_type
+
+    def _stop_before_dispatch(self, opened: OpenedUpdate) -> Result | None:
+        """Re-deliveries, floods and banned users go no further than this."""
+        if opened.duplicate:
+            return Result(200, "duplicate")
+        user = opened.user
+        if opened.throttled:
+            if opened.warn and user is not None:
+                self._tell(user.user_id, user.language, "flood.slow_down")
+            return Result(200, "throttled:warned" if opened.warn else "throttled")
+        if user is not None and user.banned:
+            self._tell(user.user_id, user.language, "banned.notice")
+            return Result(200, "banned")
+        return None
 
     def _purge_when_due(self) -> None:
         """Delete expired records at most once an hour per instance.

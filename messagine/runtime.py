@@ -19,6 +19,7 @@ from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.logs import configure_logging
 from messagine.models import Retention
+from messagine.moderation import Moderation, ModerationSettings
 from messagine.pipeline import Pipeline
 from messagine.privacy import Privacy, PrivacyTerms
 from messagine.relay import Relay
@@ -60,7 +61,11 @@ def build_runtime(
                          settings.message_retention_days, settings.chat_retention_days,
                          settings.min_age)
     privacy = Privacy(repository, telegram, catalog, conversation, analytics, terms, clock)
-    handlers.register(bot, conversation, relay, privacy, telegram, catalog, analytics)
+    moderation = Moderation(repository, telegram, catalog, conversation, analytics,
+                            ModerationSettings(settings.admin_ids, settings.admin_chat_id,
+                                               settings.report_window_s), clock)
+    handlers.register(bot, conversation, relay, privacy, moderation, telegram, catalog,
+                      analytics)
     retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
                           chats_s=settings.chat_retention_days * 86_400.0)
     pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics, retention)

@@ -63,6 +63,8 @@ class Settings:
     privacy_policy_url: str | None
     min_age: int
     flood_rule: FloodRule
+    admin_chat_id: int | None
+    report_window_s: float
     admin_ids: frozenset[int]
     recent_partners: int
     telegram_timeout_s: float
@@ -126,6 +128,8 @@ class Settings:
         chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
         min_age = _min_age(env, problems)
         flood_limit = _int(env, "FLOOD_LIMIT", 3, 1, 10_000, problems)
+        admin_chat = _one_id(env, "ADMIN_CHAT_ID", problems)
+        report_window = _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems)
         flood_window = _int(env, "FLOOD_WINDOW_SECONDS", 3, 1, 3600, problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
 
@@ -155,6 +159,8 @@ class Settings:
             privacy_policy_url=policy_url or None,
             min_age=min_age,
             flood_rule=FloodRule(limit=flood_limit, window_s=float(flood_window)),
+            admin_chat_id=admin_chat,
+            report_window_s=report_window * 60.0,
             admin_ids=frozenset(admin_ids),
             recent_partners=recent,
             telegram_timeout_s=float(timeout),
@@ -201,6 +207,13 @@ def _https_url(env: Mapping[str, str], name: str, problems: list[str]) -> str:
     if url and not url.startswith("https://"):
         problems.append(f"{name} must be an https:// URL, not {url!r}")
     return url
+
+
+def _one_id(env: Mapping[str, str], name: str, problems: list[str]) -> int | None:
+    ids = _ids(env, name, problems)
+    if len(ids) > 1:
+        problems.append(f"{name} must be one chat id")
+    return next(iter(ids), None)
 
 
 def _ids(env: Mapping[str, str], name: str, problems: list[str]) -> set[int]:

@@ -11,8 +11,10 @@ the request URL, which holds the bot token.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -51,6 +53,23 @@ class TelegramBlocked(TelegramError):  # noqa: N818
 
 class TelegramRejected(TelegramError):  # noqa: N818
     """Any other 4xx: the request can never succeed as it is."""
+
+
+# The monotonic time by which the current update must be answered; a 429 is waited out
+# only when its retry_after ends well before it (otherwise: 503, and Telegram re-delivers).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "telegram_deadline", default=None)
+_RETRY_MARGIN_S = 2.0
+
+
+def set_deadline(deadline: float | None) -> contextvars.Token[float | None]:
+    """Bound the waits of this update's Bot API calls (``time.monotonic()`` based)."""
+    return _deadline.set(deadline)
+
+
+def reset_deadline(token: contextvars.Token[float | None]) -> None:
+    """Forget the update's deadline."""
+    _deadline.reset(token)
 
 
 class _FormPostSender:
@@ -138,10 +157,25 @@ class Telegram:
 
     @staticmethod
     def _call(method: str, action: Callable[[], T]) -> T:
-        try:
-            return action()
-        except (apihelper.ApiException, requests.RequestException) as error:
-            raise _classify(method, error) from None
+        """Make one Bot API call; a 429 is waited out once if the update's deadline allows.
+
+        A 429 means Telegram did not perform the call, so repeating it cannot double a
+        message; when the wait does not fit, the caller gets TelegramUnavailable (503).
+        """
+        for attempt in (1, 2):
+            try:
+                return action()
+            except (apihelper.ApiException, requests.RequestException) as error:
+                failure = _classify(method, error)
+            deadline = _deadline.get()
+            if (attempt == 1 and isinstance(failure, TelegramUnavailable)
+                    and failure.code == 429 and failure.retry_after is not None
+                    and deadline is not None
+                    and time.monotonic() + failure.retry_after + _RETRY_MARGIN_S < deadline):
+                time.sleep(failure.retry_after)
+                continue
+            raise failure from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def send_text(self, chat_id: int, text: str, keyboard: Keyboard | None = None) -> int:
         """Send a text message; returns its message id."""

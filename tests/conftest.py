@@ -282,3 +282,27 @@ Deliver = Callable[[dict[str, Any]], Any]
 def deliver(bot: Runtime) -> Deliver:
     """Process one update in-process and return the pipeline's result."""
     return bot.pipeline.process
+
+
+MakeBot = Callable[..., Runtime]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_bot(request: pytest.FixtureRequest, fake_api: FakeBotApi, tmp_path: Path,
+             clock: Clock) -> Iterator[MakeBot]:
+    """Build the bot in-process on each backend in turn, with extra settings."""
+    made: list[tuple[Runtime, dict[str, str]]] = []
+
+    def make(**extra: str) -> Runtime:
+        env = bot_env(fake_api, tmp_path / f"bot{len(made)}.sqlite3", **extra)
+        env |= backend_env(request, request.param)
+        runtime = build_runtime(Settings.from_env(env), clock=clock)
+        made.append((runtime, env))
+        return runtime
+
+    yield make
+    for runtime, env in made:
+        if env.get("STORAGE") == "mongo":
+            repository: Any = runtime.repository
+            repository.db.client.drop_database(env["MONGODB_DATABASE"])
+            repository.close()

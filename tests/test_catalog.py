@@ -35,6 +35,9 @@ def keys_used_in_code() -> set[str]:
         events = {id(call.args[1]) for call in ast.walk(tree)
                   if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
                   and call.func.attr == "track" and len(call.args) > 1}
+        # Pieces of f-strings ("btn.report_" in f"btn.report_{reason}") are not keys.
+        events |= {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr)
+                   for part in node.values}
         for node in ast.walk(tree):
             if id(node) in events:
                 continue

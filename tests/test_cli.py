@@ -30,8 +30,8 @@ def test_set_commands_sends_the_menu(fake_api: FakeBotApi, tmp_path: Path):
     calls = fake_api.calls_of("setMyCommands")
     assert len(calls) == 1 and "language_code" not in calls[0].params
     names = [c["command"] for c in calls[0].params["commands"]]
-    assert names == ["find_chat", "next", "exit_chat", "set_language", "cancel_find", "help",
-                     "about", "privacy", "mydata", "deleteme"]
+    assert names == ["find_chat", "next", "exit_chat", "set_language", "cancel_find", "report",
+                     "block", "help", "about", "privacy", "mydata", "deleteme"]
     assert all(c["description"] for c in calls[0].params["commands"])
 
 

@@ -48,8 +48,10 @@ from messagine.models import (
     MatchOutcome,
     MatchResult,
     MessageLink,
+    ModerationStats,
     OpenedUpdate,
     Profile,
+    Report,
     Retention,
     UserRecords,
     UserState,
@@ -64,7 +66,7 @@ Document = dict[str, Any]
 # one update of a chat at a time and re-sends that one until it succeeds, so a re-delivery
 # is always among the newest few.
 _RECENT_UPDATES = 50
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 _LOCK_LEASE_S = 5.0
 _LOCK_WAIT_S = 8.0
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
@@ -164,6 +166,8 @@ class MongoRepository:
         db.message_links.create_index("chat_id", name="links_by_chat")
         db.message_links.create_index("sender_id", name="links_by_sender")
         db.chats.create_index("expires_at", name="chats_ttl", expireAfterSeconds=0)
+        db.chats.create_index("started_at", name="chats_by_start")
+        db.reports.create_index("created_at", name="reports_by_time")
         db.claimed_updates.create_index(
             "claimed_at", name="claims_ttl", expireAfterSeconds=self._update_retention_s)
         db.meta.replace_one({"_id": "schema"}, {"version": _SCHEMA_VERSION}, upsert=True)
@@ -331,6 +335,71 @@ class MongoRepository:
         """See ``Repository.purge_expired``: TTL indexes expire documents on MongoDB."""
         del now, retention
         return {}
+
+    @_unavailable_as_storage_error
+    def last_chat(self, user_id: int) -> ChatRecord | None:
+        """See ``Repository.last_chat``."""
+        found = list(self.db.chats.find({"users": user_id}).sort("started_at", -1).limit(1))
+        if not found:
+            return None
+        chat = found[0]
+        return ChatRecord(int(chat["_id"]), next(int(u) for u in chat["users"] if u != user_id),
+                          chat["language"], chat["started_at"], chat.get("ended_at"),
+                          chat.get("end_reason"),
+                          None if chat.get("ended_by") is None else chat["ended_by"] == user_id)
+
+    @_unavailable_as_storage_error
+    def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
+        """See ``Repository.recent_messages``."""
+        docs = self.db.message_links.find(
+            {"chat_id": chat_id, "sender_id": sender_id}, {"sender_message_id": 1}).sort(
+            "sender_message_id", -1).limit(limit)
+        return sorted(int(d["sender_message_id"]) for d in docs)
+
+    @_unavailable_as_storage_error
+    def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
+                   now: float) -> Report:
+        """See ``Repository.add_report``; ids are random, so no counter document is hot."""
+        report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason,
+                        now, "open")
+        self.db.reports.insert_one({
+            "_id": report.report_id, "reporter_id": reporter_id, "reported_id": reported_id,
+            "chat_id": chat_id, "reason": reason, "created_at": now, "status": "open"})
+        return report
+
+    @_unavailable_as_storage_error
+    def resolve_report(self, report_id: int, status: str) -> Report | None:
+        """See ``Repository.resolve_report``: the open -> status change is won once."""
+        doc = self.db.reports.find_one_and_update(
+            {"_id": report_id, "status": "open"}, {"$set": {"status": status}},
+            return_document=ReturnDocument.AFTER)
+        if doc is None:
+            return None
+        return Report(int(doc["_id"]), doc["reporter_id"], doc["reported_id"], doc["chat_id"],
+                      doc["reason"], doc["created_at"], doc["status"])
+
+    @_unavailable_as_storage_error
+    def set_banned(self, user_id: int, banned: bool) -> bool:
+        """See ``Repository.set_banned``."""
+        doc = self.db.users.find_one_and_update(
+            {"_id": user_id}, {"$set": {"banned": banned}}, projection={"language": 1})
+        if doc is None:
+            return False
+        if banned:
+            self._leave_lobby(user_id, doc["language"])
+        return True
+
+    @_unavailable_as_storage_error
+    def moderation_stats(self, since: float) -> ModerationStats:
+        """See ``Repository.moderation_stats``."""
+        db = self.db
+        return ModerationStats(
+            users=db.users.estimated_document_count(),
+            waiting=db.lobby.estimated_document_count(),
+            active_chats=db.chats.count_documents({"ended_at": None}),
+            chats_today=db.chats.count_documents({"started_at": {"$gte": since}}),
+            reports_today=db.reports.count_documents({"created_at": {"$gte": since}}),
+        )
 
     @_unavailable_as_storage_error
     def count_messages(self, chat_id: int) -> dict[int, int]:

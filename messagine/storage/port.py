@@ -11,13 +11,16 @@ from __future__ import annotations
 from typing import Protocol
 
 from messagine.models import (
+    ChatRecord,
     Counts,
     EndedChat,
     EndReason,
     MatchResult,
     MessageLink,
+    ModerationStats,
     OpenedUpdate,
     Profile,
+    Report,
     Retention,
     UserRecords,
     UserState,
@@ -130,6 +133,31 @@ class Repository(Protocol):
 
         Backends with native expiry (TTL indexes) may leave this to the database.
         """
+        ...
+
+    def last_chat(self, user_id: int) -> ChatRecord | None:
+        """The user's most recent chat, active or ended."""
+        ...
+
+    def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
+        """The sender's last ``limit`` message ids in a chat, oldest first (report evidence)."""
+        ...
+
+    def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
+                   now: float) -> Report:
+        """Store a report (status "open")."""
+        ...
+
+    def resolve_report(self, report_id: int, status: str) -> Report | None:
+        """Move an open report to ``status`` once; None if it was not open."""
+        ...
+
+    def set_banned(self, user_id: int, banned: bool) -> bool:
+        """Ban (leaving the lobby too) or unban; False for an unknown user."""
+        ...
+
+    def moderation_stats(self, since: float) -> ModerationStats:
+        """Totals for /stats; "today" is from ``since``."""
         ...
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:

@@ -26,8 +26,10 @@ from messagine.models import (
     MatchOutcome,
     MatchResult,
     MessageLink,
+    ModerationStats,
     OpenedUpdate,
     Profile,
+    Report,
     Retention,
     UserRecords,
     UserState,
@@ -100,6 +102,17 @@ CREATE TABLE IF NOT EXISTS message_links (
 CREATE INDEX IF NOT EXISTS message_links_by_copy
     ON message_links (recipient_id, copy_message_id);
 CREATE INDEX IF NOT EXISTS message_links_by_chat ON message_links (chat_id, sender_id);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    reporter_id INTEGER NOT NULL,
+    reported_id INTEGER NOT NULL,
+    chat_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reports_by_time ON reports (created_at);
+CREATE INDEX IF NOT EXISTS chats_by_start ON chats (started_at);
 """
 
 # Columns added after a table was first created: (table, column, definition).
@@ -398,6 +411,68 @@ class SqliteRepository:
                     "DELETE FROM chats WHERE ended_at IS NOT NULL AND ended_at < ?",
                     (now - retention.chats_s,)).rowcount,
             }
+
+    def last_chat(self, user_id: int) -> ChatRecord | None:
+        """See ``Repository.last_chat``."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END, language,"
+                " started_at, ended_at, end_reason, ended_by FROM chats"
+                " WHERE user_a = :me OR user_b = :me ORDER BY started_at DESC, id DESC LIMIT 1",
+                {"me": user_id}).fetchone()
+        if row is None:
+            return None
+        chat_id, partner, language, started, ended, reason, ended_by = row
+        return ChatRecord(chat_id, partner, language, started, ended, reason,
+                          None if ended_by is None else ended_by == user_id)
+
+    def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
+        """See ``Repository.recent_messages``."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT sender_message_id FROM message_links WHERE chat_id = ? AND sender_id = ?"
+                " ORDER BY sender_message_id DESC LIMIT ?", (chat_id, sender_id, limit)).fetchall()
+        return sorted(int(row[0]) for row in rows)
+
+    def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
+                   now: float) -> Report:
+        """See ``Repository.add_report``."""
+        with self._transaction() as conn:
+            report_id = conn.execute(
+                "INSERT INTO reports (reporter_id, reported_id, chat_id, reason, created_at,"
+                " status) VALUES (?, ?, ?, ?, ?, 'open')",
+                (reporter_id, reported_id, chat_id, reason, now)).lastrowid
+        assert report_id is not None  # noqa: S101 - an INSERT always sets lastrowid
+        return Report(report_id, reporter_id, reported_id, chat_id, reason, now, "open")
+
+    def resolve_report(self, report_id: int, status: str) -> Report | None:
+        """See ``Repository.resolve_report``."""
+        with self._transaction() as conn:
+            changed = conn.execute("UPDATE reports SET status = ? WHERE id = ? AND status = 'open'",
+                                   (status, report_id)).rowcount
+            row = conn.execute("SELECT id, reporter_id, reported_id, chat_id, reason, created_at,"
+                               " status FROM reports WHERE id = ?", (report_id,)).fetchone()
+        return Report(*row) if changed and row else None
+
+    def set_banned(self, user_id: int, banned: bool) -> bool:
+        """See ``Repository.set_banned``."""
+        with self._transaction() as conn:
+            found = conn.execute("UPDATE users SET banned = ? WHERE id = ?",
+                                 (int(banned), user_id)).rowcount > 0
+            if banned:
+                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
+        return found
+
+    def moderation_stats(self, since: float) -> ModerationStats:
+        """See ``Repository.moderation_stats``."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM lobby),
+                          (SELECT count(*) FROM chats WHERE ended_at IS NULL),
+                          (SELECT count(*) FROM chats WHERE started_at >= :since),
+                          (SELECT count(*) FROM reports WHERE created_at >= :since)""",
+                {"since": since}).fetchone()
+        return ModerationStats(*row)
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""

@@ -1,0 +1,233 @@
+"""Moderation: reports, blocks, bans and the admins' commands.
+
+Admins are the Telegram ids in ADMIN_IDS (configuration, never a database flag), and the
+moderators' chat is ADMIN_CHAT_ID. A report ends the chat, excludes the pair for good and
+sends the moderators the reported user's id, the reason and, as evidence, copies of the
+reported user's last messages in that chat (copied from Telegram: we keep no content).
+The reported user is never told who reported them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from messagine import keyboards
+from messagine.analytics import Analytics
+from messagine.answer import Answer
+from messagine.catalog import Catalog
+from messagine.conversation import Conversation
+from messagine.models import ChatRecord, EndReason, UserState
+from messagine.storage.port import Repository
+from messagine.telegram import Telegram, TelegramBlocked, TelegramError, TelegramRejected
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_MESSAGES = 5
+ADMIN_COMMANDS = ("ban", "unban", "detail", "stats")
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationSettings:
+    """Who moderates, where, and how long after a chat it can still be reported."""
+
+    admin_ids: frozenset[int]
+    admin_chat_id: int | None
+    report_window_s: float
+
+
+class Moderation:
+    """Reports, blocks, bans and admin commands."""
+
+    def __init__(
+        self, repository: Repository, telegram: Telegram, catalog: Catalog,
+        conversation: Conversation, analytics: Analytics, settings: ModerationSettings,
+        clock: Callable[[], float],
+    ) -> None:
+        self.repository = repository
+        self.telegram = telegram
+        self.catalog = catalog
+        self.conversation = conversation
+        self.analytics = analytics
+        self.settings = settings
+        self.clock = clock
+        self.moderator_texts = catalog.for_language("en")
+
+    def is_admin(self, user_id: int) -> bool:
+        """True for the ids in ADMIN_IDS."""
+        return user_id in self.settings.admin_ids
+
+    def _target(self, user: UserState) -> ChatRecord | None:
+        """The chat a report or block is about: the current one, or the last one if recent."""
+        last = self.repository.last_chat(user.user_id)
+        if last is None:
+            return None
+        if last.ended_at is not None and self.clock() - last.ended_at > \
+                self.settings.report_window_s:
+            return None
+        return last
+
+    # -- users ---------------------------------------------------------------------------
+
+    def ask_report(self, user: UserState, answer: Answer) -> str:
+        """Offer the reasons, if there is someone to report."""
+        t = self.catalog.for_language(user.language)
+        if self._target(user) is None:
+            answer.send(t("report.nobody"))
+            return "report:nobody"
+        answer.send(t("report.ask"), keyboards.report_reasons(t))
+        return "report:asked"
+
+    def report(self, user: UserState, reason: str, answer: Answer, update_id: int) -> str:
+        """End the chat, exclude the pair, store the report and send it to the moderators."""
+        t = self.catalog.for_language(user.language)
+        target = self._target(user)
+        if target is None or reason not in keyboards.REPORT_REASONS:
+            answer.send(t("report.nobody"))
+            return "report:nobody"
+        if target.ended_at is None:
+            self.conversation.end(user, EndReason.REPORT, update_id)
+        now = self.clock()
+        self.repository.exclude_pair(user.user_id, target.partner_id, "report", now)
+        report = self.repository.add_report(user.user_id, target.partner_id, target.chat_id,
+                                            reason, now)
+        answer.send(t("report.thanks"), keyboards.idle(t))
+        self._send_to_moderators(report.report_id, target, reason)
+        return "report:sent"
+
+    def _send_to_moderators(self, report_id: int, target: ChatRecord, reason: str) -> None:
+        chat_id = self.settings.admin_chat_id
+        if chat_id is None:
+            log.warning("report %s stored, but ADMIN_CHAT_ID is not set", report_id)
+            return
+        t = self.moderator_texts
+        evidence = self.repository.recent_messages(target.chat_id, target.partner_id,
+                                                   EVIDENCE_MESSAGES)
+        when = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        try:
+            self.telegram.send_text(chat_id, t(
+                "mod.report", report_id=report_id, reported_id=target.partner_id,
+                reason=reason, when=when, count=len(evidence)),
+                keyboards.moderation(t, report_id))
+            shown = 0
+            for message_id in evidence:
+                try:
+                    self.telegram.copy_message(chat_id, target.partner_id, message_id)
+                    shown += 1
+                except (TelegramRejected, TelegramBlocked):
+                    continue  # deleted since, or the reported user blocked the bot
+            if evidence and not shown:
+                self.telegram.send_text(chat_id, t("mod.no_evidence", report_id=report_id))
+        except TelegramError as error:
+            # The report is stored; the reporter must not see a failure for this.
+            log.error("report %s not delivered to the moderators: %s %s", report_id,  # noqa: TRY400
+                      error.method, error.code)
+
+    def block(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """Never match the user with their current or last partner again."""
+        t = self.catalog.for_language(user.language)
+        target = self._target(user)
+        if target is None:
+            answer.send(t("block.nobody"))
+            return "block:nobody"
+        if target.ended_at is None:
+            self.conversation.end(user, EndReason.BLOCK, update_id)
+        self.repository.exclude_pair(user.user_id, target.partner_id, "block", self.clock())
+        answer.send(t("block.done"), keyboards.idle(t))
+        return "block:done"
+
+    # -- admins --------------------------------------------------------------------------
+
+    def admin_command(self, admin: UserState, command: str, argument: str, answer: Answer,
+                      update_id: int) -> str:
+        """Run /ban, /unban, /detail or /stats for an admin."""
+        t = self.moderator_texts
+        self.analytics.track(admin, f"admin.{command}")
+        if command == "stats":
+            day_start = self.clock() - self.clock() % 86_400
+            stats = self.repository.moderation_stats(day_start)
+            answer.send(t("admin.stats", users=stats.users, waiting=stats.waiting,
+                          active_chats=stats.active_chats, chats_today=stats.chats_today,
+                          reports_today=stats.reports_today))
+            return "admin:stats"
+        match = re.fullmatch(r"\s*(-?\d+)(?:\s+(.*))?", argument, re.DOTALL)
+        if match is None:
+            answer.send(t("admin.usage"))
+            return "admin:usage"
+        user_id, rest = int(match.group(1)), (match.group(2) or "").strip()
+        if command == "detail":
+            return self._detail(user_id, answer)
+        if command == "ban":
+            return self.ban(user_id, rest, answer, update_id)
+        return self.unban(user_id, answer)
+
+    def ban(self, user_id: int, reason: str, answer: Answer, update_id: int) -> str:
+        """Ban: end their chat and lobby place, and tell them why."""
+        t = self.moderator_texts
+        target = self.repository.get_user(user_id)
+        if target is None:
+            answer.send(t("admin.unknown_user", user_id=user_id))
+            return "admin:ban:unknown"
+        if target.chat is not None:
+            self.conversation.end(target, EndReason.BANNED, update_id)
+        self.repository.set_banned(user_id, banned=True)
+        user_t = self.catalog.for_language(target.language)
+        self._tell(user_id, user_t("banned.told", reason=reason or user_t("banned.no_reason")))
+        answer.send(t("admin.banned", user_id=user_id))
+        return "admin:ban"
+
+    def unban(self, user_id: int, answer: Answer) -> str:
+        """Lift a ban and tell them."""
+        t = self.moderator_texts
+        target = self.repository.get_user(user_id)
+        if target is None or not self.repository.set_banned(user_id, banned=False):
+            answer.send(t("admin.unknown_user", user_id=user_id))
+            return "admin:unban:unknown"
+        self._tell(user_id, self.catalog.for_language(target.language)("unbanned.told"))
+        answer.send(t("admin.unbanned", user_id=user_id))
+        return "admin:unban"
+
+    def _detail(self, user_id: int, answer: Answer) -> str:
+        t = self.moderator_texts
+        records = self.repository.export_user(user_id)
+        state = self.repository.get_user(user_id)
+        if records is None or state is None:
+            answer.send(t("admin.unknown_user", user_id=user_id))
+            return "admin:detail:unknown"
+        activity = "chatting" if state.chat else "waiting" if state.waiting else "idle"
+        last_seen = datetime.fromtimestamp(records.profile.get("last_seen") or 0, UTC)
+        answer.send(t("admin.detail", user_id=user_id, language=state.language,
+                      state=activity, banned="yes" if state.banned else "no",
+                      blocked="yes" if state.blocked else "no",
+                      last_seen=last_seen.strftime("%Y-%m-%d %H:%M UTC"),
+                      chats=len(records.chats), messages=len(records.messages)))
+        return "admin:detail"
+
+    def resolve(self, admin_id: int, data: str, chat_id: int, message_id: int,
+                update_id: int) -> str:
+        """A moderator pressed Ban or Dismiss under a report."""
+        t = self.moderator_texts
+        ban = data.startswith(keyboards.MOD_BAN)
+        report_id = int(data.rsplit(":", 1)[1])
+        report = self.repository.resolve_report(report_id, "banned" if ban else "dismissed")
+        answer = Answer(self.telegram, chat_id, message_id)
+        if report is None:
+            answer.send(t("mod.already_handled", report_id=report_id))
+            return "mod:already_handled"
+        if ban:
+            self.ban(report.reported_id, report.reason, Answer(self.telegram, chat_id),
+                     update_id)
+            answer.send(t("mod.resolved_ban", report_id=report_id,
+                          reported_id=report.reported_id, admin_id=admin_id))
+            return "mod:ban"
+        answer.send(t("mod.resolved_dismiss", report_id=report_id, admin_id=admin_id))
+        return "mod:dismiss"
+
+    def _tell(self, user_id: int, text: str) -> None:
+        try:
+            self.telegram.send_text(user_id, text)
+        except (TelegramBlocked, TelegramRejected):
+            log.info("could not tell user about a moderation decision (blocked or gone)")
