@@ -3,6 +3,7 @@
 import flask
 import functions_framework
 
+from messagine import job as _job
 from messagine import webhook as _webhook
 
 
@@ -10,3 +11,9 @@ from messagine import webhook as _webhook
 def webhook(request: flask.Request) -> tuple[str, int, dict[str, str]]:
     """Telegram's webhook: one update per request."""
     return _webhook.handle(request)
+
+
+@functions_framework.http
+def reminders(request: flask.Request) -> tuple[str, int, dict[str, str]]:
+    """The scheduled reminders job (Cloud Scheduler, every few minutes)."""
+    return _job.handle(request)

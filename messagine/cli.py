@@ -24,7 +24,7 @@ from messagine.telegram import TelegramError
 log = logging.getLogger("messagine.cli")
 
 MENU = ("find_chat", "next", "exit_chat", "set_language", "cancel_find", "report", "block",
-        "help", "about", "privacy", "mydata", "deleteme")
+        "help", "about", "reminders", "privacy", "mydata", "deleteme")
 """The command menu, in the order Telegram shows it."""
 
 # Telegram holds at most this many webhook connections open to us at once; each is one

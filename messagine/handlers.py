@@ -52,6 +52,7 @@ COMMANDS = {
     "mydata": ("mydata",),
     "deleteme": ("deleteme",),
     "analytics": ("analytics",),
+    "reminders": ("reminders",),
     "report": ("report",),
     "block": ("block",),
 }
@@ -86,6 +87,8 @@ def register(
         "mydata": lambda user, _a, _m, _u: privacy.my_data(user),
         "deleteme": lambda user, answer, _m, _u: privacy.ask_delete(user, answer),
         "analytics": lambda user, answer, message, _u: privacy.analytics_choice(
+            user, (message.text or "").partition(" ")[2], answer),
+        "reminders": lambda user, answer, message, _u: privacy.reminders_choice(
             user, (message.text or "").partition(" ")[2], answer),
         "report": lambda user, answer, _m, _u: moderation.ask_report(user, answer),
         "block": lambda user, answer, _m, update: moderation.block(user, answer, update),

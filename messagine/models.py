@@ -199,3 +199,22 @@ class ModerationStats:
     active_chats: int
     chats_today: int
     reports_today: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nudge:
+    """A user claimed for a reminder, with what the reminder depends on."""
+
+    user_id: int
+    language: str
+    state: str
+    """idle, waiting or chatting."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderRules:
+    """When users are nudged and when the lobby lets them go (seconds)."""
+
+    remind_after_s: float
+    lobby_timeout_s: float
+    run_budget_s: float

@@ -107,6 +107,7 @@ def export_document(records: UserRecords, generated_at: float) -> dict[str, Any]
         "settings": {
             "language": profile.get("language"),
             "analytics": "off" if profile.get("analytics_opt_out") else "on",
+            "reminders": "off" if profile.get("reminders_off") else "on",
             "age_confirmation": profile.get("age_answer"),
             "age_confirmation_at": _iso(profile.get("age_answered_at")),
             "blocked_the_bot": bool(profile.get("blocked")),
@@ -186,6 +187,20 @@ class Privacy:
                       exclusions=counts.get("exclusions", 0),
                       chats=counts.get("chats_anonymised", 0)))
         return "deleteme:deleted"
+
+    def reminders_choice(self, user: UserState, argument: str, answer: Answer) -> str:
+        """/reminders off|on; without an argument, the current state."""
+        t = self.catalog.for_language(user.language)
+        choice = argument.strip().lower()
+        if choice in ("off", "on"):
+            self.repository.set_reminders(user.user_id, enabled=choice == "on")
+            answer.send(t(f"reminders.{choice}"))
+            return f"reminders:{choice}"
+        records = self.repository.export_user(user.user_id)
+        off = bool(records and records.profile.get("reminders_off"))
+        answer.send(t("reminders.status", state=t("analytics.state_off" if off
+                                                  else "analytics.state_on")))
+        return "reminders:status"
 
     def analytics_choice(self, user: UserState, argument: str, answer: Answer) -> str:
         """/analytics off|on sets the objection; without an argument, the current state."""

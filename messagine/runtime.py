@@ -23,6 +23,7 @@ from messagine.moderation import Moderation, ModerationSettings
 from messagine.pipeline import Pipeline
 from messagine.privacy import Privacy, PrivacyTerms
 from messagine.relay import Relay
+from messagine.reminders import Reminders
 from messagine.settings import Settings
 from messagine.storage import open_repository
 from messagine.storage.port import Repository
@@ -39,6 +40,7 @@ class Runtime:
     catalog: Catalog
     pipeline: Pipeline
     analytics: Analytics
+    reminders: Reminders
 
 
 def build_runtime(
@@ -69,7 +71,8 @@ def build_runtime(
     retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
                           chats_s=settings.chat_retention_days * 86_400.0)
     pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics, retention)
-    return Runtime(settings, repository, telegram, catalog, pipeline, analytics)
+    reminders = Reminders(repository, telegram, catalog, settings.reminder_rules, clock)
+    return Runtime(settings, repository, telegram, catalog, pipeline, analytics, reminders)
 
 
 def open_analytics(settings: Settings) -> Analytics:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from messagine.flood import FloodRule
+from messagine.models import ReminderRules
 
 DEFAULT_API_URL = "https://api.telegram.org"
 STORAGE_CHOICES = ("auto", "sqlite", "mongo", "firestore")
@@ -65,6 +66,8 @@ class Settings:
     flood_rule: FloodRule
     admin_chat_id: int | None
     report_window_s: float
+    job_secret: Secret | None
+    reminder_rules: ReminderRules
     admin_ids: frozenset[int]
     recent_partners: int
     telegram_timeout_s: float
@@ -130,6 +133,11 @@ class Settings:
         flood_limit = _int(env, "FLOOD_LIMIT", 3, 1, 10_000, problems)
         admin_chat = _one_id(env, "ADMIN_CHAT_ID", problems)
         report_window = _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems)
+        job_secret = env.get("JOB_SECRET", "").strip()
+        reminder_rules = ReminderRules(
+            remind_after_s=_int(env, "REMINDER_AFTER_HOURS", 24, 1, 24 * 90, problems) * 3600.0,
+            lobby_timeout_s=_int(env, "LOBBY_TIMEOUT_HOURS", 12, 1, 24 * 30, problems) * 3600.0,
+            run_budget_s=float(_int(env, "REMINDER_RUN_SECONDS", 240, 5, 3000, problems)))
         flood_window = _int(env, "FLOOD_WINDOW_SECONDS", 3, 1, 3600, problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
 
@@ -161,6 +169,8 @@ class Settings:
             flood_rule=FloodRule(limit=flood_limit, window_s=float(flood_window)),
             admin_chat_id=admin_chat,
             report_window_s=report_window * 60.0,
+            job_secret=Secret(job_secret) if job_secret else None,
+            reminder_rules=reminder_rules,
             admin_ids=frozenset(admin_ids),
             recent_partners=recent,
             telegram_timeout_s=float(timeout),

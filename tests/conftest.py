@@ -175,7 +175,7 @@ def free_port() -> int:
 class FunctionServer:
     """``functions-framework --target webhook`` serving main.py in a subprocess."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1, target: str = "webhook") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         full_env = {**os.environ, **env, "WORKERS": str(workers), "THREADS": "8",
@@ -186,7 +186,7 @@ class FunctionServer:
         self.trace_id = ""
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "webhook",
+            [sys.executable, "-m", "functions_framework", "--target", target,
              "--source", str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )

@@ -31,7 +31,7 @@ def test_set_commands_sends_the_menu(fake_api: FakeBotApi, tmp_path: Path):
     assert len(calls) == 1 and "language_code" not in calls[0].params
     names = [c["command"] for c in calls[0].params["commands"]]
     assert names == ["find_chat", "next", "exit_chat", "set_language", "cancel_find", "report",
-                     "block", "help", "about", "privacy", "mydata", "deleteme"]
+                     "block", "help", "about", "reminders", "privacy", "mydata", "deleteme"]
     assert all(c["description"] for c in calls[0].params["commands"])
 
 

@@ -34,18 +34,27 @@ def filled(text: str, **overrides: str) -> str:
                   text)
 
 
-def deploy_args(**overrides: str) -> list[str]:
-    return [filled(arg, **overrides) for arg in step("deploy")["args"]]
+def deploy_args(step_id: str = "deploy", **overrides: str) -> list[str]:
+    return [filled(arg, **overrides) for arg in step(step_id)["args"]]
 
 
-def flag(name: str) -> str:
-    return next(a.split("=", 1)[1] for a in deploy_args() if a.startswith(f"--{name}="))
+def flag(name: str, step_id: str = "deploy") -> str:
+    return next(a.split("=", 1)[1] for a in deploy_args(step_id)
+                if a.startswith(f"--{name}="))
 
 
-def test_the_entry_point_exists_in_main():
+@pytest.mark.parametrize("step_id", ["deploy", "deploy-reminders"])
+def test_the_entry_point_exists_in_main(step_id: str):
     functions = {node.name for node in ast.parse((ROOT / "main.py").read_text()).body
                  if isinstance(node, ast.FunctionDef)}
-    assert flag("entry-point") in functions
+    assert flag("entry-point", step_id) in functions
+
+
+def test_the_reminders_job_is_private_and_has_its_secret():
+    args = deploy_args("deploy-reminders")
+    assert "--no-allow-unauthenticated" in args and "--allow-unauthenticated" not in args
+    secrets = {pair.split("=")[0] for pair in flag("set-secrets", "deploy-reminders").split(",")}
+    assert {"TELEGRAM_TOKEN", "JOB_SECRET", "MONGODB_URI"} <= secrets
 
 
 def test_the_timeout_is_below_telegrams_wait():
@@ -80,13 +89,14 @@ def test_the_webhook_step_gets_the_secrets_it_uses():
 
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
-@pytest.mark.parametrize("analytics", ["", ANALYTICS])
+@pytest.mark.parametrize(("step_id", "analytics"), [
+    ("deploy", ""), ("deploy", ANALYTICS), ("deploy-reminders", "")])
 def test_gcloud_accepts_the_deploy_command_and_fails_only_for_lack_of_an_account(
-    tmp_path: Path, analytics: str
+    tmp_path: Path, step_id: str, analytics: str
 ):
     env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
-    args = deploy_args(_ANALYTICS_SECRETS=analytics)
+    args = deploy_args(step_id, _ANALYTICS_SECRETS=analytics)
     result = subprocess.run(["gcloud", *args, "--project=demo-project"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0

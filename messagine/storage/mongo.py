@@ -49,6 +49,7 @@ from messagine.models import (
     MatchResult,
     MessageLink,
     ModerationStats,
+    Nudge,
     OpenedUpdate,
     Profile,
     Report,
@@ -66,7 +67,7 @@ Document = dict[str, Any]
 # one update of a chat at a time and re-sends that one until it succeeds, so a re-delivery
 # is always among the newest few.
 _RECENT_UPDATES = 50
-_SCHEMA_VERSION = 4
+_SCHEMA_VERSION = 5
 _LOCK_LEASE_S = 5.0
 _LOCK_WAIT_S = 8.0
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
@@ -168,6 +169,8 @@ class MongoRepository:
         db.chats.create_index("expires_at", name="chats_ttl", expireAfterSeconds=0)
         db.chats.create_index("started_at", name="chats_by_start")
         db.reports.create_index("created_at", name="reports_by_time")
+        db.users.create_index([("nudge_pending", 1), ("last_seen", 1)], name="users_due_for_nudge")
+        db.lobby.create_index("since", name="lobby_by_since")
         db.claimed_updates.create_index(
             "claimed_at", name="claims_ttl", expireAfterSeconds=self._update_retention_s)
         db.meta.replace_one({"_id": "schema"}, {"version": _SCHEMA_VERSION}, upsert=True)
@@ -400,6 +403,65 @@ class MongoRepository:
             chats_today=db.chats.count_documents({"started_at": {"$gte": since}}),
             reports_today=db.reports.count_documents({"created_at": {"$gte": since}}),
         )
+
+    def _due(self, idle_before: float) -> dict[str, Any]:
+        return {"nudge_pending": True, "last_seen": {"$lt": idle_before}}
+
+    @_unavailable_as_storage_error
+    def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
+        """See ``Repository.claim_nudges``: each user claimed by one conditional update."""
+        claimed: list[Nudge] = []
+        while len(claimed) < limit:
+            doc = self.db.users.find_one_and_update(
+                {**self._due(idle_before), "blocked": False, "banned": False,
+                 "reminders_off": {"$ne": True}},
+                {"$set": {"nudge_pending": False, "reminded_at": now}},
+                projection={"language": 1, "chat": 1, "waiting_since": 1},
+                sort=[("last_seen", 1)])
+            if doc is None:
+                break
+            state = ("chatting" if doc.get("chat") else
+                     "waiting" if doc.get("waiting_since") is not None else "idle")
+            claimed.append(Nudge(int(doc["_id"]), doc["language"], state))
+        return claimed
+
+    @_unavailable_as_storage_error
+    def release_nudge(self, user_id: int) -> None:
+        """See ``Repository.release_nudge``."""
+        self.db.users.update_one({"_id": user_id}, {"$set": {"nudge_pending": True}})
+
+    @_unavailable_as_storage_error
+    def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
+        """See ``Repository.count_idle_excluded``."""
+        users = self.db.users
+        due = self._due(idle_before)
+        return {
+            "blocked": users.count_documents({**due, "blocked": True}),
+            "banned": users.count_documents({**due, "blocked": False, "banned": True}),
+            "opted_out": users.count_documents({**due, "blocked": False, "banned": False,
+                                                "reminders_off": True}),
+        }
+
+    @_unavailable_as_storage_error
+    def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.expire_lobby``: each removal under its pool's lease."""
+        expired: list[tuple[int, str]] = []
+        for entry in list(self.db.lobby.find({"since": {"$lt": waiting_before}},
+                                             {"language": 1}).sort("since", 1).limit(limit)):
+            with self._pool_lock(entry["language"]):
+                removed = self.db.lobby.delete_one(
+                    {"_id": entry["_id"], "since": {"$lt": waiting_before}}).deleted_count
+                if removed:
+                    self.db.users.update_one({"_id": entry["_id"], "chat": None},
+                                             {"$set": {"waiting_since": None}})
+            if removed:
+                expired.append((int(entry["_id"]), entry["language"]))
+        return expired
+
+    @_unavailable_as_storage_error
+    def set_reminders(self, user_id: int, enabled: bool) -> None:
+        """See ``Repository.set_reminders``."""
+        self.db.users.update_one({"_id": user_id}, {"$set": {"reminders_off": not enabled}})
 
     @_unavailable_as_storage_error
     def count_messages(self, chat_id: int) -> dict[int, int]:
@@ -672,6 +734,7 @@ def _open_update_pipeline(
             "username": {"$literal": profile.username},
             "language_code": {"$literal": profile.language_code},
             "last_seen": now,
+            "nudge_pending": True,
             "first_seen": _if_null("first_seen", now),
             "language": _if_null("language", default_language),
             "blocked": _if_null("blocked", False),

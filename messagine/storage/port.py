@@ -18,6 +18,7 @@ from messagine.models import (
     MatchResult,
     MessageLink,
     ModerationStats,
+    Nudge,
     OpenedUpdate,
     Profile,
     Report,
@@ -158,6 +159,34 @@ class Repository(Protocol):
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """Totals for /stats; "today" is from ``since``."""
+        ...
+
+    def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
+        """Claim up to ``limit`` users inactive since before ``idle_before`` for a reminder.
+
+        Only users active since their last reminder (one per idle period), not blocked,
+        not banned and not opted out. Each claim is atomic: two runs at once never claim
+        the same user.
+        """
+        ...
+
+    def release_nudge(self, user_id: int) -> None:
+        """Give back a claimed reminder that could not be sent (the next run tries again)."""
+        ...
+
+    def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
+        """How many due users no reminder goes to, by reason (blocked, banned, opted_out)."""
+        ...
+
+    def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
+        """Take out of the lobby up to ``limit`` users waiting since before ``waiting_before``.
+
+        Returns (user, language) for each one this call removed.
+        """
+        ...
+
+    def set_reminders(self, user_id: int, enabled: bool) -> None:
+        """Record the user's choice of /reminders on or off."""
         ...
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:

@@ -27,6 +27,7 @@ from messagine.models import (
     MatchResult,
     MessageLink,
     ModerationStats,
+    Nudge,
     OpenedUpdate,
     Profile,
     Report,
@@ -51,7 +52,10 @@ CREATE TABLE IF NOT EXISTS users (
     analytics_opt_out INTEGER NOT NULL DEFAULT 0,
     age_answer TEXT,
     age_answered_at REAL,
-    flood TEXT
+    flood TEXT,
+    reminders_off INTEGER NOT NULL DEFAULT 0,
+    nudge_pending INTEGER NOT NULL DEFAULT 1,
+    reminded_at REAL
 );
 CREATE TABLE IF NOT EXISTS claimed_updates (
     update_id INTEGER PRIMARY KEY,
@@ -113,6 +117,12 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_by_time ON reports (created_at);
 CREATE INDEX IF NOT EXISTS chats_by_start ON chats (started_at);
+CREATE INDEX IF NOT EXISTS lobby_by_since ON lobby (since);
+"""
+
+# Indexes on columns that _ADDED_COLUMNS may have just added.
+_LATE_INDEXES = """
+CREATE INDEX IF NOT EXISTS users_due_for_nudge ON users (nudge_pending, last_seen);
 """
 
 # Columns added after a table was first created: (table, column, definition).
@@ -121,6 +131,9 @@ _ADDED_COLUMNS = (
     ("users", "age_answer", "TEXT"),
     ("users", "age_answered_at", "REAL"),
     ("users", "flood", "TEXT"),
+    ("users", "reminders_off", "INTEGER NOT NULL DEFAULT 0"),
+    ("users", "nudge_pending", "INTEGER NOT NULL DEFAULT 1"),
+    ("users", "reminded_at", "REAL"),
 )
 
 # The state of one user: profile flags, their chat (seen from their side) and lobby entry.
@@ -197,6 +210,7 @@ class SqliteRepository:
                     existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
                     if column not in existing:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                conn.executescript(_LATE_INDEXES)
                 self._schema_ready = True
 
     @contextmanager
@@ -295,7 +309,7 @@ class SqliteRepository:
                 ON CONFLICT (id) DO UPDATE SET
                     first_name = excluded.first_name, last_name = excluded.last_name,
                     username = excluded.username, language_code = excluded.language_code,
-                    last_seen = excluded.last_seen, flood = excluded.flood
+                    last_seen = excluded.last_seen, flood = excluded.flood, nudge_pending = 1
                 """,
                 (profile.user_id, profile.first_name, profile.last_name, profile.username,
                  profile.language_code, default_language, now, now,
@@ -473,6 +487,53 @@ class SqliteRepository:
                           (SELECT count(*) FROM reports WHERE created_at >= :since)""",
                 {"since": since}).fetchone()
         return ModerationStats(*row)
+
+    def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
+        """See ``Repository.claim_nudges``: select and mark in one IMMEDIATE transaction."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                """SELECT u.id, u.language,
+                          CASE WHEN m.user_id IS NOT NULL THEN 'chatting'
+                               WHEN l.user_id IS NOT NULL THEN 'waiting' ELSE 'idle' END
+                   FROM users u
+                   LEFT JOIN memberships m ON m.user_id = u.id
+                   LEFT JOIN lobby l ON l.user_id = u.id
+                   WHERE u.nudge_pending = 1 AND u.last_seen < ? AND u.blocked = 0
+                     AND u.banned = 0 AND u.reminders_off = 0
+                   ORDER BY u.last_seen LIMIT ?""", (idle_before, limit)).fetchall()
+            conn.executemany("UPDATE users SET nudge_pending = 0, reminded_at = ? WHERE id = ?",
+                             [(now, row[0]) for row in rows])
+        return [Nudge(int(uid), language, state) for uid, language, state in rows]
+
+    def release_nudge(self, user_id: int) -> None:
+        """See ``Repository.release_nudge``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET nudge_pending = 1 WHERE id = ?", (user_id,))
+
+    def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
+        """See ``Repository.count_idle_excluded``."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                """SELECT coalesce(sum(blocked), 0),
+                          coalesce(sum(banned AND NOT blocked), 0),
+                          coalesce(sum(reminders_off AND NOT blocked AND NOT banned), 0)
+                   FROM users WHERE nudge_pending = 1 AND last_seen < ?""",
+                (idle_before,)).fetchone()
+        return {"blocked": int(row[0]), "banned": int(row[1]), "opted_out": int(row[2])}
+
+    def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.expire_lobby``."""
+        with self._transaction() as conn:
+            rows = conn.execute("SELECT user_id, language FROM lobby WHERE since < ?"
+                                " ORDER BY since LIMIT ?", (waiting_before, limit)).fetchall()
+            conn.executemany("DELETE FROM lobby WHERE user_id = ?", [(r[0],) for r in rows])
+        return [(int(user_id), language) for user_id, language in rows]
+
+    def set_reminders(self, user_id: int, enabled: bool) -> None:
+        """See ``Repository.set_reminders``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET reminders_off = ? WHERE id = ?",
+                         (int(not enabled), user_id))
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""

@@ -1,0 +1,166 @@
+"""Reminders and lobby hygiene: the scheduled job behind the ``reminders`` entry point.
+
+Cloud Scheduler calls it every few minutes. A run takes waiting users out of the lobby
+after LOBBY_TIMEOUT_HOURS, then nudges users inactive for REMINDER_AFTER_HOURS, once per
+idle period, in their language, with the button that acts on their state. Users are
+claimed atomically in small batches just before they are sent to, so overlapping runs
+never remind anyone twice and a run that stops at its deadline leaves the rest to the next.
+Sends are paced at 14 per second, so that even two overlapping runs stay under Telegram's
+30 messages per second; a 429 is waited out when the deadline allows, otherwise the claim
+is given back and the run stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from messagine import keyboards
+from messagine.catalog import Catalog
+from messagine.models import Nudge, ReminderRules
+from messagine.storage.port import Repository
+from messagine.telegram import (
+    Keyboard,
+    Telegram,
+    TelegramBlocked,
+    TelegramError,
+    TelegramUnavailable,
+    reset_deadline,
+    set_deadline,
+)
+
+log = logging.getLogger("messagine.reminders")
+
+BATCH = 20
+# Telegram allows about 30 messages per second for the whole bot: a run sends at most 14,
+# so even two overlapping runs stay under it, and live chats keep some room.
+MESSAGES_PER_SECOND = 14.0
+
+
+@dataclass
+class RunSummary:
+    """What a run did; the job answers it as JSON and logs it on one line."""
+
+    sent: int = 0
+    lobby_timeouts: int = 0
+    failed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return {"sent": self.sent, "lobby_timeouts": self.lobby_timeouts,
+                "failed": self.failed, "skipped": self.skipped,
+                "stopped_early": self.stopped_early}
+
+
+class Pacer:
+    """Spaces sends at most ``rate`` per second (sleeping, since the run owns the request)."""
+
+    def __init__(self, rate: float, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._interval = 1.0 / rate
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._next = 0.0
+
+    def wait(self) -> None:
+        """Block until the next send is allowed."""
+        now = self._monotonic()
+        if now < self._next:
+            self._sleep(self._next - now)
+            now = self._next
+        self._next = now + self._interval
+
+
+class Reminders:
+    """One run of the reminders job."""
+
+    def __init__(self, repository: Repository, telegram: Telegram, catalog: Catalog,
+                 rules: ReminderRules, clock: Callable[[], float]) -> None:
+        self.repository = repository
+        self.telegram = telegram
+        self.catalog = catalog
+        self.rules = rules
+        self.clock = clock
+
+    def run(self) -> RunSummary:
+        """Time out the lobby, then nudge, until done or the run's budget is spent."""
+        deadline = time.monotonic() + self.rules.run_budget_s
+        token = set_deadline(deadline)
+        summary = RunSummary()
+        pacer = Pacer(MESSAGES_PER_SECOND)
+        try:
+            self._lobby_timeouts(summary, pacer, deadline)
+            idle_before = self.clock() - self.rules.remind_after_s
+            summary.skipped = self.repository.count_idle_excluded(idle_before)
+            while not summary.stopped_early:
+                if time.monotonic() > deadline - 1.0:
+                    summary.stopped_early = True
+                    break
+                batch = self.repository.claim_nudges(idle_before, self.clock(), BATCH)
+                if not batch:
+                    break
+                for position, nudge in enumerate(batch):
+                    if summary.stopped_early or time.monotonic() > deadline - 1.0:
+                        for unsent in batch[position:]:
+                            self.repository.release_nudge(unsent.user_id)
+                        summary.stopped_early = True
+                        break
+                    pacer.wait()
+                    self._nudge(nudge, summary)
+        finally:
+            reset_deadline(token)
+        log.info("reminders run: %s", summary.as_dict(), extra={"json_fields": {
+            "reminders": summary.as_dict()}})
+        return summary
+
+    def _lobby_timeouts(self, summary: RunSummary, pacer: Pacer, deadline: float) -> None:
+        waiting_before = self.clock() - self.rules.lobby_timeout_s
+        while time.monotonic() < deadline - 1.0:
+            expired = self.repository.expire_lobby(waiting_before, BATCH)
+            if not expired:
+                return
+            for user_id, language in expired:
+                t = self.catalog.for_language(language)
+                pacer.wait()
+                if self._send(user_id, t("lobby.timeout"), keyboards.idle(t), summary):
+                    summary.lobby_timeouts += 1
+
+    def _nudge(self, nudge: Nudge, summary: RunSummary) -> None:
+        t = self.catalog.for_language(nudge.language)
+        text, keyboard = {
+            "idle": (t("reminder.idle"), keyboards.idle(t)),
+            "waiting": (t("reminder.waiting"), keyboards.lobby(t)),
+            "chatting": (t("reminder.chatting"), keyboards.in_chat(t)),
+        }[nudge.state]
+        try:
+            self.telegram.send_text(nudge.user_id, text, keyboard)
+        except TelegramUnavailable:
+            self.repository.release_nudge(nudge.user_id)  # the next run tries again
+            summary.failed += 1
+            summary.stopped_early = True
+            return
+        except TelegramBlocked:
+            self.repository.set_blocked(nudge.user_id, blocked=True)
+            summary.failed += 1
+            return
+        except TelegramError:
+            summary.failed += 1
+            return
+        summary.sent += 1
+
+    def _send(self, user_id: int, text: str, keyboard: Keyboard, summary: RunSummary) -> bool:
+        try:
+            self.telegram.send_text(user_id, text, keyboard)
+        except TelegramBlocked:
+            self.repository.set_blocked(user_id, blocked=True)
+            summary.failed += 1
+            return False
+        except TelegramError:
+            summary.failed += 1
+            return False
+        return True
