@@ -21,6 +21,7 @@ from conftest import (
     mongo_database_name,
 )
 from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.flood import FloodRule
 from messagine.runtime import LazyRuntime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.mongo import MongoRepository
@@ -60,7 +61,8 @@ def test_a_relayed_text_costs_two_commands(fake_api: FakeBotApi, tmp_path: Path,
     def client(*args: Any, **kwargs: Any) -> Any:
         return pymongo.MongoClient(*args, event_listeners=[counter], **kwargs)
 
-    repository = MongoRepository(mongo_uri, database, client_factory=client)
+    repository = MongoRepository(mongo_uri, database, client_factory=client,
+                                 flood_rule=FloodRule(limit=10_000))
     settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
     runtime = build_runtime(settings, repository=repository)
     alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
@@ -166,7 +168,7 @@ def test_an_outage_answers_503_and_loses_or_doubles_nothing(
         pytest.skip("no mongoeco environment to stop and restart")
     server = MongoServer(python, tmp_path / "outage.sqlite3")
     try:
-        repository = MongoRepository(server.uri, "outage")
+        repository = MongoRepository(server.uri, "outage", flood_rule=FloodRule(limit=10_000))
         settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
         runtime = build_runtime(settings, repository=repository)
         alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")

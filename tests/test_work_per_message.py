@@ -13,9 +13,13 @@ from typing import Any
 
 from conftest import bot_env
 from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.flood import FloodRule
 from messagine.runtime import build_runtime
 from messagine.settings import Settings
 from messagine.storage.sqlite import SqliteRepository
+
+
+UNLIMITED = FloodRule(limit=10_000)
 
 
 class RecordingRepository:
@@ -43,7 +47,7 @@ def test_a_relayed_text_costs_one_bot_api_call_and_two_round_trips(
     fake_api: FakeBotApi, tmp_path: Path
 ):
     path = tmp_path / "count.sqlite3"
-    repository = RecordingRepository(SqliteRepository(path))
+    repository = RecordingRepository(SqliteRepository(path, flood_rule=UNLIMITED))
     runtime = build_runtime(Settings.from_env(bot_env(fake_api, path)),
                             repository=repository)  # type: ignore[arg-type]
     alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
