@@ -1,8 +1,9 @@
-"""The command line: ``python -m messagine <command>``.
+"""The command line: ``python -m messagine [command]``.
 
-poll (long polling, the way to run the bot on one's own machine), serve (the webhook on a
-local port), set-commands, set-webhook, delete-webhook, webhook-info and init-db. Each
-command reads the same settings as the function and fails with a clear message.
+sandbox (the default without TELEGRAM_TOKEN: the bot in a browser page, no network), poll
+(the default with a token: long polling), serve (the webhook on a local port),
+set-commands, set-webhook, delete-webhook, webhook-info and init-db. Each command reads the
+same settings as the function and fails with a clear message.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ WEBHOOK_MAX_CONNECTIONS = 40
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m messagine", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
+    sandbox = commands.add_parser(
+        "sandbox", help="try the bot in the browser: no token, no network (the default "
+        "when TELEGRAM_TOKEN is not set)")
+    sandbox.add_argument("--port", type=int, default=8080)
+    sandbox.add_argument("--no-browser", action="store_true", help="do not open a browser")
     poll = commands.add_parser("poll", help="run the bot with long polling (no webhook)")
     poll.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)
     serve = commands.add_parser("serve", help="serve the webhook on a local port")
@@ -48,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("webhook-info", help="print Telegram's view of the webhook")
     commands.add_parser("init-db", help="create the storage schema and indexes")
     args = parser.parse_args(argv)
+    if args.command is None:
+        args.command = "poll" if os.environ.get("TELEGRAM_TOKEN") else "sandbox"
+        args.port, args.no_browser, args.max_batches = 8080, False, None
+    if args.command == "sandbox":
+        from messagine.dev import sandbox as local_sandbox  # noqa: PLC0415 - never deployed
+
+        return local_sandbox.run(args.port, open_browser=not args.no_browser)
 
     try:
         settings = Settings.from_env(require_webhook_secret=args.command == "set-webhook")

@@ -119,3 +119,40 @@ def test_serve_runs_the_webhook_locally(fake_api: FakeBotApi, tmp_path: Path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_the_readme_run_command_without_a_token_brings_up_the_sandbox(tmp_path: Path):
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8080)) == 0:
+            pytest.skip("port 8080 is taken on this machine")
+    env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "MONGODB_URI")}
+    # BROWSER=true makes the "open a browser" step a no-op here.
+    server = subprocess.Popen([sys.executable, "-m", "messagine"], cwd=tmp_path,
+                              env={**env, "PYTHONPATH": str(ROOT), "BROWSER": "true"},
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        assert "http://127.0.0.1:8080/" in server.stdout.readline()
+        for _ in range(100):
+            try:
+                page = requests.get("http://127.0.0.1:8080/", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert page.status_code == 200 and "Messagine sandbox" in page.text
+        state = requests.get("http://127.0.0.1:8080/api/state", timeout=5).json()
+        assert [u["name"] for u in state["users"]] == ["Alice", "Bob"]
+        sent = requests.post("http://127.0.0.1:8080/api/act", timeout=10,
+                             json={"user": state["users"][0]["id"], "kind": "text",
+                                   "text": "/start"})
+        assert sent.json() == {"status": 200}
+    finally:
+        server.terminate()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()

@@ -18,7 +18,6 @@ from messagine.runtime import build_runtime
 from messagine.settings import Settings
 from messagine.storage.sqlite import SqliteRepository
 
-
 UNLIMITED = FloodRule(limit=10_000)
 
 
