@@ -166,6 +166,8 @@ class UserRecords:
     messages: list[MessageLink] = field(default_factory=list)
     exclusions: list[tuple[int, str, float]] = field(default_factory=list)
     """(other user, reason, time) for each pair this user excluded (block or report)."""
+    reports: list[tuple[int, str, float, str]] = field(default_factory=list)
+    """(reported user, reason, time, status) for each report this user made."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,7 +128,7 @@ class Pipeline:
         except StorageUnavailable:
             log.exception("storage unavailable while claiming update %s", update_id)
             return Result(503, "retry:storage"), content_type
-        stopped = self._stop_before_dispatch(opened)
+        stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
         if stopped is not None:
             return stopped, content_type
         ctx = context.UpdateContext(update_id, kind, content_type, opened.user)
@@ -151,8 +151,9 @@ class Pipeline:
             self.analytics.flush()
         return Result(200, ctx.outcome), content_type
 
-    def _stop_before_dispatch(self, opened: OpenedUpdate) -> Result | None:
-        """Re-deliveries, floods and banned users go no further than this."""
+    def _stop_before_dispatch(self, opened: OpenedUpdate, privacy_request: bool
+                              ) -> Result | None:
+        """Re-deliveries, floods and banned users (but for their privacy rights) stop here."""
         if opened.duplicate:
             return Result(200, "duplicate")
         user = opened.user
@@ -160,7 +161,7 @@ class Pipeline:
             if opened.warn and user is not None:
                 self._tell(user.user_id, user.language, "flood.slow_down")
             return Result(200, "throttled:warned" if opened.warn else "throttled")
-        if user is not None and user.banned:
+        if user is not None and user.banned and not privacy_request:
             self._tell(user.user_id, user.language, "banned.notice")
             return Result(200, "banned")
         return None
@@ -202,6 +203,19 @@ class Pipeline:
             self.telegram.send_text(chat_id, self.catalog.for_language(language)(key))
         except TelegramError as error:
             log.warning("could not send %s: %s %s", key, error.method, error.code)
+
+
+PRIVACY_COMMANDS = ("/privacy", "/mydata", "/deleteme")
+PRIVACY_BUTTONS = ("deleteme:yes", "deleteme:no")
+
+
+def _is_privacy_request(update: types.Update, kind: str) -> bool:
+    """Privacy rights stay with everyone, banned users included."""
+    item = getattr(update, kind)
+    if kind == "callback_query":
+        return str(item.data or "") in PRIVACY_BUTTONS
+    text = (getattr(item, "text", None) or "").split(maxsplit=1)
+    return kind == "message" and bool(text) and text[0].split("@")[0] in PRIVACY_COMMANDS
 
 
 def _sender_and_chat(

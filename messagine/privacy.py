@@ -124,7 +124,9 @@ def export_document(records: UserRecords, generated_at: float) -> dict[str, Any]
         "blocked_users": [
             {"user": label(other), "reason": reason, "at": _iso(at)}
             for other, reason, at in records.exclusions],
-        "reports": [],
+        "reports": [
+            {"about": label(reported), "reason": reason, "at": _iso(at), "status": status}
+            for reported, reason, at, status in records.reports],
     }
 
 

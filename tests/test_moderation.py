@@ -98,7 +98,8 @@ def test_admins_ban_and_unban_and_banned_users_get_one_short_answer(
     fake_api.reset_calls()
     for update in (bob.text("hello?"), bob.command("find_chat"), bob.command("start")):
         assert process(update).outcome == "banned"
-    assert [c.params["text"] for c in fake_api.calls] == ["You are banned from Messagine."] * 3
+    assert [c.params["text"] for c in fake_api.calls] == [
+        "You are banned from Messagine. /privacy, /mydata and /deleteme still work."] * 3
     state = bot.repository.get_user(BOB)
     assert state is not None and state.banned and not state.waiting and state.chat is None
 

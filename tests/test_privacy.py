@@ -263,3 +263,29 @@ def test_mongo_expires_records_with_ttl_indexes(mongo_uri: str, clock: Clock):
         client: pymongo.MongoClient[Any] = repository.db.client
         client.drop_database(name)
         repository.close()
+
+
+def test_reports_are_in_mydata_and_a_ban_outlives_erasure(make_bot, fake_api: FakeBotApi):
+    bot = make_bot(ADMIN_IDS="1")
+    process = bot.pipeline.process
+    alice, bob = fake_api.user(ALICE, "Alice"), fake_api.user(BOB, "Bob")
+    for update in (alice.command("find_chat"), bob.command("find_chat"), bob.text("spam"),
+                   alice.command("report")):
+        process(update)
+    process(alice.press_button("Spam"))
+    process(alice.command("mydata"))
+    data = json.loads(alice.last()["document"]["content"])
+    assert [(r["about"], r["reason"], r["status"]) for r in data["reports"]] == \
+        [("partner-1", "spam", "open")]
+
+    process(fake_api.user(1, "Admin").command(f"ban {BOB} spam"))
+    process(bob.command("deleteme"))
+    process(bob.press_button("Delete everything"))
+    stored = everything_stored(bot)
+    assert "Bob" not in stored, "the banned user's profile is gone"
+    assert process(bob.command("start")).outcome == "banned", "the ban stays"
+
+    process(alice.command("deleteme"))
+    process(alice.press_button("Delete everything"))
+    assert ALICE not in everything_stored(bot), "the reporter is not kept with the report"
+    assert BOB in everything_stored(bot), "the report about Bob stays, for safety"

@@ -67,7 +67,7 @@ Document = dict[str, Any]
 # one update of a chat at a time and re-sends that one until it succeeds, so a re-delivery
 # is always among the newest few.
 _RECENT_UPDATES = 50
-_SCHEMA_VERSION = 5
+_SCHEMA_VERSION = 6
 _LOCK_LEASE_S = 5.0
 _LOCK_WAIT_S = 8.0
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
@@ -169,6 +169,7 @@ class MongoRepository:
         db.chats.create_index("expires_at", name="chats_ttl", expireAfterSeconds=0)
         db.chats.create_index("started_at", name="chats_by_start")
         db.reports.create_index("created_at", name="reports_by_time")
+        db.reports.create_index("reporter_id", name="reports_by_reporter")
         db.users.create_index([("nudge_pending", 1), ("last_seen", 1)], name="users_due_for_nudge")
         db.lobby.create_index("since", name="lobby_by_since")
         db.claimed_updates.create_index(
@@ -300,7 +301,8 @@ class MongoRepository:
             int(c["_id"]), next((int(u) for u in c["users"] if u != user_id), 0),
             c["language"], c["started_at"], c.get("ended_at"), c.get("end_reason"),
             None if c.get("ended_by") is None else c["ended_by"] == user_id)
-            for c in self.db.chats.find({"users": user_id}).sort("started_at", 1)]
+            for c in self.db.chats.find({"users": user_id}).sort(
+                [("started_at", 1), ("opened_by_update", 1)])]
         messages = [MessageLink(d["chat_id"], d["sender_id"], d["sender_message_id"],
                                 d["recipient_id"], d["copy_message_id"], d["content_type"],
                                 d["sent_at"])
@@ -308,7 +310,9 @@ class MongoRepository:
                         "sent_at", 1)]
         exclusions = [(int(e["other_id"]), e["reason"], e["created_at"])
                       for e in self.db.exclusions.find({"user_id": user_id})]
-        return UserRecords(profile, chats, messages, exclusions)
+        reports = [(int(r["reported_id"]), r["reason"], r["created_at"], r["status"])
+                   for r in self.db.reports.find({"reporter_id": user_id}).sort("created_at", 1)]
+        return UserRecords(profile, chats, messages, exclusions, reports)
 
     @_unavailable_as_storage_error
     def delete_user(self, user_id: int) -> dict[str, int]:
@@ -331,7 +335,17 @@ class MongoRepository:
             db.chats.update_one({"_id": chat["_id"]}, {"$set": update})
             counts["chats_anonymised"] += 1
         db.users.update_many({"chat.partner": user_id}, {"$set": {"chat": None}})
-        counts["profile"] = db.users.delete_one({"_id": user_id}).deleted_count
+        for report in db.reports.find({"reporter_id": user_id}, {"_id": 1}):
+            db.reports.update_one({"_id": report["_id"]},
+                                  {"$set": {"reporter_id": -secrets.randbits(62) - 1}})
+        # A ban outlives erasure, or /deleteme would lift it: the document keeps only the
+        # id and the ban. Reports about the user stay too (the policy says why).
+        counts["kept_for_ban"] = db.users.replace_one(
+            {"_id": user_id, "banned": True},
+            {"banned": True, "blocked": False, "language": "en", "chat": None,
+             "waiting_since": None, "first_name": "", "first_seen": 0.0, "last_seen": 0.0}
+        ).modified_count
+        counts["profile"] = db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
         return counts
 
     def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
@@ -342,7 +356,8 @@ class MongoRepository:
     @_unavailable_as_storage_error
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
-        found = list(self.db.chats.find({"users": user_id}).sort("started_at", -1).limit(1))
+        found = list(self.db.chats.find({"users": user_id}).sort(
+            [("started_at", -1), ("opened_by_update", -1)]).limit(1))
         if not found:
             return None
         chat = found[0]

@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS reports (
     status TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reports_by_time ON reports (created_at);
+CREATE INDEX IF NOT EXISTS reports_by_reporter ON reports (reporter_id);
 CREATE INDEX IF NOT EXISTS chats_by_start ON chats (started_at);
 CREATE INDEX IF NOT EXISTS lobby_by_since ON lobby (since);
 """
@@ -384,9 +385,13 @@ class SqliteRepository:
                         (user_id,))]
                 exclusions = [(r["other_id"], r["reason"], r["created_at"]) for r in conn.execute(
                     "SELECT * FROM exclusions WHERE user_id = ?", (user_id,))]
+                reports = [(r["reported_id"], r["reason"], r["created_at"], r["status"])
+                           for r in conn.execute(
+                               "SELECT * FROM reports WHERE reporter_id = ? ORDER BY id",
+                               (user_id,))]
             finally:
                 conn.row_factory = None
-        return UserRecords(profile, chats, messages, exclusions)
+        return UserRecords(profile, chats, messages, exclusions, reports)
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
@@ -409,7 +414,15 @@ class SqliteRepository:
             counts["chats_anonymised"] = sum(
                 conn.execute(f"UPDATE chats SET {column} = {tombstone} WHERE {column} = ?",
                              (user_id,)).rowcount for column in ("user_a", "user_b"))
-            counts["profile"] = conn.execute("DELETE FROM users WHERE id = ?",
+            conn.execute(f"UPDATE reports SET reporter_id = {tombstone} WHERE reporter_id = ?",
+                         (user_id,))
+            # A ban outlives erasure, or /deleteme would lift it: the row keeps only the
+            # id and the ban. Reports about the user stay too (the policy says why).
+            counts["kept_for_ban"] = conn.execute(
+                "UPDATE users SET first_name = '', last_name = NULL, username = NULL,"
+                " language_code = NULL, flood = NULL, age_answer = NULL,"
+                " age_answered_at = NULL WHERE id = ? AND banned = 1", (user_id,)).rowcount
+            counts["profile"] = conn.execute("DELETE FROM users WHERE id = ? AND banned = 0",
                                              (user_id,)).rowcount
         return counts
 
