@@ -12,6 +12,8 @@ import gettext
 import threading
 from pathlib import Path
 
+from messagine.models import UserState
+
 LOCALE_DIR = Path(__file__).parent / "locales"
 DOMAIN = "messagine"
 FALLBACK = "en"
@@ -31,6 +33,13 @@ class Texts:
             raise KeyError(f"message {key!r} is in no catalog")
         return message.format(**values) if values else message
 
+    def plural(self, key: str, count: int, /, **values: object) -> str:
+        """The form of ``key`` for ``count`` (the language's plural rule), ``{count}`` filled."""
+        message = self._translations.ngettext(key, key + ".plural", count)
+        if message in (key, key + ".plural"):
+            raise KeyError(f"message {key!r} is in no catalog")
+        return message.format(count=count, **values)
+
 
 class Catalog:
     """All catalogs, loaded once per instance and cached per language."""
@@ -39,11 +48,26 @@ class Catalog:
         self._locale_dir = locale_dir
         self._cache: dict[str, Texts] = {}
         self._lock = threading.Lock()
+        self._languages: list[str] | None = None
 
     def languages(self) -> list[str]:
         """The languages that have a compiled catalog."""
-        compiled = self._locale_dir.glob(f"*/LC_MESSAGES/{DOMAIN}.mo")
-        return sorted(path.parent.parent.name for path in compiled)
+        if self._languages is None:
+            compiled = self._locale_dir.glob(f"*/LC_MESSAGES/{DOMAIN}.mo")
+            self._languages = sorted(path.parent.parent.name for path in compiled)
+        return self._languages
+
+    def for_user(self, user: UserState) -> Texts:
+        """The user's interface language, falling back as far as needed.
+
+        Their chosen language if it has a catalog, else their Telegram app's language if
+        that has one, else English.
+        """
+        available = self.languages()
+        if user.language in available:
+            return self.for_language(user.language)
+        app_language = (user.language_code or "").lower().replace("_", "-").split("-")[0]
+        return self.for_language(app_language if app_language in available else FALLBACK)
 
     def for_language(self, language: str) -> Texts:
         """The texts for ``language``, or English where it has no catalog."""

@@ -53,7 +53,7 @@ class Conversation:
 
     def start(self, user: UserState, answer: Answer) -> str:
         """Welcome a new user (naming their language) or greet a returning one."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         if user.is_new:
             answer.send(t("start.welcome_new", language=language_name(user.language)),
                         keyboards.welcome_new(t))
@@ -66,14 +66,14 @@ class Conversation:
 
     def help(self, user: UserState, answer: Answer) -> str:
         """The help text with a button for the user's state."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         answer.send(t("help.text"), keyboards.help_menu(t, user))
         return "help"
 
     def about(self, user: UserState, answer: Answer) -> str:
         """Counts of users, chats and waiting users."""
         counts = self.repository.counts(user.user_id)
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         answer.send(t("about.text", users=counts.users, active_chats=counts.active_chats,
                       previous_chats=counts.previous_chats,
                       my_previous_chats=counts.my_previous_chats, waiting=counts.waiting))
@@ -83,7 +83,7 @@ class Conversation:
 
     def find_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """Pair the user at once with a compatible waiting user, or put them in the lobby."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         if self.min_age and not user.age_confirmed and user.chat is None:
             answer.send(t("age.question", min_age=self.min_age),
                         keyboards.age_question(t, self.min_age))
@@ -95,7 +95,10 @@ class Conversation:
                 answer.send(t("chat.active"), keyboards.in_chat(t))
                 return "find:in_chat"
             if result.outcome is MatchOutcome.WAITING:
-                answer.send(t("lobby.joined", language=language_name(user.language)),
+                name = language_name(user.language)
+                queue = (t("lobby.only_you", language=name) if result.waiting_count <= 1 else
+                         t.plural("lobby.waiting_count", result.waiting_count, language=name))
+                answer.send(t("lobby.joined", language=name) + "\n\n" + queue,
                             keyboards.lobby(t))
                 return "find:waiting"
             if result.outcome is MatchOutcome.ALREADY_WAITING:
@@ -127,7 +130,7 @@ class Conversation:
                 user.user_id, EndReason.PARTNER_UNREACHABLE, self.clock(), update_id)
             self.repository.set_blocked(chat.partner_id, blocked=True)
             return False
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         answer.send(t("chat.started"), keyboards.chat_started(t))
         return True
 
@@ -138,13 +141,13 @@ class Conversation:
         if confirmed:
             return "age:yes+" + self.find_chat(
                 replace(user, age_confirmed=True), answer, update_id).removeprefix("find:")
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         answer.send(t("age.refused", min_age=self.min_age), keyboards.idle(t))
         return "age:no"
 
     def cancel_find(self, user: UserState, answer: Answer) -> str:
         """Leave the lobby."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         if self.repository.leave_lobby(user.user_id):
             answer.send(t("lobby.left"), keyboards.idle(t))
             return "cancel_find:left"
@@ -155,7 +158,7 @@ class Conversation:
 
     def ask_exit(self, user: UserState, answer: Answer) -> str:
         """Ask for confirmation before ending a chat, or say why there is nothing to end."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         if user.chat is not None:
             answer.send(t("exit.confirm"), keyboards.confirm_exit(t))
             return "exit:asked"
@@ -167,7 +170,7 @@ class Conversation:
 
     def exit_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the chat (confirmed); each side is told once, even if both confirm at once."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         if not self.end(user, EndReason.EXIT, update_id):
             answer.send(t("exit.already_ended"), keyboards.idle(t))
             return "exit:already_ended"
@@ -176,7 +179,7 @@ class Conversation:
 
     def keep_chat(self, user: UserState, answer: Answer) -> str:
         """The user said No to ending the chat."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         answer.send(t("exit.kept") if user.chat else t("exit.already_ended"),
                     None if user.chat else keyboards.idle(t))
         return "exit:kept"
@@ -223,7 +226,7 @@ class Conversation:
         if ended is not None:
             self.repository.set_blocked(ended.partner_id, blocked=True)
             self._track_end(user, ended, EndReason.PARTNER_UNREACHABLE)
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         self.telegram.send_text(user.user_id, t("partner.unreachable"), keyboards.idle(t))
 
     def bot_blocked(self, user: UserState, update_id: int) -> str:
@@ -248,7 +251,7 @@ class Conversation:
 
     def say_hi(self, user: UserState, answer: Answer, update_id: int) -> str:
         """Send a greeting, in the partner's language, to the partner."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         if user.chat is None:
             answer.send(t("hi.not_in_chat"), keyboards.idle(t))
             return "hi:not_in_chat"
@@ -267,7 +270,7 @@ class Conversation:
 
     def show_languages(self, user: UserState, answer: Answer, *, show_all: bool = False) -> str:
         """The language picker (top ten, or all)."""
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         if user.chat is not None:
             answer.send(t("language.in_chat"), keyboards.in_chat(t))
             return "language:in_chat"
@@ -280,7 +283,7 @@ class Conversation:
         message_id = answer.carrying_message_id
         if message_id is None or user.chat is not None:
             return self.show_languages(user, answer, show_all=show_all)
-        t = self.texts(user.language)
+        t = self.catalog.for_user(user)
         self.telegram.edit_keyboard(answer.chat_id, message_id,
                                     keyboards.language_picker(t, user.language, show_all=show_all))
         return "language:all" if show_all else "language:top"
@@ -293,10 +296,10 @@ class Conversation:
         if updated.language == language:
             self.analytics.update_profile(updated, set_values={"language": language})
         if updated.chat is not None:
-            t = self.texts(updated.language)
+            t = self.catalog.for_user(updated)
             answer.send(t("language.in_chat"), keyboards.in_chat(t))
             return "language:in_chat"
-        t = self.texts(updated.language)
+        t = self.catalog.for_user(updated)
         if not updated.waiting:
             answer.send(t("language.set", language=language_name(language)), keyboards.idle(t))
             return "language:set"

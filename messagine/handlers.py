@@ -116,7 +116,7 @@ def register(
         command, _, argument = (message.text or "").partition(" ")
         name = command.lstrip("/").split("@")[0]
         if not moderation.is_admin(user.user_id):
-            t = catalog.for_language(user.language)
+            t = catalog.for_user(user)
             answer.send(t("unknown_command"))
             done("unknown_command")
             return
@@ -128,7 +128,7 @@ def register(
         user = ctx.require_user()
         is_command = message.content_type == "text" and (message.text or "").startswith("/")
         if is_command and user.chat is None:
-            t = catalog.for_language(user.language)
+            t = catalog.for_user(user)
             answer.send(t("unknown_command"), keyboards.idle(t))
             analytics.track(user, "command.unknown")
             done("unknown_command")
@@ -139,7 +139,7 @@ def register(
     def unsupported(message: types.Message) -> None:
         ctx, answer = user_and_answer(message)
         user = ctx.require_user()
-        t = catalog.for_language(user.language)
+        t = catalog.for_user(user)
         answer.send(t("relay.unsupported"))
         analytics.track(user, f"message.invalid.{message.content_type}")
         done("unsupported:" + message.content_type)
@@ -185,7 +185,7 @@ def register(
             return "button:" + conversation.set_language(
                 user, data.removeprefix(keyboards.SET_LANGUAGE), answer, update_id)
         if data == keyboards.REPORT_CANCEL:
-            answer.send(catalog.for_language(user.language)("report.cancelled"))
+            answer.send(catalog.for_user(user)("report.cancelled"))
             return "button:report:cancelled"
         if data.startswith(keyboards.REPORT):
             return "button:" + moderation.report(

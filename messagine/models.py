@@ -46,6 +46,8 @@ class UserState:
     waiting_since: float | None
     analytics_opt_out: bool = False
     age_confirmed: bool = False
+    language_code: str | None = None
+    """Telegram's language of the user's app: the interface falls back to it."""
 
     @property
     def waiting(self) -> bool:

@@ -74,7 +74,7 @@ class Moderation:
 
     def ask_report(self, user: UserState, answer: Answer) -> str:
         """Offer the reasons, if there is someone to report."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         if self._target(user) is None:
             answer.send(t("report.nobody"))
             return "report:nobody"
@@ -83,7 +83,7 @@ class Moderation:
 
     def report(self, user: UserState, reason: str, answer: Answer, update_id: int) -> str:
         """End the chat, exclude the pair, store the report and send it to the moderators."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         target = self._target(user)
         if target is None or reason not in keyboards.REPORT_REASONS:
             answer.send(t("report.nobody"))
@@ -128,7 +128,7 @@ class Moderation:
 
     def block(self, user: UserState, answer: Answer, update_id: int) -> str:
         """Never match the user with their current or last partner again."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         target = self._target(user)
         if target is None:
             answer.send(t("block.nobody"))
@@ -174,7 +174,7 @@ class Moderation:
         if target.chat is not None:
             self.conversation.end(target, EndReason.BANNED, update_id)
         self.repository.set_banned(user_id, banned=True)
-        user_t = self.catalog.for_language(target.language)
+        user_t = self.catalog.for_user(target)
         self._tell(user_id, user_t("banned.told", reason=reason or user_t("banned.no_reason")))
         answer.send(t("admin.banned", user_id=user_id))
         return "admin:ban"
@@ -186,7 +186,7 @@ class Moderation:
         if target is None or not self.repository.set_banned(user_id, banned=False):
             answer.send(t("admin.unknown_user", user_id=user_id))
             return "admin:unban:unknown"
-        self._tell(user_id, self.catalog.for_language(target.language)("unbanned.told"))
+        self._tell(user_id, self.catalog.for_user(target)("unbanned.told"))
         answer.send(t("admin.unbanned", user_id=user_id))
         return "admin:unban"
 

@@ -21,7 +21,7 @@ from messagine import context
 from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.languages import language_for
-from messagine.models import OpenedUpdate, Profile, Retention
+from messagine.models import OpenedUpdate, Profile, Retention, UserState
 from messagine.storage.port import Repository, StorageUnavailable
 from messagine.telegram import (
     Telegram,
@@ -159,10 +159,10 @@ class Pipeline:
         user = opened.user
         if opened.throttled:
             if opened.warn and user is not None:
-                self._tell(user.user_id, user.language, "flood.slow_down")
+                self._tell(user.user_id, user, "flood.slow_down")
             return Result(200, "throttled:warned" if opened.warn else "throttled")
         if user is not None and user.banned and not privacy_request:
-            self._tell(user.user_id, user.language, "banned.notice")
+            self._tell(user.user_id, user, "banned.notice")
             return Result(200, "banned")
         return None
 
@@ -195,12 +195,12 @@ class Pipeline:
     def _apologise(self, ctx: context.UpdateContext, chat: types.Chat) -> None:
         """Tell the user something went wrong (never a raw error); best effort."""
         if ctx.user is not None and chat.type == "private":
-            self._tell(chat.id, ctx.user.language, "error.generic")
+            self._tell(chat.id, ctx.user, "error.generic")
 
-    def _tell(self, chat_id: int, language: str, key: str) -> None:
+    def _tell(self, chat_id: int, user: UserState, key: str) -> None:
         """Send one catalog text, best effort: a failure is logged, never raised."""
         try:
-            self.telegram.send_text(chat_id, self.catalog.for_language(language)(key))
+            self.telegram.send_text(chat_id, self.catalog.for_user(user)(key))
         except TelegramError as error:
             log.warning("could not send %s: %s %s", key, error.method, error.code)
 

@@ -148,7 +148,7 @@ class Privacy:
 
     def policy(self, user: UserState, answer: Answer) -> str:
         """Send the policy (split at Telegram's limit), or its link when one is configured."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         if self.terms.policy_url:
             answer.send(t("privacy.link", url=self.terms.policy_url))
             return "privacy:link"
@@ -160,7 +160,7 @@ class Privacy:
     def my_data(self, user: UserState) -> str:
         """Send everything stored about the user as a JSON document."""
         records = self.repository.export_user(user.user_id)
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         document = export_document(records or UserRecords({}), self.clock())
         content = json.dumps(document, ensure_ascii=False, indent=2).encode()
         self.telegram.send_document(user.user_id, "messagine-my-data.json", content,
@@ -169,18 +169,18 @@ class Privacy:
 
     def ask_delete(self, user: UserState, answer: Answer) -> str:
         """Ask before erasing everything."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         answer.send(t("deleteme.confirm"), keyboards.confirm_delete(t))
         return "deleteme:asked"
 
     def keep(self, user: UserState, answer: Answer) -> str:
         """The user cancelled the erasure."""
-        answer.send(self.catalog.for_language(user.language)("deleteme.kept"))
+        answer.send(self.catalog.for_user(user)("deleteme.kept"))
         return "deleteme:cancelled"
 
     def delete(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the chat (the partner learns only that it ended), then erase everything."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         if user.chat is not None:
             self.conversation.end(user, EndReason.DELETED, update_id)
         self.analytics.delete_profile(user.user_id)
@@ -192,7 +192,7 @@ class Privacy:
 
     def reminders_choice(self, user: UserState, argument: str, answer: Answer) -> str:
         """/reminders off|on; without an argument, the current state."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         choice = argument.strip().lower()
         if choice in ("off", "on"):
             self.repository.set_reminders(user.user_id, enabled=choice == "on")
@@ -206,7 +206,7 @@ class Privacy:
 
     def analytics_choice(self, user: UserState, argument: str, answer: Answer) -> str:
         """/analytics off|on sets the objection; without an argument, the current state."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         choice = argument.strip().lower()
         if choice in ("off", "on"):
             opt_out = choice == "off"

@@ -47,7 +47,7 @@ class Relay:
 
     def relay(self, user: UserState, message: types.Message, update_id: int) -> str:
         """Copy ``message`` to the partner, as a reply where it replies to a chat message."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         if user.chat is None:
             key, keyboard = (("relay.waiting", keyboards.lobby(t)) if user.waiting
                              else ("relay.idle", keyboards.idle(t)))
@@ -109,7 +109,7 @@ class Relay:
 
     def delete(self, user: UserState, message: types.Message, answer: Answer) -> str:
         """/delete as a reply to one of your messages deletes the partner's copy."""
-        t = self.catalog.for_language(user.language)
+        t = self.catalog.for_user(user)
         target = message.reply_to_message
         if target is None:
             answer.send(t("delete.how"))

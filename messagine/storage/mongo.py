@@ -192,6 +192,7 @@ class MongoRepository:
             waiting_since=doc.get("waiting_since"),
             analytics_opt_out=bool(doc.get("analytics_opt_out")),
             age_confirmed=doc.get("age_answer") == "yes",
+            language_code=doc.get("language_code"),
         )
 
     @_unavailable_as_storage_error

@@ -140,6 +140,7 @@ _ADDED_COLUMNS = (
 # The state of one user: profile flags, their chat (seen from their side) and lobby entry.
 _STATE_QUERY = """
 SELECT u.id, u.language, u.blocked, u.banned, u.analytics_opt_out, u.age_answer,
+       u.language_code,
        m.chat_id, m.partner_id, p.language, c.started_at, l.since
 FROM users u
 LEFT JOIN memberships m ON m.user_id = u.id
@@ -257,8 +258,8 @@ class SqliteRepository:
         row = conn.execute(_STATE_QUERY, (user_id,)).fetchone()
         if row is None:
             return None
-        (uid, language, blocked, banned, opt_out, age_answer, chat_id, partner_id, partner_language,
-         started_at, since) = row
+        (uid, language, blocked, banned, opt_out, age_answer, language_code, chat_id,
+         partner_id, partner_language, started_at, since) = row
         chat = None
         if chat_id is not None:
             chat = ActiveChat(chat_id, partner_id, partner_language or language, started_at)
@@ -266,6 +267,7 @@ class SqliteRepository:
             user_id=uid, language=language, is_new=is_new, blocked=bool(blocked),
             banned=bool(banned), chat=chat, waiting_since=since,
             analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
+            language_code=language_code,
         )
 
     def get_user(self, user_id: int) -> UserState | None:

@@ -1,0 +1,66 @@
+"""The interface speaks the user's language: English, German and Turkish catalogs."""
+
+from __future__ import annotations
+
+from conftest import Deliver
+from messagine.dev.fake_bot_api import FakeBotApi
+
+
+def test_german_and_turkish_users_are_answered_in_their_language(
+    deliver: Deliver, fake_api: FakeBotApi
+):
+    for user_id, code, welcome, help_word, started in (
+        (1, "de", "Willkommen bei Messagine", "diese Hilfe", "Der Chat hat begonnen"),
+        (3, "tr", "Messagine'e hoş geldin", "bu yardım", "Sohbet başladı"),
+    ):
+        first = fake_api.user(user_id, "A", language_code=code)
+        second = fake_api.user(user_id + 1, "B", language_code=code)
+        deliver(first.command("start"))
+        assert first.last()["text"].startswith(welcome)
+        deliver(first.command("help"))
+        assert help_word in first.last()["text"]
+        deliver(first.command("find_chat"))
+        deliver(second.command("find_chat"))
+        assert first.last()["text"].startswith(started)
+        assert second.last()["text"].startswith(started)
+
+
+def test_an_unsupported_language_gets_english(deliver: Deliver, fake_api: FakeBotApi):
+    user = fake_api.user(10, "X", language_code="xx")
+    deliver(user.command("start"))
+    assert user.last()["text"].startswith("Welcome to Messagine")
+
+
+def test_the_interface_falls_back_to_the_telegram_language(deliver: Deliver,
+                                                          fake_api: FakeBotApi):
+    user = fake_api.user(20, "Y", language_code="de")
+    deliver(user.command("set_language"))
+    deliver(user.press_button("Alle >>"))
+    deliver(user.press_button("日本語"))
+    assert user.last()["text"] == "Deine Sprache ist jetzt 日本語.", \
+        "Japanese has no catalog, so the app's German is used"
+    turkish = fake_api.user(21, "Z", language_code="en")
+    deliver(turkish.command("set_language"))
+    deliver(turkish.press_button("All >>"))
+    deliver(turkish.press_button("Türkçe"))
+    assert turkish.last()["text"] == "Dilin artık Türkçe."
+
+
+def test_queue_feedback_counts_the_waiting_in_the_language(deliver: Deliver,
+                                                          fake_api: FakeBotApi):
+    first, second = fake_api.user(30, "A"), fake_api.user(31, "B")
+    deliver(first.command("find_chat"))
+    assert "the only one waiting in English" in first.last()["text"]
+    deliver(second.command("find_chat"))
+    deliver(first.command("exit_chat"))
+    deliver(first.press_button("Yes"))
+    # They just met, so both wait: two in the pool, told with the plural form.
+    deliver(first.command("find_chat"))
+    deliver(second.command("find_chat"))
+    assert "Right now 2 people are waiting in English, you included." in second.last()["text"]
+    germans = [fake_api.user(40 + i, "G", language_code="de") for i in range(2)]
+    for german in germans:
+        deliver(german.command("set_language"))
+        deliver(german.press_button("Deutsch"))
+    deliver(germans[0].command("find_chat"))
+    assert "Gerade wartest nur du auf Deutsch." in germans[0].last()["text"]
