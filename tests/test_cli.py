@@ -28,9 +28,10 @@ def test_set_commands_sends_the_menu(fake_api: FakeBotApi, tmp_path: Path):
     result = run(bot_env(fake_api, tmp_path / "db.sqlite3"), "set-commands")
     assert result.returncode == 0, result.stderr
     calls = fake_api.calls_of("setMyCommands")
-    assert [c.params.get("language_code") for c in calls] == [None, "de", "tr"], \
+    assert [c.params.get("language_code") for c in calls] == [
+        None, "ar", "de", "es", "fr", "id", "pt", "ru", "tr"], \
         "the default menu, then one per catalog language"
-    assert calls[1].params["commands"][0]["description"] == "Jemanden zum Chatten finden"
+    assert calls[2].params["commands"][0]["description"] == "Jemanden zum Chatten finden"
     names = [c["command"] for c in calls[0].params["commands"]]
     assert names == ["find_chat", "next", "exit_chat", "set_language", "cancel_find", "report",
                      "block", "help", "about", "reminders", "privacy", "mydata", "deleteme"]

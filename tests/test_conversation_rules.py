@@ -118,10 +118,11 @@ def test_the_language_picker_toggles_and_moves_the_lobby_entry(
     assert len(buttons(alice.last())) == 11
     outcome = deliver(alice.press_button("Deutsch")).outcome
     assert outcome == "button:language:set+matched", "a waiting user is matched in the new pool"
-    assert any(t == "Your language is now Deutsch." for t in alice.texts())
-    assert hans.last()["text"].startswith("Chat started")
+    assert any(t == "Deine Sprache ist jetzt Deutsch." for t in alice.texts()), \
+        "the interface switches to the new language"
+    assert hans.last()["text"].startswith("Der Chat hat begonnen")
     deliver(alice.command("set_language"))
-    assert "during a chat" in alice.last()["text"]
+    assert "Während eines Chats" in alice.last()["text"]
 
 
 def test_messages_outside_a_chat_get_an_answer(deliver: Deliver, alice: FakeUser):

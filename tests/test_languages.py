@@ -1,4 +1,4 @@
-"""The interface speaks the user's language: English, German and Turkish catalogs."""
+"""The interface speaks the user's language: nine complete catalogs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ def test_german_and_turkish_users_are_answered_in_their_language(
     for user_id, code, welcome, help_word, started in (
         (1, "de", "Willkommen bei Messagine", "diese Hilfe", "Der Chat hat begonnen"),
         (3, "tr", "Messagine'e hoş geldin", "bu yardım", "Sohbet başladı"),
+        (5, "ru", "Добро пожаловать в Messagine", "эта справка", "Чат начался"),
+        (7, "ar", "أهلًا بك في Messagine", "هذه المساعدة", "بدأت المحادثة"),
+        (9, "es", "¡Bienvenido a Messagine", "esta ayuda", "¡Empezó el chat"),
+        (11, "pt-br", "Bem-vindo ao Messagine", "esta ajuda", "O chat começou"),
+        (13, "fr", "Bienvenue sur Messagine", "cette aide", "Le chat a commencé"),
+        (15, "id", "Selamat datang di Messagine", "bantuan ini", "Obrolan dimulai"),
     ):
         first = fake_api.user(user_id, "A", language_code=code)
         second = fake_api.user(user_id + 1, "B", language_code=code)
@@ -29,6 +35,19 @@ def test_an_unsupported_language_gets_english(deliver: Deliver, fake_api: FakeBo
     user = fake_api.user(10, "X", language_code="xx")
     deliver(user.command("start"))
     assert user.last()["text"].startswith("Welcome to Messagine")
+
+
+def test_plural_forms_follow_each_language(deliver: Deliver, fake_api: FakeBotApi):
+    from messagine.catalog import Catalog
+
+    russian = Catalog().for_language("ru")
+    assert russian.plural("lobby.waiting_count", 2, language="Русский").startswith(
+        "Сейчас на языке Русский ждут 2 человека")
+    assert "ждут 5 человек" in russian.plural("lobby.waiting_count", 5, language="Русский")
+    assert "ждёт 21 человек" in russian.plural("lobby.waiting_count", 21, language="Русский")
+    arabic = Catalog().for_language("ar")
+    assert "شخصان" in arabic.plural("lobby.waiting_count", 2, language="العربية")
+    assert "أشخاص" in arabic.plural("lobby.waiting_count", 3, language="العربية")
 
 
 def test_the_interface_falls_back_to_the_telegram_language(deliver: Deliver,
