@@ -134,6 +134,14 @@ class Conversation:
         answer.send(t("chat.started"), keyboards.chat_started(t))
         return True
 
+    def join_any_language(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """The user opted into the any-language pool: move their wait there and search."""
+        t = self.catalog.for_user(user)
+        if not self.repository.join_any_language(user.user_id):
+            answer.send(t("lobby.not_in"), keyboards.idle(t))
+            return "any_language:not_waiting"
+        return "any_language+" + self.find_chat(user, answer, update_id).removeprefix("find:")
+
     def answer_age(self, user: UserState, confirmed: bool, answer: Answer, update_id: int
                    ) -> str:
         """Record the age answer; a yes goes on to the search, a no is told why not."""

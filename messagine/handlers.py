@@ -204,6 +204,7 @@ def register(
             keyboards.HELP: lambda: conversation.help(user, answer),
             keyboards.ABOUT: lambda: conversation.about(user, answer),
             keyboards.SAY_HI: lambda: conversation.say_hi(user, answer, update_id),
+            keyboards.ANY_LANGUAGE: lambda: conversation.join_any_language(user, answer, update_id),
             keyboards.AGE_YES: lambda: conversation.answer_age(user, True, answer, update_id),
             keyboards.AGE_NO: lambda: conversation.answer_age(user, False, answer, update_id),
             keyboards.DELETE_YES: lambda: privacy.delete(user, answer, update_id),

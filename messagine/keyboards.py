@@ -23,6 +23,7 @@ SET_LANGUAGE = "lang="
 HELP = "help"
 ABOUT = "about"
 SAY_HI = "hi"
+ANY_LANGUAGE = "anylang"
 AGE_YES = "age:yes"
 AGE_NO = "age:no"
 DELETE_YES = "deleteme:yes"
@@ -38,7 +39,7 @@ _ACTIONS = {FIND: "find_chat", CANCEL_FIND: "cancel_find", EXIT: "exit_chat",
             EXIT_YES: "exit_yes", EXIT_NO: "exit_no", LANGUAGE: "language",
             LANGUAGE_ALL: "language_all", LANGUAGE_TOP: "language_top", HELP: "help",
             ABOUT: "about", SAY_HI: "say_hi", AGE_YES: "age_yes", AGE_NO: "age_no",
-            DELETE_YES: "deleteme_yes", DELETE_NO: "deleteme_no"}
+            DELETE_YES: "deleteme_yes", DELETE_NO: "deleteme_no", ANY_LANGUAGE: "any_language"}
 
 
 def action_name(data: str) -> str:
@@ -130,3 +131,8 @@ def moderation(t: Texts, report_id: int) -> Keyboard:
     """Under a report in the moderators' chat: [Ban, Dismiss]."""
     return [[(t("btn.mod_ban"), f"{MOD_BAN}{report_id}"),
              (t("btn.mod_dismiss"), f"{MOD_DISMISS}{report_id}")]]
+
+
+def any_language_offer(t: Texts) -> Keyboard:
+    """The offer to a long wait: [Chat with anyone] [Exit Lobby]."""
+    return [[(t("btn.any_language"), ANY_LANGUAGE)], [(t("btn.exit_lobby"), CANCEL_FIND)]]

@@ -222,3 +222,4 @@ class ReminderRules:
     remind_after_s: float
     lobby_timeout_s: float
     run_budget_s: float
+    any_language_after_s: float = 900.0

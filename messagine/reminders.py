@@ -20,6 +20,7 @@ from typing import Any
 
 from messagine import keyboards
 from messagine.catalog import Catalog
+from messagine.languages import language_name
 from messagine.models import Nudge, ReminderRules
 from messagine.storage.port import Repository
 from messagine.telegram import (
@@ -46,6 +47,7 @@ class RunSummary:
 
     sent: int = 0
     lobby_timeouts: int = 0
+    language_offers: int = 0
     failed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     stopped_early: bool = False
@@ -53,6 +55,7 @@ class RunSummary:
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
         return {"sent": self.sent, "lobby_timeouts": self.lobby_timeouts,
+                "language_offers": self.language_offers,
                 "failed": self.failed, "skipped": self.skipped,
                 "stopped_early": self.stopped_early}
 
@@ -95,6 +98,7 @@ class Reminders:
         pacer = Pacer(MESSAGES_PER_SECOND)
         try:
             self._lobby_timeouts(summary, pacer, deadline)
+            self._language_offers(summary, pacer, deadline)
             idle_before = self.clock() - self.rules.remind_after_s
             summary.skipped = self.repository.count_idle_excluded(idle_before)
             while not summary.stopped_early:
@@ -129,6 +133,20 @@ class Reminders:
                 pacer.wait()
                 if self._send(user_id, t("lobby.timeout"), keyboards.idle(t), summary):
                     summary.lobby_timeouts += 1
+
+    def _language_offers(self, summary: RunSummary, pacer: Pacer, deadline: float) -> None:
+        """Offer the any-language pool to users who waited long in their language's."""
+        waiting_before = self.clock() - self.rules.any_language_after_s
+        while time.monotonic() < deadline - 1.0:
+            offers = self.repository.claim_language_offers(waiting_before, BATCH)
+            if not offers:
+                return
+            for user_id, language in offers:
+                t = self.catalog.for_language(language)
+                pacer.wait()
+                if self._send(user_id, t("lobby.any_offer", language=language_name(language)),
+                              keyboards.any_language_offer(t), summary):
+                    summary.language_offers += 1
 
     def _nudge(self, nudge: Nudge, summary: RunSummary) -> None:
         t = self.catalog.for_language(nudge.language)

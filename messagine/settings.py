@@ -137,7 +137,9 @@ class Settings:
         reminder_rules = ReminderRules(
             remind_after_s=_int(env, "REMINDER_AFTER_HOURS", 24, 1, 24 * 90, problems) * 3600.0,
             lobby_timeout_s=_int(env, "LOBBY_TIMEOUT_HOURS", 12, 1, 24 * 30, problems) * 3600.0,
-            run_budget_s=float(_int(env, "REMINDER_RUN_SECONDS", 240, 5, 3000, problems)))
+            run_budget_s=float(_int(env, "REMINDER_RUN_SECONDS", 240, 5, 3000, problems)),
+            any_language_after_s=60.0 * _int(env, "ANY_LANGUAGE_AFTER_MINUTES", 15, 1, 10_080,
+                                             problems))
         flood_window = _int(env, "FLOOD_WINDOW_SECONDS", 3, 1, 3600, problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
 

@@ -175,8 +175,33 @@ def test_the_entry_point_needs_the_job_secret(fake_api: FakeBotApi, tmp_path: Pa
         assert requests.get(server.url, timeout=30).status_code == 405
         ok = requests.post(server.url, headers={"X-Job-Secret": "the-job-secret"}, timeout=30)
         assert ok.status_code == 200
-        assert ok.json() == {"sent": 0, "lobby_timeouts": 0, "failed": 0, "stopped_early": False,
+        assert ok.json() == {"sent": 0, "lobby_timeouts": 0, "language_offers": 0, "failed": 0,
+                             "stopped_early": False,
                              "skipped": {"blocked": 0, "banned": 0, "opted_out": 0}}
         assert "reminders run" in server.log()
     finally:
         server.stop()
+
+
+def test_a_long_wait_is_offered_the_any_language_pool(
+    bot: Runtime, fake_api: FakeBotApi, clock: Clock
+):
+    english = fake_api.user(501, "En", language_code="en")
+    german = fake_api.user(502, "De", language_code="de")
+    french = fake_api.user(503, "Fr", language_code="fr")
+    for user in (english, german):
+        bot.pipeline.process(user.command("find_chat"))
+    clock.advance(20 * 60)
+    summary = bot.reminders.run()
+    assert summary.language_offers == 2
+    assert english.last()["text"].startswith("Nobody who speaks English has come along")
+    assert german.last()["text"].startswith("Bisher ist niemand gekommen")
+    outcome = bot.pipeline.process(english.press_button("Chat with anyone")).outcome
+    assert outcome == "button:any_language+already_waiting"
+    bot.pipeline.process(french.command("find_chat"))
+    state = bot.repository.get_user(french.id)
+    assert state is not None and state.waiting, "French did not opt in, so no match"
+    outcome = bot.pipeline.process(german.press_button("Mit allen chatten")).outcome
+    assert outcome == "button:any_language+matched"
+    assert english.last()["text"].startswith("Chat started")
+    assert german.last()["text"].startswith("Der Chat hat begonnen")

@@ -242,3 +242,24 @@ def test_counts(repository: Repository):
     assert (counts.users, counts.active_chats, counts.previous_chats,
             counts.my_previous_chats, counts.waiting) == (5, 1, 1, 1, 1)
     assert repository.counts(5).my_previous_chats == 0
+
+
+def test_the_any_language_pool_pairs_only_users_who_opted_in(repository: Repository):
+    register(repository, 1, "en")
+    register(repository, 2, "de")
+    register(repository, 3, "en")
+    assert find(repository, 1).outcome is MatchOutcome.WAITING
+    assert find(repository, 2).outcome is MatchOutcome.WAITING
+    assert not repository.join_any_language(3), "3 is not waiting"
+    assert repository.join_any_language(1)
+    # 3 speaks English, but 1 now waits in the any-language pool only.
+    assert find(repository, 3).outcome is MatchOutcome.WAITING
+    assert repository.claim_language_offers(T0 + 1, 10) == [(2, "de"), (3, "en")], \
+        "users waiting in a language pool are offered the any-language pool once"
+    assert repository.claim_language_offers(T0 + 1, 10) == []
+    assert repository.join_any_language(2)
+    matched = find(repository, 2)
+    assert matched.outcome is MatchOutcome.MATCHED and matched.chat is not None
+    assert matched.chat.partner_id == 1 and matched.chat.partner_language == "en"
+    one = repository.get_user(1)
+    assert one is not None and one.chat is not None and one.chat.partner_language == "de"

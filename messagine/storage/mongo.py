@@ -258,7 +258,7 @@ class MongoRepository:
                 {"_id": user_id, "chat": None}, {"$set": {"language": language}},
                 projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
             return self._state(doc or self.db.users.find_one({"_id": user_id}))
-        with self._pool_lock(doc["language"]):
+        with self._pool_lock(self._pool_of(user_id, doc["language"])):
             entry = self.db.lobby.find_one_and_delete({"_id": user_id})
         with self._pool_lock(language):
             doc = self.db.users.find_one_and_update(
@@ -548,7 +548,7 @@ class MongoRepository:
         resumed = self._resumed_chat(doc, update_id)
         if resumed is not None:
             return resumed
-        language = doc["language"]
+        language = self._pool_of(user_id, doc["language"])  # "*": the any-language pool
         with self._pool_lock(language) as lock:
             doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
             resumed = self._resumed_chat(doc, update_id)
@@ -573,7 +573,7 @@ class MongoRepository:
             partner = self.db.users.find_one({"_id": candidate["_id"]}, {"language": 1})
             intent = {"searcher": user_id, "partner": candidate["_id"],
                       "chat_id": secrets.randbits(62), "language": language,
-                      "language_of_searcher": language,
+                      "language_of_searcher": doc["language"],
                       "partner_language": partner["language"] if partner else language,
                       "started_at": now, "update_id": update_id}
             lock.record_intent(intent)
@@ -582,6 +582,36 @@ class MongoRepository:
         return MatchResult(MatchOutcome.MATCHED, ActiveChat(
             intent["chat_id"], intent["partner"], intent["partner_language"], now),
             partner_waiting_since=candidate.get("since"))
+
+    def _pool_of(self, user_id: int, language: str) -> str:
+        """The pool the user waits in: their lobby entry's, else their language's."""
+        entry = self.db.lobby.find_one({"_id": user_id}, {"language": 1})
+        return str(entry["language"]) if entry else language
+
+    @_unavailable_as_storage_error
+    def join_any_language(self, user_id: int) -> bool:
+        """See ``Repository.join_any_language``: under the leases of both pools."""
+        entry = self.db.lobby.find_one({"_id": user_id}, {"language": 1})
+        if entry is None or entry["language"] == "*":
+            return entry is not None
+        with self._pool_lock(entry["language"]), self._pool_lock("*"):
+            moved = self.db.lobby.update_one({"_id": user_id, "language": entry["language"]},
+                                             {"$set": {"language": "*"}})
+        return bool(moved.modified_count)
+
+    @_unavailable_as_storage_error
+    def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_language_offers``: one conditional update per user."""
+        claimed: list[tuple[int, str]] = []
+        while len(claimed) < limit:
+            entry = self.db.lobby.find_one_and_update(
+                {"since": {"$lt": waiting_before}, "language": {"$ne": "*"},
+                 "offered": {"$ne": True}}, {"$set": {"offered": True}},
+                projection={"language": 1}, sort=[("since", 1)])
+            if entry is None:
+                break
+            claimed.append((int(entry["_id"]), str(entry["language"])))
+        return claimed
 
     def _resumed_chat(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
         chat = doc.get("chat")
@@ -601,7 +631,7 @@ class MongoRepository:
         return doc is not None and self._leave_lobby(user_id, doc["language"])
 
     def _leave_lobby(self, user_id: int, language: str) -> bool:
-        with self._pool_lock(language):
+        with self._pool_lock(self._pool_of(user_id, language)):
             left = bool(self.db.lobby.delete_one({"_id": user_id}).deleted_count)
             self.db.users.update_one({"_id": user_id, "chat": None},
                                      {"$set": {"waiting_since": None}})

@@ -87,6 +87,20 @@ class Repository(Protocol):
         """
         ...
 
+    def join_any_language(self, user_id: int) -> bool:
+        """Move a waiting user's lobby entry into the any-language pool ("*").
+
+        There only users who opted in too are matched. False if the user is not waiting.
+        """
+        ...
+
+    def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
+        """Claim (and mark) up to ``limit`` users to offer the any-language pool.
+
+        Those waiting in a language pool since before ``waiting_before``, not offered yet.
+        """
+        ...
+
     def leave_lobby(self, user_id: int) -> bool:
         """Take the user out of the lobby; False if they were not in it."""
         ...

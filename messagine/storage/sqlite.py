@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS claimed_updates (
 CREATE TABLE IF NOT EXISTS lobby (
     user_id INTEGER PRIMARY KEY,
     language TEXT NOT NULL,
-    since REAL NOT NULL
+    since REAL NOT NULL,
+    offered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS lobby_by_language ON lobby (language, since, user_id);
 CREATE TABLE IF NOT EXISTS chats (
@@ -135,6 +136,7 @@ _ADDED_COLUMNS = (
     ("users", "reminders_off", "INTEGER NOT NULL DEFAULT 0"),
     ("users", "nudge_pending", "INTEGER NOT NULL DEFAULT 1"),
     ("users", "reminded_at", "REAL"),
+    ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 # The state of one user: profile flags, their chat (seen from their side) and lobby entry.
@@ -584,18 +586,20 @@ class SqliteRepository:
                 if opened_by == update_id:
                     return MatchResult(MatchOutcome.MATCHED, state.chat, resumed=True)
                 return MatchResult(MatchOutcome.IN_CHAT, state.chat)
+            entry = conn.execute("SELECT language FROM lobby WHERE user_id = ?",
+                                 (user_id,)).fetchone()
+            pool = entry[0] if entry else state.language  # "*": the any-language pool
             candidate = conn.execute(
-                _CANDIDATE_QUERY,
-                {"language": state.language, "me": user_id, "recent": recent_partners},
+                _CANDIDATE_QUERY, {"language": pool, "me": user_id, "recent": recent_partners},
             ).fetchone()
             if candidate is None:
                 was_waiting = state.waiting
                 conn.execute(
                     "INSERT OR IGNORE INTO lobby (user_id, language, since) VALUES (?, ?, ?)",
-                    (user_id, state.language, now),
+                    (user_id, pool, now),
                 )
                 waiting = conn.execute(
-                    "SELECT count(*) FROM lobby WHERE language = ?", (state.language,)
+                    "SELECT count(*) FROM lobby WHERE language = ?", (pool,)
                 ).fetchone()[0]
                 outcome = MatchOutcome.ALREADY_WAITING if was_waiting else MatchOutcome.WAITING
                 return MatchResult(outcome, waiting_count=waiting)
@@ -604,7 +608,7 @@ class SqliteRepository:
             chat_id = conn.execute(
                 "INSERT INTO chats (user_a, user_b, language, started_at, opened_by_update)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (partner_id, user_id, state.language, now, update_id),
+                (partner_id, user_id, pool, now, update_id),
             ).lastrowid
             conn.executemany(
                 "INSERT INTO memberships (user_id, chat_id, partner_id) VALUES (?, ?, ?)",
@@ -618,6 +622,22 @@ class SqliteRepository:
                 MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, partner_language, now),
                 partner_waiting_since=partner_since,
             )
+
+    def join_any_language(self, user_id: int) -> bool:
+        """See ``Repository.join_any_language``."""
+        with self._transaction() as conn:
+            return conn.execute("UPDATE lobby SET language = '*' WHERE user_id = ?",
+                                (user_id,)).rowcount > 0
+
+    def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_language_offers``."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT user_id, language FROM lobby WHERE since < ? AND language != '*'"
+                " AND offered = 0 ORDER BY since LIMIT ?", (waiting_before, limit)).fetchall()
+            conn.executemany("UPDATE lobby SET offered = 1 WHERE user_id = ?",
+                             [(row[0],) for row in rows])
+        return [(int(user_id), language) for user_id, language in rows]
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""
