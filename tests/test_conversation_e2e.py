@@ -175,3 +175,16 @@ def test_what_the_bot_sends_never_names_the_partner(
         seen = json.dumps(without_dates(receiver.inbox()), ensure_ascii=False)
         for trace in (sender.profile["first_name"], sender.profile["username"], str(sender.id)):
             assert trace not in seen
+
+
+def test_users_are_answered_in_their_language_over_http(
+    function_server: FunctionServer, served_api: FakeBotApi
+):
+    for user_id, code, welcome in ((7201, "de", "Willkommen bei Messagine"),
+                                   (7202, "tr", "Messagine'e hoş geldin"),
+                                   (7203, "ru", "Добро пожаловать в Messagine"),
+                                   (7204, "ar", "أهلًا بك في Messagine"),
+                                   (7205, "zz", "Welcome to Messagine")):
+        user = served_api.user(user_id, "U", language_code=code)
+        assert function_server.post(user.command("start")).status_code == 200
+        assert user.last()["text"].startswith(welcome)
