@@ -259,3 +259,21 @@ def test_an_unexpected_error_apologises_and_answers_200(
     assert (result.status, result.outcome) == (200, "error")
     assert alice.last()["text"].startswith("Sorry, something went wrong on our side")
     assert "error_occurred" not in alice.last()["text"]
+
+
+def test_a_hanging_bot_api_is_cut_off_by_the_client_timeout(
+    fake_api: FakeBotApi, tmp_path: Path, alice: FakeUser, bob: FakeUser
+):
+    settings = Settings.from_env(bot_env(fake_api, tmp_path / "hang.sqlite3",
+                                         TELEGRAM_TIMEOUT_SECONDS="2"))
+    runtime = build_runtime(settings)
+    for update in (alice.command("find_chat"), bob.command("find_chat")):
+        runtime.pipeline.process(update)
+    # The fake would answer after 60 s (Telegram's own patience); only the client's 2 s
+    # read timeout can end the wait, so a 503 proves the request answers within it.
+    fake_api.fail("copyMessage", status=200, delay=60)
+    update = alice.text("are you there?")
+    result = runtime.pipeline.process(update)
+    assert (result.status, result.outcome) == (503, "retry:telegram")
+    fake_api.clear_failures()
+    assert runtime.pipeline.process(update).outcome == "relayed", "the claim was released"
