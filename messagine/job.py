@@ -40,7 +40,8 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> Response:
         return _reply(500, {"error": "job not configured"})
     expected = runtime.settings.job_secret
     given = request.headers.get(JOB_SECRET_HEADER, "")
-    if expected is None or not hmac.compare_digest(given.encode(), expected.reveal().encode()):
+    if expected is None or not hmac.compare_digest(given.encode("utf-8", "replace"),
+                                                   expected.reveal().encode()):
         log.warning("refused reminders request with a missing or wrong job secret")
         return _reply(401, {"error": "unauthorized"})
     try:

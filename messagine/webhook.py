@@ -45,7 +45,8 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> Response:
         return _reply(500, "bot not configured")
     expected = runtime.settings.webhook_secret
     given = request.headers.get(SECRET_HEADER, "")
-    if expected is None or not hmac.compare_digest(given.encode(), expected.reveal().encode()):
+    if expected is None or not hmac.compare_digest(given.encode("utf-8", "replace"),
+                                                   expected.reveal().encode()):
         log.warning("refused request with a missing or wrong secret token")
         return _reply(401, "unauthorized")
     body = request.stream.read(MAX_BODY_BYTES + 1)
