@@ -12,7 +12,7 @@ PROBE = """
 import sys
 from messagine.runtime import build_runtime
 from messagine.settings import Settings
-env = {"TELEGRAM_TOKEN": "123456789:AAH-some_token_value_0123456789abcd",
+env = {"TELEGRAM_TOKEN": "424242:AAH-some_token_value_0123456789abcd",
        "TELEGRAM_API_URL": "http://127.0.0.1:9", "SQLITE_PATH": ":memory:"}
 env.update(dict(arg.split("=", 1) for arg in sys.argv[1:]))
 build_runtime(Settings.from_env(env))

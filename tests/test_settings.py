@@ -6,7 +6,7 @@ import pytest
 
 from messagine.settings import Settings, SettingsError
 
-TOKEN = "123456789:AAH-some_token_value_0123456789abcd"
+TOKEN = "424242:AAH-some_token_value_0123456789abcd"
 
 
 def test_defaults():

@@ -89,7 +89,7 @@ class FakeBotApi:
     """The fake server and its model of every chat. Use as a context manager or start/stop."""
 
     def __init__(
-        self, token: str = "123456789:TEST-token-for-the-fake-bot-api-0000",
+        self, token: str = "424242:TEST-token-for-the-fake-bot-api-0000",
         host: str = "127.0.0.1", port: int = 0, username: str = "MessagineTestBot",
     ) -> None:
         self.token = token
