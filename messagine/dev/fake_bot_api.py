@@ -77,6 +77,11 @@ class FailureRule:
                 and (self.times is None or self.times > 0))
 
 
+class _Server(ThreadingHTTPServer):
+    # Many function threads call at once; the default backlog of 5 refuses connections.
+    request_queue_size = 256
+
+
 class _ApiError(Exception):
     def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
         super().__init__(description)
@@ -109,7 +114,7 @@ class FakeBotApi:
         self.commands: dict[str, list[JsonObject]] = {}
         self.webhook: JsonObject = {"url": "", "has_custom_certificate": False,
                                     "pending_update_count": 0}
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server = _Server((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

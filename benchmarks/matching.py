@@ -1,0 +1,85 @@
+"""Matching: 1,000 users searching at once across 4 processes, per backend.
+
+    .venv/bin/python benchmarks/matching.py [--users 1000] [--processes 4] [--backend sqlite]
+    (--backend mongo needs MONGODB_URI, e.g. the mongoeco server of the tests)
+
+Prints pairs made per second and checks that exactly users/2 pairs form with nobody
+left waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from messagine.flood import FloodRule  # noqa: E402
+from messagine.models import MatchOutcome, Profile  # noqa: E402
+
+
+def open_repository(spec: tuple[str, str]) -> Any:
+    backend, where = spec
+    if backend == "sqlite":
+        from messagine.storage.sqlite import SqliteRepository
+
+        return SqliteRepository(where, busy_timeout_s=60, flood_rule=FloodRule(limit=10**6))
+    from messagine.storage.mongo import MongoRepository
+
+    return MongoRepository(os.environ["MONGODB_URI"], where, flood_rule=FloodRule(limit=10**6))
+
+
+def worker(spec: tuple[str, str], users: list[int], start: Any, out: Any) -> None:
+    repo = open_repository(spec)
+    start.wait()
+    matched = sum(repo.find_partner(u, 5, time.time(), 10**6 + u).outcome
+                  is MatchOutcome.MATCHED for u in users)
+    out.put(matched)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--backend", choices=["sqlite", "mongo"], default="sqlite")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        where = str(Path(tmp) / "matching.sqlite3") if args.backend == "sqlite" \
+            else f"bench_matching_{os.getpid()}"
+        spec = (args.backend, where)
+        repo = open_repository(spec)
+        for user in range(1, args.users + 1):
+            repo.open_update(user, Profile(user, "U", None, None, None), "en", time.time())
+        context = multiprocessing.get_context("spawn")
+        start, out = context.Event(), context.Queue()
+        shares = [list(range(1 + i, args.users + 1, args.processes))
+                  for i in range(args.processes)]
+        workers = [context.Process(target=worker, args=(spec, share, start, out))
+                   for share in shares]
+        for process in workers:
+            process.start()
+        time.sleep(1.0)
+        began = time.perf_counter()
+        start.set()
+        matched = sum(out.get(timeout=600) for _ in workers)
+        elapsed = time.perf_counter() - began
+        for process in workers:
+            process.join()
+        counts = repo.counts(1)
+        print(f"{args.users} users, {args.processes} processes, {args.backend}: "
+              f"{matched} pairs in {elapsed:.2f} s = {matched / elapsed:.0f} pairs/s; "
+              f"active chats {counts.active_chats}, waiting {counts.waiting}")
+        assert matched == args.users // 2 == counts.active_chats and counts.waiting == 0
+        if args.backend == "mongo":
+            repo.db.client.drop_database(where)
+
+
+if __name__ == "__main__":
+    main()
