@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,21 +21,11 @@ import time
 from pathlib import Path
 
 import requests
+from common import ROOT, SECRET, free_port  # the benchmarks' folder is on sys.path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from messagine.dev.fake_bot_api import FakeBotApi  # noqa: E402
-from messagine.runtime import build_runtime  # noqa: E402
-from messagine.settings import Settings  # noqa: E402
-
-SECRET = "benchmark-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.runtime import build_runtime
+from messagine.settings import Settings
 
 
 def time_to_first_200(target: str, source: Path, env: dict[str, str], body: dict) -> float:

@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common  # noqa: F401 - puts the project on sys.path
 
-from messagine.flood import FloodRule  # noqa: E402
-from messagine.models import MatchOutcome, Profile  # noqa: E402
+from messagine.flood import FloodRule
+from messagine.models import MatchOutcome, Profile
 
 
 def open_repository(spec: tuple[str, str]) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,19 +22,9 @@ import time
 from pathlib import Path
 
 import requests
+from common import ROOT, SECRET, free_port  # the benchmarks' folder is on sys.path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from messagine.dev.fake_bot_api import FakeBotApi  # noqa: E402
-
-SECRET = "benchmark-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from messagine.dev.fake_bot_api import FakeBotApi
 
 
 def serve(target: str, source: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:

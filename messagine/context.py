@@ -15,11 +15,9 @@ from messagine.models import UserState
 
 @dataclass(slots=True)
 class UpdateContext:
-    """One update in flight: its id, kind, sender's state and what became of it."""
+    """One update in flight: its id, the sender's state and what became of it."""
 
     update_id: int
-    kind: str
-    content_type: str | None
     user: UserState | None
     outcome: str = "unhandled"
 

@@ -131,7 +131,7 @@ class Pipeline:
         stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
         if stopped is not None:
             return stopped, content_type
-        ctx = context.UpdateContext(update_id, kind, content_type, opened.user)
+        ctx = context.UpdateContext(update_id, opened.user)
         token = context.enter(ctx)
         deadline = set_deadline(time.monotonic() + UPDATE_BUDGET_S)
         try:

@@ -72,7 +72,6 @@ class Settings:
     recent_partners: int
     telegram_timeout_s: float
     log_level: str
-    on_google_cloud: bool
     structured_logs: bool
     project_id: str | None
     mixpanel_token: Secret | None
@@ -177,7 +176,6 @@ class Settings:
             recent_partners=recent,
             telegram_timeout_s=float(timeout),
             log_level=log_level,
-            on_google_cloud=bool(env.get("K_SERVICE") or env.get("FUNCTION_TARGET")),
             structured_logs=log_format == "json" or (
                 log_format == "auto" and bool(env.get("K_SERVICE") or env.get("FUNCTION_TARGET"))),
             project_id=(env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or "").strip()

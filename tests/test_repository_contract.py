@@ -37,8 +37,12 @@ def test_open_update_creates_the_user_once_and_refreshes_the_profile(repository:
     again = repository.open_update(next(_update_ids), profile(1, "Anna", "fr"), "fr", T0 + 5)
     assert again.user is not None and not again.user.is_new
     assert again.user.language == "de", "the default language applies to new users only"
-    assert repository.get_profile(1) == Profile(1, "Anna", None, None, "fr")
-    assert repository.get_profile(2) is None
+    records = repository.export_user(1)
+    assert records is not None
+    assert {k: records.profile[k] for k in ("first_name", "last_name", "username",
+                                            "language_code")} == {
+        "first_name": "Anna", "last_name": None, "username": None, "language_code": "fr"}
+    assert repository.export_user(2) is None
 
 
 def test_a_claimed_update_is_a_duplicate_until_released(repository: Repository):

@@ -19,7 +19,7 @@ from typing import Any
 
 import flask
 
-from messagine.dev.fake_bot_api import SAMPLE_CONTENT, FakeBotApi, FakeUser
+from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 
 STATIC = Path(__file__).parent / "sandbox_static"
 MAIN = Path(__file__).resolve().parent.parent.parent / "main.py"
@@ -154,5 +154,3 @@ def run(port: int = 8080, database: Path = Path("sandbox.sqlite3"),
     sandbox.api.stop()
     return 0
 
-
-__all__ = ["SAMPLES", "SAMPLE_CONTENT", "Sandbox", "create_app", "run"]

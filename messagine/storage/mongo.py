@@ -61,7 +61,6 @@ from messagine.storage.port import StorageUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Document = dict[str, Any]
 
 # How many recent update ids a user document keeps for de-duplication. Telegram delivers
 # one update of a chat at a time and re-sends that one until it succeeds, so a re-delivery
@@ -200,15 +199,6 @@ class MongoRepository:
         """See ``Repository.get_user``."""
         doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
         return self._state(doc) if doc else None
-
-    @_unavailable_as_storage_error
-    def get_profile(self, user_id: int) -> Profile | None:
-        """See ``Repository.get_profile``."""
-        doc = self.db.users.find_one({"_id": user_id})
-        if doc is None:
-            return None
-        return Profile(user_id, doc["first_name"], doc.get("last_name"), doc.get("username"),
-                       doc.get("language_code"))
 
     # -- updates and users ---------------------------------------------------------------
 

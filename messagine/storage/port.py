@@ -65,10 +65,6 @@ class Repository(Protocol):
         """The user's state, or None for an unknown user."""
         ...
 
-    def get_profile(self, user_id: int) -> Profile | None:
-        """The stored profile (names, username, language code), or None for an unknown user."""
-        ...
-
     def set_language(self, user_id: int, language: str) -> UserState:
         """Change the matching language; a waiting user's lobby entry moves with it.
 

@@ -277,14 +277,6 @@ class SqliteRepository:
         with self._transaction(write=False) as conn:
             return self._state(conn, user_id)
 
-    def get_profile(self, user_id: int) -> Profile | None:
-        """See ``Repository.get_profile``."""
-        with self._transaction(write=False) as conn:
-            row = conn.execute(
-                "SELECT id, first_name, last_name, username, language_code FROM users"
-                " WHERE id = ?", (user_id,)).fetchone()
-        return Profile(*row) if row else None
-
     # -- updates and users ---------------------------------------------------------------
 
     def open_update(
