@@ -20,6 +20,7 @@ STORAGE_CHOICES = ("auto", "sqlite", "mongo", "firestore")
 _TOKEN_RE = re.compile(r"^\d{5,16}:[A-Za-z0-9_-]{20,64}$")
 # Telegram accepts 1-256 characters A-Z, a-z, 0-9, _ and - as a webhook secret token.
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_HOST_PORT_RE = re.compile(r"[A-Za-z0-9.-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}")
 
 
 class SettingsError(Exception):
@@ -58,6 +59,9 @@ class Settings:
     sqlite_path: str
     mongodb_uri: Secret | None
     mongodb_database: str
+    firestore_project: str | None
+    firestore_database: str
+    firestore_emulator_host: str | None
     message_retention_days: int
     chat_retention_days: int
     privacy_contact: str
@@ -111,16 +115,8 @@ class Settings:
             problems.append(f"TELEGRAM_API_URL is not an http(s) URL: {api_url!r}")
 
         mongodb_uri = env.get("MONGODB_URI", "").strip()
-        storage = env.get("STORAGE", "auto").strip().lower() or "auto"
-        if storage not in STORAGE_CHOICES:
-            problems.append(f"STORAGE must be one of {', '.join(STORAGE_CHOICES)}, not {storage!r}")
-        elif storage == "auto":
-            storage = "mongo" if mongodb_uri else "sqlite"
-        if storage == "mongo" and not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
-            problems.append("STORAGE=mongo needs MONGODB_URI (mongodb:// or mongodb+srv://)")
-        if storage == "firestore":
-            problems.append("STORAGE=firestore is not available in this build yet; "
-                            "use mongo or sqlite")
+        storage = _storage(env, mongodb_uri, problems)
+        firestore_project, emulator_host = _firestore(env, storage, problems)
 
         admin_ids = _ids(env, "ADMIN_IDS", problems)
 
@@ -162,6 +158,9 @@ class Settings:
             sqlite_path=env.get("SQLITE_PATH", "messagine.sqlite3").strip(),
             mongodb_uri=Secret(mongodb_uri) if mongodb_uri else None,
             mongodb_database=env.get("MONGODB_DATABASE", "").strip() or "messagine",
+            firestore_project=firestore_project,
+            firestore_database=env.get("FIRESTORE_DATABASE", "").strip() or "(default)",
+            firestore_emulator_host=emulator_host,
             message_retention_days=retention,
             chat_retention_days=chat_retention,
             privacy_contact=env.get("PRIVACY_CONTACT", "").strip() or "messaginebot@gmail.com",
@@ -185,6 +184,47 @@ class Settings:
             mixpanel_events_url=mixpanel_urls["MIXPANEL_EVENTS_URL"],
             mixpanel_people_url=mixpanel_urls["MIXPANEL_PEOPLE_URL"],
         )
+
+
+def _on_google_cloud(env: Mapping[str, str]) -> bool:
+    return bool(env.get("K_SERVICE", "").strip() or env.get("FUNCTION_TARGET", "").strip())
+
+
+def _storage(env: Mapping[str, str], mongodb_uri: str, problems: list[str]) -> str:
+    """The backend: an explicit STORAGE wins; ``auto`` follows the README's table."""
+    storage = env.get("STORAGE", "auto").strip().lower() or "auto"
+    if storage not in STORAGE_CHOICES:
+        problems.append(f"STORAGE must be one of {', '.join(STORAGE_CHOICES)}, not {storage!r}")
+        return "sqlite"
+    if storage == "auto":
+        if mongodb_uri:
+            storage = "mongo"
+        elif _on_google_cloud(env) or env.get("FIRESTORE_EMULATOR_HOST", "").strip():
+            storage = "firestore"
+        else:
+            storage = "sqlite"
+    if storage == "mongo" and not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
+        problems.append("STORAGE=mongo needs MONGODB_URI (mongodb:// or mongodb+srv://)")
+    return storage
+
+
+def _firestore(
+    env: Mapping[str, str], storage: str, problems: list[str]
+) -> tuple[str | None, str | None]:
+    """The Firestore project and emulator; on Google Cloud the project is discovered."""
+    project = (env.get("FIRESTORE_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT")
+               or env.get("GCP_PROJECT") or "").strip() or None
+    emulator = env.get("FIRESTORE_EMULATOR_HOST", "").strip() or None
+    if storage != "firestore":
+        return project, emulator
+    if emulator is not None and not _HOST_PORT_RE.fullmatch(emulator):
+        problems.append(f"FIRESTORE_EMULATOR_HOST must be host:port, not {emulator!r}")
+    if project is None and (emulator is not None or not _on_google_cloud(env)):
+        problems.append(
+            "STORAGE=firestore needs a project id: set GOOGLE_CLOUD_PROJECT (or "
+            "FIRESTORE_PROJECT); on Cloud Functions it is found on its own"
+            + ("; for the emulator any id works, e.g. demo-test" if emulator else ""))
+    return project, emulator
 
 
 def _analytics(

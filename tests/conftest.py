@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.sqlite import SqliteRepository
+from support.firestore_emulator import JAR, FirestoreEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-webhook-secret_0123456789"
@@ -61,7 +63,7 @@ def bot_env(api: FakeBotApi, sqlite_path: Path, **extra: str) -> dict[str, str]:
 
 # -- repositories: one contract, every backend -------------------------------------------
 
-BACKENDS = ["sqlite", "mongo"]
+BACKENDS = ["sqlite", "mongo", "firestore"]
 _database_names = itertools.count(1)
 
 
@@ -119,22 +121,52 @@ def mongo_database_name() -> str:
     return f"messagine_test_{os.getpid()}_{next(_database_names)}"
 
 
+@pytest.fixture(scope="session")
+def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirestoreEmulator]:
+    """The Firestore emulator of the Google Cloud CLI, started once for the session."""
+    if not JAR.exists() or shutil.which("java") is None:
+        if os.environ.get("MESSAGINE_REQUIRE_FIRESTORE") == "1":
+            pytest.fail(f"no Firestore emulator ({JAR}) or no java, although it is required")
+        pytest.skip(f"no Firestore emulator: {JAR} or java is missing")
+    emulator = FirestoreEmulator(tmp_path_factory.mktemp("firestore") / "emulator.log")
+    yield emulator
+    emulator.stop()
+
+
+def firestore_project() -> str:
+    """A project of its own for one test: the emulator keeps projects apart."""
+    return f"demo-test-{os.getpid()}-{next(_database_names)}"
+
+
+def open_test_repository(request: pytest.FixtureRequest, backend: str, where: Path) -> Any:
+    """An empty repository of ``backend`` (SQLite in the file ``where``)."""
+    if backend == "mongo":
+        from messagine.storage.mongo import MongoRepository
+
+        return MongoRepository(request.getfixturevalue("mongo_uri"), mongo_database_name())
+    if backend == "firestore":
+        from messagine.storage.firestore import FirestoreRepository
+
+        emulator = request.getfixturevalue("firestore_emulator")
+        return FirestoreRepository(firestore_project(), emulator_host=emulator.host)
+    return SqliteRepository(where)
+
+
+def drop_test_repository(request: pytest.FixtureRequest, repo: Any) -> None:
+    """Free what ``open_test_repository`` made."""
+    if repo.backend == "mongo":
+        repo.db.client.drop_database(repo.db.name)
+    elif repo.backend == "firestore":
+        request.getfixturevalue("firestore_emulator").reset(repo.client.project)
+    repo.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A fresh, empty repository of each backend in turn."""
-    if request.param == "sqlite":
-        repo = SqliteRepository(tmp_path / "contract.sqlite3")
-        yield repo
-        repo.close()
-    else:
-        from messagine.storage.mongo import MongoRepository
-
-        uri = request.getfixturevalue("mongo_uri")
-        name = mongo_database_name()
-        repo = MongoRepository(uri, name)
-        yield repo
-        repo.db.client.drop_database(name)
-        repo.close()
+    repo = open_test_repository(request, request.param, tmp_path / "contract.sqlite3")
+    yield repo
+    drop_test_repository(request, repo)
 
 
 # -- the bot in this process -------------------------------------------------------------
@@ -237,6 +269,10 @@ def backend_env(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
     if backend == "mongo":
         uri = request.getfixturevalue("mongo_uri")
         return {"STORAGE": "mongo", "MONGODB_URI": uri, "MONGODB_DATABASE": mongo_database_name()}
+    if backend == "firestore":
+        emulator = request.getfixturevalue("firestore_emulator")
+        return {"STORAGE": "firestore", "FIRESTORE_EMULATOR_HOST": emulator.host,
+                "GOOGLE_CLOUD_PROJECT": firestore_project()}
     if backend == "sqlite-cloud-logging":  # as on Google Cloud: JSON logs on stdout
         return {"K_SERVICE": "messagine", "GOOGLE_CLOUD_PROJECT": "demo-project"}
     return {}
@@ -302,7 +338,5 @@ def make_bot(request: pytest.FixtureRequest, fake_api: FakeBotApi, tmp_path: Pat
 
     yield make
     for runtime, env in made:
-        if env.get("STORAGE") == "mongo":
-            repository: Any = runtime.repository
-            repository.db.client.drop_database(env["MONGODB_DATABASE"])
-            repository.close()
+        if env.get("STORAGE") in ("mongo", "firestore"):
+            drop_test_repository(request, runtime.repository)

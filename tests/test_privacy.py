@@ -11,7 +11,14 @@ from typing import Any
 import pymongo
 import pytest
 
-from conftest import BACKENDS, Clock, bot_env, mongo_database_name
+from conftest import (
+    BACKENDS,
+    Clock,
+    backend_env,
+    bot_env,
+    drop_test_repository,
+    mongo_database_name,
+)
 from messagine.catalog import Catalog
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.models import MessageLink, Retention
@@ -27,15 +34,11 @@ ALICE, BOB, CAROL = 777_001, 777_002, 777_003
 def privacy_bot(request: pytest.FixtureRequest, fake_api: FakeBotApi, tmp_path: Path,
                 clock: Clock) -> Iterator[Runtime]:
     env = bot_env(fake_api, tmp_path / "privacy.sqlite3", MIN_AGE="16")
-    if request.param == "mongo":
-        env |= {"STORAGE": "mongo", "MONGODB_URI": request.getfixturevalue("mongo_uri"),
-                "MONGODB_DATABASE": mongo_database_name()}
+    env |= backend_env(request, request.param)
     runtime = build_runtime(Settings.from_env(env), clock=clock)
     yield runtime
-    if request.param == "mongo":
-        repository: Any = runtime.repository
-        repository.db.client.drop_database(env["MONGODB_DATABASE"])
-        repository.close()
+    if request.param != "sqlite":
+        drop_test_repository(request, runtime.repository)
 
 
 def everything_stored(runtime: Runtime) -> list[Any]:
@@ -61,6 +64,14 @@ def everything_stored(runtime: Runtime) -> list[Any]:
         else:
             values.append(value)
 
+    if runtime.repository.backend == "firestore":
+        for collection in repository.client.collections():
+            for snap in collection.stream():
+                # Document ids hold user ids too ("users/777001", "links/777001:5").
+                values.extend(int(part) if part.lstrip("-").isdigit() else part
+                              for part in snap.id.split(":"))
+                walk(snap.to_dict())
+        return values
     for name in repository.db.list_collection_names():
         for doc in repository.db[name].find():
             walk(doc)
@@ -188,9 +199,7 @@ def test_the_age_question_comes_before_a_first_chat(
     backend: str, fake_api: FakeBotApi, tmp_path: Path, request: pytest.FixtureRequest
 ):
     env = bot_env(fake_api, tmp_path / "age.sqlite3", MIN_AGE="16")
-    if backend == "mongo":
-        env |= {"STORAGE": "mongo", "MONGODB_URI": request.getfixturevalue("mongo_uri"),
-                "MONGODB_DATABASE": mongo_database_name()}
+    env |= backend_env(request, backend)
     runtime = build_runtime(Settings.from_env(env))
     process = runtime.pipeline.process
     young, adult = fake_api.user(ALICE, "Young"), fake_api.user(BOB, "Adult")
@@ -206,15 +215,15 @@ def test_the_age_question_comes_before_a_first_chat(
     records = runtime.repository.export_user(BOB)
     assert records is not None and records.profile["age_answer"] == "yes"
     assert records.profile["age_answered_at"] is not None
+    if backend != "sqlite":
+        drop_test_repository(request, runtime.repository)
+
+
+def test_expired_records_are_purged_by_the_clock(privacy_bot: Runtime,
+                                                fake_api: FakeBotApi, clock: Clock):
+    """SQLite has no TTL; Firestore's TTL policies may lag a day, so both purge hourly."""
+    backend = privacy_bot.repository.backend
     if backend == "mongo":
-        repository: Any = runtime.repository
-        repository.db.client.drop_database(env["MONGODB_DATABASE"])
-        repository.close()
-
-
-def test_sqlite_purges_expired_records_with_the_clock(privacy_bot: Runtime,
-                                                      fake_api: FakeBotApi, clock: Clock):
-    if privacy_bot.repository.backend != "sqlite":
         pytest.skip("MongoDB expires records with TTL indexes (tested below)")
     alice, bob = fake_api.user(ALICE, "Alice"), fake_api.user(BOB, "Bob")
     for user in (alice, bob):
@@ -227,8 +236,9 @@ def test_sqlite_purges_expired_records_with_the_clock(privacy_bot: Runtime,
     repository = privacy_bot.repository
     assert repository.purge_expired(clock() + 3_600, retention) == {
         "messages": 0, "claims": 0, "chats": 0}
+    # SQLite keeps each update id a day; Firestore keeps a user's last 50 in their document.
     assert repository.purge_expired(clock() + 29 * 86_400, retention) == {
-        "messages": 0, "claims": 6, "chats": 0}, "update ids are kept one day"
+        "messages": 0, "claims": 6 if backend == "sqlite" else 0, "chats": 0}
     assert repository.purge_expired(clock() + 31 * 86_400, retention) == {
         "messages": 1, "claims": 0, "chats": 0}
     assert repository.purge_expired(clock() + 181 * 86_400, retention)["chats"] == 1
@@ -289,3 +299,36 @@ def test_reports_are_in_mydata_and_a_ban_outlives_erasure(make_bot, fake_api: Fa
     process(alice.press_button("Delete everything"))
     assert ALICE not in everything_stored(bot), "the reporter is not kept with the report"
     assert BOB in everything_stored(bot), "the report about Bob stays, for safety"
+
+
+def test_firestore_records_carry_the_expiry_its_ttl_policies_use(
+        request: pytest.FixtureRequest, clock: Clock, tmp_path: Path):
+    from conftest import open_test_repository
+    from messagine.models import EndReason, Profile
+
+    repository = open_test_repository(request, "firestore", tmp_path / "unused")
+    try:
+        for user_id in (ALICE, BOB):
+            repository.open_update(user_id, Profile(user_id, "U", None, None, None), "en",
+                                   clock())
+            repository.find_partner(user_id, 5, clock(), user_id)
+        repository.open_update(555, None, "en", clock())
+        state = repository.get_user(ALICE)
+        assert state is not None and state.chat is not None
+        repository.record_message(MessageLink(state.chat.chat_id, ALICE, 5, BOB, 7, "text",
+                                              clock()))
+        repository.end_chat(ALICE, EndReason.EXIT, clock() + 60, 99)
+        client = repository.client
+        links = [s.to_dict() for s in client.collection("links").stream()]
+        chat = client.collection("chats").document(str(state.chat.chat_id)).get().to_dict()
+        claim = client.collection("claims").document("555").get().to_dict()
+        assert [link["expires_at"].timestamp() for link in links] == \
+            [pytest.approx(clock() + 30 * 86_400)] * 2
+        assert chat["expires_at"].timestamp() == pytest.approx(clock() + 60 + 180 * 86_400)
+        assert claim["expires_at"].timestamp() == pytest.approx(clock() + 86_400)
+        docs = (ROOT / "docs" / "storage.md").read_text()
+        for group in ("links", "chats", "claims"):
+            assert (f"gcloud firestore fields ttls update expires_at --collection-group={group}"
+                    in docs), f"docs/storage.md enables the TTL policy of {group}"
+    finally:
+        drop_test_repository(request, repository)

@@ -39,19 +39,59 @@ def test_missing_token_and_secret_are_named():
     assert "secrets.token_urlsafe" in str(caught.value)
 
 
-def test_firestore_is_not_built_yet():
-    with pytest.raises(SettingsError, match="STORAGE=firestore is not available"):
-        Settings.from_env({"TELEGRAM_TOKEN": TOKEN, "STORAGE": "firestore"})
+MONGO = {"MONGODB_URI": "mongodb+srv://u:p@cluster0.example.net/"}
+CLOUD = {"K_SERVICE": "messagine"}
+EMULATOR = {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8681", "GOOGLE_CLOUD_PROJECT": "demo-x"}
 
 
+# The README's table, row by row.
 @pytest.mark.parametrize(("env", "storage"), [
     ({}, "sqlite"),
-    ({"MONGODB_URI": "mongodb+srv://u:p@cluster0.example.net/"}, "mongo"),
-    ({"MONGODB_URI": "mongodb://127.0.0.1:1/", "STORAGE": "sqlite"}, "sqlite"),
-    ({"MONGODB_URI": "mongodb://127.0.0.1:1/", "STORAGE": "mongo"}, "mongo"),
+    (MONGO, "mongo"),
+    ({**MONGO, **CLOUD}, "mongo"),
+    ({**MONGO, **EMULATOR}, "mongo"),
+    (CLOUD, "firestore"),
+    ({"FUNCTION_TARGET": "webhook"}, "firestore"),
+    (EMULATOR, "firestore"),
+    ({"GOOGLE_CLOUD_PROJECT": "p"}, "sqlite"),
+    ({**MONGO, "STORAGE": "sqlite"}, "sqlite"),
+    ({**CLOUD, "STORAGE": "sqlite"}, "sqlite"),
+    ({**MONGO, "STORAGE": "mongo"}, "mongo"),
+    ({**MONGO, **CLOUD, "STORAGE": "firestore"}, "firestore"),
+    ({"STORAGE": "firestore", "GOOGLE_CLOUD_PROJECT": "p"}, "firestore"),
+    ({"STORAGE": "FireStore", **EMULATOR}, "firestore"),
 ])
 def test_the_backend_choice(env: dict[str, str], storage: str):
     assert Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **env}).storage == storage
+
+
+def test_firestore_settings():
+    settings = Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **EMULATOR,
+                                  "FIRESTORE_DATABASE": "bots"})
+    assert (settings.firestore_project, settings.firestore_database,
+            settings.firestore_emulator_host) == ("demo-x", "bots", "127.0.0.1:8681")
+    on_cloud = Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **CLOUD})
+    assert on_cloud.firestore_project is None, "Cloud Functions: the client finds the project"
+    assert on_cloud.firestore_database == "(default)"
+    assert Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **EMULATOR,
+                              "FIRESTORE_PROJECT": "other"}).firestore_project == "other"
+
+
+@pytest.mark.parametrize(("env", "problem"), [
+    ({"STORAGE": "firestore"}, "STORAGE=firestore needs a project id"),
+    ({"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8681"}, "any id works, e.g. demo-test"),
+    ({**CLOUD, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8681"}, "needs a project id"),
+    ({**EMULATOR, "FIRESTORE_EMULATOR_HOST": "http://127.0.0.1:8681"},
+     "FIRESTORE_EMULATOR_HOST must be host:port"),
+    ({**CLOUD, "STORAGE": "mongo"}, "STORAGE=mongo needs MONGODB_URI"),
+    ({"STORAGE": "dynamo"}, "STORAGE must be one of auto, sqlite, mongo, firestore"),
+])
+def test_a_backend_without_its_settings_is_a_clear_start_up_error(
+        env: dict[str, str], problem: str):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **env})
+    assert len(caught.value.problems) == 1
+    assert problem in caught.value.problems[0]
 
 
 @pytest.mark.parametrize("uri", ["", "postgres://x", "127.0.0.1:27017"])

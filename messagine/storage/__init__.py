@@ -26,4 +26,12 @@ def open_repository(settings: Settings) -> Repository:
                                message_retention_days=settings.message_retention_days,
                                chat_retention_days=settings.chat_retention_days,
                                flood_rule=settings.flood_rule)
+    if settings.storage == "firestore":
+        from messagine.storage.firestore import FirestoreRepository  # noqa: PLC0415 - lazy driver
+
+        return FirestoreRepository(
+            settings.firestore_project, settings.firestore_database,
+            emulator_host=settings.firestore_emulator_host,
+            message_retention_days=settings.message_retention_days,
+            chat_retention_days=settings.chat_retention_days, flood_rule=settings.flood_rule)
     raise NotImplementedError(f"STORAGE={settings.storage} has no adapter in this build")
