@@ -70,9 +70,9 @@ def main() -> None:
             "bare function (functions-framework only)": ("bare", ROOT / "benchmarks" /
                                                          "bare_function.py", {}),
             "bot, local text logs": ("webhook", ROOT / "main.py", {**env, "LOG_FORMAT": "text"}),
-            "bot, Cloud Logging (K_SERVICE set)": ("webhook", ROOT / "main.py",
-                                                   {**env, "K_SERVICE": "messagine",
-                                                    "GOOGLE_CLOUD_PROJECT": "demo"}),
+            "bot, Cloud Logging (K_SERVICE set)": ("webhook", ROOT / "main.py", {
+                **env, "K_SERVICE": "messagine", "STORAGE": "sqlite",
+                "GOOGLE_CLOUD_PROJECT": "demo"}),
         }
         results: dict[str, list[float]] = {name: [] for name in configs}
         for _ in range(runs):  # interleaved, so drift hits every configuration alike

@@ -1,5 +1,5 @@
 """Heavy drivers load only on the path that needs them: a deploy on SQLite never imports
-pymongo, and nothing connects before the first request."""
+pymongo or the Firestore client, and nothing connects before the first request."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def test_sqlite_loads_no_other_driver():
 
 
 def test_cloud_logging_loads_only_on_google_cloud():
-    assert loaded("K_SERVICE=messagine") == "google.cloud.logging_v2"
-    assert loaded("K_SERVICE=messagine", "LOG_FORMAT=text") == ""
+    assert loaded("K_SERVICE=messagine", "STORAGE=sqlite") == "google.cloud.logging_v2"
+    assert loaded("K_SERVICE=messagine", "STORAGE=sqlite", "LOG_FORMAT=text") == ""
 
 
 def test_mixpanel_loads_only_when_an_event_is_sent():
@@ -44,3 +44,9 @@ def test_mixpanel_loads_only_when_an_event_is_sent():
 def test_mongo_loads_pymongo_and_connects_to_nothing_at_build():
     # Port 9 (discard) has no server: building must not try to reach it.
     assert loaded("MONGODB_URI=mongodb://127.0.0.1:9/") == "pymongo"
+
+
+def test_firestore_loads_its_client_and_connects_to_nothing_at_build():
+    # No emulator listens on port 9: building must not try to reach it.
+    assert loaded("FIRESTORE_EMULATOR_HOST=127.0.0.1:9", "GOOGLE_CLOUD_PROJECT=demo-x") \
+        == "google.cloud.firestore"

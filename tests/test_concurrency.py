@@ -29,24 +29,36 @@ pytestmark = pytest.mark.slow
 
 
 Spec = tuple[str, str, str]
-"""(backend, SQLite path or MongoDB URI, database name): what a worker process opens."""
+"""(backend, SQLite path, MongoDB URI or emulator host, database or project): what a
+worker process opens."""
 
 
 def _repo(spec: Spec) -> Any:
     backend, where, database = spec
     if backend == "sqlite":
         return SqliteRepository(where, busy_timeout_s=30)
+    if backend == "firestore":
+        from messagine.storage.firestore import FirestoreRepository
+
+        return FirestoreRepository(database, emulator_host=where)
     from messagine.storage.mongo import MongoRepository
 
     return MongoRepository(where, database)
 
 
-@pytest.fixture(params=["sqlite", "mongo"])
+@pytest.fixture(params=["sqlite", "mongo", "firestore"])
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Spec]:
     if request.param == "sqlite":
         yield ("sqlite", str(tmp_path / "race.sqlite3"), "")
         return
-    from conftest import mongo_database_name
+    from conftest import firestore_project, mongo_database_name
+
+    if request.param == "firestore":
+        emulator = request.getfixturevalue("firestore_emulator")
+        project = firestore_project()
+        yield ("firestore", emulator.host, project)
+        emulator.reset(project)
+        return
 
     uri = request.getfixturevalue("mongo_uri")
     name = mongo_database_name()

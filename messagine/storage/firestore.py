@@ -714,14 +714,19 @@ class FirestoreRepository:
         earlier one, so they are never both left waiting.
         """
         was_waiting: bool | None = None
+        joined = False
 
         def attempt() -> MatchResult:
-            nonlocal was_waiting
+            nonlocal was_waiting, joined
             user, entry = self._get(self._user(user_id), self._entry(user_id))
             if not user.exists:
                 raise LookupError(f"unknown user {user_id}")
             in_chat = self._in_chat(user, update_id)
             if in_chat is not None:
+                if joined and not in_chat.resumed:
+                    # Taken from the lobby after joining it in this call: the instance
+                    # that took them announces the chat to both.
+                    return MatchResult(MatchOutcome.WAITING, waiting_count=1)
                 return in_chat
             if was_waiting is None:
                 was_waiting = entry.exists
@@ -738,6 +743,7 @@ class FirestoreRepository:
                                             "avoid": sorted(avoid), "offered": pool == "*"})
                 batch.put(user.reference, {"waiting_since": now})
                 joined_at = batch.commit()[0].update_time
+                joined = True
                 for candidate in self._candidates(user_id, pool, avoid,
                                                   joined_before=(joined_at, entry.id)):
                     matched = self._pair(user_id, candidate, pool, now, update_id,
@@ -765,7 +771,7 @@ class FirestoreRepository:
         if own_entry is not None and not my_entry.exists:
             # Someone took the searcher from the lobby after they joined; the instance
             # that did announces the chat to both.
-            return MatchResult(MatchOutcome.WAITING, waiting_count=0)
+            return MatchResult(MatchOutcome.WAITING, waiting_count=1)
         if me.to_dict().get("chat"):
             raise _ConflictError  # someone paired the searcher: decide again from the top
         if not (their_entry.exists and them.exists and not them.to_dict().get("chat")
