@@ -9,6 +9,8 @@ never succeed answers 200 so it does not stall the chat's queue at Telegram.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -125,8 +127,12 @@ class Pipeline:
             opened = self.repository.open_update(
                 update_id, profile, language_for(sender.language_code), self.clock(),
                 getattr(item, "media_group_id", None))
-        except StorageUnavailable:
-            log.exception("storage unavailable while claiming update %s", update_id)
+        except StorageUnavailable as error:
+            log.error("update %s will be retried: storage unavailable (%s)", update_id, error)
+            # The claim may have been stored before the answer was lost (a timeout); if
+            # it stayed, Telegram's re-delivery would be taken for a duplicate.
+            with contextlib.suppress(StorageUnavailable):
+                self.repository.release_update(update_id)
             return Result(503, "retry:storage"), content_type
         stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
         if stopped is not None:

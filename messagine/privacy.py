@@ -36,12 +36,19 @@ class PrivacyTerms:
     message_days: int
     chat_days: int
     min_age: int
+    storage: str = "mongo"
+    """The backend (settings.storage): the policy names who stores the records."""
+
+
+STORE_NAMES = {"mongo": "MongoDB Atlas", "firestore": "Google Cloud Firestore",
+               "sqlite": "SQLite, on the bot's own server,"}
 
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
-    """The full policy in one language (docs/privacy.md is the English one)."""
+    """The full policy in one language (docs/privacy.md is the English one, on MongoDB)."""
     return texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
-                 chat_days=terms.chat_days, min_age=terms.min_age)
+                 chat_days=terms.chat_days, min_age=terms.min_age,
+                 store=STORE_NAMES[terms.storage])
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:

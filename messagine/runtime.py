@@ -61,7 +61,7 @@ def build_runtime(
     relay = Relay(repository, telegram, catalog, conversation, clock, analytics)
     terms = PrivacyTerms(settings.privacy_contact, settings.privacy_policy_url,
                          settings.message_retention_days, settings.chat_retention_days,
-                         settings.min_age)
+                         settings.min_age, settings.storage)
     privacy = Privacy(repository, telegram, catalog, conversation, analytics, terms, clock)
     moderation = Moderation(repository, telegram, catalog, conversation, analytics,
                             ModerationSettings(settings.admin_ids, settings.admin_chat_id,

@@ -88,15 +88,34 @@ def test_the_webhook_step_gets_the_secrets_it_uses():
     assert "set-webhook --url" in script and "set-commands" in script
 
 
+FIRESTORE = {"_STORAGE": "firestore", "_STORAGE_SECRETS": ""}
+
+
+def test_on_firestore_no_mongodb_secret_is_asked_for_and_the_indexes_are_set_up():
+    for step_id in ("deploy", "deploy-reminders"):
+        args = deploy_args(step_id, **FIRESTORE)
+        env_vars = next(a for a in args if a.startswith("--set-env-vars="))
+        secrets = next(a for a in args if a.startswith("--set-secrets="))
+        assert "STORAGE=firestore" in env_vars.split("=", 1)[1].split(",")
+        assert "MONGODB_URI" not in secrets
+    script = step("firestore-setup")["args"][-1]
+    assert '[ "${_STORAGE}" = firestore ]' in script
+    assert "python3 -m messagine.storage.setup_firestore --project=$PROJECT_ID" in script
+    ids = [s["id"] for s in BUILD["steps"]]
+    assert ids.index("firestore-setup") < ids.index("deploy"), "indexes build before traffic"
+
+
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
-@pytest.mark.parametrize(("step_id", "analytics"), [
-    ("deploy", ""), ("deploy", ANALYTICS), ("deploy-reminders", "")])
+@pytest.mark.parametrize(("step_id", "analytics", "storage"), [
+    ("deploy", "", "mongo"), ("deploy", ANALYTICS, "mongo"), ("deploy-reminders", "", "mongo"),
+    ("deploy", "", "firestore")])
 def test_gcloud_accepts_the_deploy_command_and_fails_only_for_lack_of_an_account(
-    tmp_path: Path, step_id: str, analytics: str
+    tmp_path: Path, step_id: str, analytics: str, storage: str
 ):
     env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
-    args = deploy_args(step_id, _ANALYTICS_SECRETS=analytics)
+    extra = FIRESTORE if storage == "firestore" else {}
+    args = deploy_args(step_id, _ANALYTICS_SECRETS=analytics, **extra)
     result = subprocess.run(["gcloud", *args, "--project=demo-project"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0

@@ -277,3 +277,31 @@ def test_a_hanging_bot_api_is_cut_off_by_the_client_timeout(
     assert (result.status, result.outcome) == (503, "retry:telegram")
     fake_api.clear_failures()
     assert runtime.pipeline.process(update).outcome == "relayed", "the claim was released"
+
+
+def test_a_claim_stored_before_its_answer_was_lost_does_not_swallow_the_redelivery(
+        fake_api: FakeBotApi, tmp_path: Path, alice: FakeUser, bob: FakeUser):
+    from messagine.storage.port import StorageUnavailable
+
+    class AnswerLostOnce(SqliteRepository):
+        """The claim is written, then the store's answer times out (once)."""
+
+        lose_next = False
+
+        def open_update(self, *args: Any, **kwargs: Any) -> Any:
+            opened = super().open_update(*args, **kwargs)
+            if self.lose_next:
+                self.lose_next = False
+                raise StorageUnavailable("answer lost after the write")
+            return opened
+
+    path = tmp_path / "lost.sqlite3"
+    repository = AnswerLostOnce(path)
+    runtime = build_runtime(Settings.from_env(bot_env(fake_api, path)), repository=repository)
+    pair(runtime.pipeline.process, alice, bob)
+    update = alice.text("written, then the answer was lost")
+    repository.lose_next = True
+    result = runtime.pipeline.process(update)
+    assert (result.status, result.outcome) == (503, "retry:storage")
+    assert runtime.pipeline.process(update).outcome == "relayed", "Telegram's re-delivery"
+    assert list(bob.texts()).count("written, then the answer was lost") == 1

@@ -97,9 +97,13 @@ def test_privacy_sends_the_policy(privacy_bot: Runtime, fake_api: FakeBotApi):
     assert privacy_bot.pipeline.process(alice.command("privacy")).outcome == "privacy:text:1"
     text = alice.last()["text"]
     for promise in ("30 days", "180 days", "1 day", "/mydata", "/deleteme", "/analytics off",
-                    "/set_language", "Mixpanel", "MongoDB Atlas", "Google Cloud", "Telegram",
+                    "/set_language", "Mixpanel", "Google Cloud", "Telegram",
                     "messaginebot@gmail.com", "16 and over"):
         assert promise in text, promise
+    store = {"mongo": "MongoDB Atlas stores the records above",
+             "firestore": "Google Cloud Firestore stores the records above",
+             "sqlite": "SQLite, on the bot's own server, stores the records above"}
+    assert store[privacy_bot.repository.backend] in text
 
 
 def test_the_policy_can_be_a_link(fake_api: FakeBotApi, tmp_path: Path):
