@@ -10,7 +10,6 @@ never succeed answers 200 so it does not stall the chat's queue at Telegram.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -128,7 +127,9 @@ class Pipeline:
                 update_id, profile, language_for(sender.language_code), self.clock(),
                 getattr(item, "media_group_id", None))
         except StorageUnavailable as error:
-            log.error("update %s will be retried: storage unavailable (%s)", update_id, error)
+            # One line, no traceback: an outage is not a bug.
+            log.error("update %s will be retried: storage unavailable (%s)",  # noqa: TRY400
+                      update_id, error)
             # The claim may have been stored before the answer was lost (a timeout); if
             # it stayed, Telegram's re-delivery would be taken for a duplicate.
             with contextlib.suppress(StorageUnavailable):

@@ -44,7 +44,7 @@ class RpcRecorder:
 
     def client(self, **kwargs: Any) -> Any:
         made = firestore.Client(**kwargs)
-        original_property = type(made)._firestore_api  # noqa: SLF001
+        original_property = type(made)._firestore_api
 
         recorder = self
 
@@ -181,11 +181,8 @@ def required_index(query: Any) -> tuple[str, tuple[tuple[str, str], ...], tuple[
     ranges = [f for f, op in filters if (f, op) not in equalities]
     orders = [(_field(o.field), o.direction.name) for o in structured.order_by
               if _field(o.field) != "__name__"]
-    tail: list[tuple[str, str]] = []
-    for name in ranges:
-        if name not in [n for n, _ in orders]:
-            tail.append((name, "ASCENDING"))
-    tail.extend(orders)
+    ordered = [n for n, _ in orders]
+    tail = [(name, "ASCENDING") for name in ranges if name not in ordered] + orders
     distinct = {f for f, _ in equalities} | {n for n, _ in tail}
     if len(distinct) <= 1 or not tail:
         return collection, (), ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 INDEXES_FILE = Path(__file__).with_name("firestore.indexes.json")
@@ -29,20 +30,20 @@ def gcloud_commands(project: str) -> list[str]:
             f"gcloud firestore indexes composite create --project={project} "
             f"--collection-group={index['collectionGroup']} "
             f"--query-scope={index['queryScope']} {fields} --async")
-    for override in spec.get("fieldOverrides", []):
-        if override.get("ttl"):
-            commands.append(
-                f"gcloud firestore fields ttls update {override['fieldPath']} "
-                f"--collection-group={override['collectionGroup']} --enable-ttl "
-                f"--project={project} --async")
+    commands.extend(
+        f"gcloud firestore fields ttls update {override['fieldPath']} "
+        f"--collection-group={override['collectionGroup']} --enable-ttl "
+        f"--project={project} --async"
+        for override in spec.get("fieldOverrides", []) if override.get("ttl"))
     return commands
 
 
 def main() -> None:
+    """Print the commands, one a line, for a shell or cloudbuild.yaml to run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", required=True, help="the Google Cloud project id")
     for command in gcloud_commands(parser.parse_args().project):
-        print(command)
+        sys.stdout.write(command + "\n")
 
 
 if __name__ == "__main__":
