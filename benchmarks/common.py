@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "tests"):  # the project, and the test servers in tests/support
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 SECRET = "benchmark-secret"
 

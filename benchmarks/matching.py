@@ -1,7 +1,8 @@
 """Matching: 1,000 users searching at once across 4 processes, per backend.
 
     .venv/bin/python benchmarks/matching.py [--users 1000] [--processes 4] [--backend sqlite]
-    (--backend mongo needs MONGODB_URI, e.g. the mongoeco server of the tests)
+    (--backend mongo needs MONGODB_URI, e.g. the mongoeco server of the tests;
+     --backend firestore uses FIRESTORE_EMULATOR_HOST, or starts the emulator)
 
 Prints pairs made per second and checks that exactly users/2 pairs form with nobody
 left waiting.
@@ -10,10 +11,12 @@ left waiting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,30 @@ def open_repository(spec: tuple[str, str]) -> Any:
         from messagine.storage.sqlite import SqliteRepository
 
         return SqliteRepository(where, busy_timeout_s=60, flood_rule=FloodRule(limit=10**6))
+    if backend == "firestore":
+        from messagine.storage.firestore import FirestoreRepository
+
+        return FirestoreRepository(where, emulator_host=os.environ["FIRESTORE_EMULATOR_HOST"],
+                                   flood_rule=FloodRule(limit=10**6))
     from messagine.storage.mongo import MongoRepository
 
     return MongoRepository(os.environ["MONGODB_URI"], where, flood_rule=FloodRule(limit=10**6))
+
+
+@contextlib.contextmanager
+def emulator_if_needed(backend: str, tmp: Path) -> Iterator[None]:
+    """Start the Firestore emulator when Firestore is asked for and none is given."""
+    if backend != "firestore" or os.environ.get("FIRESTORE_EMULATOR_HOST"):
+        yield
+        return
+    from support.firestore_emulator import FirestoreEmulator
+
+    emulator = FirestoreEmulator(tmp / "emulator.log")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+    try:
+        yield
+    finally:
+        emulator.stop()
 
 
 def worker(spec: tuple[str, str], users: list[int], start: Any, out: Any) -> None:
@@ -46,11 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--backend", choices=["sqlite", "mongo"], default="sqlite")
+    parser.add_argument("--backend", choices=["sqlite", "mongo", "firestore"],
+                        default="sqlite")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        where = str(Path(tmp) / "matching.sqlite3") if args.backend == "sqlite" \
-            else f"bench_matching_{os.getpid()}"
+    with tempfile.TemporaryDirectory() as tmp, emulator_if_needed(args.backend, Path(tmp)):
+        where = (str(Path(tmp) / "matching.sqlite3") if args.backend == "sqlite"
+                 else f"demo-matching-{os.getpid()}" if args.backend == "firestore"
+                 else f"bench_matching_{os.getpid()}")
         spec = (args.backend, where)
         repo = open_repository(spec)
         for user in range(1, args.users + 1):

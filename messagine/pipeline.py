@@ -135,6 +135,16 @@ class Pipeline:
             with contextlib.suppress(StorageUnavailable):
                 self.repository.release_update(update_id)
             return Result(503, "retry:storage"), content_type
+        if opened.duplicate:
+            try:
+                unrecorded = self._unfinished(update, kind, chat)
+            except StorageUnavailable as error:
+                log.error("update %s will be retried: storage unavailable (%s)",  # noqa: TRY400
+                          update_id, error)
+                return Result(503, "retry:storage"), content_type
+            if unrecorded is None:
+                return Result(200, "duplicate"), content_type
+            opened = OpenedUpdate(duplicate=False, user=unrecorded)
         stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
         if stopped is not None:
             return stopped, content_type
@@ -160,9 +170,7 @@ class Pipeline:
 
     def _stop_before_dispatch(self, opened: OpenedUpdate, privacy_request: bool
                               ) -> Result | None:
-        """Re-deliveries, floods and banned users (but for their privacy rights) stop here."""
-        if opened.duplicate:
-            return Result(200, "duplicate")
+        """Floods and banned users (but for their privacy rights) stop here."""
         user = opened.user
         if opened.throttled:
             if opened.warn and user is not None:
@@ -172,6 +180,33 @@ class Pipeline:
             self._tell(user.user_id, user, "banned.notice")
             return Result(200, "banned")
         return None
+
+    def _unfinished(self, update: types.Update, kind: str, chat: types.Chat
+                    ) -> UserState | None:
+        """The sender, when a re-delivered message must be processed again.
+
+        Telegram re-delivers an update only after the earlier attempt failed (an error
+        answer, or an instance killed or stopped mid-request), so a claimed update seen
+        again was most likely never finished. A chat message is relayed again unless its
+        copy's link exists (written right after the copy: a message that has one was
+        relayed); a command is run again, which every command tolerates (a search or an
+        ending resumes by update id, the rest answer again). Buttons and other texts keep
+        the claim: a re-delivery is a duplicate.
+        """
+        message = update.message if kind == "message" else None
+        if message is None or chat.type != "private" or message.from_user is None:
+            return None
+        command = (message.text or "").startswith("/")
+        user = self.repository.get_user(message.from_user.id)
+        if user is None or user.banned:
+            return None
+        if not command:
+            if user.chat is None or self.repository.find_message(
+                    user.chat.chat_id, user.user_id, message.message_id) is not None:
+                return None
+        log.warning("update %s was claimed by an attempt that did not finish: processing it "
+                    "again", update.update_id)
+        return user
 
     def _purge_when_due(self) -> None:
         """Delete expired records at most once an hour per instance.

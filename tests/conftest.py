@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.sqlite import SqliteRepository
 from support.firestore_emulator import JAR, FirestoreEmulator
+from support.mongo_server import MongoServer, mongoeco_python
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-webhook-secret_0123456789"
@@ -67,38 +67,8 @@ BACKENDS = ["sqlite", "mongo", "firestore"]
 _database_names = itertools.count(1)
 
 
-class MongoServer:
-    """mongoeco's MongoDB wire-protocol server on 127.0.0.1, data kept in a file."""
-
-    def __init__(self, python: str, data: Path) -> None:
-        self.python = python
-        self.data = data
-        self.port = free_port()
-        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.python, str(ROOT / "tests" / "support" / "mongoeco_server.py"),
-             str(self.port), str(self.data)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if b"ready" not in line:
-            raise RuntimeError(f"the MongoDB test server did not start: {line!r}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
-
-
 def _mongoeco_python() -> str | None:
-    candidate = os.environ.get("MONGOECO_PYTHON") or str(ROOT / ".venv-mongo" / "bin" / "python")
-    return candidate if Path(candidate).exists() else None
+    return mongoeco_python()
 
 
 @pytest.fixture(scope="session")

@@ -305,3 +305,34 @@ def test_a_claim_stored_before_its_answer_was_lost_does_not_swallow_the_redelive
     assert (result.status, result.outcome) == (503, "retry:storage")
     assert runtime.pipeline.process(update).outcome == "relayed", "Telegram's re-delivery"
     assert list(bob.texts()).count("written, then the answer was lost") == 1
+
+
+def test_a_message_claimed_by_an_attempt_that_died_is_relayed_on_redelivery(
+        bot: Runtime, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser):
+    """An instance killed after the claim and before the copy: Telegram re-delivers."""
+    deliver = bot.pipeline.process
+    pair(deliver, alice, bob)
+    update = alice.text("the instance died before copying me")
+    opened = bot.repository.open_update(update["update_id"], None, "en", 0.0)
+    assert not opened.duplicate  # the dead attempt's claim (it got no further)
+    assert deliver(update).outcome == "relayed"
+    assert deliver(update).outcome == "duplicate", "now it has a link: never twice"
+    assert list(bob.texts()).count("the instance died before copying me") == 1
+
+
+def test_a_command_claimed_by_an_attempt_that_died_runs_on_redelivery(
+        bot: Runtime, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser):
+    deliver = bot.pipeline.process
+    deliver(alice.command("start"))
+    search = alice.command("find_chat")
+    bot.repository.open_update(search["update_id"], None, "en", 0.0)  # the dead attempt
+    assert deliver(search).outcome == "find:waiting"
+    state = bot.repository.get_user(alice.id)
+    assert state is not None and state.waiting
+    # Pressing a button is claimed for good: a re-delivery is a duplicate.
+    deliver(bob.command("find_chat"))
+    press = alice.press_button("Exit") if any(
+        "Exit" in b for m in alice.inbox() for b in buttons(m)) else None
+    if press is not None:
+        assert deliver(press).outcome != "duplicate"
+        assert deliver(press).outcome == "duplicate"

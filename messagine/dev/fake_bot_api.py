@@ -17,6 +17,7 @@ import email.message
 import email.policy
 import itertools
 import json
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -60,7 +61,11 @@ class ApiCall:
 
 @dataclass
 class FailureRule:
-    """Answer ``status`` (or hang ``delay`` seconds) to matching calls, ``times`` times."""
+    """Answer ``status`` (or hang ``delay`` seconds) to matching calls, ``times`` times.
+
+    ``share``: the rule applies to about this fraction of the matching calls, at random
+    (fault runs); ``status`` 200 with a ``delay`` is a slow Telegram that does the call.
+    """
 
     method: str | None
     chat_id: int | None
@@ -69,12 +74,15 @@ class FailureRule:
     retry_after: int | None
     times: int | None
     delay: float = 0.0
+    share: float = 1.0
+    hits: int = 0
 
-    def matches(self, method: str, params: JsonObject) -> bool:
+    def matches(self, method: str, params: JsonObject, draw: float = 0.0) -> bool:
         """True when the rule applies to this call and has uses left."""
         return ((self.method is None or self.method == method)
                 and (self.chat_id is None or self.chat_id == params.get("chat_id"))
-                and (self.times is None or self.times > 0))
+                and (self.times is None or self.times > 0)
+                and draw < self.share)
 
 
 class _Server(ThreadingHTTPServer):
@@ -106,6 +114,7 @@ class FakeBotApi:
         self._lock = threading.RLock()
         self.calls: list[ApiCall] = []
         self.rules: list[FailureRule] = []
+        self._random = random.Random(0)  # noqa: S311 - fault injection, not a secret
         self.blocked: set[int] = set()
         self.chats: dict[int, dict[int, JsonObject]] = {}
         self._next_message_id: dict[int, int] = {}
@@ -148,14 +157,17 @@ class FakeBotApi:
     def fail(
         self, method: str | None = None, chat_id: int | None = None, status: int = 500,
         description: str | None = None, retry_after: int | None = None,
-        times: int | None = 1, delay: float = 0.0,
+        times: int | None = 1, delay: float = 0.0, share: float = 1.0,
     ) -> FailureRule:
-        """Make matching calls fail (or first hang ``delay`` s); ``times=None``: always."""
+        """Make matching calls fail (or first hang ``delay`` s); ``times=None``: always.
+
+        ``share``: only about this fraction of matching calls, drawn at random.
+        """
         default = {403: "Forbidden: bot was blocked by the user",
                    429: f"Too Many Requests: retry after {retry_after}",
                    400: "Bad Request"}.get(status, "Internal Server Error")
         rule = FailureRule(method, chat_id, status, description or default, retry_after, times,
-                           delay)
+                           delay, share)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -365,9 +377,12 @@ class FakeBotApi:
         method = segments[1]
         params = _decode_params(parts.query, content_type, body)
         with self._lock:
-            rule = next((r for r in self.rules if r.matches(method, params)), None)
-            if rule is not None and rule.times is not None:
-                rule.times -= 1
+            rule = next((r for r in self.rules
+                         if r.matches(method, params, self._random.random())), None)
+            if rule is not None:
+                rule.hits += 1
+                if rule.times is not None:
+                    rule.times -= 1
         if rule is not None and rule.delay:
             time.sleep(rule.delay)
         try:
@@ -397,11 +412,14 @@ class FakeBotApi:
                 status, answer = api.handle_request(
                     self.path, self.headers.get("Content-Type", ""), body)
                 data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the bot gave up waiting (a simulated timeout): nobody to answer
 
             do_GET = do_POST = _serve  # noqa: N815 - http.server's naming
 

@@ -1,0 +1,535 @@
+"""A Telegram delivery simulator: many users, several instances, Telegram's delivery rules.
+
+It drives the real HTTP entry point (functions-framework serving main.py, one server per
+simulated instance, each with several worker processes) the way Telegram delivers
+webhooks: each chat's updates in order with one in flight per chat, a non-2xx answer, a
+timeout or a broken connection re-delivered with a growing backoff, and at most
+``max_connections`` requests in flight overall. Faults are injected on the side: the fake
+Bot API failing a share of calls, the store taken away and given back, worker processes
+killed mid-request (gunicorn starts new ones, as the platform replaces instances).
+
+At the end it checks, from the fake Bot API's record of every chat and from the store:
+every text a user sent in a chat reached the partner exactly once and in order (or, when
+the partner was unreachable (403), a prefix of it and the chat ended), and every pair and
+lobby invariant holds. ``tests/test_simulator.py`` runs it small in CI on every backend;
+``benchmarks/simulate.py`` runs it large by hand.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.models import UserState
+
+log = logging.getLogger("messagine.simulator")
+_SIMULATED_TEXT = re.compile(r"u\d+ r\d+ m\d+")
+ROOT = Path(__file__).resolve().parents[2]
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """How much to simulate."""
+
+    users: int = 24
+    messages_per_user: int = 5
+    rounds: int = 2
+    languages: tuple[str, ...] = ("en", "de")
+    instances: int = 2
+    workers_per_instance: int = 2
+    threads_per_worker: int = 4
+    max_connections: int = 16
+    """Telegram's setWebhook max_connections: requests in flight at once, overall."""
+    delivery_timeout_s: float = 30.0
+    """Telegram waits 60 s for an answer; shorter here, still above any request's bound."""
+    first_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    give_up_after_s: float = 180.0
+    """Telegram keeps trying for 24 hours; an update still failing after this is lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """What goes wrong during the run (shares are of Bot API calls)."""
+
+    api_5xx: float = 0.0
+    api_429: float = 0.0
+    api_timeout: float = 0.0
+    """The call hangs past the bot's Telegram timeout and never happens."""
+    api_403: float = 0.0
+    """copyMessage: the partner blocked the bot."""
+    kill_every_s: float = 0.0
+    """SIGKILL a random worker process this often (0: never)."""
+    storage_outages: int = 0
+    outage_s: float = 3.0
+
+    def any(self) -> bool:
+        """True when something is injected."""
+        return bool(self.api_5xx or self.api_429 or self.api_timeout or self.api_403
+                    or self.kill_every_s or self.storage_outages)
+
+
+@dataclass(slots=True)
+class Report:
+    """What happened, and what the checks found."""
+
+    updates: int = 0
+    attempts: int = 0
+    answers: collections.Counter[str] = field(default_factory=collections.Counter)
+    texts_sent: int = 0
+    texts_delivered_once: int = 0
+    texts_lost: list[str] = field(default_factory=list)
+    texts_duplicated: list[str] = field(default_factory=list)
+    duplicates_in_send_record_window: list[str] = field(default_factory=list)
+    texts_cut_by_403: int = 0
+    out_of_order: list[str] = field(default_factory=list)
+    updates_given_up: list[int] = field(default_factory=list)
+    kills: list[float] = field(default_factory=list)
+    outages: int = 0
+    violations: list[str] = field(default_factory=list)
+    pairs_made: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing doubled (beyond the send-record window), no violation."""
+        return not (self.texts_lost or self.texts_duplicated or self.out_of_order
+                    or self.updates_given_up or self.violations)
+
+    def summary(self) -> str:
+        """The numbers, for a test failure or the benchmark's output."""
+        redelivered = self.attempts - self.updates
+        return (
+            f"{self.updates} updates in {self.seconds:.1f} s "
+            f"({self.updates / max(self.seconds, 1e-9):.0f}/s), {self.attempts} attempts "
+            f"({redelivered} re-deliveries), answers {dict(self.answers)}; "
+            f"{self.texts_sent} texts: {self.texts_delivered_once} exactly once, "
+            f"{len(self.texts_lost)} lost, {len(self.texts_duplicated)} duplicated, "
+            f"{len(self.duplicates_in_send_record_window)} doubled by a kill between send and "
+            f"record, {self.texts_cut_by_403} not sent after the partner became unreachable, "
+            f"{len(self.out_of_order)} out of order; {self.pairs_made} pairs made; "
+            f"{len(self.kills)} workers killed, {self.outages} storage outages; "
+            f"{len(self.updates_given_up)} updates given up; violations: {self.violations[:5]}")
+
+
+class Instances:
+    """functions-framework servers of main.py, each with several gunicorn workers."""
+
+    def __init__(self, env: Mapping[str, str], load: Load, log_dir: Path,
+                 secret: str) -> None:
+        self.secret = secret
+        self.urls: list[str] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._logs = []
+        for index in range(load.instances):
+            port = _free_port()
+            log_file = (log_dir / f"instance{index}.log").open("wb")
+            self._logs.append(log_file)
+            self.processes.append(subprocess.Popen(  # noqa: S603 - our own interpreter
+                [sys.executable, "-m", "functions_framework", "--target", "webhook",
+                 "--source", str(ROOT / "main.py"), "--host", "127.0.0.1",
+                 "--port", str(port)],
+                cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                env={**os.environ, **env, "WORKERS": str(load.workers_per_instance),
+                     "THREADS": str(load.threads_per_worker), "PYTHONUNBUFFERED": "1"}))
+            self.urls.append(f"http://127.0.0.1:{port}/")
+        for url, process in zip(self.urls, self.processes, strict=True):
+            _wait_until_up(url, process)
+
+    def workers(self) -> list[int]:
+        """The pids of every instance's worker processes (gunicorn's master's children)."""
+        pids = []
+        for process in self.processes:
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in Path(f"/proc/{process.pid}/task/{process.pid}/children")
+                         .read_text().split()]
+        return pids
+
+    def kill_a_worker(self, rng: random.Random) -> bool:
+        """SIGKILL one worker, mid-request if it has one; its master starts another."""
+        workers = self.workers()
+        if not workers:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rng.choice(workers), signal.SIGKILL)
+        return True
+
+    def stop(self) -> None:
+        """Stop every instance and its workers."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log_file in self._logs:
+            log_file.close()
+
+
+@dataclass(slots=True)
+class _Chat:
+    """One user's private chat with the bot, as Telegram's delivery queue sees it."""
+
+    pending: collections.deque[JsonObject] = field(default_factory=collections.deque)
+    in_flight: bool = False
+    ready_at: float = 0.0
+    attempt: int = 0
+    first_try: float = 0.0
+
+
+class Telegram:
+    """Delivers updates as Telegram does: per chat in order, one in flight, re-delivered."""
+
+    def __init__(self, instances: Instances, load: Load, report: Report, seed: int) -> None:
+        self._instances = instances
+        self._load = load
+        self._report = report
+        self._rng = random.Random(seed)  # noqa: S311 - a load balancer, not a secret
+        self._chats: dict[int, _Chat] = collections.defaultdict(_Chat)
+        self._lock = threading.Condition()
+        self._sessions = threading.local()
+
+    def enqueue(self, chat_id: int, update: JsonObject) -> None:
+        """Queue an update behind the chat's earlier ones."""
+        with self._lock:
+            self._chats[chat_id].pending.append(update)
+            self._report.updates += 1
+            self._lock.notify_all()
+
+    def drain(self) -> None:
+        """Deliver everything queued; returns when every update got a 2xx or was given up."""
+        threads = [threading.Thread(target=self._work, daemon=True)
+                   for _ in range(self._load.max_connections)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _next(self) -> tuple[int, JsonObject] | None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                waiting = [(c.ready_at, chat_id) for chat_id, c in self._chats.items()
+                           if c.pending and not c.in_flight]
+                busy = any(c.in_flight for c in self._chats.values())
+                if not waiting and not busy:
+                    return None
+                ready = [chat_id for at, chat_id in waiting if at <= now]
+                if ready:
+                    chat_id = self._rng.choice(ready)
+                    chat = self._chats[chat_id]
+                    chat.in_flight = True
+                    if chat.attempt == 0:
+                        chat.first_try = now
+                    return chat_id, chat.pending[0]
+                soonest = min((at for at, _ in waiting), default=now + 0.5)
+                self._lock.wait(max(0.005, min(0.5, soonest - now)))
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            chat_id, update = item
+            answer = self._post(update)
+            with self._lock:
+                chat = self._chats[chat_id]
+                chat.in_flight = False
+                self._report.attempts += 1
+                self._report.answers[answer] += 1
+                if answer == "200":
+                    chat.pending.popleft()
+                    chat.attempt = 0
+                    chat.ready_at = 0.0
+                elif time.monotonic() - chat.first_try > self._load.give_up_after_s:
+                    self._report.updates_given_up.append(int(update["update_id"]))
+                    chat.pending.popleft()
+                    chat.attempt = 0
+                else:
+                    chat.attempt += 1
+                    backoff = min(self._load.max_backoff_s,
+                                  self._load.first_backoff_s * 2 ** (chat.attempt - 1))
+                    chat.ready_at = time.monotonic() + backoff * (0.5 + self._rng.random())
+                self._lock.notify_all()
+
+    def _post(self, update: JsonObject) -> str:
+        session = getattr(self._sessions, "session", None)
+        if session is None:
+            session = self._sessions.session = requests.Session()
+        url = self._rng.choice(self._instances.urls)
+        try:
+            response = session.post(
+                url, json=update, timeout=self._load.delivery_timeout_s,
+                headers={"X-Telegram-Bot-Api-Secret-Token": self._instances.secret})
+        except requests.Timeout:
+            return "timeout"
+        except requests.ConnectionError:
+            session.close()
+            self._sessions.session = requests.Session()
+            return "connection_error"
+        return str(response.status_code)
+
+
+StateReader = Callable[[int], UserState | None]
+
+
+class Simulation:
+    """One run: users pair, talk and move on, round after round, while faults happen."""
+
+    def __init__(
+        self, api: FakeBotApi, env: Mapping[str, str], load: Load, faults: Faults,
+        read_state: StateReader, work_dir: Path, *,
+        storage_down: Callable[[], None] | None = None,
+        storage_up: Callable[[], None] | None = None, seed: int = 1,
+    ) -> None:
+        self.api = api
+        self.env = {**env, "TELEGRAM_TOKEN": api.token, "TELEGRAM_API_URL": api.url}
+        self.load = load
+        self.faults = faults
+        self.read_state = read_state
+        self.work_dir = work_dir
+        self.storage_down = storage_down
+        self.storage_up = storage_up
+        self.rng = random.Random(seed)  # noqa: S311 - a simulation, not a secret
+        self.report = Report()
+        self.users = [api.user(500_000 + i, f"User{i}",
+                               language_code=load.languages[i % len(load.languages)])
+                      for i in range(load.users)]
+        self.sent: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
+        """Per recipient: (sender, text) the senders meant for them, in sending order."""
+        self.update_of: dict[str, int] = {}
+        """The update id of each simulated text, to find it in the instances' logs."""
+
+    def run(self) -> Report:
+        """Run every round, then check; the report says what was found."""
+        started = time.monotonic()
+        secret = self.env["WEBHOOK_SECRET"]
+        instances = Instances(self.env, self.load, self.work_dir, secret)
+        stop_faults = threading.Event()
+        try:
+            self._inject_api_faults()
+            faults = threading.Thread(target=self._fault_loop, args=(instances, stop_faults),
+                                      daemon=True)
+            faults.start()
+            for round_number in range(self.load.rounds):
+                self._round(instances, round_number)
+            stop_faults.set()
+            faults.join()
+            self.api.clear_failures()
+        finally:
+            stop_faults.set()
+            instances.stop()
+        self.report.seconds = time.monotonic() - started
+        self._check_texts()
+        self._check_invariants()
+        return self.report
+
+    # -- the workload --------------------------------------------------------------------
+
+    def _round(self, instances: Instances, round_number: int) -> None:
+        telegram = Telegram(instances, self.load, self.report, seed=round_number)
+        for user in self.users:
+            telegram.enqueue(user.id, user.command("find_chat"))
+        telegram.drain()
+        partners = {}
+        for user in self.users:
+            state = self.read_state(user.id)
+            if state is not None and state.chat is not None:
+                partners[user.id] = state.chat.partner_id
+        self.report.pairs_made += len(partners) // 2
+        for index in range(self.load.messages_per_user):
+            for user in self.users:
+                partner = partners.get(user.id)
+                if partner is None:
+                    continue
+                text = f"u{user.id} r{round_number} m{index}"
+                self.sent[partner].append((user.id, text))
+                self.report.texts_sent += 1
+                update = user.text(text)
+                self.update_of[text] = int(update["update_id"])
+                telegram.enqueue(user.id, update)
+        telegram.drain()
+        # Some move on to someone new, some leave: the next round pairs them afresh.
+        for user in self.users:
+            if user.id in partners and self.rng.random() < 0.5:
+                telegram.enqueue(user.id, user.command("next"))
+        telegram.drain()
+
+    # -- faults --------------------------------------------------------------------------
+
+    def _inject_api_faults(self) -> None:
+        f = self.faults
+        timeout = float(self.env.get("TELEGRAM_TIMEOUT_SECONDS", "10"))
+        if f.api_403:
+            self.api.fail("copyMessage", status=403, times=None, share=f.api_403)
+        if f.api_timeout:
+            # Hangs past the bot's read timeout, then fails: Telegram never did it.
+            self.api.fail(status=500, times=None, delay=timeout + 1, share=f.api_timeout)
+        if f.api_429:
+            self.api.fail(status=429, retry_after=1, times=None, share=f.api_429)
+        if f.api_5xx:
+            self.api.fail(status=502, description="Bad Gateway", times=None, share=f.api_5xx)
+
+    def _fault_loop(self, instances: Instances, stop: threading.Event) -> None:
+        outages_left = self.faults.storage_outages
+        next_kill = time.monotonic() + (self.faults.kill_every_s or 1e9)
+        next_outage = time.monotonic() + 2.0
+        while not stop.wait(0.05):
+            now = time.monotonic()
+            if self.faults.kill_every_s and now >= next_kill:
+                if instances.kill_a_worker(self.rng):
+                    self.report.kills.append(time.time())
+                next_kill = now + self.faults.kill_every_s * (0.5 + self.rng.random())
+            if outages_left and now >= next_outage and self.storage_down and self.storage_up:
+                self.storage_down()
+                stop.wait(self.faults.outage_s)
+                self.storage_up()
+                self.report.outages += 1
+                outages_left -= 1
+                next_outage = time.monotonic() + 4.0
+
+    # -- the checks ----------------------------------------------------------------------
+
+    def _received(self, recipient: int) -> list[str]:
+        """The simulated texts that reached ``recipient``, in the order they arrived."""
+        return [m["text"] for m in self.api.messages(recipient)
+                if m.get("from", {}).get("id") == self.api.bot_user["id"]
+                and _SIMULATED_TEXT.fullmatch(m.get("text", ""))]
+
+    def _check_texts(self) -> None:
+        copies = self._copy_times()
+        for recipient, expected in self.sent.items():
+            received: collections.Counter[str] = collections.Counter()
+            got = self._received(recipient)
+            for text in got:
+                received[text] += 1
+            # One stream per sender and round: a round's texts go to one chat.
+            streams: dict[tuple[int, str], list[str]] = collections.defaultdict(list)
+            for sender, text in expected:
+                streams[(sender, text.split(" ")[1])].append(text)
+            for (sender, round_tag), texts in streams.items():
+                mine = [t for t in got if t.startswith(f"u{sender} {round_tag} ")]
+                self._check_one_stream(recipient, sender, texts, mine, received, copies)
+
+    def _check_one_stream(self, recipient: int, sender: int, texts: list[str],
+                          got: list[str], received: collections.Counter[str],
+                          copies: dict[str, list[float]]) -> None:
+        first_seen = list(dict.fromkeys(got))
+        positions = [texts.index(t) for t in first_seen if t in texts]
+        if positions != sorted(positions):
+            self.report.out_of_order.append(f"u{sender}->u{recipient}")
+        for text in texts:
+            count = received[text]
+            if count == 1:
+                self.report.texts_delivered_once += 1
+            elif count > 1:
+                if self._doubled_by_a_kill(copies.get(text, [])):
+                    self.report.duplicates_in_send_record_window.append(text)
+                else:
+                    self.report.texts_duplicated.append(text)
+        missing = [t for t in texts if received[t] == 0]
+        if not missing:
+            return
+        # A prefix arrived and the rest was never sent: the partner became unreachable
+        # (403), which ends the chat. Anything else missing is lost.
+        delivered = [t for t in texts if received[t] > 0]
+        prefix = texts[:len(delivered)] == delivered
+        pair = {sender, recipient}
+        blocked = any(c.method == "copyMessage" and c.status == 403
+                      and {c.params.get("chat_id"), c.params.get("from_chat_id")} == pair
+                      for c in self.api.calls)
+        if prefix and blocked:
+            self.report.texts_cut_by_403 += len(missing)
+        else:
+            self.report.texts_lost.extend(missing)
+
+    def _copy_times(self) -> dict[str, list[float]]:
+        """When each text was copied (successful copyMessage calls), by text."""
+        by_id: dict[tuple[int, int], str] = {}
+        for user in self.users:
+            for message in self.api.messages(user.id):
+                if message.get("from", {}).get("id") == user.id and "text" in message:
+                    by_id[(user.id, message["message_id"])] = message["text"]
+        times: dict[str, list[float]] = collections.defaultdict(list)
+        for call in self.api.calls:
+            if call.method == "copyMessage" and call.status == 200:
+                key = (call.params.get("from_chat_id"), call.params.get("message_id"))
+                if key in by_id:
+                    times[by_id[key]].append(call.at)
+        return times
+
+    def _doubled_by_a_kill(self, copy_times: list[float]) -> bool:
+        """A worker was killed after a copy was made and before its re-delivery copied again.
+
+        Telegram re-delivers only after an attempt failed; a relay that made its copy
+        fails only if its process dies before the copy's link is written (the link makes
+        the re-delivery a duplicate). So a kill between the two copies is the cause.
+        """
+        if len(copy_times) < 2:
+            return False
+        first, second = sorted(copy_times)[:2]
+        # The copy is recorded by the fake when it answers; the kill may land while the
+        # answer is on its way, just before.
+        return any(first - 0.5 <= kill <= second for kill in self.report.kills)
+
+    def _check_invariants(self) -> None:
+        states = {user.id: self.read_state(user.id) for user in self.users}
+        waiting_by_language: collections.Counter[str] = collections.Counter()
+        for user_id, state in states.items():
+            if state is None:
+                self.report.violations.append(f"user {user_id} unknown to the store")
+                continue
+            if state.chat is not None and state.waiting:
+                self.report.violations.append(f"user {user_id} waits and chats at once")
+            if state.chat is not None:
+                partner = states.get(state.chat.partner_id)
+                if partner is None or partner.chat is None \
+                        or partner.chat.partner_id != user_id \
+                        or partner.chat.chat_id != state.chat.chat_id:
+                    self.report.violations.append(f"user {user_id}'s chat is not mutual")
+            if state.waiting:
+                waiting_by_language[state.language] += 1
+        # With RECENT_PARTNERS=0 everyone of a language is compatible: at most one waits.
+        if self.env.get("RECENT_PARTNERS") == "0":
+            for language, count in waiting_by_language.items():
+                if count > 1:
+                    self.report.violations.append(
+                        f"{count} users wait in {language} although they could be paired")
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415 - only the simulator needs it
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"an instance exited at start: {url}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"an instance did not start: {url}")

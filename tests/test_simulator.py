@@ -1,0 +1,87 @@
+"""The delivery simulator on every backend: Telegram's rules, several instances, faults.
+
+Small sizes here (CI); benchmarks/simulate.py runs the same at benchmark size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import BACKENDS, SECRET, firestore_project
+from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.dev.simulator import Faults, Load, Simulation
+from support.simulated_backends import (
+    SimulatedStore,
+    firestore_store,
+    mongo_store,
+    sqlite_store,
+)
+
+pytestmark = pytest.mark.slow
+
+ENV = {"WEBHOOK_SECRET": SECRET, "MIN_AGE": "0", "FLOOD_LIMIT": "10000",
+       "RECENT_PARTNERS": "0", "TELEGRAM_TIMEOUT_SECONDS": "2", "LOG_FORMAT": "text",
+       "LOG_LEVEL": "WARNING"}
+LOAD = Load(users=24, messages_per_user=5, rounds=2)
+FAULTS = Faults(api_5xx=0.05, api_429=0.02, api_timeout=0.01, api_403=0.01,
+                kill_every_s=2.0, storage_outages=1, outage_s=3.0)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimulatedStore]:
+    if request.param == "sqlite":
+        context = sqlite_store(tmp_path)
+    elif request.param == "mongo":
+        request.getfixturevalue("mongo_uri")  # skips (or fails in CI) without mongoeco
+        context = mongo_store(tmp_path)
+    else:
+        context = firestore_store(request.getfixturevalue("firestore_emulator"),
+                                  firestore_project())
+    with context as simulated:
+        yield simulated
+
+
+def simulate(store: SimulatedStore, tmp_path: Path, faults: Faults) -> Simulation:
+    api = FakeBotApi()
+    api.start()
+    simulation = Simulation(api, {**ENV, **store.env}, LOAD, faults, store.read_state,
+                            tmp_path, storage_down=store.storage_down,
+                            storage_up=store.storage_up)
+    with contextlib.closing(_Stopper(api)):
+        simulation.run()
+    return simulation
+
+
+class _Stopper:
+    def __init__(self, api: FakeBotApi) -> None:
+        self.api = api
+
+    def close(self) -> None:
+        self.api.stop()
+
+
+def test_every_text_arrives_once_and_in_order(store: SimulatedStore, tmp_path: Path):
+    report = simulate(store, tmp_path, Faults()).report
+    assert report.ok, report.summary()
+    assert report.texts_sent > 0 and report.texts_delivered_once == report.texts_sent
+    assert report.pairs_made == LOAD.users  # 12 pairs a round, 2 rounds
+    assert report.attempts == report.updates, "no fault, no re-delivery"
+
+
+def test_faults_lose_and_double_nothing(store: SimulatedStore, tmp_path: Path):
+    simulation = simulate(store, tmp_path, FAULTS)
+    report = simulation.report
+    assert report.ok, report.summary()
+    assert report.texts_sent == (report.texts_delivered_once + report.texts_cut_by_403
+                                 + len(report.duplicates_in_send_record_window)), \
+        report.summary()
+    # The faults did happen, and were answered so that Telegram re-delivered.
+    assert report.kills and report.outages == 1, report.summary()
+    assert report.attempts > report.updates
+    assert report.answers["503"] > 0, report.summary()
+    failed = [c for c in simulation.api.calls if c.status in (429, 502, 500)]
+    assert failed, "the fake Bot API failed some calls"
