@@ -117,34 +117,9 @@ class Pipeline:
             return Result(200, "ignored:no_sender"), content_type
         if sender.is_bot:
             return Result(200, "ignored:from_bot"), content_type
-        profile = None
-        if chat.type == "private":
-            profile = Profile(sender.id, sender.first_name or "", sender.last_name,
-                              sender.username, sender.language_code)
-        item = getattr(update, kind)
-        try:
-            opened = self.repository.open_update(
-                update_id, profile, language_for(sender.language_code), self.clock(),
-                getattr(item, "media_group_id", None))
-        except StorageUnavailable as error:
-            # One line, no traceback: an outage is not a bug.
-            log.error("update %s will be retried: storage unavailable (%s)",  # noqa: TRY400
-                      update_id, error)
-            # The claim may have been stored before the answer was lost (a timeout); if
-            # it stayed, Telegram's re-delivery would be taken for a duplicate.
-            with contextlib.suppress(StorageUnavailable):
-                self.repository.release_update(update_id)
-            return Result(503, "retry:storage"), content_type
-        if opened.duplicate:
-            try:
-                unrecorded = self._unfinished(update, kind, chat)
-            except StorageUnavailable as error:
-                log.error("update %s will be retried: storage unavailable (%s)",  # noqa: TRY400
-                          update_id, error)
-                return Result(503, "retry:storage"), content_type
-            if unrecorded is None:
-                return Result(200, "duplicate"), content_type
-            opened = OpenedUpdate(duplicate=False, user=unrecorded)
+        opened = self._open(update_id, update, kind, sender, chat)
+        if isinstance(opened, Result):
+            return opened, content_type
         stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
         if stopped is not None:
             return stopped, content_type
@@ -167,6 +142,35 @@ class Pipeline:
             context.leave(token)
             self.analytics.flush()
         return Result(200, ctx.outcome), content_type
+
+    def _open(self, update_id: int, update: types.Update, kind: str, sender: types.User,
+              chat: types.Chat) -> OpenedUpdate | Result:
+        """Claim the update (and load the sender), or the answer that ends it here."""
+        profile = None
+        if chat.type == "private":
+            profile = Profile(sender.id, sender.first_name or "", sender.last_name,
+                              sender.username, sender.language_code)
+        try:
+            opened = self.repository.open_update(
+                update_id, profile, language_for(sender.language_code), self.clock(),
+                getattr(getattr(update, kind), "media_group_id", None))
+        except StorageUnavailable as error:
+            _log_outage(update_id, error)
+            # The claim may have been stored before the answer was lost (a timeout); if
+            # it stayed, Telegram's re-delivery would be taken for a duplicate.
+            with contextlib.suppress(StorageUnavailable):
+                self.repository.release_update(update_id)
+            return Result(503, "retry:storage")
+        if not opened.duplicate:
+            return opened
+        try:
+            unfinished = self._unfinished(update, kind, chat)
+        except StorageUnavailable as error:
+            _log_outage(update_id, error)
+            return Result(503, "retry:storage")
+        if unfinished is None:
+            return Result(200, "duplicate")
+        return OpenedUpdate(duplicate=False, user=unfinished)
 
     def _stop_before_dispatch(self, opened: OpenedUpdate, privacy_request: bool
                               ) -> Result | None:
@@ -200,10 +204,9 @@ class Pipeline:
         user = self.repository.get_user(message.from_user.id)
         if user is None or user.banned:
             return None
-        if not command:
-            if user.chat is None or self.repository.find_message(
-                    user.chat.chat_id, user.user_id, message.message_id) is not None:
-                return None
+        if not command and (user.chat is None or self.repository.find_message(
+                user.chat.chat_id, user.user_id, message.message_id) is not None):
+            return None
         log.warning("update %s was claimed by an attempt that did not finish: processing it "
                     "again", update.update_id)
         return user
@@ -268,3 +271,8 @@ def _sender_and_chat(
         message = item.message
         return item.from_user, (message.chat if message is not None else None)
     return item.from_user, item.chat
+
+
+def _log_outage(update_id: int, error: StorageUnavailable) -> None:
+    # One line, no traceback: an outage is not a bug.
+    log.error("update %s will be retried: storage unavailable (%s)", update_id, error)
