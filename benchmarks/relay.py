@@ -1,6 +1,7 @@
 """Relay throughput and latency through the real HTTP entry point, against a baseline.
 
     .venv/bin/python benchmarks/relay.py [--messages 2000] [--clients 8] [--backend sqlite]
+    (--backend mongo starts mongoeco's server, --backend firestore the emulator)
 
 Starts functions-framework serving main.py (the bot, with the fake Bot API on loopback)
 and, in the same run, functions-framework serving a baseline function that makes the one
@@ -25,6 +26,7 @@ import requests
 from common import ROOT, SECRET, free_port  # the benchmarks' folder is on sys.path
 
 from messagine.dev.fake_bot_api import FakeBotApi
+from support.simulated_backends import open_store
 
 
 def serve(target: str, source: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
@@ -79,12 +81,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--backend", choices=["sqlite", "mongo", "firestore"],
+                        default="sqlite")
     args = parser.parse_args()
-    with FakeBotApi() as api, tempfile.TemporaryDirectory() as tmp:
+    with FakeBotApi() as api, tempfile.TemporaryDirectory() as tmp, \
+            open_store(args.backend, Path(tmp), "relay") as store:
         env = {"TELEGRAM_TOKEN": api.token, "TELEGRAM_API_URL": api.url,
-               "WEBHOOK_SECRET": SECRET, "SQLITE_PATH": str(Path(tmp) / "bench.sqlite3"),
-               "LOG_FORMAT": "text", "LOG_LEVEL": "WARNING", "FLOOD_LIMIT": "10000",
-               "MIN_AGE": "0"}
+               "WEBHOOK_SECRET": SECRET, "LOG_FORMAT": "text", "LOG_LEVEL": "WARNING",
+               "FLOOD_LIMIT": "10000", "MIN_AGE": "0", **store.env}
         bot, bot_url = serve("webhook", ROOT / "main.py", env)
         base, base_url = serve("baseline", ROOT / "benchmarks" / "baseline_function.py", env)
         try:
@@ -105,7 +109,8 @@ def main() -> None:
             for process in (bot, base):
                 process.terminate()
                 process.wait()
-    print(f"{sent} relayed texts, {args.clients} clients, SQLite, fake Bot API on loopback")
+    print(f"{sent} relayed texts, {args.clients} clients, {args.backend}, "
+          "fake Bot API on loopback")
     for name, seconds, lat in (("baseline", base_time, base_lat), ("bot", bot_time, bot_lat)):
         p50, p99 = statistics.median(lat) * 1000, percentile(lat, 0.99) * 1000
         print(f"  {name:9s} {sent / seconds:7.0f} msg/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms")

@@ -14,22 +14,15 @@ so the cost of the faults is a ratio in the same run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from common import SECRET  # puts the project and tests/ on sys.path
 
 from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.dev.simulator import Faults, Load, Report, Simulation
-from support.simulated_backends import (
-    SimulatedStore,
-    firestore_store,
-    mongo_store,
-    sqlite_store,
-)
+from support.simulated_backends import open_store
 
 ENV = {"WEBHOOK_SECRET": SECRET, "MIN_AGE": "0", "FLOOD_LIMIT": "10000",
        "RECENT_PARTNERS": "0", "TELEGRAM_TIMEOUT_SECONDS": "2", "LOG_FORMAT": "text",
@@ -38,27 +31,9 @@ FAULTS = Faults(api_5xx=0.05, api_429=0.02, api_timeout=0.01, api_403=0.005,
                 kill_every_s=2.0, storage_outages=3, outage_s=3.0)
 
 
-@contextlib.contextmanager
-def store(backend: str, tmp: Path, run: int) -> Iterator[SimulatedStore]:
-    if backend == "sqlite":
-        with sqlite_store(tmp) as simulated:
-            yield simulated
-    elif backend == "mongo":
-        with mongo_store(tmp) as simulated:
-            yield simulated
-    else:
-        from support.firestore_emulator import FirestoreEmulator
-
-        emulator = FirestoreEmulator(tmp / "emulator.log")
-        try:
-            with firestore_store(emulator, f"demo-simulate-{run}") as simulated:
-                yield simulated
-        finally:
-            emulator.stop()
-
-
 def run(backend: str, load: Load, faults: Faults, number: int) -> Report:
-    with tempfile.TemporaryDirectory() as tmp, store(backend, Path(tmp), number) as simulated, \
+    with tempfile.TemporaryDirectory() as tmp, \
+            open_store(backend, Path(tmp), f"simulate-{number}") as simulated, \
             FakeBotApi() as api:
         simulation = Simulation(api, {**ENV, **simulated.env}, load, faults,
                                 simulated.read_state, Path(tmp),

@@ -88,3 +88,23 @@ def firestore_store(emulator: Any, project: str) -> Iterator[SimulatedStore]:
         proxy.cut()
         reader.close()
         emulator.reset(project)
+
+
+@contextlib.contextmanager
+def open_store(backend: str, work_dir: Path, name: str) -> Iterator[SimulatedStore]:
+    """A fresh store of ``backend``, with its own server where it needs one (benchmarks)."""
+    if backend == "sqlite":
+        with sqlite_store(work_dir) as simulated:
+            yield simulated
+    elif backend == "mongo":
+        with mongo_store(work_dir) as simulated:
+            yield simulated
+    else:
+        from support.firestore_emulator import FirestoreEmulator
+
+        emulator = FirestoreEmulator(work_dir / "emulator.log")
+        try:
+            with firestore_store(emulator, f"demo-{name}") as simulated:
+                yield simulated
+        finally:
+            emulator.stop()
