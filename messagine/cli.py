@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("set-commands", help="set the command menu for every language")
     hook = commands.add_parser("set-webhook", help="point Telegram at the deployed function")
     hook.add_argument("--url", required=True, help="the function's public https URL")
+    hook.add_argument("--max-connections", type=int, default=WEBHOOK_MAX_CONNECTIONS,
+                      choices=range(1, 101), metavar="1-100",
+                      help="requests Telegram keeps in flight at once (docs/scaling.md)")
     commands.add_parser("delete-webhook", help="stop webhook delivery")
     commands.add_parser("webhook-info", help="print Telegram's view of the webhook")
     commands.add_parser("init-db", help="create the storage schema and indexes")
@@ -76,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "set-commands":
             return set_commands(runtime)
         if args.command == "set-webhook":
-            return set_webhook(runtime, args.url)
+            return set_webhook(runtime, args.url, args.max_connections)
         if args.command == "delete-webhook":
             runtime.telegram.delete_webhook()
             print("webhook deleted")
@@ -107,14 +110,15 @@ def set_commands(runtime: Runtime) -> int:
     return 0
 
 
-def set_webhook(runtime: Runtime, url: str) -> int:
+def set_webhook(runtime: Runtime, url: str,
+                max_connections: int = WEBHOOK_MAX_CONNECTIONS) -> int:
     """Register the webhook with the secret token and the update kinds the bot handles."""
     if not url.startswith("https://"):
         print("error: --url must be the function's https:// URL", file=sys.stderr)
         return 2
     secret = runtime.settings.webhook_secret
     assert secret is not None  # noqa: S101 - required by the settings for this command
-    runtime.telegram.set_webhook(url, secret.reveal(), HANDLED_KINDS, WEBHOOK_MAX_CONNECTIONS)
+    runtime.telegram.set_webhook(url, secret.reveal(), HANDLED_KINDS, max_connections)
     print(f"webhook set to {url} for {', '.join(HANDLED_KINDS)}")
     return 0
 

@@ -47,6 +47,11 @@ def test_set_webhook_registers_secret_and_update_kinds(fake_api: FakeBotApi, tmp
     assert call.params["secret_token"] == SECRET
     assert call.params["allowed_updates"] == list(HANDLED_KINDS)
     assert int(call.params["max_connections"]) == 40
+    assert run(env, "set-webhook", "--url", "https://example.invalid/webhook",
+               "--max-connections", "100").returncode == 0
+    assert int(fake_api.calls_of("setWebhook")[-1].params["max_connections"]) == 100
+    assert run(env, "set-webhook", "--url", "https://example.invalid/webhook",
+               "--max-connections", "101").returncode == 2
     info = run(env, "webhook-info")
     assert info.returncode == 0 and "https://example.invalid/webhook" in info.stdout
     assert run(env, "delete-webhook").returncode == 0

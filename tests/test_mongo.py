@@ -77,7 +77,7 @@ def test_a_relayed_text_costs_two_commands(fake_api: FakeBotApi, tmp_path: Path,
     repository.close()
 
 
-def test_one_client_per_process_across_a_thousand_requests(
+def test_one_client_per_process_across_many_requests(
     fake_api: FakeBotApi, tmp_path: Path, mongo_uri: str, database: str,
     monkeypatch: pytest.MonkeyPatch,
 ):
@@ -99,7 +99,7 @@ def test_one_client_per_process_across_a_thousand_requests(
 
     def serve(user: Any) -> None:
         try:
-            for _ in range(125):
+            for _ in range(50):
                 assert lazy.get().pipeline.process(user.command("help")).status == 200
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
@@ -110,7 +110,7 @@ def test_one_client_per_process_across_a_thousand_requests(
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len(fake_api.calls_of("sendMessage")) == 1000
+    assert len(fake_api.calls_of("sendMessage")) == 400
     assert len(created) == 1
     lazy.get().repository.close()  # type: ignore[attr-defined]
 
