@@ -312,3 +312,36 @@ def test_gcloud_accepts_the_setup_commands_and_fails_only_for_lack_of_an_account
         assert result.returncode != 0
         assert "You do not currently have an active account selected" in result.stderr, \
             (command, result.stderr)
+
+
+def test_a_hanging_store_is_cut_off_by_the_call_deadline(
+    fake_api: FakeBotApi, tmp_path: Path, firestore_emulator: FirestoreEmulator,
+):
+    proxy = TcpProxy(firestore_emulator.host)
+    project = firestore_project()
+    repository = FirestoreRepository(project, emulator_host=proxy.host,
+                                     flood_rule=FloodRule(limit=10_000))
+    try:
+        settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
+        runtime = build_runtime(settings, repository=repository)
+        alice, bob = pair(runtime, fake_api)
+        proxy.hang()  # connections stay open; nothing comes back
+        update = alice.text("while the store hangs")
+        started = time.monotonic()
+        result = runtime.pipeline.process(update)
+        elapsed = time.monotonic() - started
+        assert (result.status, result.outcome) == (503, "retry:storage")
+        # One call's 5 s deadline for the claim, one for the release attempt: well under
+        # Telegram's 60 s.
+        assert elapsed < 15, elapsed
+        proxy.restore()
+        deadline = time.monotonic() + 60
+        while (outcome := runtime.pipeline.process(update).outcome) == "retry:storage":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert outcome == "relayed"
+        assert list(bob.texts()).count("while the store hangs") == 1
+    finally:
+        proxy.cut()
+        firestore_emulator.reset(project)
+        repository.close()

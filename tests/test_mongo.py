@@ -4,7 +4,10 @@ indexed queries, and an outage survived without losing or doubling a message."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,9 @@ from messagine.settings import Settings
 from messagine.storage.mongo import MongoRepository
 
 pytestmark = pytest.mark.slow
+# A suspended server: the socket timeout (10 s) ends the claim, the release attempt may
+# take as long again; Telegram waits 60 s.
+HANG_BOUND_S = 25.0
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -190,6 +196,40 @@ def test_an_outage_answers_503_and_loses_or_doubles_nothing(
         texts = list(bob.texts())
         assert texts.count("sent before the outage") == 1
         assert texts.count("sent during the outage") == 1
+        repository.close()
+    finally:
+        server.stop()
+
+
+def test_a_hanging_server_is_cut_off_by_the_client_timeouts(
+    fake_api: FakeBotApi, tmp_path: Path
+):
+    python = _mongoeco_python()
+    if python is None:
+        pytest.skip("no mongoeco environment to suspend")
+    server = MongoServer(python, tmp_path / "hang.sqlite3")
+    try:
+        repository = MongoRepository(server.uri, "hang", flood_rule=FloodRule(limit=10_000))
+        settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
+        runtime = build_runtime(settings, repository=repository)
+        alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
+        for update in (alice.command("find_chat"), bob.command("find_chat")):
+            assert runtime.pipeline.process(update).status == 200
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)  # connected, but never answers
+        update = alice.text("while the server hangs")
+        started = time.monotonic()
+        result = runtime.pipeline.process(update)
+        elapsed = time.monotonic() - started
+        os.kill(server.process.pid, signal.SIGCONT)
+        assert (result.status, result.outcome) == (503, "retry:storage")
+        assert elapsed < HANG_BOUND_S, elapsed
+        deadline = time.monotonic() + 60
+        while (outcome := runtime.pipeline.process(update).outcome) == "retry:storage":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert outcome == "relayed"
+        assert list(bob.texts()).count("while the server hangs") == 1
         repository.close()
     finally:
         server.stop()

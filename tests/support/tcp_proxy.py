@@ -1,8 +1,9 @@
 """A TCP proxy on 127.0.0.1 that a test can cut, to take a database away and back.
 
 ``cut()`` closes every open connection and refuses new ones, as a stopped server does;
-``restore()`` forwards again. The server behind it keeps its data, which matters for the
-Firestore emulator: it holds everything in memory and would lose it if it were stopped.
+``hang()`` keeps every connection open but carries nothing, as a server that stopped
+answering does; ``restore()`` forwards again. The server behind it keeps its data, which
+matters for the Firestore emulator: it holds everything in memory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._hanging = threading.Event()
         self.port = 0
         self.restore()
 
@@ -28,8 +30,15 @@ class TcpProxy:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def hang(self) -> None:
+        """Accept and hold connections, and forward nothing, until ``restore``."""
+        self._hanging.set()
+
     def restore(self) -> None:
         """Listen (on the same port as before) and forward."""
+        if self._hanging.is_set():
+            self._hanging.clear()
+            self.cut()  # what was held is stale: clients reconnect
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -73,7 +82,8 @@ class TcpProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not self._hanging.is_set():
+                    sink.sendall(data)
         except OSError:
             pass
         finally:
