@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -310,3 +311,33 @@ def make_bot(request: pytest.FixtureRequest, fake_api: FakeBotApi, tmp_path: Pat
     for runtime, env in made:
         if env.get("STORAGE") in ("mongo", "firestore"):
             drop_test_repository(request, runtime.repository)
+
+
+def serve_from_threads(process: Callable[[dict[str, Any]], Any], users: list[Any],
+                       per_user: int) -> list[BaseException]:
+    """Each user sends /help ``per_user`` times from a thread of their own; the errors."""
+    errors: list[BaseException] = []
+
+    def serve(user: Any) -> None:
+        try:
+            for _ in range(per_user):
+                assert process(user.command("help")).status == 200
+        except BaseException as error:  # noqa: BLE001 - reported by the caller
+            errors.append(error)
+
+    threads = [threading.Thread(target=serve, args=(u,)) for u in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def redeliver_until_processed(runtime: Runtime, update: dict[str, Any],
+                              seconds: float = 60) -> str:
+    """Re-deliver ``update`` as Telegram does while the store is still coming back."""
+    deadline = time.monotonic() + seconds
+    while (outcome := runtime.pipeline.process(update).outcome) == "retry:storage":
+        assert time.monotonic() < deadline, "the store came back but requests still fail"
+        time.sleep(0.5)
+    return outcome

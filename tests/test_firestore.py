@@ -9,7 +9,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +18,13 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from conftest import ROOT, bot_env, firestore_project
+from conftest import (
+    ROOT,
+    bot_env,
+    firestore_project,
+    redeliver_until_processed,
+    serve_from_threads,
+)
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.flood import FloodRule
 from messagine.models import EndReason, MessageLink, Profile, Retention
@@ -128,21 +133,9 @@ def test_one_client_per_process_across_many_requests(
         monkeypatch.setenv(key, value)
     lazy = LazyRuntime(require_webhook_secret=True)
     users = [fake_api.user(1000 + i, f"U{i}") for i in range(8)]
-    errors: list[BaseException] = []
-
-    def serve(user: Any) -> None:
-        try:
-            for _ in range(40):
-                assert lazy.get().pipeline.process(user.command("help")).status == 200
-        except BaseException as error:  # noqa: BLE001 - reported by the main thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=serve, args=(u,)) for u in users]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    # The runtime is built by the first of the concurrent requests, not here.
+    first_use = lambda u: lazy.get().pipeline.process(u)  # noqa: E731, PLW0108
+    assert serve_from_threads(first_use, users, 40) == []
     assert len(fake_api.calls_of("sendMessage")) == 320
     assert len(created) == 1
     firestore_emulator.reset(env["GOOGLE_CLOUD_PROJECT"])
@@ -253,49 +246,69 @@ def test_the_indexes_deploy_with_gcloud():
     assert "python -m messagine.storage.setup_firestore" in docs
 
 
-# -- an outage ---------------------------------------------------------------------------
+# -- the store goes away ------------------------------------------------------------------
 
-def test_an_outage_answers_503_and_loses_or_doubles_nothing(
-    fake_api: FakeBotApi, tmp_path: Path, firestore_emulator: FirestoreEmulator,
-    caplog: pytest.LogCaptureFixture,
-):
+@pytest.fixture
+def behind_proxy(fake_api: FakeBotApi, tmp_path: Path, firestore_emulator: FirestoreEmulator
+                 ) -> Iterator[tuple[TcpProxy, Runtime, FakeUser, FakeUser]]:
+    """The bot on the emulator through a proxy the test can cut, Alice and Bob paired."""
     proxy = TcpProxy(firestore_emulator.host)
     project = firestore_project()
     repository = FirestoreRepository(project, emulator_host=proxy.host,
                                      flood_rule=FloodRule(limit=10_000))
-    try:
-        settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
-        runtime = build_runtime(settings, repository=repository)
-        alice, bob = pair(runtime, fake_api)
-        before = alice.text("sent before the outage")
-        assert runtime.pipeline.process(before).outcome == "relayed"
+    settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
+    runtime = build_runtime(settings, repository=repository)
+    alice, bob = pair(runtime, fake_api)
+    yield proxy, runtime, alice, bob
+    proxy.cut()
+    firestore_emulator.reset(project)
+    repository.close()
 
-        proxy.cut()
-        during = alice.text("sent during the outage")
-        started = time.monotonic()
-        result = runtime.pipeline.process(during)
-        assert (result.status, result.outcome) == (503, "retry:storage")
-        assert time.monotonic() - started < 15, "the answer comes well inside Telegram's 60 s"
-        assert "sent during the outage" not in list(bob.texts())
-        lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-        assert len(lines) == 1 and "storage unavailable (firestore:" in lines[0], lines
-        assert all(r.exc_info is None for r in caplog.records), "a line, not a traceback"
 
-        proxy.restore()
-        deadline = time.monotonic() + 60  # Telegram re-delivers until it gets a 200
-        while (outcome := runtime.pipeline.process(during).outcome) == "retry:storage":
-            assert time.monotonic() < deadline, "the store came back but requests still fail"
-            time.sleep(0.5)
-        assert outcome == "relayed"
-        assert runtime.pipeline.process(during).outcome == "duplicate"
-        assert runtime.pipeline.process(before).outcome == "duplicate"
-        texts = list(bob.texts())
-        assert texts.count("sent before the outage") == 1
-        assert texts.count("sent during the outage") == 1
-    finally:
-        proxy.cut()
-        firestore_emulator.reset(project)
-        repository.close()
+def test_an_outage_answers_503_and_loses_or_doubles_nothing(
+    behind_proxy: tuple[TcpProxy, Runtime, FakeUser, FakeUser],
+    caplog: pytest.LogCaptureFixture,
+):
+    proxy, runtime, alice, bob = behind_proxy
+    before = alice.text("sent before the outage")
+    assert runtime.pipeline.process(before).outcome == "relayed"
+
+    proxy.cut()
+    during = alice.text("sent during the outage")
+    started = time.monotonic()
+    result = runtime.pipeline.process(during)
+    assert (result.status, result.outcome) == (503, "retry:storage")
+    assert time.monotonic() - started < 15, "the answer comes well inside Telegram's 60 s"
+    assert "sent during the outage" not in list(bob.texts())
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 1 and "storage unavailable (firestore:" in lines[0], lines
+    assert all(r.exc_info is None for r in caplog.records), "a line, not a traceback"
+
+    proxy.restore()
+    assert redeliver_until_processed(runtime, during) == "relayed"
+    assert runtime.pipeline.process(during).outcome == "duplicate"
+    assert runtime.pipeline.process(before).outcome == "duplicate"
+    texts = list(bob.texts())
+    assert texts.count("sent before the outage") == 1
+    assert texts.count("sent during the outage") == 1
+
+
+def test_a_hanging_store_is_cut_off_by_the_call_deadline(
+    behind_proxy: tuple[TcpProxy, Runtime, FakeUser, FakeUser],
+):
+    proxy, runtime, alice, bob = behind_proxy
+    proxy.hang()  # connections stay open; nothing comes back
+    update = alice.text("while the store hangs")
+    started = time.monotonic()
+    result = runtime.pipeline.process(update)
+    elapsed = time.monotonic() - started
+    assert (result.status, result.outcome) == (503, "retry:storage")
+    # One call's 5 s deadline for the claim, one for the release attempt: well under
+    # Telegram's 60 s.
+    assert elapsed < 15, elapsed
+    proxy.restore()
+    assert redeliver_until_processed(runtime, update) == "relayed"
+    assert list(bob.texts()).count("while the store hangs") == 1
 
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
@@ -312,36 +325,3 @@ def test_gcloud_accepts_the_setup_commands_and_fails_only_for_lack_of_an_account
         assert result.returncode != 0
         assert "You do not currently have an active account selected" in result.stderr, \
             (command, result.stderr)
-
-
-def test_a_hanging_store_is_cut_off_by_the_call_deadline(
-    fake_api: FakeBotApi, tmp_path: Path, firestore_emulator: FirestoreEmulator,
-):
-    proxy = TcpProxy(firestore_emulator.host)
-    project = firestore_project()
-    repository = FirestoreRepository(project, emulator_host=proxy.host,
-                                     flood_rule=FloodRule(limit=10_000))
-    try:
-        settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
-        runtime = build_runtime(settings, repository=repository)
-        alice, bob = pair(runtime, fake_api)
-        proxy.hang()  # connections stay open; nothing comes back
-        update = alice.text("while the store hangs")
-        started = time.monotonic()
-        result = runtime.pipeline.process(update)
-        elapsed = time.monotonic() - started
-        assert (result.status, result.outcome) == (503, "retry:storage")
-        # One call's 5 s deadline for the claim, one for the release attempt: well under
-        # Telegram's 60 s.
-        assert elapsed < 15, elapsed
-        proxy.restore()
-        deadline = time.monotonic() + 60
-        while (outcome := runtime.pipeline.process(update).outcome) == "retry:storage":
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        assert outcome == "relayed"
-        assert list(bob.texts()).count("while the store hangs") == 1
-    finally:
-        proxy.cut()
-        firestore_emulator.reset(project)
-        repository.close()

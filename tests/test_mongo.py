@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,10 +21,12 @@ from conftest import (
     _mongoeco_python,
     bot_env,
     mongo_database_name,
+    redeliver_until_processed,
+    serve_from_threads,
 )
-from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.flood import FloodRule
-from messagine.runtime import LazyRuntime, build_runtime
+from messagine.runtime import LazyRuntime, Runtime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.mongo import MongoRepository
 
@@ -101,21 +102,9 @@ def test_one_client_per_process_across_many_requests(
         monkeypatch.setenv(key, value)
     lazy = LazyRuntime(require_webhook_secret=True)
     users = [fake_api.user(1000 + i, f"U{i}") for i in range(8)]
-    errors: list[BaseException] = []
-
-    def serve(user: Any) -> None:
-        try:
-            for _ in range(50):
-                assert lazy.get().pipeline.process(user.command("help")).status == 200
-        except BaseException as error:  # noqa: BLE001 - reported by the main thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=serve, args=(u,)) for u in users]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    # The runtime is built by the first of the concurrent requests, not here.
+    first_use = lambda u: lazy.get().pipeline.process(u)  # noqa: E731, PLW0108
+    assert serve_from_threads(first_use, users, 50) == []
     assert len(fake_api.calls_of("sendMessage")) == 400
     assert len(created) == 1
     lazy.get().repository.close()  # type: ignore[attr-defined]
@@ -166,70 +155,65 @@ def test_init_db_is_idempotent(mongo_uri: str, database: str):
     repository.close()
 
 
-def test_an_outage_answers_503_and_loses_or_doubles_nothing(
-    fake_api: FakeBotApi, tmp_path: Path
-):
+def paired_on(server: MongoServer, fake_api: FakeBotApi, tmp_path: Path
+              ) -> tuple[Runtime, FakeUser, FakeUser]:
+    """The bot on ``server`` with Alice and Bob in a chat."""
+    repository = MongoRepository(server.uri, "faults", flood_rule=FloodRule(limit=10_000))
+    settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
+    runtime = build_runtime(settings, repository=repository)
+    alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
+    for update in (alice.command("find_chat"), bob.command("find_chat")):
+        assert runtime.pipeline.process(update).status == 200
+    return runtime, alice, bob
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[MongoServer]:
+    """A MongoDB server of this test's own, to stop or suspend."""
     python = _mongoeco_python()
     if python is None:
         pytest.skip("no mongoeco environment to stop and restart")
-    server = MongoServer(python, tmp_path / "outage.sqlite3")
-    try:
-        repository = MongoRepository(server.uri, "outage", flood_rule=FloodRule(limit=10_000))
-        settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
-        runtime = build_runtime(settings, repository=repository)
-        alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
-        for update in (alice.command("find_chat"), bob.command("find_chat")):
-            assert runtime.pipeline.process(update).status == 200
-        before = alice.text("sent before the outage")
-        assert runtime.pipeline.process(before).outcome == "relayed"
+    own = MongoServer(python, tmp_path / "faults.sqlite3")
+    yield own
+    own.stop()
 
-        server.stop()
-        during = alice.text("sent during the outage")
-        result = runtime.pipeline.process(during)
-        assert (result.status, result.outcome) == (503, "retry:storage")
-        assert "sent during the outage" not in list(bob.texts())
 
-        server.start()
-        assert runtime.pipeline.process(during).outcome == "relayed"
-        assert runtime.pipeline.process(during).outcome == "duplicate"
-        assert runtime.pipeline.process(before).outcome == "duplicate"
-        texts = list(bob.texts())
-        assert texts.count("sent before the outage") == 1
-        assert texts.count("sent during the outage") == 1
-        repository.close()
-    finally:
-        server.stop()
+def test_an_outage_answers_503_and_loses_or_doubles_nothing(
+    fake_api: FakeBotApi, tmp_path: Path, server: MongoServer
+):
+    runtime, alice, bob = paired_on(server, fake_api, tmp_path)
+    before = alice.text("sent before the outage")
+    assert runtime.pipeline.process(before).outcome == "relayed"
+
+    server.stop()
+    during = alice.text("sent during the outage")
+    result = runtime.pipeline.process(during)
+    assert (result.status, result.outcome) == (503, "retry:storage")
+    assert "sent during the outage" not in list(bob.texts())
+
+    server.start()
+    assert runtime.pipeline.process(during).outcome == "relayed"
+    assert runtime.pipeline.process(during).outcome == "duplicate"
+    assert runtime.pipeline.process(before).outcome == "duplicate"
+    texts = list(bob.texts())
+    assert texts.count("sent before the outage") == 1
+    assert texts.count("sent during the outage") == 1
+    runtime.repository.close()  # type: ignore[attr-defined]
 
 
 def test_a_hanging_server_is_cut_off_by_the_client_timeouts(
-    fake_api: FakeBotApi, tmp_path: Path
+    fake_api: FakeBotApi, tmp_path: Path, server: MongoServer
 ):
-    python = _mongoeco_python()
-    if python is None:
-        pytest.skip("no mongoeco environment to suspend")
-    server = MongoServer(python, tmp_path / "hang.sqlite3")
-    try:
-        repository = MongoRepository(server.uri, "hang", flood_rule=FloodRule(limit=10_000))
-        settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
-        runtime = build_runtime(settings, repository=repository)
-        alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
-        for update in (alice.command("find_chat"), bob.command("find_chat")):
-            assert runtime.pipeline.process(update).status == 200
-        assert server.process is not None
-        os.kill(server.process.pid, signal.SIGSTOP)  # connected, but never answers
-        update = alice.text("while the server hangs")
-        started = time.monotonic()
-        result = runtime.pipeline.process(update)
-        elapsed = time.monotonic() - started
-        os.kill(server.process.pid, signal.SIGCONT)
-        assert (result.status, result.outcome) == (503, "retry:storage")
-        assert elapsed < HANG_BOUND_S, elapsed
-        deadline = time.monotonic() + 60
-        while (outcome := runtime.pipeline.process(update).outcome) == "retry:storage":
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        assert outcome == "relayed"
-        assert list(bob.texts()).count("while the server hangs") == 1
-        repository.close()
-    finally:
-        server.stop()
+    runtime, alice, bob = paired_on(server, fake_api, tmp_path)
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)  # connected, but never answers
+    update = alice.text("while the server hangs")
+    started = time.monotonic()
+    result = runtime.pipeline.process(update)
+    elapsed = time.monotonic() - started
+    os.kill(server.process.pid, signal.SIGCONT)
+    assert (result.status, result.outcome) == (503, "retry:storage")
+    assert elapsed < HANG_BOUND_S, elapsed
+    assert redeliver_until_processed(runtime, update) == "relayed"
+    assert list(bob.texts()).count("while the server hangs") == 1
+    runtime.repository.close()  # type: ignore[attr-defined]

@@ -387,7 +387,13 @@ class FakeBotApi:
             time.sleep(rule.delay)
         try:
             with self._lock:
-                result = self._dispatch(method, params, rule)
+                try:
+                    result = self._dispatch(method, params, rule)
+                except (KeyError, TypeError, ValueError) as error:
+                    # A required parameter is missing or malformed (or the body was cut
+                    # short by a client that died mid-request): Telegram answers 400.
+                    raise _ApiError(400, f"Bad Request: {type(error).__name__} {error}") \
+                        from None
         except _ApiError as error:
             answer: JsonObject = {"ok": False, "error_code": error.status,
                                   "description": error.description}

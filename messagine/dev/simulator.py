@@ -248,7 +248,10 @@ class Telegram:
     def _work(self) -> None:
         while (item := self._next()) is not None:
             chat_id, update = item
-            answer = self._post(update)
+            try:
+                answer = self._post(update)
+            except Exception as error:  # noqa: BLE001 - counted; the chat must not stall
+                answer = f"client_error:{type(error).__name__}"
             with self._lock:
                 chat = self._chats[chat_id]
                 chat.in_flight = False
@@ -280,7 +283,8 @@ class Telegram:
                 headers={"X-Telegram-Bot-Api-Secret-Token": self._instances.secret})
         except requests.Timeout:
             return "timeout"
-        except requests.ConnectionError:
+        except requests.RequestException:
+            # Refused, reset, or cut mid-answer (a worker killed while it replied).
             session.close()
             self._sessions.session = requests.Session()
             return "connection_error"
