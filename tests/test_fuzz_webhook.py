@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SECRET, bot_env
+from conftest import BACKENDS, SECRET, backend_env, bot_env, drop_test_repository
 from messagine import webhook
 from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.runtime import Runtime, build_runtime
@@ -72,12 +72,16 @@ updates = st.fixed_dictionaries(
        "my_chat_member": json_values, "channel_post": json_values, "unknown_kind": json_values})
 
 
-@pytest.fixture(scope="module")
-def fuzzed_bot(tmp_path_factory: pytest.TempPathFactory) -> Any:
+@pytest.fixture(scope="module", params=BACKENDS)
+def fuzzed_bot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The bot on each backend in turn: bad input must not reach any store's writes."""
     with FakeBotApi() as api:
         path = tmp_path_factory.mktemp("fuzz") / "fuzz.sqlite3"
-        runtime = build_runtime(Settings.from_env(bot_env(api, Path(path))))
+        env = {**bot_env(api, Path(path)), **backend_env(request, request.param)}
+        runtime = build_runtime(Settings.from_env(env))
         yield runtime, api
+        if request.param != "sqlite":
+            drop_test_repository(request, runtime.repository)
 
 
 def post(runtime: Runtime, body: bytes, secret: str | None = SECRET) -> int:

@@ -71,7 +71,9 @@ def test_every_text_arrives_once_and_in_order(store: SimulatedStore, tmp_path: P
     assert report.ok, report.summary()
     assert report.texts_sent > 0 and report.texts_delivered_once == report.texts_sent
     assert report.pairs_made == QUICK.users  # 8 pairs a round, 2 rounds
-    assert report.attempts == report.updates, "no fault, no re-delivery"
+    # No fault, no error answer (a kept-alive connection the server closed while idle
+    # can still be refused, and is re-delivered like any broken connection).
+    assert set(report.answers) <= {"200", "connection_error"}, report.summary()
 
 
 def test_faults_lose_and_double_nothing(store: SimulatedStore, tmp_path: Path):
