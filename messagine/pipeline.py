@@ -154,19 +154,25 @@ class Pipeline:
             opened = self.repository.open_update(
                 update_id, profile, language_for(sender.language_code), self.clock(),
                 getattr(getattr(update, kind), "media_group_id", None))
-        except StorageUnavailable as error:
-            _log_outage(update_id, error)
+        except Exception as error:  # whatever failed, nothing of the update is done yet
+            if isinstance(error, StorageUnavailable):
+                _log_outage(update_id, error)
+            else:  # an error the store gave that no adapter knows: retried, loudly
+                log.exception("claiming update %s failed; it will be retried", update_id)
             # The claim may have been stored before the answer was lost (a timeout); if
             # it stayed, Telegram's re-delivery would be taken for a duplicate.
-            with contextlib.suppress(StorageUnavailable):
+            with contextlib.suppress(Exception):
                 self.repository.release_update(update_id)
             return Result(503, "retry:storage")
         if not opened.duplicate:
             return opened
         try:
             unfinished = self._unfinished(update, kind, chat)
-        except StorageUnavailable as error:
-            _log_outage(update_id, error)
+        except Exception as error:  # whatever failed, nothing of the update is done yet
+            if isinstance(error, StorageUnavailable):
+                _log_outage(update_id, error)
+            else:
+                log.exception("re-checking update %s failed; it will be retried", update_id)
             return Result(503, "retry:storage")
         if unfinished is None:
             return Result(200, "duplicate")

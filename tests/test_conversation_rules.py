@@ -336,3 +336,28 @@ def test_a_command_claimed_by_an_attempt_that_died_runs_on_redelivery(
     if press is not None:
         assert deliver(press).outcome != "duplicate"
         assert deliver(press).outcome == "duplicate"
+
+
+def test_an_error_the_store_gives_while_claiming_is_retried_not_a_crash(
+        fake_api: FakeBotApi, tmp_path: Path, alice: FakeUser, bob: FakeUser,
+        caplog: pytest.LogCaptureFixture):
+    class FailsOnce(SqliteRepository):
+        fail_next = False
+
+        def open_update(self, *args: Any, **kwargs: Any) -> Any:
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("an error no adapter maps")
+            return super().open_update(*args, **kwargs)
+
+    path = tmp_path / "odd.sqlite3"
+    repository = FailsOnce(path)
+    runtime = build_runtime(Settings.from_env(bot_env(fake_api, path)), repository=repository)
+    pair(runtime.pipeline.process, alice, bob)
+    update = alice.text("after an odd store error")
+    repository.fail_next = True
+    result = runtime.pipeline.process(update)
+    assert (result.status, result.outcome) == (503, "retry:storage")
+    assert any(r.exc_info for r in caplog.records), "an unknown error is logged with its trace"
+    assert runtime.pipeline.process(update).outcome == "relayed"
+    assert list(bob.texts()).count("after an odd store error") == 1

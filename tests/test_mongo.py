@@ -217,3 +217,22 @@ def test_a_hanging_server_is_cut_off_by_the_client_timeouts(
     assert redeliver_until_processed(runtime, update) == "relayed"
     assert list(bob.texts()).count("while the server hangs") == 1
     runtime.repository.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("code", "labels", "unavailable"), [
+    (189, [], True), (91, [], True), (10107, [], True), (2, ["RetryableWriteError"], True),
+    (2, [], False), (11000, [], False)])
+def test_transient_server_errors_are_storage_unavailable(code: int, labels: list[str],
+                                                         unavailable: bool):
+    from pymongo.errors import OperationFailure
+
+    from messagine.storage.mongo import _unavailable_as_storage_error
+    from messagine.storage.port import StorageUnavailable
+
+    @_unavailable_as_storage_error
+    def command() -> None:
+        raise OperationFailure("server said no", code, {"errorLabels": labels})
+
+    expected = StorageUnavailable if unavailable else OperationFailure
+    with pytest.raises(expected):
+        command()

@@ -34,6 +34,7 @@ from pymongo.errors import (
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
+    OperationFailure,
     WriteConcernError,
     WTimeoutError,
 )
@@ -72,6 +73,17 @@ _LOCK_WAIT_S = 8.0
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
 
 
+# Server errors that mean "not now" (a failover, a shutdown, a timeout, a write conflict):
+# https://www.mongodb.com/docs/manual/reference/error-codes/
+_TRANSIENT_CODES = frozenset({6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602,
+                              13435, 13436})
+
+
+def _transient(error: OperationFailure) -> bool:
+    return error.code in _TRANSIENT_CODES or error.has_error_label("RetryableWriteError") \
+        or error.has_error_label("TransientTransactionError")
+
+
 def _unavailable_as_storage_error(method: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -79,6 +91,11 @@ def _unavailable_as_storage_error(method: Callable[P, R]) -> Callable[P, R]:
             return method(*args, **kwargs)
         except _UNAVAILABLE as error:
             raise StorageUnavailable(f"mongo: {type(error).__name__}") from None
+        except OperationFailure as error:
+            if _transient(error):
+                raise StorageUnavailable(f"mongo: {type(error).__name__} {error.code}") \
+                    from None
+            raise
 
     return wrapper
 
