@@ -20,7 +20,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.models import MessageLink, UserState
-from messagine.storage.port import Repository, StorageUnavailable
+from messagine.storage.port import Repository
 from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Relay:
         )
         try:
             self.repository.record_message(link)
-        except StorageUnavailable:
+        except Exception:  # the copy is delivered: whatever failed, the update succeeded
             log.exception("relayed message delivered but its link was not recorded")
         self.analytics.track(user, f"message.{message.content_type}")
         return "relayed"

@@ -361,3 +361,17 @@ def test_an_error_the_store_gives_while_claiming_is_retried_not_a_crash(
     assert any(r.exc_info for r in caplog.records), "an unknown error is logged with its trace"
     assert runtime.pipeline.process(update).outcome == "relayed"
     assert list(bob.texts()).count("after an odd store error") == 1
+
+
+def test_a_copy_whose_link_cannot_be_written_still_counts_as_relayed(
+        bot: Runtime, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser,
+        monkeypatch: pytest.MonkeyPatch):
+    pair(bot.pipeline.process, alice, bob)
+
+    def broken(link: Any) -> None:
+        raise RuntimeError("the store refused the link")
+
+    monkeypatch.setattr(bot.repository, "record_message", broken)
+    assert bot.pipeline.process(alice.text("delivered anyway")).outcome == "relayed"
+    assert list(bob.texts()).count("delivered anyway") == 1
+    assert "went wrong" not in alice.last()["text"], "no apology for a delivered message"
