@@ -208,11 +208,11 @@ class Pipeline:
             return None
         command = (message.text or "").startswith("/")
         user = self.repository.get_user(message.from_user.id)
-        if user is None or user.banned:
+        if user is None or user.banned or (user.chat is None and not command):
             return None
-        if not command and (user.chat is None or self.repository.find_message(
-                user.chat.chat_id, user.user_id, message.message_id) is not None):
-            return None
+        if user.chat is not None and self.repository.find_message(
+                user.chat.chat_id, user.user_id, message.message_id) is not None:
+            return None  # relayed already (an unknown /word in a chat is relayed too)
         log.warning("update %s was claimed by an attempt that did not finish: processing it "
                     "again", update.update_id)
         return user
@@ -228,8 +228,8 @@ class Pipeline:
         self._next_purge = time.monotonic() + _PURGE_EVERY_S
         try:
             purged = self.repository.purge_expired(self.clock(), self.retention)
-        except StorageUnavailable:
-            log.warning("expired records not purged: storage unavailable")
+        except Exception as error:  # noqa: BLE001 - the update is done; the next hour retries
+            log.warning("expired records not purged: %s", type(error).__name__)
             return
         if any(purged.values()):
             log.info("purged expired records: %s", purged)
@@ -239,7 +239,7 @@ class Pipeline:
         log.error("update %s will be retried: %s unavailable (%s)", update_id, where, error)
         try:
             self.repository.release_update(update_id)
-        except StorageUnavailable:
+        except Exception:  # the re-delivery then finds the claim and decides again
             log.exception("could not release the claim of update %s", update_id)
         return Result(503, f"retry:{where}")
 

@@ -375,3 +375,21 @@ def test_a_copy_whose_link_cannot_be_written_still_counts_as_relayed(
     assert bot.pipeline.process(alice.text("delivered anyway")).outcome == "relayed"
     assert list(bob.texts()).count("delivered anyway") == 1
     assert "went wrong" not in alice.last()["text"], "no apology for a delivered message"
+
+
+def test_a_redelivered_next_keeps_the_chat_its_first_attempt_made(
+        deliver: Deliver, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser):
+    carol = fake_api.user(103, "Carol")
+    pair(deliver, alice, bob)
+    assert deliver(carol.command("find_chat")).outcome == "find:waiting"
+    # The first attempt ends Alice's chat with Bob and pairs her with Carol, then telling
+    # Carol fails: 503, and Telegram re-delivers the same /next.
+    fake_api.fail("sendMessage", chat_id=carol.id, status=500)
+    update = alice.command("next")
+    assert deliver(update).status == 503
+    assert deliver(update).outcome == "next:ended+matched"
+    assert carol.last()["text"].startswith("Chat started")
+    assert not any("closed" in t.lower() for t in carol.texts()), \
+        "Carol's new chat was not ended by the re-delivery"
+    deliver(alice.text("hello Carol"))
+    assert "hello Carol" in list(carol.texts())

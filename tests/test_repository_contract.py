@@ -267,3 +267,24 @@ def test_the_any_language_pool_pairs_only_users_who_opted_in(repository: Reposit
     assert matched.chat.partner_id == 1 and matched.chat.partner_language == "en"
     one = repository.get_user(1)
     assert one is not None and one.chat is not None and one.chat.partner_language == "de"
+
+
+def test_an_update_never_ends_the_chat_it_opened(repository: Repository):
+    """A re-delivered /next: its first attempt ended the old chat and made a new one."""
+    for user_id in (1, 2, 3):
+        register(repository, user_id)
+    find(repository, 1, update_id=700)
+    find(repository, 2, update_id=701)  # 1 and 2 chat
+    find(repository, 3, update_id=702)  # 3 waits
+    ended = repository.end_chat(1, EndReason.NEXT, T0 + 1, 703)
+    assert ended is not None and not ended.resumed and ended.partner_id == 2
+    matched = find(repository, 1, now=T0 + 1, update_id=703)
+    assert matched.outcome is MatchOutcome.MATCHED and matched.chat is not None
+    assert matched.chat.partner_id == 3
+    # Update 703 again, from the top: the ending resumes, the new chat stays.
+    again = repository.end_chat(1, EndReason.NEXT, T0 + 2, 703)
+    assert again is not None and again.resumed and again.partner_id == 2
+    state = repository.get_user(1)
+    assert state is not None and state.chat is not None and state.chat.partner_id == 3
+    resumed = find(repository, 1, now=T0 + 2, update_id=703)
+    assert resumed.outcome is MatchOutcome.MATCHED and resumed.resumed

@@ -418,7 +418,7 @@ class Simulation:
                 and _SIMULATED_TEXT.fullmatch(m.get("text", ""))]
 
     def _check_texts(self) -> None:
-        copies = self._copy_times()
+        copies, refused = self._copies()
         for recipient, expected in self.sent.items():
             received: collections.Counter[str] = collections.Counter()
             got = self._received(recipient)
@@ -430,11 +430,19 @@ class Simulation:
                 streams[(sender, text.split(" ")[1])].append(text)
             for (sender, round_tag), texts in streams.items():
                 mine = [t for t in got if t.startswith(f"u{sender} {round_tag} ")]
-                self._check_one_stream(recipient, sender, texts, mine, received, copies)
+                # The chat ended by a 403 on a copy of this round, in either direction.
+                cut = any(t.startswith((f"u{sender} {round_tag} ", f"u{recipient} {round_tag} "))
+                          for t in refused)
+                self._check_one_stream(recipient, sender, texts, mine, received, copies, cut)
+        limit = len(self.report.kills) * self.load.threads_per_worker
+        if len(self.report.duplicates_in_send_record_window) > limit:
+            self.report.violations.append(
+                f"{len(self.report.duplicates_in_send_record_window)} duplicates put down to "
+                f"kills, more than {limit} requests the killed workers can have had in flight")
 
     def _check_one_stream(self, recipient: int, sender: int, texts: list[str],
                           got: list[str], received: collections.Counter[str],
-                          copies: dict[str, list[float]]) -> None:
+                          copies: dict[str, list[float]], cut_by_403: bool) -> None:
         first_seen = list(dict.fromkeys(got))
         positions = [texts.index(t) for t in first_seen if t in texts]
         if positions != sorted(positions):
@@ -452,46 +460,50 @@ class Simulation:
         if not missing:
             return
         # A prefix arrived and the rest was never sent: the partner became unreachable
-        # (403), which ends the chat. Anything else missing is lost.
+        # (a 403 on a copy of this round), which ends the chat. Anything else is lost.
         delivered = [t for t in texts if received[t] > 0]
-        prefix = texts[:len(delivered)] == delivered
-        pair = {sender, recipient}
-        blocked = any(c.method == "copyMessage" and c.status == 403
-                      and {c.params.get("chat_id"), c.params.get("from_chat_id")} == pair
-                      for c in self.api.calls)
-        if prefix and blocked:
+        if cut_by_403 and texts[:len(delivered)] == delivered:
             self.report.texts_cut_by_403 += len(missing)
         else:
             self.report.texts_lost.extend(missing)
 
-    def _copy_times(self) -> dict[str, list[float]]:
-        """When each text was copied (successful copyMessage calls), by text."""
-        by_id: dict[tuple[int, int], str] = {}
+    def _copies(self) -> tuple[dict[str, list[float]], set[str]]:
+        """When each text was copied (by text), and the texts whose copy got a 403."""
+        by_id: dict[tuple[Any, Any], str] = {}
         for user in self.users:
             for message in self.api.messages(user.id):
                 if message.get("from", {}).get("id") == user.id and "text" in message:
                     by_id[(user.id, message["message_id"])] = message["text"]
         times: dict[str, list[float]] = collections.defaultdict(list)
+        refused: set[str] = set()
         for call in self.api.calls:
-            if call.method == "copyMessage" and call.status == 200:
-                key = (call.params.get("from_chat_id"), call.params.get("message_id"))
-                if key in by_id:
-                    times[by_id[key]].append(call.at)
-        return times
+            if call.method != "copyMessage":
+                continue
+            text = by_id.get((call.params.get("from_chat_id"), call.params.get("message_id")))
+            if text is None:
+                continue
+            if call.status == 200:
+                times[text].append(call.at)
+            elif call.status == 403:
+                refused.add(text)
+        return times, refused
 
     def _doubled_by_a_kill(self, copy_times: list[float]) -> bool:
-        """A worker was killed after a copy was made and before its re-delivery copied again.
+        """A worker was killed just after a copy was made, before it recorded the link.
 
         Telegram re-delivers only after an attempt failed; a relay that made its copy
         fails only if its process dies before the copy's link is written (the link makes
-        the re-delivery a duplicate). So a kill between the two copies is the cause.
+        the re-delivery a duplicate). The record follows the copy within milliseconds,
+        or seconds when the store is slow or away, so the kill must follow the first copy
+        closely; ``_check_texts`` also bounds how many duplicates kills can explain.
         """
         if len(copy_times) < 2:
             return False
-        first, second = sorted(copy_times)[:2]
-        # The copy is recorded by the fake when it answers; the kill may land while the
-        # answer is on its way, just before.
-        return any(first - 0.5 <= kill <= second for kill in self.report.kills)
+        first = min(copy_times)
+        # The fake records a copy when it answers; the kill may land while the answer is
+        # on its way, just before.
+        window = self.faults.outage_s + 2.0
+        return any(first - 0.5 <= kill <= first + window for kill in self.report.kills)
 
     def _check_invariants(self) -> None:
         states = {user.id: self.read_state(user.id) for user in self.users}

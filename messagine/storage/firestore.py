@@ -75,6 +75,10 @@ _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalSer
 _PAGE = 50
 _PURGE_BATCH = 400  # a commit takes at most 500 writes
 _CALL = {"retry": _RETRY, "timeout": _CALL_TIMEOUT_S}
+# Writes are not retried by the client: a commit applied whose answer was lost would fail
+# its own preconditions on the retry and be taken for another instance's change. An
+# unanswered write is StorageUnavailable: Telegram's re-delivery decides again.
+_WRITE = {"retry": None, "timeout": _CALL_TIMEOUT_S}
 
 
 class _ConflictError(Exception):
@@ -86,7 +90,9 @@ def _unavailable_as_storage_error(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except _UNAVAILABLE as error:
+        except (*_UNAVAILABLE, *_CONFLICTS) as error:
+            # Conflicts reach here only from outside the retried operations: a query
+            # whose index is still building (FailedPrecondition), an aborted read.
             raise StorageUnavailable(f"firestore: {type(error).__name__}") from None
 
     return wrapper
@@ -143,7 +149,7 @@ class _Guarded:
     def commit(self) -> list[Any]:
         if not self.writes:
             return []
-        return list(self._batch.commit(**_CALL))
+        return list(self._batch.commit(**_WRITE))
 
 
 class FirestoreRepository:
@@ -272,7 +278,7 @@ class FirestoreRepository:
             claim = self._col("claims").document(str(update_id))
             try:
                 claim.create({"claimed_at": now,
-                              "expires_at": _utc(now) + self._update_retention}, **_CALL)
+                              "expires_at": _utc(now) + self._update_retention}, **_WRITE)
             except gexc.AlreadyExists:
                 return OpenedUpdate(duplicate=True)
             return OpenedUpdate(duplicate=False)
@@ -311,8 +317,8 @@ class FirestoreRepository:
         for snap in self._stream(self._col("users").where(
                 filter=FieldFilter("recent_updates", "array_contains", update_id))):
             snap.reference.update({"recent_updates": firestore.ArrayRemove([update_id])},
-                                  **_CALL)
-        self._col("claims").document(str(update_id)).delete(**_CALL)
+                                  **_WRITE)
+        self._col("claims").document(str(update_id)).delete(**_WRITE)
 
     @_unavailable_as_storage_error
     def set_language(self, user_id: int, language: str) -> UserState:
@@ -430,27 +436,6 @@ class FirestoreRepository:
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
         counts = {"messages": 0, "exclusions": 0, "lobby": 0, "chats_anonymised": 0}
-        for field_name in ("sender_id", "recipient_id"):
-            counts["messages"] += self._delete_all(self._col("links").where(
-                filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
-        for field_name in ("user_id", "other_id"):
-            counts["exclusions"] += self._delete_all(self._col("exclusions").where(
-                filter=FieldFilter(field_name, "==", user_id)))
-        for snap in self._chats_of(user_id):
-            tombstone = -secrets.randbits(62) - 1
-            doc = snap.to_dict()
-            update: dict[str, Any] = {
-                "users": [tombstone if u == user_id else u for u in doc["users"]]}
-            if doc.get("ended_by") == user_id:
-                update["ended_by"] = tombstone
-            snap.reference.update(update, **_CALL)
-            counts["chats_anonymised"] += 1
-        for snap in self._stream(self._col("users").where(
-                filter=FieldFilter("chat.partner", "==", user_id))):
-            snap.reference.update({"chat": None}, **_CALL)
-        for snap in self._stream(self._col("reports").where(
-                filter=FieldFilter("reporter_id", "==", user_id))):
-            snap.reference.update({"reporter_id": -secrets.randbits(62) - 1}, **_CALL)
 
         def erase() -> tuple[int, int, int]:
             user, entry = self._get(self._user(user_id), self._entry(user_id))
@@ -469,8 +454,43 @@ class FirestoreRepository:
             batch.commit()
             return int(entry.exists), int(banned), int(user.exists and not banned)
 
+        # First out of the lobby and the users, in one guarded commit: from then on no
+        # search can pair them, so the chats below are all there will ever be.
         counts["lobby"], counts["kept_for_ban"], counts["profile"] = _retrying("erase", erase)
+        for field_name in ("sender_id", "recipient_id"):
+            counts["messages"] += self._delete_all(self._col("links").where(
+                filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
+        for field_name in ("user_id", "other_id"):
+            counts["exclusions"] += self._delete_all(self._col("exclusions").where(
+                filter=FieldFilter(field_name, "==", user_id)))
+        for snap in self._chats_of(user_id):
+            counts["chats_anonymised"] += self._update_guarded(
+                snap.reference, lambda doc: _anonymised(doc, user_id))
+        for snap in self._stream(self._col("users").where(
+                filter=FieldFilter("chat.partner", "==", user_id))):
+            self._update_guarded(snap.reference, lambda doc: {"chat": None} if (
+                doc.get("chat") or {}).get("partner") == user_id else None)
+        for snap in self._stream(self._col("reports").where(
+                filter=FieldFilter("reporter_id", "==", user_id))):
+            self._update_guarded(snap.reference, lambda doc: {
+                "reporter_id": -secrets.randbits(62) - 1} if doc.get("reporter_id") == user_id
+                else None)
         return counts
+
+    def _update_guarded(self, ref: Any,
+                        change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
+        """Apply ``change`` to the document as it is now (1), or nothing if it says None (0)."""
+        def attempt() -> int:
+            (snap,) = self._get(ref)
+            fields = change(snap.to_dict()) if snap.exists else None
+            if fields is None:
+                return 0
+            batch = self._guarded(snap)
+            batch.put(ref, fields)
+            batch.commit()
+            return 1
+
+        return _retrying("update", attempt)
 
     def _delete_all(self, query: Any, count_role: str | None = None) -> int:
         """Delete what ``query`` finds, in batches; counts documents (of ``count_role``)."""
@@ -484,7 +504,7 @@ class FirestoreRepository:
                 batch.delete(snap.reference)
                 if count_role is None or snap.to_dict().get("role") == count_role:
                     deleted += 1
-            batch.commit(**_CALL)
+            batch.commit(**_WRITE)
 
     @_unavailable_as_storage_error
     def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
@@ -529,7 +549,7 @@ class FirestoreRepository:
                         reason, now, "open")
         self._col("reports").document(str(report.report_id)).create({
             "reporter_id": reporter_id, "reported_id": reported_id, "chat_id": chat_id,
-            "reason": reason, "created_at": now, "status": "open"}, **_CALL)
+            "reason": reason, "created_at": now, "status": "open"}, **_WRITE)
         return report
 
     @_unavailable_as_storage_error
@@ -660,13 +680,13 @@ class FirestoreRepository:
         with contextlib.suppress(gexc.AlreadyExists):
             self._col("exclusions").document(f"{user_id}:{other_id}").create({
                 "user_id": user_id, "other_id": other_id, "reason": reason,
-                "created_at": now}, **_CALL)
+                "created_at": now}, **_WRITE)
         for waiting, avoided in ((user_id, other_id), (other_id, user_id)):
             # ArrayUnion is applied by the server: no read, no lost update. NotFound: the
             # user is not waiting.
             with contextlib.suppress(gexc.NotFound):
                 self._entry(waiting).update({"avoid": firestore.ArrayUnion([avoided])},
-                                            **_CALL)
+                                            **_WRITE)
 
     def _avoided_by(self, user_id: int, recent_partners: int) -> set[int]:
         """The user's recent partners and everyone excluded in either direction."""
@@ -873,16 +893,12 @@ class FirestoreRepository:
         (user,) = self._get(self._user(user_id))
         chat = user.to_dict().get("chat") if user.exists else None
         if not chat:
-            for snap in self._stream(self._col("chats").where(
-                    filter=FieldFilter("closed_by_update", "==", update_id))):
-                users = [int(u) for u in snap.get("users")]
-                if user_id in users:
-                    partner_id = next(u for u in users if u != user_id)
-                    return EndedChat(int(snap.id), partner_id, self._language(partner_id),
-                                     resumed=True)
-            return None
+            return self._ended_by(user_id, update_id)
         chat_id, partner_id = int(chat["id"]), int(chat["partner"])
         record, partner = self._get(self._chat(chat_id), self._user(partner_id))
+        if reason is EndReason.NEXT and record.exists and record.get("ended_at") is None \
+                and record.get("opened_by_update") == update_id:
+            return self._ended_by(user_id, update_id)  # this update opened it: resume
         batch = self._guarded(user, record, partner)
         batch.put(user.reference, {"chat": None})
         partner_in_it = partner.exists and (partner.get("chat") or {}).get("id") == chat_id
@@ -899,6 +915,17 @@ class FirestoreRepository:
         batch.commit()
         if record.exists and record.get("closed_by_update") == update_id:
             return EndedChat(chat_id, partner_id, partner_language, resumed=True)
+        return None
+
+    def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
+        """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
+        for snap in self._stream(self._col("chats").where(
+                filter=FieldFilter("closed_by_update", "==", update_id))):
+            users = [int(u) for u in snap.get("users")]
+            if user_id in users:
+                partner_id = next(u for u in users if u != user_id)
+                return EndedChat(int(snap.id), partner_id, self._language(partner_id),
+                                 resumed=True)
         return None
 
     def _language(self, user_id: int) -> str:
@@ -924,7 +951,7 @@ class FirestoreRepository:
                   {**fields, "role": "sent"})
         batch.set(self._link_ref(link.recipient_id, link.copy_message_id),
                   {**fields, "role": "copy"})
-        batch.commit(**_CALL)
+        batch.commit(**_WRITE)
 
     def _link_ref(self, user_id: int, message_id: int) -> Any:
         return self._col("links").document(f"{user_id}:{message_id}")
@@ -969,3 +996,15 @@ class _Snapshot:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self._doc)
+
+
+def _anonymised(chat: dict[str, Any], user_id: int) -> dict[str, Any] | None:
+    """The chat with ``user_id`` replaced by a random tombstone id; None if not in it."""
+    if user_id not in chat.get("users", []):
+        return None
+    tombstone = -secrets.randbits(62) - 1
+    fields: dict[str, Any] = {"users": [tombstone if u == user_id else u
+                                        for u in chat["users"]]}
+    if chat.get("ended_by") == user_id:
+        fields["ended_by"] = tombstone
+    return fields

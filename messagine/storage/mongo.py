@@ -651,6 +651,10 @@ class MongoRepository:
         """See ``Repository.end_chat``: the chat document's null ``ended_at`` is won once."""
         doc = self.db.users.find_one({"_id": user_id}, {"chat": 1})
         chat = (doc or {}).get("chat")
+        if chat and reason is EndReason.NEXT and self.db.chats.find_one(
+                {"_id": chat["id"], "ended_at": None, "opened_by_update": update_id},
+                {"_id": 1}) is not None:
+            chat = None  # this update opened it: a re-delivered /next resumes instead
         if chat:
             ended = self.db.chats.find_one_and_update(
                 {"_id": chat["id"], "ended_at": None},

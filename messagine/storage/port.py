@@ -108,6 +108,9 @@ class Repository(Protocol):
 
         When the chat was ended by this same ``update_id`` before (a re-delivery), the
         ended chat is returned with ``resumed=True`` so the notices can be sent again.
+        A /next (``EndReason.NEXT``) never ends a chat that this same update opened: a
+        re-delivered /next whose first attempt already ended the old chat and found a new
+        partner resumes instead.
         """
         ...
 

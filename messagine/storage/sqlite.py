@@ -641,8 +641,12 @@ class SqliteRepository:
     ) -> EndedChat | None:
         """See ``Repository.end_chat``."""
         with self._transaction() as conn:
+            # A /next never ends the chat it opened itself (see the port).
+            opened_here = update_id if reason is EndReason.NEXT else None
             member = conn.execute(
-                "SELECT chat_id, partner_id FROM memberships WHERE user_id = ?", (user_id,)
+                "SELECT m.chat_id, m.partner_id FROM memberships m JOIN chats c"
+                " ON c.id = m.chat_id WHERE m.user_id = ? AND c.opened_by_update IS NOT ?",
+                (user_id, opened_here),
             ).fetchone()
             if member is None:
                 earlier = conn.execute(
