@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import os
 import random
 import re
@@ -38,7 +37,6 @@ import requests
 from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.models import UserState
 
-log = logging.getLogger("messagine.simulator")
 _SIMULATED_TEXT = re.compile(r"u\d+ r\d+ m\d+")
 ROOT = Path(__file__).resolve().parents[2]
 JsonObject = dict[str, Any]
