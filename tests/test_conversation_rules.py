@@ -279,32 +279,42 @@ def test_a_hanging_bot_api_is_cut_off_by_the_client_timeout(
     assert runtime.pipeline.process(update).outcome == "relayed", "the claim was released"
 
 
+class ClaimFailsOnce(SqliteRepository):
+    """The next claim fails once: before it is written, or after (its answer lost)."""
+
+    failure: tuple[Exception, bool] | None = None  # (the error, raised after the write)
+
+    def open_update(self, *args: Any, **kwargs: Any) -> Any:
+        failure, self.failure = self.failure, None
+        if failure is not None and not failure[1]:
+            raise failure[0]
+        opened = super().open_update(*args, **kwargs)
+        if failure is not None:
+            raise failure[0]
+        return opened
+
+
+def relay_after_a_failed_claim(fake_api: FakeBotApi, tmp_path: Path, alice: FakeUser,
+                               bob: FakeUser, error: Exception, after_write: bool) -> None:
+    """The claim of Alice's text fails once: 503, and Telegram's re-delivery relays it."""
+    path = tmp_path / "claim.sqlite3"
+    repository = ClaimFailsOnce(path)
+    runtime = build_runtime(Settings.from_env(bot_env(fake_api, path)), repository=repository)
+    pair(runtime.pipeline.process, alice, bob)
+    update = alice.text("relayed after a failed claim")
+    repository.failure = (error, after_write)
+    result = runtime.pipeline.process(update)
+    assert (result.status, result.outcome) == (503, "retry:storage")
+    assert runtime.pipeline.process(update).outcome == "relayed", "Telegram's re-delivery"
+    assert list(bob.texts()).count("relayed after a failed claim") == 1
+
+
 def test_a_claim_stored_before_its_answer_was_lost_does_not_swallow_the_redelivery(
         fake_api: FakeBotApi, tmp_path: Path, alice: FakeUser, bob: FakeUser):
     from messagine.storage.port import StorageUnavailable
 
-    class AnswerLostOnce(SqliteRepository):
-        """The claim is written, then the store's answer times out (once)."""
-
-        lose_next = False
-
-        def open_update(self, *args: Any, **kwargs: Any) -> Any:
-            opened = super().open_update(*args, **kwargs)
-            if self.lose_next:
-                self.lose_next = False
-                raise StorageUnavailable("answer lost after the write")
-            return opened
-
-    path = tmp_path / "lost.sqlite3"
-    repository = AnswerLostOnce(path)
-    runtime = build_runtime(Settings.from_env(bot_env(fake_api, path)), repository=repository)
-    pair(runtime.pipeline.process, alice, bob)
-    update = alice.text("written, then the answer was lost")
-    repository.lose_next = True
-    result = runtime.pipeline.process(update)
-    assert (result.status, result.outcome) == (503, "retry:storage")
-    assert runtime.pipeline.process(update).outcome == "relayed", "Telegram's re-delivery"
-    assert list(bob.texts()).count("written, then the answer was lost") == 1
+    relay_after_a_failed_claim(fake_api, tmp_path, alice, bob,
+                               StorageUnavailable("answer lost after the write"), True)
 
 
 def test_a_message_claimed_by_an_attempt_that_died_is_relayed_on_redelivery(
@@ -330,37 +340,18 @@ def test_a_command_claimed_by_an_attempt_that_died_runs_on_redelivery(
     state = bot.repository.get_user(alice.id)
     assert state is not None and state.waiting
     # Pressing a button is claimed for good: a re-delivery is a duplicate.
-    deliver(bob.command("find_chat"))
-    press = alice.press_button("Exit") if any(
-        "Exit" in b for m in alice.inbox() for b in buttons(m)) else None
-    if press is not None:
-        assert deliver(press).outcome != "duplicate"
-        assert deliver(press).outcome == "duplicate"
+    assert deliver(bob.command("find_chat")).outcome == "find:matched"
+    press = alice.press_button("Exit Chat")
+    assert deliver(press).outcome != "duplicate"
+    assert deliver(press).outcome == "duplicate"
 
 
 def test_an_error_the_store_gives_while_claiming_is_retried_not_a_crash(
         fake_api: FakeBotApi, tmp_path: Path, alice: FakeUser, bob: FakeUser,
         caplog: pytest.LogCaptureFixture):
-    class FailsOnce(SqliteRepository):
-        fail_next = False
-
-        def open_update(self, *args: Any, **kwargs: Any) -> Any:
-            if self.fail_next:
-                self.fail_next = False
-                raise RuntimeError("an error no adapter maps")
-            return super().open_update(*args, **kwargs)
-
-    path = tmp_path / "odd.sqlite3"
-    repository = FailsOnce(path)
-    runtime = build_runtime(Settings.from_env(bot_env(fake_api, path)), repository=repository)
-    pair(runtime.pipeline.process, alice, bob)
-    update = alice.text("after an odd store error")
-    repository.fail_next = True
-    result = runtime.pipeline.process(update)
-    assert (result.status, result.outcome) == (503, "retry:storage")
+    relay_after_a_failed_claim(fake_api, tmp_path, alice, bob,
+                               RuntimeError("an error no adapter maps"), False)
     assert any(r.exc_info for r in caplog.records), "an unknown error is logged with its trace"
-    assert runtime.pipeline.process(update).outcome == "relayed"
-    assert list(bob.texts()).count("after an odd store error") == 1
 
 
 def test_a_copy_whose_link_cannot_be_written_still_counts_as_relayed(

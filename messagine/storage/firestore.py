@@ -590,36 +590,41 @@ class FirestoreRepository:
     @_unavailable_as_storage_error
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """See ``Repository.claim_nudges``: each user claimed by one guarded commit."""
-        claimed: list[Nudge] = []
         query = (self._due(idle_before).where(filter=FieldFilter("blocked", "==", False))
                  .where(filter=FieldFilter("banned", "==", False))
                  .where(filter=FieldFilter("reminders_off", "==", False))
                  .order_by("last_seen"))
-        for _ in range(limit + 3):  # a round that claims nobody still makes progress
-            if len(claimed) >= limit:
-                break
-            candidates = list(self._stream(query.limit(limit - len(claimed))))
-            if not candidates:
-                break
-            for candidate in candidates:
-                nudge = self._claim_nudge(candidate, idle_before, now)
-                if nudge is not None:
-                    claimed.append(nudge)
-        return claimed
+        return self._claim_each(query, limit, lambda snap: self._claim_nudge(snap, now))
 
-    def _claim_nudge(self, snap: Any, idle_before: float, now: float) -> Nudge | None:
-        doc = snap.to_dict()
-        if not (doc.get("nudge_pending") and doc["last_seen"] < idle_before):
-            return None
-        batch = self._guarded(snap)
-        batch.put(snap.reference, {"nudge_pending": False, "reminded_at": now})
-        try:
-            batch.commit()
-        except _CONFLICTS:
+    def _claim_nudge(self, snap: Any, now: float) -> Nudge | None:
+        if not self._commit_unless_beaten(snap, {"nudge_pending": False, "reminded_at": now}):
             return None  # another run claimed them, or they wrote since: not due now
+        doc = snap.to_dict()
         state = ("chatting" if doc.get("chat") else
                  "waiting" if doc.get("waiting_since") is not None else "idle")
         return Nudge(int(snap.id), doc["language"], state)
+
+    def _claim_each(self, query: Any, limit: int, claim: Callable[[Any], R | None]) -> list[R]:
+        """Claim up to ``limit`` of what ``query`` finds; ``claim`` says None when beaten."""
+        claimed: list[R] = []
+        for _ in range(limit + 3):  # a round that claims nobody still makes progress
+            if len(claimed) >= limit:
+                break
+            found = list(self._stream(query.limit(limit - len(claimed))))
+            if not found:
+                break
+            claimed.extend(r for r in map(claim, found) if r is not None)
+        return claimed
+
+    def _commit_unless_beaten(self, snap: Any, fields: Mapping[str, Any]) -> bool:
+        """Write ``fields`` if the document is still as read; False if someone changed it."""
+        batch = self._guarded(snap)
+        batch.put(snap.reference, fields)
+        try:
+            batch.commit()
+        except _CONFLICTS:
+            return False
+        return True
 
     @_unavailable_as_storage_error
     def release_nudge(self, user_id: int) -> None:
@@ -845,24 +850,11 @@ class FirestoreRepository:
     @_unavailable_as_storage_error
     def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.claim_language_offers``: each entry claimed by a guarded commit."""
-        claimed: list[tuple[int, str]] = []
         query = (self._col("lobby").where(filter=FieldFilter("offered", "==", False))
                  .where(filter=FieldFilter("since", "<", waiting_before)).order_by("since"))
-        for _ in range(limit + 3):  # a round that claims nobody still makes progress
-            if len(claimed) >= limit:
-                break
-            entries = list(self._stream(query.limit(limit - len(claimed))))
-            if not entries:
-                break
-            for entry in entries:
-                batch = self._guarded(entry)
-                batch.put(entry.reference, {"offered": True})
-                try:
-                    batch.commit()
-                except _CONFLICTS:
-                    continue
-                claimed.append((int(entry.id), str(entry.get("language"))))
-        return claimed
+        return self._claim_each(query, limit, lambda entry: (
+            (int(entry.id), str(entry.get("language")))
+            if self._commit_unless_beaten(entry, {"offered": True}) else None))
 
     @_unavailable_as_storage_error
     def leave_lobby(self, user_id: int) -> bool:
