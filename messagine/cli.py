@@ -16,17 +16,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from messagine.handlers import COMMANDS
+from messagine import routes
 from messagine.pipeline import HANDLED_KINDS
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings, SettingsError
 from messagine.telegram import TelegramError
 
 log = logging.getLogger("messagine.cli")
-
-MENU = ("find_chat", "next", "exit_chat", "set_language", "cancel_find", "report", "block",
-        "help", "about", "reminders", "privacy", "mydata", "deleteme")
-"""The command menu, in the order Telegram shows it."""
 
 # Telegram holds at most this many webhook connections open to us at once; each is one
 # concurrent request, so it bounds the instances a burst can start (see docs/deploy.md).
@@ -104,8 +100,7 @@ def set_commands(runtime: Runtime) -> int:
     languages: list[str | None] = [None, *(c for c in catalog.languages() if c != "en")]
     for language in languages:
         texts = catalog.for_language(language or "en")
-        menu = [(name, texts(f"cmd.{name}")) for name in MENU if name in COMMANDS]
-        runtime.telegram.set_commands(menu, language)
+        runtime.telegram.set_commands(routes.menu(texts), language)
         print(f"command menu set for {language or 'the default language'}")
     return 0
 

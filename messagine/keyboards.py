@@ -1,7 +1,7 @@
 """Inline keyboards and the callback data their buttons carry.
 
-Labels come from the catalog; callback data are the short constants below, which the
-handlers map back to the same service calls as the matching commands.
+Labels come from the catalog; the callback data each button carries comes from the route
+table (messagine.routes), which maps it back to the same service call as the command.
 """
 
 from __future__ import annotations
@@ -9,46 +9,29 @@ from __future__ import annotations
 from messagine.catalog import Texts
 from messagine.languages import LANGUAGES, TOP_LANGUAGES, language_name
 from messagine.models import UserState
+from messagine.routes import MOD_BAN, MOD_DISMISS, button
 from messagine.telegram import Keyboard
 
-FIND = "find"
-CANCEL_FIND = "cancel_find"
-EXIT = "exit"
-EXIT_YES = "exit:yes"
-EXIT_NO = "exit:no"
-LANGUAGE = "lang"
-LANGUAGE_ALL = "lang:all"
-LANGUAGE_TOP = "lang:top"
-SET_LANGUAGE = "lang="
-HELP = "help"
-ABOUT = "about"
-SAY_HI = "hi"
-ANY_LANGUAGE = "anylang"
-AGE_YES = "age:yes"
-AGE_NO = "age:no"
-DELETE_YES = "deleteme:yes"
-DELETE_NO = "deleteme:no"
-REPORT = "report:"
+FIND = button("find_chat")
+CANCEL_FIND = button("cancel_find")
+EXIT = button("exit_chat")
+EXIT_YES = button("exit_yes")
+EXIT_NO = button("exit_no")
+LANGUAGE = button("set_language")
+LANGUAGE_ALL = button("language_all")
+LANGUAGE_TOP = button("language_top")
+SET_LANGUAGE = button("choose_language")
+HELP = button("help")
+ABOUT = button("about")
+SAY_HI = button("say_hi")
+ANY_LANGUAGE = button("any_language")
+AGE_YES = button("age_yes")
+AGE_NO = button("age_no")
+DELETE_YES = button("deleteme_yes")
+DELETE_NO = button("deleteme_no")
+REPORT = button("report_reason")
+REPORT_CANCEL = button("report_cancel")
 REPORT_REASONS = ("spam", "abuse", "minor", "other")
-REPORT_CANCEL = "report:cancel"
-MOD_BAN = "mod:ban:"
-MOD_DISMISS = "mod:dismiss:"
-
-
-_ACTIONS = {FIND: "find_chat", CANCEL_FIND: "cancel_find", EXIT: "exit_chat",
-            EXIT_YES: "exit_yes", EXIT_NO: "exit_no", LANGUAGE: "language",
-            LANGUAGE_ALL: "language_all", LANGUAGE_TOP: "language_top", HELP: "help",
-            ABOUT: "about", SAY_HI: "say_hi", AGE_YES: "age_yes", AGE_NO: "age_no",
-            DELETE_YES: "deleteme_yes", DELETE_NO: "deleteme_no", ANY_LANGUAGE: "any_language"}
-
-
-def action_name(data: str) -> str:
-    """The analytics name of a button's callback data ("unknown" for anything else)."""
-    if data.startswith(SET_LANGUAGE):
-        return "set_language"
-    if data.startswith(REPORT):
-        return "report"
-    return _ACTIONS.get(data, "unknown")
 
 
 def welcome_new(t: Texts) -> Keyboard:

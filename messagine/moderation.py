@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from messagine import keyboards
+from messagine import keyboards, routes
 from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
@@ -80,6 +80,11 @@ class Moderation:
             return "report:nobody"
         answer.send(t("report.ask"), keyboards.report_reasons(t))
         return "report:asked"
+
+    def cancel_report(self, user: UserState, answer: Answer) -> str:
+        """The reporter changed their mind: nothing is stored or sent."""
+        answer.send(self.catalog.for_user(user)("report.cancelled"))
+        return "report:cancelled"
 
     def report(self, user: UserState, reason: str, answer: Answer, update_id: int) -> str:
         """End the chat, exclude the pair, store the report and send it to the moderators."""
@@ -210,7 +215,7 @@ class Moderation:
                 update_id: int) -> str:
         """A moderator pressed Ban or Dismiss under a report."""
         t = self.moderator_texts
-        ban = data.startswith(keyboards.MOD_BAN)
+        ban = data.startswith(routes.MOD_BAN)
         report_id = int(data.rsplit(":", 1)[1])
         report = self.repository.resolve_report(report_id, "banned" if ban else "dismissed")
         answer = Answer(self.telegram, chat_id, message_id)

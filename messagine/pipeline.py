@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from telebot import TeleBot, types
+from telebot import TeleBot, types, util
 
-from messagine import context
+from messagine import context, routes
 from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.languages import language_for
@@ -42,13 +42,8 @@ timeout and Telegram's 60 s, whatever the calls before the wait took."""
 HANDLED_KINDS = ("message", "edited_message", "callback_query", "my_chat_member")
 """The update kinds the bot handles; set-webhook asks Telegram for these only."""
 
-KNOWN_KINDS = (
-    *HANDLED_KINDS, "channel_post", "edited_channel_post", "business_connection",
-    "business_message", "edited_business_message", "deleted_business_messages",
-    "message_reaction", "message_reaction_count", "inline_query", "chosen_inline_result",
-    "shipping_query", "pre_checkout_query", "purchased_paid_media", "poll", "poll_answer",
-    "chat_member", "chat_join_request", "chat_boost", "removed_chat_boost",
-)
+KNOWN_KINDS = tuple(dict.fromkeys((*HANDLED_KINDS, *util.update_types)))
+"""Every update kind pyTelegramBotAPI knows (its own list), ours first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,17 +251,13 @@ class Pipeline:
             log.warning("could not send %s: %s %s", key, error.method, error.code)
 
 
-PRIVACY_COMMANDS = ("/privacy", "/mydata", "/deleteme")
-PRIVACY_BUTTONS = ("deleteme:yes", "deleteme:no")
-
-
 def _is_privacy_request(update: types.Update, kind: str) -> bool:
-    """Privacy rights stay with everyone, banned users included."""
+    """Privacy rights stay with everyone, banned users included (the route table says which)."""
     item = getattr(update, kind)
     if kind == "callback_query":
-        return str(item.data or "") in PRIVACY_BUTTONS
-    text = (getattr(item, "text", None) or "").split(maxsplit=1)
-    return kind == "message" and bool(text) and text[0].split("@")[0] in PRIVACY_COMMANDS
+        return routes.allowed_while_banned(None, str(item.data or ""))
+    return kind == "message" and routes.allowed_while_banned(getattr(item, "text", None) or "",
+                                                             None)
 
 
 def _sender_and_chat(

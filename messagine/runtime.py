@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import telebot
 
-from messagine import handlers
 from messagine.analytics import Analytics, MixpanelAnalytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
+from messagine.handlers import Handlers
 from messagine.logs import configure_logging
 from messagine.models import Retention
 from messagine.moderation import Moderation, ModerationSettings
@@ -24,6 +24,7 @@ from messagine.pipeline import Pipeline
 from messagine.privacy import Privacy, PrivacyTerms
 from messagine.relay import Relay
 from messagine.reminders import Reminders
+from messagine.routes import Services
 from messagine.settings import Settings
 from messagine.storage import open_repository
 from messagine.storage.port import Repository
@@ -66,8 +67,8 @@ def build_runtime(
     moderation = Moderation(repository, telegram, catalog, conversation, analytics,
                             ModerationSettings(settings.admin_ids, settings.admin_chat_id,
                                                settings.report_window_s), clock)
-    handlers.register(bot, conversation, relay, privacy, moderation, telegram, catalog,
-                      analytics)
+    Handlers(Services(conversation, relay, privacy, moderation), telegram, catalog,
+             analytics).register(bot)
     retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
                           chats_s=settings.chat_retention_days * 86_400.0)
     pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics, retention)

@@ -109,11 +109,11 @@ def create_app(sandbox: Sandbox) -> flask.Flask:
     @app.get("/api/commands")
     def commands() -> dict[str, Any]:
         from messagine.catalog import Catalog  # noqa: PLC0415
-        from messagine.cli import MENU  # noqa: PLC0415
+        from messagine.routes import menu  # noqa: PLC0415
 
         texts = Catalog().for_language("en")
-        return {"commands": [{"command": name, "description": texts(f"cmd.{name}")}
-                             for name in MENU]}
+        return {"commands": [{"command": command, "description": description}
+                             for command, description in menu(texts)]}
 
     @app.post("/api/act")
     def act() -> tuple[dict[str, Any], int]:
