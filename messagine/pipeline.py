@@ -23,6 +23,7 @@ from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.languages import language_for
 from messagine.models import OpenedUpdate, Profile, Retention, UserState
+from messagine.payload import problem as payload_problem
 from messagine.storage.port import Repository, StorageUnavailable
 from messagine.telegram import (
     Telegram,
@@ -102,6 +103,10 @@ class Pipeline:
     def _process(
         self, update_id: int, kind: str, payload: Mapping[str, Any]
     ) -> tuple[Result, str | None]:
+        reason = payload_problem(payload, kind)
+        if reason is not None:
+            log.warning("update %s ignored: %s", update_id, reason)
+            return Result(200, "ignored:malformed"), None
         try:
             update = types.Update.de_json(dict(payload))
             sender, chat = _sender_and_chat(update, kind)

@@ -58,6 +58,9 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> Response:
     except (ValueError, UnicodeDecodeError):
         log.warning("refused request whose body is not JSON (%s bytes)", len(body))
         return _reply(400, "body is not JSON")
+    except RecursionError:  # authentic, and never processable: a retry would stall the chat
+        log.warning("ignored an update nested too deeply to decode (%s bytes)", len(body))
+        return _reply(200, "ok")
     if not isinstance(payload, dict):
         log.warning("refused request whose JSON is a %s, not an object", type(payload).__name__)
         return _reply(400, "body is not a JSON object")
