@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
+from messagine.envelope import Envelope
 from messagine.models import UserState
 
 
@@ -20,6 +21,14 @@ class UpdateContext:
     update_id: int
     user: UserState | None
     outcome: str = "unhandled"
+    envelope: Envelope | None = None
+    """The message read from the raw update (for messages and edits)."""
+
+    def require_envelope(self) -> Envelope:
+        """The message's envelope; the message handlers run only for messages."""
+        if self.envelope is None:
+            raise LookupError("this update has no message")
+        return self.envelope
 
     def require_user(self) -> UserState:
         """The sender's state; handlers run only for updates that have a sender."""

@@ -10,22 +10,26 @@ line; none holds a rule of its own.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
-from telebot import TeleBot, types, util
+from telebot import TeleBot, types
 
 from messagine import context, keyboards, routes
 from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
-from messagine.relay import RELAYED_CONTENT_TYPES
 from messagine.routes import Call, Route, Services
 from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
 
 PRIVATE = ["private"]
 GROUPS = ["group", "supergroup"]
-ALL_CONTENT_TYPES = sorted({*util.content_type_media, *util.content_type_service})
-"""Every content type pyTelegramBotAPI classifies (its own lists, so new types come with
-an upgrade of the library)."""
+
+
+def _any_content(handler: Callable[[types.Message], None], chat_types: list[str]
+                 ) -> dict[str, Any]:
+    """A message handler entry with no content-type filter (the library's dict format)."""
+    return {"function": handler, "pass_bot": False, "filters": {"chat_types": chat_types}}
 
 
 def _done(outcome: str) -> None:
@@ -47,14 +51,11 @@ class Handlers:
         bot.register_message_handler(
             self.command, chat_types=PRIVATE, content_types=["text"],
             func=lambda message: routes.command_route(message.text) is not None)
-        bot.register_message_handler(self.relay_message, chat_types=PRIVATE,
-                                     content_types=list(RELAYED_CONTENT_TYPES))
-        bot.register_message_handler(self.unsupported, chat_types=PRIVATE,
-                                     content_types=ALL_CONTENT_TYPES)
-        bot.register_message_handler(self.group_message, chat_types=GROUPS,
-                                     content_types=ALL_CONTENT_TYPES)
-        bot.register_edited_message_handler(self.edited, chat_types=PRIVATE,
-                                            content_types=list(RELAYED_CONTENT_TYPES))
+        # No content-type filter: whatever the library makes of the content, including
+        # nothing, the relay works from the message's envelope.
+        bot.add_message_handler(_any_content(self.relay_message, PRIVATE))
+        bot.add_message_handler(_any_content(self.group_message, GROUPS))
+        bot.add_edited_message_handler(_any_content(self.edited, PRIVATE))
         bot.register_callback_query_handler(self.button, func=lambda _query: True)
         bot.register_my_chat_member_handler(self.membership, func=lambda _update: True)
 
@@ -82,20 +83,14 @@ class Handlers:
         """Anything a user sends in a chat; an unknown /word outside a chat is answered."""
         call = self._call(Answer(self.telegram, message.chat.id))
         user = call.user
-        if routes.parse_command(message.text) is not None and user.chat is None:
+        envelope = context.current().require_envelope()
+        if routes.parse_command(envelope.text) is not None and user.chat is None:
             t = self.catalog.for_user(user)
             call.answer.send(t("unknown_command"), keyboards.idle(t))
             self.analytics.track(user, "command.unknown")
             _done("unknown_command")
             return
-        _done(self.services.relay.relay(user, message, call.update_id))
-
-    def unsupported(self, message: types.Message) -> None:
-        """A private message of a kind that cannot be relayed: the sender is told."""
-        call = self._call(Answer(self.telegram, message.chat.id))
-        call.answer.send(self.catalog.for_user(call.user)("relay.unsupported"))
-        self.analytics.track(call.user, f"message.invalid.{message.content_type}")
-        _done("unsupported:" + message.content_type)
+        _done(self.services.relay.relay(user, envelope, call.update_id))
 
     def group_message(self, message: types.Message) -> None:
         """The bot is for private chats: it leaves any group but the moderators'."""
@@ -106,7 +101,8 @@ class Handlers:
 
     def edited(self, message: types.Message) -> None:
         """An edit of a relayed message is mirrored on its copy."""
-        _done(self.services.relay.edit(context.current().require_user(), message))
+        ctx = context.current()
+        _done(self.services.relay.edit(ctx.require_user(), ctx.require_envelope(), message))
 
     def button(self, query: types.CallbackQuery) -> None:
         """A button press: a route's button, or Ban/Dismiss in the moderators' chat."""

@@ -21,6 +21,8 @@ from telebot import TeleBot, types, util
 from messagine import context, routes
 from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
+from messagine.envelope import minimal_update
+from messagine.envelope import read as envelope_of
 from messagine.languages import language_for
 from messagine.models import OpenedUpdate, Profile, Retention, UserState
 from messagine.payload import problem as payload_problem
@@ -39,6 +41,8 @@ _PURGE_EVERY_S = 3600.0
 UPDATE_BUDGET_S = 25.0
 """Time an update may spend on Bot API waits (429s): well inside the function's 50 s
 timeout and Telegram's 60 s, whatever the calls before the wait took."""
+
+MESSAGE_KINDS = ("message", "edited_message")
 
 HANDLED_KINDS = ("message", "edited_message", "callback_query", "my_chat_member")
 """The update kinds the bot handles; set-webhook asks Telegram for these only."""
@@ -107,23 +111,29 @@ class Pipeline:
         if reason is not None:
             log.warning("update %s ignored: %s", update_id, reason)
             return Result(200, "ignored:malformed"), None
-        try:
-            update = types.Update.de_json(dict(payload))
-            sender, chat = _sender_and_chat(update, kind)
-        except Exception:  # noqa: BLE001 - any malformed field means "not a usable update"
+        envelope = (envelope_of(payload[kind]) if kind in MESSAGE_KINDS else None)
+        update = _parse(update_id, kind, payload)
+        if update is None:
             return Result(200, "ignored:malformed"), None
-        content_type = getattr(getattr(update, kind), "content_type", None)
+        sender, chat = _sender_and_chat(update, kind)
+        content_type = (envelope.content_type if envelope is not None
+                        else getattr(getattr(update, kind), "content_type", None))
+        if update.callback_query is not None and chat is None:
+            return self._answered(update, Result(200, "button:no_message")), content_type
         if sender is None or chat is None:
             return Result(200, "ignored:no_sender"), content_type
         if sender.is_bot:
             return Result(200, "ignored:from_bot"), content_type
+        if envelope is not None and envelope.silent:
+            # A note Telegram adds about the chat (a pin, a timer): nobody typed it.
+            return Result(200, f"ignored:service:{envelope.content_type}"), content_type
         opened = self._open(update_id, update, kind, sender, chat)
         if isinstance(opened, Result):
-            return opened, content_type
+            return self._answered(update, opened), content_type
         stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
         if stopped is not None:
-            return stopped, content_type
-        ctx = context.UpdateContext(update_id, opened.user)
+            return self._answered(update, stopped), content_type
+        ctx = context.UpdateContext(update_id, opened.user, envelope=envelope)
         token = context.enter(ctx)
         deadline = set_deadline(time.monotonic() + UPDATE_BUDGET_S)
         try:
@@ -234,6 +244,20 @@ class Pipeline:
         if any(purged.values()):
             log.info("purged expired records: %s", purged)
 
+    def _answered(self, update: types.Update, result: Result) -> Result:
+        """A press that stops before its handler still gets its answer (the spinner stops).
+
+        Best effort: a press answered before (a re-delivery) or too old is refused by
+        Telegram, which changes nothing.
+        """
+        query = update.callback_query
+        if query is not None and result.status == 200:
+            try:
+                self.telegram.answer_callback(query.id)
+            except TelegramError as error:
+                log.info("button press not answered: %s %s", error.method, error.code)
+        return result
+
     def _release(self, update_id: int, error: Exception) -> Result:
         where = "telegram" if isinstance(error, TelegramError) else "storage"
         log.error("update %s will be retried: %s unavailable (%s)", update_id, where, error)
@@ -263,6 +287,26 @@ def _is_privacy_request(update: types.Update, kind: str) -> bool:
         return routes.allowed_while_banned(None, str(item.data or ""))
     return kind == "message" and routes.allowed_while_banned(getattr(item, "text", None) or "",
                                                              None)
+
+
+def _parse(update_id: int, kind: str, payload: Mapping[str, Any]) -> types.Update | None:
+    """The library's update; for a message it cannot parse, a minimal one it can.
+
+    pyTelegramBotAPI rejects a whole update when any required field is missing anywhere
+    inside it; the relay does not need what it rejects (it works from the envelope), and
+    commands need only the sender, the chat, the text and the replied-to message id.
+    """
+    update: types.Update
+    try:
+        update = types.Update.de_json(dict(payload))
+        _sender_and_chat(update, kind)
+    except Exception:  # noqa: BLE001 - any malformed field means "not a usable update"
+        if kind not in MESSAGE_KINDS:
+            return None
+        log.info("update %s: the library could not parse the message; using its envelope",
+                 update_id)
+        update = types.Update.de_json(minimal_update(update_id, kind, payload[kind]))
+    return update
 
 
 def _sender_and_chat(

@@ -19,16 +19,16 @@ from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
+from messagine.envelope import Envelope
 from messagine.models import MessageLink, UserState
 from messagine.storage.port import Repository
 from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
 
 log = logging.getLogger(__name__)
 
-RELAYED_CONTENT_TYPES = (
-    "text", "photo", "video", "animation", "document", "audio", "voice", "video_note",
-    "sticker", "location", "venue", "contact", "dice", "poll",
-)
+NOT_COPYABLE = "can't be copied"
+"""What Telegram's 400 says for content a bot may not copy (service messages, invoices,
+giveaways, paid media, a quiz whose answer the bot does not know)."""
 
 
 class Relay:
@@ -45,8 +45,12 @@ class Relay:
         self.conversation = conversation
         self.clock = clock
 
-    def relay(self, user: UserState, message: types.Message, update_id: int) -> str:
-        """Copy ``message`` to the partner, as a reply where it replies to a chat message."""
+    def relay(self, user: UserState, message: Envelope, update_id: int) -> str:
+        """Copy ``message`` to the partner, as a reply where it replies to a chat message.
+
+        Whatever the content, known to pyTelegramBotAPI or not: Telegram copies by chat and
+        message id. What Telegram refuses to copy is reported to the sender.
+        """
         t = self.catalog.for_user(user)
         if user.chat is None:
             key, keyboard = (("relay.waiting", keyboards.lobby(t)) if user.waiting
@@ -55,23 +59,31 @@ class Relay:
             return "relay:not_in_chat"
         chat = user.chat
         reply_to = None
-        if message.reply_to_message is not None:
+        if message.reply_to_message_id is not None:
             link = self.repository.find_message(
-                chat.chat_id, user.user_id, message.reply_to_message.message_id)
+                chat.chat_id, user.user_id, message.reply_to_message_id)
             if link is not None:
                 reply_to = (link.copy_message_id if link.sender_id == user.user_id
                             else link.sender_message_id)
         try:
-            copy_id = self.telegram.copy_message(
-                chat.partner_id, user.user_id, message.message_id, reply_to)
+            if message.live_location and message.location is not None:
+                # A copy of a live location would stand still; a live one follows it.
+                copy_id = self.telegram.send_location(chat.partner_id, message.location,
+                                                      reply_to)
+            else:
+                copy_id = self.telegram.copy_message(
+                    chat.partner_id, user.user_id, message.message_id, reply_to)
         except TelegramBlocked:
             self.conversation.partner_unreachable(user, update_id)
             return "relay:partner_unreachable"
         except TelegramRejected as error:
             log.warning("copy refused by Telegram: %s %s", error.code, error.description)
-            self.telegram.send_text(user.user_id, t("relay.failed"))
+            not_copyable = NOT_COPYABLE in error.description
+            self.telegram.send_text(user.user_id, t(
+                "relay.unsupported" if not_copyable else "relay.failed"))
             self.analytics.track(user, f"message.invalid.{message.content_type}")
-            return "relay:rejected"
+            return f"relay:not_copyable:{message.content_type}" if not_copyable \
+                else "relay:rejected"
         link = MessageLink(
             chat_id=chat.chat_id, sender_id=user.user_id, sender_message_id=message.message_id,
             recipient_id=chat.partner_id, copy_message_id=copy_id,
@@ -84,20 +96,22 @@ class Relay:
         self.analytics.track(user, f"message.{message.content_type}")
         return "relayed"
 
-    def edit(self, user: UserState, message: types.Message) -> str:
-        """Mirror an edit of text or caption on the partner's copy."""
+    def edit(self, user: UserState, edited: Envelope, message: types.Message) -> str:
+        """Mirror an edit on the partner's copy: text, caption, or a live location's move."""
         if user.chat is None:
             return "edit:not_in_chat"
-        link = self.repository.find_message(user.chat.chat_id, user.user_id, message.message_id)
+        link = self.repository.find_message(user.chat.chat_id, user.user_id, edited.message_id)
         if link is None or link.sender_id != user.user_id:
             return "edit:unknown_message"
         try:
-            if message.text is not None:
-                self.telegram.edit_text(link.recipient_id, link.copy_message_id, message.text,
+            if edited.location is not None:
+                return self._move(link, edited)
+            if edited.text is not None:
+                self.telegram.edit_text(link.recipient_id, link.copy_message_id, edited.text,
                                         entities=message.entities)
-            elif message.caption is not None:
+            elif edited.caption is not None:
                 self.telegram.edit_caption(link.recipient_id, link.copy_message_id,
-                                           message.caption, entities=message.caption_entities)
+                                           edited.caption, entities=message.caption_entities)
             else:
                 return "edit:unsupported"
         except TelegramBlocked:
@@ -106,6 +120,17 @@ class Relay:
             log.info("edit refused by Telegram: %s %s", error.code, error.description)
             return "edit:rejected"
         return "edited"
+
+    def _move(self, link: MessageLink, edited: Envelope) -> str:
+        """A live location moved (or stopped: its edit carries no live period any more)."""
+        location = edited.location
+        if location is None:
+            return "edit:unsupported"
+        if location.live_period is None:
+            self.telegram.stop_live_location(link.recipient_id, link.copy_message_id)
+            return "edit:live_location_stopped"
+        self.telegram.edit_live_location(link.recipient_id, link.copy_message_id, location)
+        return "edit:live_location_moved"
 
     def delete(self, user: UserState, message: types.Message, answer: Answer) -> str:
         """/delete as a reply to one of your messages deletes the partner's copy."""

@@ -22,6 +22,8 @@ import requests
 import telebot
 from telebot import apihelper, types
 
+from messagine.envelope import Location
+
 T = TypeVar("T")
 Keyboard = Sequence[Sequence[tuple[str, str]]]
 """Rows of (label, callback data) inline buttons."""
@@ -192,6 +194,29 @@ class Telegram:
         result = self._call("copyMessage", lambda: self.bot.copy_message(
             chat_id, from_chat_id, message_id, reply_parameters=reply))
         return int(result.message_id)
+
+    def send_location(self, chat_id: int, location: Location, reply_to: int | None = None
+                      ) -> int:
+        """Send a (live) location with every property of ``location``; returns its id."""
+        reply = (types.ReplyParameters(reply_to, allow_sending_without_reply=True)
+                 if reply_to is not None else None)
+        message = self._call("sendLocation", lambda: self.bot.send_location(
+            chat_id, location.latitude, location.longitude, live_period=location.live_period,
+            heading=location.heading, horizontal_accuracy=location.horizontal_accuracy,
+            proximity_alert_radius=location.proximity_alert_radius, reply_parameters=reply))
+        return int(message.message_id)
+
+    def edit_live_location(self, chat_id: int, message_id: int, location: Location) -> None:
+        """Move a live location the bot sent."""
+        self._call("editMessageLiveLocation", lambda: self.bot.edit_message_live_location(
+            location.latitude, location.longitude, chat_id, message_id,
+            heading=location.heading, horizontal_accuracy=location.horizontal_accuracy,
+            proximity_alert_radius=location.proximity_alert_radius))
+
+    def stop_live_location(self, chat_id: int, message_id: int) -> None:
+        """Stop a live location the bot sent."""
+        self._call("stopMessageLiveLocation", lambda: self.bot.stop_message_live_location(
+            chat_id, message_id))
 
     def send_document(self, chat_id: int, file_name: str, content: bytes,
                       caption: str | None = None) -> int:

@@ -147,7 +147,7 @@ def test_content_that_cannot_be_relayed_is_answered(deliver: Deliver, alice: Fak
     pair(deliver, alice, bob)
     game = {"game": {"title": "Lumberjack", "description": "Chop",
                      "photo": [{"file_id": "g", "file_unique_id": "g", "width": 1, "height": 1}]}}
-    assert deliver(alice.send(game)).outcome == "unsupported:game"
+    assert deliver(alice.send(game)).outcome == "relay:not_copyable:game"
     assert alice.last()["text"] == "This kind of message can't be sent in a chat."
 
 
@@ -166,8 +166,13 @@ def test_a_copy_telegram_refuses_is_reported_to_the_sender(deliver: Deliver, fak
                                                           alice: FakeUser, bob: FakeUser):
     pair(deliver, alice, bob)
     fake_api.fail("copyMessage", status=400, description="Bad Request: message can't be copied")
-    assert deliver(alice.media("poll")).outcome == "relay:rejected"
+    assert deliver(alice.media("poll")).outcome == "relay:not_copyable:poll"
+    assert alice.last()["text"] == "This kind of message can't be sent in a chat."
+    fake_api.clear_failures()
+    fake_api.fail("copyMessage", status=400, description="Bad Request: MEDIA_EMPTY")
+    assert deliver(alice.media("photo")).outcome == "relay:rejected"
     assert "did not get it" in alice.last()["text"]
+    fake_api.clear_failures()
     assert deliver(alice.text("and this?")).outcome == "relayed"
 
 

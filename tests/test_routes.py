@@ -157,8 +157,14 @@ def test_a_banned_user_keeps_exactly_the_privacy_routes(bot: Runtime, deliver: D
             outcome = deliver(mallory.command(command.title())).outcome
             assert (outcome != "banned") == route.while_banned, (command, outcome)
     for data, allowed in (("deleteme:no", True), ("find", False), ("hi", False)):
-        outcome = deliver(mallory.press(mallory.last()["message_id"], data)).outcome
+        answered = len(fake_api.calls_of("answerCallbackQuery"))
+        press = mallory.press(mallory.last()["message_id"], data)
+        outcome = deliver(press).outcome
         assert (outcome != "banned") == allowed, (data, outcome)
+        # Every press is answered, also one that stops before its handler.
+        assert len(fake_api.calls_of("answerCallbackQuery")) == answered + 1
+        assert deliver(press).outcome == "duplicate"
+        assert len(fake_api.calls_of("answerCallbackQuery")) == answered + 2
 
 
 def test_every_button_press_reaches_its_route(bot: Runtime, deliver: Deliver,

@@ -30,6 +30,31 @@ from urllib.parse import parse_qsl, urlsplit
 JsonObject = dict[str, Any]
 
 # Fields of a message that are its content: what copyMessage copies.
+MESSAGE_META = frozenset({
+    "message_id", "message_thread_id", "from", "sender_chat", "date", "chat",
+    "forward_origin", "is_topic_message", "is_automatic_forward", "reply_to_message",
+    "external_reply", "quote", "reply_to_story", "via_bot", "edit_date",
+    "has_protected_content", "is_from_offline", "media_group_id", "author_signature",
+    "reply_markup", "business_connection_id", "sender_business_bot", "effect_id",
+    "forward_from", "forward_from_chat", "forward_from_message_id", "forward_signature",
+    "forward_sender_name", "forward_date",
+})
+"""What describes a message rather than being its content: never part of a copy."""
+
+NOT_COPYABLE = frozenset({
+    "game", "invoice", "successful_payment", "refunded_payment", "giveaway", "giveaway_winners",
+    "giveaway_created", "giveaway_completed", "paid_media", "gift", "unique_gift",
+    "new_chat_members", "left_chat_member", "new_chat_title", "new_chat_photo",
+    "delete_chat_photo", "group_chat_created", "supergroup_chat_created",
+    "channel_chat_created", "migrate_to_chat_id", "migrate_from_chat_id", "pinned_message",
+    "users_shared", "chat_shared", "write_access_allowed", "web_app_data",
+    "proximity_alert_triggered", "message_auto_delete_timer_changed", "chat_background_set",
+    "boost_added", "connected_website", "passport_data", "checklist_tasks_done",
+    "checklist_tasks_added", "forum_topic_created", "video_chat_started",
+})
+"""Content Telegram refuses to copy (copyMessage: service messages, invoices, giveaways,
+paid media; the fake's list of the ones a private chat can carry)."""
+
 CONTENT_FIELDS = (
     "text", "entities", "caption", "caption_entities", "photo", "video", "animation",
     "document", "audio", "voice", "video_note", "sticker", "location", "venue", "contact",
@@ -260,12 +285,17 @@ class FakeBotApi:
     def _m_copyMessage(self, params: JsonObject) -> JsonObject:  # noqa: N802
         source = self._message(params["from_chat_id"], params["message_id"],
                                "message to copy not found")
-        content = {k: copy.deepcopy(v) for k, v in source.items() if k in CONTENT_FIELDS}
-        if "dice" not in content and "poll" not in content and not any(
-                k in content for k in ("text", "photo", "video", "animation", "document",
-                                       "audio", "voice", "video_note", "sticker", "location",
-                                       "venue", "contact")):
+        content = {k: copy.deepcopy(v) for k, v in source.items() if k not in MESSAGE_META}
+        poll = content.get("poll")
+        quiz_unknown = (isinstance(poll, dict) and poll.get("type") == "quiz"
+                        and "correct_option_id" not in poll)
+        # As Telegram: service messages, invoices, giveaways and paid media cannot be
+        # copied, nor a quiz whose right answer the bot was not told.
+        if not content or quiz_unknown or any(k in NOT_COPYABLE for k in content):
             raise _ApiError(400, "Bad Request: message can't be copied")
+        if isinstance(content.get("location"), dict):  # a copy never stays live
+            content["location"] = {k: v for k, v in content["location"].items()
+                                   if k in ("latitude", "longitude")}
         content.update(self._reply_target(params["chat_id"], params))
         message = self._new_message(params["chat_id"], self.bot_user, content)
         return {"message_id": message["message_id"]}
@@ -309,6 +339,44 @@ class FakeBotApi:
             message["reply_markup"] = markup
         else:
             message.pop("reply_markup", None)
+        return copy.deepcopy(message)
+
+    def _m_sendLocation(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        location = _location(params)
+        if not -90 <= float(location.get("latitude", 999)) <= 90 or not (
+                -180 <= float(location.get("longitude", 999)) <= 180):
+            raise _ApiError(400, "Bad Request: wrong location")
+        period = location.get("live_period")
+        if period is not None and not (60 <= int(period) <= 86400 or int(period) == 0x7FFFFFFF):
+            raise _ApiError(400, "Bad Request: wrong live period specified")
+        content: JsonObject = {"location": location,
+                               **self._reply_target(params["chat_id"], params)}
+        return self._new_message(params["chat_id"], self.bot_user, content)
+
+    def _live_location(self, params: JsonObject) -> JsonObject:
+        message = self._message(params["chat_id"], params["message_id"],
+                                "message to edit not found")
+        location = message.get("location")
+        if (message.get("from", {}).get("id") != self.bot_user["id"]
+                or not isinstance(location, dict) or "live_period" not in location):
+            raise _ApiError(400, "Bad Request: message can't be edited")
+        if location.get("stopped"):
+            raise _ApiError(400, "Bad Request: message can't be edited")
+        return message
+
+    def _m_editMessageLiveLocation(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        message = self._live_location(params)
+        moved = {k: v for k, v in _location(params).items() if k != "live_period"}
+        if all(message["location"].get(k) == v for k, v in moved.items()):
+            raise _ApiError(400, "Bad Request: message is not modified")
+        message["location"].update(moved)
+        message["edit_date"] = int(time.time())
+        return copy.deepcopy(message)
+
+    def _m_stopMessageLiveLocation(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        message = self._live_location(params)
+        message["location"]["stopped"] = True  # the model's mark; Telegram shows it ended
+        message["edit_date"] = int(time.time())
         return copy.deepcopy(message)
 
     def _m_deleteMessage(self, params: JsonObject) -> bool:  # noqa: N802
@@ -463,6 +531,17 @@ def _decode_params(query: str, content_type: str, body: bytes) -> JsonObject:
         else:
             params[key] = value
     return params
+
+
+def _location(params: JsonObject) -> JsonObject:
+    """A location's fields from form parameters, typed as Telegram stores them."""
+    types = {"latitude": float, "longitude": float, "live_period": int, "heading": int,
+             "horizontal_accuracy": float, "proximity_alert_radius": int}
+    try:
+        return {key: cast(params[key]) for key, cast in types.items()
+                if params.get(key) is not None}
+    except ValueError as error:
+        raise _ApiError(400, "Bad Request: wrong location") from error
 
 
 def _without_reply(message: JsonObject) -> JsonObject:
