@@ -22,7 +22,13 @@ from messagine.conversation import Conversation
 from messagine.envelope import Envelope
 from messagine.models import MessageLink, UserState
 from messagine.storage.port import Repository
-from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
+from messagine.telegram import (
+    CallWithdrawn,
+    StillWanted,
+    Telegram,
+    TelegramBlocked,
+    TelegramRejected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +71,20 @@ class Relay:
             if link is not None:
                 reply_to = (link.copy_message_id if link.sender_id == user.user_id
                             else link.sender_message_id)
+        still_wanted = self._chat_lasts(user.user_id, chat.chat_id)
         try:
             if message.live_location and message.location is not None:
                 # A copy of a live location would stand still; a live one follows it.
                 copy_id = self.telegram.send_location(chat.partner_id, message.location,
-                                                      reply_to)
+                                                      reply_to, still_wanted)
             else:
                 copy_id = self.telegram.copy_message(
-                    chat.partner_id, user.user_id, message.message_id, reply_to)
+                    chat.partner_id, user.user_id, message.message_id, reply_to, still_wanted)
+        except CallWithdrawn:
+            # The chat ended while Telegram made us wait: the partner may be in a new
+            # chat by now, where this message would seem to come from someone else.
+            self.telegram.send_text(user.user_id, t("relay.chat_ended"))
+            return "relay:chat_ended"
         except TelegramBlocked:
             self.conversation.partner_unreachable(user, update_id)
             return "relay:partner_unreachable"
@@ -96,6 +108,16 @@ class Relay:
         self.analytics.track(user, f"message.{message.content_type}")
         return "relayed"
 
+    def _chat_lasts(self, user_id: int, chat_id: int) -> StillWanted:
+        """The question asked after a 429 wait: is ``user_id`` still in chat ``chat_id``."""
+
+        def still_in_chat() -> bool:
+            state = self.repository.get_user(user_id)
+            return state is not None and state.chat is not None and \
+                state.chat.chat_id == chat_id
+
+        return still_in_chat
+
     def edit(self, user: UserState, edited: Envelope, message: types.Message) -> str:
         """Mirror an edit on the partner's copy: text, caption, or a live location's move."""
         if user.chat is None:
@@ -103,17 +125,21 @@ class Relay:
         link = self.repository.find_message(user.chat.chat_id, user.user_id, edited.message_id)
         if link is None or link.sender_id != user.user_id:
             return "edit:unknown_message"
+        still_wanted = self._chat_lasts(user.user_id, link.chat_id)
         try:
             if edited.location is not None:
                 return self._move(link, edited)
             if edited.text is not None:
                 self.telegram.edit_text(link.recipient_id, link.copy_message_id, edited.text,
-                                        entities=message.entities)
+                                        entities=message.entities, still_wanted=still_wanted)
             elif edited.caption is not None:
                 self.telegram.edit_caption(link.recipient_id, link.copy_message_id,
-                                           edited.caption, entities=message.caption_entities)
+                                           edited.caption, entities=message.caption_entities,
+                                           still_wanted=still_wanted)
             else:
                 return "edit:unsupported"
+        except CallWithdrawn:
+            return "edit:chat_ended"
         except TelegramBlocked:
             return "edit:partner_unreachable"
         except TelegramRejected as error:
@@ -145,8 +171,9 @@ class Relay:
             answer.send(t("delete.not_found"))
             return "delete:not_found"
         try:
-            self.telegram.delete_message(link.recipient_id, link.copy_message_id)
-        except (TelegramRejected, TelegramBlocked):
+            self.telegram.delete_message(link.recipient_id, link.copy_message_id,
+                                         self._chat_lasts(user.user_id, link.chat_id))
+        except (TelegramRejected, TelegramBlocked, CallWithdrawn):
             answer.send(t("delete.failed"))
             return "delete:rejected"
         answer.send(t("delete.done"))

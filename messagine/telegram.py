@@ -57,6 +57,21 @@ class TelegramRejected(TelegramError):  # noqa: N818
     """Any other 4xx: the request can never succeed as it is."""
 
 
+class CallWithdrawn(Exception):  # noqa: N818 - named for what happened
+    """The caller withdrew a call that waited out a 429; Telegram performed nothing.
+
+    What the call was for no longer holds: a relayed message whose chat ended meanwhile.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        super().__init__(f"{method} withdrawn after a 429 wait")
+
+
+StillWanted = Callable[[], bool]
+"""Asked before a call is repeated after a 429 wait: False withdraws it."""
+
+
 # The monotonic time by which the current update must be answered; a 429 is waited out
 # only when its retry_after ends well before it (otherwise: 503, and Telegram re-delivers).
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -158,11 +173,13 @@ class Telegram:
         self.bot = bot
 
     @staticmethod
-    def _call(method: str, action: Callable[[], T]) -> T:
+    def _call(method: str, action: Callable[[], T], still_wanted: StillWanted | None = None
+              ) -> T:
         """Make one Bot API call; a 429 is waited out once if the update's deadline allows.
 
         A 429 means Telegram did not perform the call, so repeating it cannot double a
         message; when the wait does not fit, the caller gets TelegramUnavailable (503).
+        After the wait, ``still_wanted`` is asked first: False raises CallWithdrawn.
         """
         for attempt in (1, 2):
             try:
@@ -175,6 +192,8 @@ class Telegram:
                     and deadline is not None
                     and time.monotonic() + failure.retry_after + _RETRY_MARGIN_S < deadline):
                 time.sleep(failure.retry_after)
+                if still_wanted is not None and not still_wanted():
+                    raise CallWithdrawn(method) from None
                 continue
             raise failure from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -186,24 +205,26 @@ class Telegram:
         return int(message.message_id)
 
     def copy_message(
-        self, chat_id: int, from_chat_id: int, message_id: int, reply_to: int | None = None
+        self, chat_id: int, from_chat_id: int, message_id: int, reply_to: int | None = None,
+        still_wanted: StillWanted | None = None,
     ) -> int:
         """Copy a message (no origin header, captions and formatting kept); returns its id."""
         reply = (types.ReplyParameters(reply_to, allow_sending_without_reply=True)
                  if reply_to is not None else None)
         result = self._call("copyMessage", lambda: self.bot.copy_message(
-            chat_id, from_chat_id, message_id, reply_parameters=reply))
+            chat_id, from_chat_id, message_id, reply_parameters=reply), still_wanted)
         return int(result.message_id)
 
-    def send_location(self, chat_id: int, location: Location, reply_to: int | None = None
-                      ) -> int:
+    def send_location(self, chat_id: int, location: Location, reply_to: int | None = None,
+                      still_wanted: StillWanted | None = None) -> int:
         """Send a (live) location with every property of ``location``; returns its id."""
         reply = (types.ReplyParameters(reply_to, allow_sending_without_reply=True)
                  if reply_to is not None else None)
         message = self._call("sendLocation", lambda: self.bot.send_location(
             chat_id, location.latitude, location.longitude, live_period=location.live_period,
             heading=location.heading, horizontal_accuracy=location.horizontal_accuracy,
-            proximity_alert_radius=location.proximity_alert_radius, reply_parameters=reply))
+            proximity_alert_radius=location.proximity_alert_radius, reply_parameters=reply),
+            still_wanted)
         return int(message.message_id)
 
     def edit_live_location(self, chat_id: int, message_id: int, location: Location) -> None:
@@ -228,19 +249,21 @@ class Telegram:
     def edit_text(
         self, chat_id: int, message_id: int, text: str,
         entities: list[types.MessageEntity] | None = None, keyboard: Keyboard | None = None,
+        still_wanted: StillWanted | None = None,
     ) -> None:
         """Replace a message's text (and keyboard)."""
         self._call("editMessageText", lambda: self.bot.edit_message_text(
             text, chat_id, message_id, entities=_entities(entities),
-            reply_markup=keyboard_markup(keyboard)))
+            reply_markup=keyboard_markup(keyboard)), still_wanted)
 
     def edit_caption(
         self, chat_id: int, message_id: int, caption: str,
         entities: list[types.MessageEntity] | None = None,
+        still_wanted: StillWanted | None = None,
     ) -> None:
         """Replace a media message's caption."""
         self._call("editMessageCaption", lambda: self.bot.edit_message_caption(
-            caption, chat_id, message_id, caption_entities=_entities(entities)))
+            caption, chat_id, message_id, caption_entities=_entities(entities)), still_wanted)
 
     def edit_keyboard(self, chat_id: int, message_id: int, keyboard: Keyboard | None) -> None:
         """Replace (or, with None, remove) a message's inline keyboard."""
@@ -248,9 +271,11 @@ class Telegram:
         self._call("editMessageReplyMarkup", lambda: self.bot.edit_message_reply_markup(
             chat_id, message_id, reply_markup=markup))
 
-    def delete_message(self, chat_id: int, message_id: int) -> None:
+    def delete_message(self, chat_id: int, message_id: int,
+                       still_wanted: StillWanted | None = None) -> None:
         """Delete a message in a chat."""
-        self._call("deleteMessage", lambda: self.bot.delete_message(chat_id, message_id))
+        self._call("deleteMessage", lambda: self.bot.delete_message(chat_id, message_id),
+                   still_wanted)
 
     def answer_callback(self, callback_id: str, text: str | None = None) -> None:
         """Answer a button press (stops the button's spinner)."""
