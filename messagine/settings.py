@@ -187,7 +187,11 @@ class Settings:
 
 
 def _on_google_cloud(env: Mapping[str, str]) -> bool:
-    return bool(env.get("K_SERVICE", "").strip() or env.get("FUNCTION_TARGET", "").strip())
+    """Whether Google Cloud runs us: K_SERVICE, which Cloud Run sets (and so 2nd gen functions).
+
+    FUNCTION_TARGET is no evidence: functions-framework sets it on a laptop too.
+    """
+    return bool(env.get("K_SERVICE", "").strip())
 
 
 def _storage(env: Mapping[str, str], mongodb_uri: str, problems: list[str]) -> str:

@@ -178,10 +178,14 @@ def free_port() -> int:
 class FunctionServer:
     """``functions-framework --target webhook`` serving main.py in a subprocess."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1, target: str = "webhook") -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1, target: str = "webhook", *,
+                 program: list[str] | None = None, inherit_env: bool = True) -> None:
+        """Start the server; ``program`` replaces ``python -m functions_framework`` and
+        ``inherit_env=False`` passes ``env`` alone (with PATH), as a fresh shell would."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        full_env = {**os.environ, **env, "WORKERS": str(workers), "THREADS": "8",
+        base = dict(os.environ) if inherit_env else {"PATH": os.environ.get("PATH", "")}
+        full_env = {**base, **env, "WORKERS": str(workers), "THREADS": "8",
                     "PYTHONUNBUFFERED": "1"}
         self.log_path = Path(env["SQLITE_PATH"]).with_suffix(".log")
         self._mark = 0
@@ -189,7 +193,7 @@ class FunctionServer:
         self.trace_id = ""
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", target,
+            [*(program or [sys.executable, "-m", "functions_framework"]), "--target", target,
              "--source", str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )

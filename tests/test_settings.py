@@ -51,7 +51,9 @@ EMULATOR = {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8681", "GOOGLE_CLOUD_PROJECT":
     ({**MONGO, **CLOUD}, "mongo"),
     ({**MONGO, **EMULATOR}, "mongo"),
     (CLOUD, "firestore"),
-    ({"FUNCTION_TARGET": "webhook"}, "firestore"),
+    # functions-framework sets FUNCTION_TARGET on a laptop too: not a sign of Google Cloud.
+    ({"FUNCTION_TARGET": "webhook"}, "sqlite"),
+    ({**CLOUD, "FUNCTION_TARGET": "webhook"}, "firestore"),
     (EMULATOR, "firestore"),
     ({"GOOGLE_CLOUD_PROJECT": "p"}, "sqlite"),
     ({**MONGO, "STORAGE": "sqlite"}, "sqlite"),
