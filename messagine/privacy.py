@@ -21,6 +21,7 @@ from messagine.catalog import Catalog, Texts
 from messagine.conversation import Conversation
 from messagine.models import EndReason, UserRecords, UserState
 from messagine.storage.port import Repository
+from messagine.storage.registry import backend
 from messagine.telegram import Telegram
 
 TELEGRAM_TEXT_LIMIT = 4096
@@ -40,15 +41,11 @@ class PrivacyTerms:
     """The backend (settings.storage): the policy names who stores the records."""
 
 
-STORE_NAMES = {"mongo": "MongoDB Atlas", "firestore": "Google Cloud Firestore",
-               "sqlite": "SQLite, on the bot's own server,"}
-
-
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
     """The full policy in one language (docs/privacy.md is the English one, on MongoDB)."""
     return texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
                  chat_days=terms.chat_days, min_age=terms.min_age,
-                 store=STORE_NAMES[terms.storage])
+                 store=backend(terms.storage).store_name)
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:

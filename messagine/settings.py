@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 from messagine.flood import FloodRule
 from messagine.models import ReminderRules
+from messagine.storage.registry import BY_NAME, choose_automatically
 
 DEFAULT_API_URL = "https://api.telegram.org"
-STORAGE_CHOICES = ("auto", "sqlite", "mongo", "firestore")
+STORAGE_CHOICES = ("auto", *BY_NAME)
 _TOKEN_RE = re.compile(r"^\d{5,16}:[A-Za-z0-9_-]{20,64}$")
 # Telegram accepts 1-256 characters A-Z, a-z, 0-9, _ and - as a webhook secret token.
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-_HOST_PORT_RE = re.compile(r"[A-Za-z0-9.-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}")
 
 
 class SettingsError(Exception):
@@ -56,12 +56,8 @@ class Settings:
     webhook_secret: Secret | None
     telegram_api_url: str
     storage: str
-    sqlite_path: str
-    mongodb_uri: Secret | None
-    mongodb_database: str
-    firestore_project: str | None
-    firestore_database: str
-    firestore_emulator_host: str | None
+    storage_options: object
+    """The chosen backend's own options (``registry.options`` gives them typed)."""
     message_retention_days: int
     chat_retention_days: int
     privacy_contact: str
@@ -114,9 +110,7 @@ class Settings:
         if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
             problems.append(f"TELEGRAM_API_URL is not an http(s) URL: {api_url!r}")
 
-        mongodb_uri = env.get("MONGODB_URI", "").strip()
-        storage = _storage(env, mongodb_uri, problems)
-        firestore_project, emulator_host = _firestore(env, storage, problems)
+        storage, storage_options = _storage(env, problems)
 
         admin_ids = _ids(env, "ADMIN_IDS", problems)
 
@@ -155,12 +149,7 @@ class Settings:
             webhook_secret=Secret(secret_text) if secret_text else None,
             telegram_api_url=api_url,
             storage=storage,
-            sqlite_path=env.get("SQLITE_PATH", "messagine.sqlite3").strip(),
-            mongodb_uri=Secret(mongodb_uri) if mongodb_uri else None,
-            mongodb_database=env.get("MONGODB_DATABASE", "").strip() or "messagine",
-            firestore_project=firestore_project,
-            firestore_database=env.get("FIRESTORE_DATABASE", "").strip() or "(default)",
-            firestore_emulator_host=emulator_host,
+            storage_options=storage_options,
             message_retention_days=retention,
             chat_retention_days=chat_retention,
             privacy_contact=env.get("PRIVACY_CONTACT", "").strip() or "messaginebot@gmail.com",
@@ -186,45 +175,17 @@ class Settings:
         )
 
 
-def _on_google_cloud(env: Mapping[str, str]) -> bool:
-    return bool(env.get("K_SERVICE", "").strip() or env.get("FUNCTION_TARGET", "").strip())
+def _storage(env: Mapping[str, str], problems: list[str]) -> tuple[str, object]:
+    """The backend and its options: an explicit STORAGE wins, else the registry's ``auto``.
 
-
-def _storage(env: Mapping[str, str], mongodb_uri: str, problems: list[str]) -> str:
-    """The backend: an explicit STORAGE wins; ``auto`` follows the README's table."""
-    storage = env.get("STORAGE", "auto").strip().lower() or "auto"
-    if storage not in STORAGE_CHOICES:
-        problems.append(f"STORAGE must be one of {', '.join(STORAGE_CHOICES)}, not {storage!r}")
-        return "sqlite"
-    if storage == "auto":
-        if mongodb_uri:
-            storage = "mongo"
-        elif _on_google_cloud(env) or env.get("FIRESTORE_EMULATOR_HOST", "").strip():
-            storage = "firestore"
-        else:
-            storage = "sqlite"
-    if storage == "mongo" and not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
-        problems.append("STORAGE=mongo needs MONGODB_URI (mongodb:// or mongodb+srv://)")
-    return storage
-
-
-def _firestore(
-    env: Mapping[str, str], storage: str, problems: list[str]
-) -> tuple[str | None, str | None]:
-    """The Firestore project and emulator; on Google Cloud the project is discovered."""
-    project = (env.get("FIRESTORE_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT")
-               or env.get("GCP_PROJECT") or "").strip() or None
-    emulator = env.get("FIRESTORE_EMULATOR_HOST", "").strip() or None
-    if storage != "firestore":
-        return project, emulator
-    if emulator is not None and not _HOST_PORT_RE.fullmatch(emulator):
-        problems.append(f"FIRESTORE_EMULATOR_HOST must be host:port, not {emulator!r}")
-    if project is None and (emulator is not None or not _on_google_cloud(env)):
-        problems.append(
-            "STORAGE=firestore needs a project id: set GOOGLE_CLOUD_PROJECT (or "
-            "FIRESTORE_PROJECT); on Cloud Functions it is found on its own"
-            + ("; for the emulator any id works, e.g. demo-test" if emulator else ""))
-    return project, emulator
+    ``auto`` follows the README's table; the options come with the backend's own checks.
+    """
+    name = env.get("STORAGE", "auto").strip().lower() or "auto"
+    if name not in STORAGE_CHOICES:
+        problems.append(f"STORAGE must be one of {', '.join(STORAGE_CHOICES)}, not {name!r}")
+        return name, None
+    chosen = choose_automatically(env) if name == "auto" else BY_NAME[name]
+    return chosen.name, chosen.read(env, problems)
 
 
 def _analytics(

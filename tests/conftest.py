@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import requests
@@ -24,9 +23,8 @@ import requests
 from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
-from messagine.storage.sqlite import SqliteRepository
-from support.firestore_emulator import JAR, FirestoreEmulator
-from support.mongo_server import MongoServer, mongoeco_python
+from messagine.storage.registry import REGISTRY
+from messagine.storage.registry import backend as registry_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-webhook-secret_0123456789"
@@ -63,73 +61,50 @@ def bot_env(api: FakeBotApi, sqlite_path: Path, **extra: str) -> dict[str, str]:
 
 
 # -- repositories: one contract, every backend -------------------------------------------
+# Each backend's test server and store come from its registry entry: its test plugin (a
+# module of tests/support) defines the fixture the entry names.
 
-BACKENDS = ["sqlite", "mongo", "firestore"]
-_database_names = itertools.count(1)
-
-
-def _mongoeco_python() -> str | None:
-    return mongoeco_python()
+pytest_plugins = sorted({backend.test_plugin for backend in REGISTRY})
+BACKENDS = [backend.name for backend in REGISTRY]
 
 
-@pytest.fixture(scope="session")
-def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A MongoDB to test against: MONGODB_TEST_URI if set, else a local mongoeco server."""
-    if os.environ.get("MONGODB_TEST_URI"):
-        yield os.environ["MONGODB_TEST_URI"]
-        return
-    python = _mongoeco_python()
-    if python is None:
-        if os.environ.get("MESSAGINE_REQUIRE_MONGO") == "1":
-            pytest.fail("no mongoeco environment (.venv-mongo) although MongoDB is required")
-        pytest.skip("no MongoDB: set MONGODB_TEST_URI or run .ci/run (makes .venv-mongo)")
-    server = MongoServer(python, tmp_path_factory.mktemp("mongo") / "data.sqlite3")
-    yield server.uri
-    server.stop()
+class BackendStore(Protocol):
+    """What a backend's test fixture gives: empty repositories and settings selecting it."""
+
+    def open(self, where: Path) -> Any: ...
+    def env(self) -> dict[str, str]: ...
+    def drop(self, repository: Any) -> None: ...
 
 
 def mongo_database_name() -> str:
-    return f"messagine_test_{os.getpid()}_{next(_database_names)}"
+    """A MongoDB database name no other test uses (support.mongo_server's)."""
+    # Imported late: pytest loads the plugin modules itself, to rewrite their asserts.
+    from support.mongo_server import mongo_database_name as name
 
-
-@pytest.fixture(scope="session")
-def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirestoreEmulator]:
-    """The Firestore emulator of the Google Cloud CLI, started once for the session."""
-    if not JAR.exists() or shutil.which("java") is None:
-        if os.environ.get("MESSAGINE_REQUIRE_FIRESTORE") == "1":
-            pytest.fail(f"no Firestore emulator ({JAR}) or no java, although it is required")
-        pytest.skip(f"no Firestore emulator: {JAR} or java is missing")
-    emulator = FirestoreEmulator(tmp_path_factory.mktemp("firestore") / "emulator.log")
-    yield emulator
-    emulator.stop()
+    return name()
 
 
 def firestore_project() -> str:
-    """A project of its own for one test: the emulator keeps projects apart."""
-    return f"demo-test-{os.getpid()}-{next(_database_names)}"
+    """A Firestore project no other test uses (support.firestore_emulator's)."""
+    from support.firestore_emulator import firestore_project as name
+
+    return name()
+
+
+def store_of(request: pytest.FixtureRequest, backend: str) -> BackendStore:
+    """The test store of ``backend`` (starting its server on first use)."""
+    store: BackendStore = request.getfixturevalue(registry_backend(backend).test_fixture)
+    return store
 
 
 def open_test_repository(request: pytest.FixtureRequest, backend: str, where: Path) -> Any:
-    """An empty repository of ``backend`` (SQLite in the file ``where``)."""
-    if backend == "mongo":
-        from messagine.storage.mongo import MongoRepository
-
-        return MongoRepository(request.getfixturevalue("mongo_uri"), mongo_database_name())
-    if backend == "firestore":
-        from messagine.storage.firestore import FirestoreRepository
-
-        emulator = request.getfixturevalue("firestore_emulator")
-        return FirestoreRepository(firestore_project(), emulator_host=emulator.host)
-    return SqliteRepository(where)
+    """An empty repository of ``backend`` (a file-based one in the file ``where``)."""
+    return store_of(request, backend).open(where)
 
 
 def drop_test_repository(request: pytest.FixtureRequest, repo: Any) -> None:
     """Free what ``open_test_repository`` made."""
-    if repo.backend == "mongo":
-        repo.db.client.drop_database(repo.db.name)
-    elif repo.backend == "firestore":
-        request.getfixturevalue("firestore_emulator").reset(repo.client.project)
-    repo.close()
+    store_of(request, repo.backend).drop(repo)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -178,10 +153,14 @@ def free_port() -> int:
 class FunctionServer:
     """``functions-framework --target webhook`` serving main.py in a subprocess."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1, target: str = "webhook") -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1, target: str = "webhook", *,
+                 program: list[str] | None = None, inherit_env: bool = True) -> None:
+        """Start the server; ``program`` replaces ``python -m functions_framework`` and
+        ``inherit_env=False`` passes ``env`` alone (with PATH), as a fresh shell would."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        full_env = {**os.environ, **env, "WORKERS": str(workers), "THREADS": "8",
+        base = dict(os.environ) if inherit_env else {"PATH": os.environ.get("PATH", "")}
+        full_env = {**base, **env, "WORKERS": str(workers), "THREADS": "8",
                     "PYTHONUNBUFFERED": "1"}
         self.log_path = Path(env["SQLITE_PATH"]).with_suffix(".log")
         self._mark = 0
@@ -189,7 +168,7 @@ class FunctionServer:
         self.trace_id = ""
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", target,
+            [*(program or [sys.executable, "-m", "functions_framework"]), "--target", target,
              "--source", str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
@@ -236,17 +215,11 @@ class FunctionServer:
 
 
 def backend_env(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
-    """The settings that select ``backend`` (MongoDB in a database of its own)."""
-    if backend == "mongo":
-        uri = request.getfixturevalue("mongo_uri")
-        return {"STORAGE": "mongo", "MONGODB_URI": uri, "MONGODB_DATABASE": mongo_database_name()}
-    if backend == "firestore":
-        emulator = request.getfixturevalue("firestore_emulator")
-        return {"STORAGE": "firestore", "FIRESTORE_EMULATOR_HOST": emulator.host,
-                "GOOGLE_CLOUD_PROJECT": firestore_project()}
+    """The settings that select ``backend`` (a server-based one in a database of its own)."""
     if backend == "sqlite-cloud-logging":  # as on Google Cloud: JSON logs on stdout
-        return {"K_SERVICE": "messagine", "GOOGLE_CLOUD_PROJECT": "demo-project"}
-    return {}
+        return {"STORAGE": "sqlite", "K_SERVICE": "messagine",
+                "GOOGLE_CLOUD_PROJECT": "demo-project"}
+    return store_of(request, backend).env()
 
 
 @pytest.fixture(scope="module")
@@ -308,9 +281,8 @@ def make_bot(request: pytest.FixtureRequest, fake_api: FakeBotApi, tmp_path: Pat
         return runtime
 
     yield make
-    for runtime, env in made:
-        if env.get("STORAGE") in ("mongo", "firestore"):
-            drop_test_repository(request, runtime.repository)
+    for runtime, _ in made:
+        drop_test_repository(request, runtime.repository)
 
 
 def serve_from_threads(process: Callable[[dict[str, Any]], Any], users: list[Any],

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import BACKENDS, FunctionServer, bot_env, mongo_database_name
+from conftest import (
+    BACKENDS,
+    FunctionServer,
+    bot_env,
+    drop_test_repository,
+    open_test_repository,
+)
 from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.flood import FloodRule, FloodState, admit
 from messagine.models import Profile
@@ -57,14 +62,7 @@ def test_cooldowns_rise_with_repeated_floods_and_are_forgotten_after_an_hour():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_backend_applies_the_same_rule(backend: str, tmp_path: Path,
                                             request: pytest.FixtureRequest):
-    if backend == "sqlite":
-        from messagine.storage.sqlite import SqliteRepository
-
-        repo: Any = SqliteRepository(tmp_path / "flood.sqlite3")
-    else:
-        from messagine.storage.mongo import MongoRepository
-
-        repo = MongoRepository(request.getfixturevalue("mongo_uri"), mongo_database_name())
+    repo = open_test_repository(request, backend, tmp_path / "flood.sqlite3")
     rng = random.Random(7)
     state = FloodState()
     now = 1_000.0
@@ -78,9 +76,7 @@ def test_every_backend_applies_the_same_rule(backend: str, tmp_path: Path,
             assert (opened.throttled, opened.warn) == (verdict.throttled, verdict.warn), \
                 f"step {update_id} at {now}"
     finally:
-        if backend == "mongo":
-            repo.db.client.drop_database(repo.db.name)
-        repo.close()
+        drop_test_repository(request, repo)
 
 
 def test_the_limit_holds_across_two_processes(fake_api: FakeBotApi, tmp_path: Path):

@@ -17,8 +17,6 @@ import pytest
 from pymongo import monitoring
 
 from conftest import (
-    MongoServer,
-    _mongoeco_python,
     bot_env,
     mongo_database_name,
     redeliver_until_processed,
@@ -29,6 +27,7 @@ from messagine.flood import FloodRule
 from messagine.runtime import LazyRuntime, Runtime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.mongo import MongoRepository
+from support.mongo_server import MongoServer, mongoeco_python
 
 pytestmark = pytest.mark.slow
 # A suspended server: the socket timeout (10 s) ends the claim, the release attempt may
@@ -170,7 +169,7 @@ def paired_on(server: MongoServer, fake_api: FakeBotApi, tmp_path: Path
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[MongoServer]:
     """A MongoDB server of this test's own, to stop or suspend."""
-    python = _mongoeco_python()
+    python = mongoeco_python()
     if python is None:
         pytest.skip("no mongoeco environment to stop and restart")
     own = MongoServer(python, tmp_path / "faults.sqlite3")

@@ -25,6 +25,7 @@ from messagine.models import MessageLink, Retention
 from messagine.privacy import PrivacyTerms, policy_text, split_message
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
+from messagine.storage.registry import SqliteOptions, backend, options
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE, BOB, CAROL = 777_001, 777_002, 777_003
@@ -46,7 +47,7 @@ def everything_stored(runtime: Runtime) -> list[Any]:
     repository: Any = runtime.repository
     values: list[Any] = []
     if runtime.repository.backend == "sqlite":
-        conn = sqlite3.connect(runtime.settings.sqlite_path)
+        conn = sqlite3.connect(options(runtime.settings, SqliteOptions).path)
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for table in tables:
             for row in conn.execute(f"SELECT * FROM {table}"):
@@ -100,10 +101,8 @@ def test_privacy_sends_the_policy(privacy_bot: Runtime, fake_api: FakeBotApi):
                     "/set_language", "Mixpanel", "Google Cloud", "Telegram",
                     "messaginebot@gmail.com", "16 and over"):
         assert promise in text, promise
-    store = {"mongo": "MongoDB Atlas stores the records above",
-             "firestore": "Google Cloud Firestore stores the records above",
-             "sqlite": "SQLite, on the bot's own server, stores the records above"}
-    assert store[privacy_bot.repository.backend] in text
+    store = backend(privacy_bot.repository.backend).store_name
+    assert f"{store} stores the records above" in text
 
 
 def test_the_policy_can_be_a_link(fake_api: FakeBotApi, tmp_path: Path):

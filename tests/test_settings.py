@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from messagine.settings import Settings, SettingsError
+from messagine.storage.registry import FirestoreOptions, MongoOptions, SqliteOptions, options
 
 TOKEN = "424242:AAH-some_token_value_0123456789abcd"
 
@@ -13,7 +14,7 @@ def test_defaults():
     settings = Settings.from_env({"TELEGRAM_TOKEN": TOKEN})
     assert settings.telegram_api_url == "https://api.telegram.org"
     assert settings.storage == "sqlite"
-    assert settings.sqlite_path == "messagine.sqlite3"
+    assert settings.storage_options == SqliteOptions("messagine.sqlite3")
     assert settings.admin_ids == frozenset()
     assert settings.recent_partners == 5
     assert settings.webhook_secret is None
@@ -51,7 +52,9 @@ EMULATOR = {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8681", "GOOGLE_CLOUD_PROJECT":
     ({**MONGO, **CLOUD}, "mongo"),
     ({**MONGO, **EMULATOR}, "mongo"),
     (CLOUD, "firestore"),
-    ({"FUNCTION_TARGET": "webhook"}, "firestore"),
+    # functions-framework sets FUNCTION_TARGET on a laptop too: not a sign of Google Cloud.
+    ({"FUNCTION_TARGET": "webhook"}, "sqlite"),
+    ({**CLOUD, "FUNCTION_TARGET": "webhook"}, "firestore"),
     (EMULATOR, "firestore"),
     ({"GOOGLE_CLOUD_PROJECT": "p"}, "sqlite"),
     ({**MONGO, "STORAGE": "sqlite"}, "sqlite"),
@@ -66,15 +69,15 @@ def test_the_backend_choice(env: dict[str, str], storage: str):
 
 
 def test_firestore_settings():
-    settings = Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **EMULATOR,
-                                  "FIRESTORE_DATABASE": "bots"})
-    assert (settings.firestore_project, settings.firestore_database,
-            settings.firestore_emulator_host) == ("demo-x", "bots", "127.0.0.1:8681")
-    on_cloud = Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **CLOUD})
-    assert on_cloud.firestore_project is None, "Cloud Functions: the client finds the project"
-    assert on_cloud.firestore_database == "(default)"
-    assert Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **EMULATOR,
-                              "FIRESTORE_PROJECT": "other"}).firestore_project == "other"
+    def firestore(**env: str) -> FirestoreOptions:
+        return options(Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **env}), FirestoreOptions)
+
+    assert firestore(**EMULATOR, FIRESTORE_DATABASE="bots") == FirestoreOptions(
+        "demo-x", "bots", "127.0.0.1:8681")
+    on_cloud = firestore(**CLOUD)
+    assert on_cloud.project is None, "Cloud Functions: the client finds the project"
+    assert on_cloud.database == "(default)"
+    assert firestore(**EMULATOR, FIRESTORE_PROJECT="other").project == "other"
 
 
 @pytest.mark.parametrize(("env", "problem"), [
@@ -104,8 +107,7 @@ def test_the_mongodb_uri_is_a_secret():
     uri = "mongodb+srv://bot:s3cr3t-pa55@cluster0.example.net/"
     settings = Settings.from_env({"TELEGRAM_TOKEN": TOKEN, "MONGODB_URI": uri})
     assert "s3cr3t-pa55" not in repr(settings)
-    assert settings.mongodb_uri is not None and settings.mongodb_uri.reveal() == uri
-    assert settings.mongodb_database == "messagine"
+    assert options(settings, MongoOptions) == MongoOptions(uri, "messagine")
 
 
 def test_values_are_parsed():
@@ -113,7 +115,7 @@ def test_values_are_parsed():
         "TELEGRAM_TOKEN": TOKEN, "WEBHOOK_SECRET": "abc_DEF-123", "STORAGE": "SQLite",
         "ADMIN_IDS": " 5, 6 ,,-7", "RECENT_PARTNERS": "0",
         "TELEGRAM_API_URL": "http://127.0.0.1:8081/", "SQLITE_PATH": "/tmp/x.db"})
-    assert settings.storage == "sqlite"
+    assert settings.storage_options == SqliteOptions("/tmp/x.db")
     assert settings.admin_ids == frozenset({5, 6, -7})
     assert settings.recent_partners == 0
     assert settings.telegram_api_url == "http://127.0.0.1:8081"

@@ -2,18 +2,25 @@
 
 It runs in its own process group, because stopping only the java launcher would leave
 the emulator running. Each test gets a project of its own, so tests never see each
-other's documents; ``reset`` frees a project's documents when the test is done.
+other's documents; ``reset`` frees a project's documents when the test is done. As the
+registry's test plugin for Firestore it defines the fixtures ``firestore_emulator`` (one
+per session) and ``firestore_test_store`` (a project of its own per repository).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import requests
 
 JAR = Path(os.environ.get(
@@ -62,3 +69,53 @@ class FirestoreEmulator:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self._log.close()
+
+
+_projects = itertools.count(1)
+
+
+def firestore_project() -> str:
+    """A project of its own for one test: the emulator keeps projects apart."""
+    return f"demo-test-{os.getpid()}-{next(_projects)}"
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirestoreEmulator]:
+    """The Firestore emulator of the Google Cloud CLI, started once for the session."""
+    if not JAR.exists() or shutil.which("java") is None:
+        if os.environ.get("MESSAGINE_REQUIRE_FIRESTORE") == "1":
+            pytest.fail(f"no Firestore emulator ({JAR}) or no java, although it is required")
+        pytest.skip(f"no Firestore emulator: {JAR} or java is missing")
+    emulator = FirestoreEmulator(tmp_path_factory.mktemp("firestore") / "emulator.log")
+    yield emulator
+    emulator.stop()
+
+
+class FirestoreTestStore:
+    """Empty Firestore repositories, each in a project of its own, on one emulator."""
+
+    def __init__(self, emulator: FirestoreEmulator) -> None:
+        self.emulator = emulator
+
+    def open(self, where: Path) -> Any:
+        """An empty repository in a new project (``where`` is for file-based stores)."""
+        from messagine.storage.firestore import FirestoreRepository
+
+        del where
+        return FirestoreRepository(firestore_project(), emulator_host=self.emulator.host)
+
+    def env(self) -> dict[str, str]:
+        """The settings that select Firestore, in a new project."""
+        return {"STORAGE": "firestore", "FIRESTORE_EMULATOR_HOST": self.emulator.host,
+                "GOOGLE_CLOUD_PROJECT": firestore_project()}
+
+    def drop(self, repository: Any) -> None:
+        """Delete ``repository``'s documents and close it."""
+        self.emulator.reset(repository.client.project)
+        repository.close()
+
+
+@pytest.fixture(scope="session")
+def firestore_test_store(firestore_emulator: FirestoreEmulator) -> FirestoreTestStore:
+    """The Firestore test store (see ``messagine.storage.registry``)."""
+    return FirestoreTestStore(firestore_emulator)
