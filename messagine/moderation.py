@@ -21,6 +21,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.models import ChatRecord, EndReason, UserState
+from messagine.payload import INT64
 from messagine.storage.port import Repository
 from messagine.telegram import Telegram, TelegramBlocked, TelegramError, TelegramRejected
 
@@ -158,11 +159,12 @@ class Moderation:
                           active_chats=stats.active_chats, chats_today=stats.chats_today,
                           reports_today=stats.reports_today))
             return "admin:stats"
-        match = re.fullmatch(r"\s*(-?\d+)(?:\s+(.*))?", argument, re.DOTALL)
-        if match is None:
+        match = re.fullmatch(r"\s*(\d{1,19})(?:\s+(.*))?", argument, re.DOTALL)
+        user_id = int(match.group(1)) if match is not None else 0
+        if match is None or not 0 < user_id < INT64:  # no account has another id
             answer.send(t("admin.usage"))
             return "admin:usage"
-        user_id, rest = int(match.group(1)), (match.group(2) or "").strip()
+        rest = (match.group(2) or "").strip()
         if command == "detail":
             return self._detail(user_id, answer)
         if command == "ban":
@@ -216,9 +218,13 @@ class Moderation:
         """A moderator pressed Ban or Dismiss under a report."""
         t = self.moderator_texts
         ban = data.startswith(routes.MOD_BAN)
-        report_id = int(data.rsplit(":", 1)[1])
-        report = self.repository.resolve_report(report_id, "banned" if ban else "dismissed")
+        number = data.rsplit(":", 1)[1]
         answer = Answer(self.telegram, chat_id, message_id)
+        if not (number.isascii() and number.isdigit() and 0 < int(number) < INT64):
+            log.warning("a moderation button carried no report number")
+            return "mod:malformed"
+        report_id = int(number)
+        report = self.repository.resolve_report(report_id, "banned" if ban else "dismissed")
         if report is None:
             answer.send(t("mod.already_handled", report_id=report_id))
             return "mod:already_handled"

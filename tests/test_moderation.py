@@ -177,3 +177,29 @@ def test_a_long_429_answers_503_and_the_redelivery_sends_it_once(
     assert bot.pipeline.process(update).outcome == "relayed"
     assert bot.pipeline.process(update).outcome == "duplicate"
     assert [t for t in bob.texts() if t == "later"] == ["later"]
+
+
+@pytest.mark.parametrize("typed", [
+    f"ban {2**70}", f"detail {2**64}", f"unban {2**63}", "ban -5", "detail 0", "ban x1",
+    "ban", "detail 12abc", f"ban {'9' * 40}",
+])
+def test_admin_commands_with_a_bad_argument_answer_their_usage(
+        bot: Runtime, fake_api: FakeBotApi, typed: str):
+    admin = fake_api.user(ADMIN, "Admin")
+    outcome = bot.pipeline.process(admin.command(typed)).outcome
+    assert outcome == "admin:usage", (typed, outcome)
+    assert admin.last()["text"].startswith("Usage: /ban <id>")
+
+
+@pytest.mark.parametrize("data", ["mod:ban:", "mod:ban:x", f"mod:dismiss:{2**70}",
+                                  "mod:ban:-1", "mod:dismiss:0", "mod:ban:١"])
+def test_a_moderation_button_with_a_bad_number_changes_nothing(
+        bot: Runtime, fake_api: FakeBotApi, data: str):
+    admin = fake_api.user(ADMIN, "Admin")
+    update = {"update_id": fake_api.next_update_id(), "callback_query": {
+        "id": "q1", "from": admin.profile, "chat_instance": "1", "data": data,
+        "message": {"message_id": 1, "date": 0,
+                    "chat": {"id": MODERATORS, "type": "supergroup", "title": "Mods"}}}}
+    result = bot.pipeline.process(update)
+    assert (result.status, result.outcome) == (200, "mod:malformed")
+    assert fake_api.calls_of("answerCallbackQuery")
