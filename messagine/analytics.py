@@ -107,7 +107,10 @@ class MixpanelAnalytics:
     """Events and profiles to Mixpanel under pseudonyms, one batch per endpoint per update."""
 
     def __init__(self, token: str, key: str, *, events_url: str | None = None,
-                 people_url: str | None = None) -> None:
+                 people_url: str | None = None, gdpr_token: str | None = None,
+                 deletion_url: str | None = None) -> None:
+        self._gdpr_token = gdpr_token
+        self._deletion_url = deletion_url or MIXPANEL_DELETION_URL
         self._token = token
         self._key = key
         self._events_url = events_url
@@ -156,12 +159,33 @@ class MixpanelAnalytics:
             client.people_increment(distinct_id, dict(increment))
 
     def delete_profile(self, user_id: int) -> None:
-        """Drop what is buffered about the user and buffer the deletion of their profile."""
+        """Drop what is buffered about the user and delete their profile and events.
+
+        The profile's deletion is buffered with the update's batch; with a GDPR token the
+        deletion of every event sent under the user's pseudonym is asked of Mixpanel's
+        data-deletion API at once (before the update is answered).
+        """
         distinct_id = pseudonym(self._key, user_id)
         pending = self._collector.pending()
         pending[:] = [(endpoint, message) for endpoint, message in pending
                       if distinct_id not in message]
         self._mixpanel().people_delete(distinct_id)
+        if self._gdpr_token is not None:
+            self._request_deletion(distinct_id)
+
+    def _request_deletion(self, distinct_id: str) -> None:
+        import requests  # noqa: PLC0415 - already loaded by the Bot API client
+
+        try:
+            response = requests.post(
+                self._deletion_url, params={"token": self._token}, timeout=_TIMEOUT_S,
+                headers={"Authorization": f"Bearer {self._gdpr_token}"},
+                json={"distinct_ids": [distinct_id], "compliance_type": "GDPR"})
+            response.raise_for_status()
+        except Exception as error:  # noqa: BLE001 - analytics must never break an update
+            log.warning("analytics: event deletion request failed (%s)", type(error).__name__)
+            return
+        log.info("analytics: deletion of a user's events requested")
 
     def flush(self) -> None:
         """Send this update's batch: one request per endpoint; a failure is logged once."""
@@ -177,6 +201,10 @@ class MixpanelAnalytics:
             except Exception as error:  # noqa: BLE001 - analytics must never break an update
                 log.warning("analytics: %d %s message(s) dropped (%s)", len(messages),
                             endpoint, type(error).__name__)
+
+
+MIXPANEL_DELETION_URL = "https://mixpanel.com/api/app/data-deletions/v3.0/"
+"""Mixpanel's GDPR data-deletion endpoint (the project token goes in the query)."""
 
 
 def now_iso() -> str:

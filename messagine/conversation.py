@@ -107,10 +107,9 @@ class Conversation:
             assert result.chat is not None  # noqa: S101 - MATCHED always carries the chat
             if self._announce_chat(user, result.chat, answer, update_id):
                 if not result.resumed:
-                    waited = result.chat.started_at - (result.partner_waiting_since
-                                                       or result.chat.started_at)
-                    self.analytics.track(user, "chat.started", {
-                        "language": user.language, "wait_seconds": round(waited, 1)})
+                    # Only the acting user's own activity: how long the partner waited is
+                    # the partner's, who may have objected to analytics.
+                    self.analytics.track(user, "chat.started", {"language": user.language})
                     self.analytics.update_profile(user, increment={"chats": 1})
                 return "find:matched"
         answer.send(t("lobby.already"), keyboards.lobby(t))
@@ -208,14 +207,16 @@ class Conversation:
         return True
 
     def _track_end(self, user: UserState, ended: EndedChat, reason: EndReason) -> None:
-        """chat.ended: how long, how many messages each side sent, who ended it and how."""
+        """chat.ended: how long, how many messages this user sent, who ended it and how.
+
+        Nothing about the partner (not even their message count): they may have objected.
+        """
         if ended.resumed or user.chat is None or not self.analytics.enabled_for(user):
             return
         sent = self.repository.count_messages(ended.chat_id)
         self.analytics.track(user, "chat.ended", {
             "duration_seconds": round(self.clock() - user.chat.started_at, 1),
             "messages_sent": sent.get(user.user_id, 0),
-            "messages_received": sent.get(ended.partner_id, 0),
             "ended_by": "partner" if reason is EndReason.PARTNER_UNREACHABLE else "self",
             "how": reason.value, "language": user.language})
 

@@ -80,9 +80,12 @@ def open_analytics(settings: Settings) -> Analytics:
     """Mixpanel when MIXPANEL_TOKEN is set, otherwise nothing at all."""
     if settings.mixpanel_token is None or settings.analytics_key is None:
         return NoAnalytics()
+    gdpr = settings.mixpanel_gdpr_token
     return MixpanelAnalytics(settings.mixpanel_token.reveal(), settings.analytics_key.reveal(),
                              events_url=settings.mixpanel_events_url,
-                             people_url=settings.mixpanel_people_url)
+                             people_url=settings.mixpanel_people_url,
+                             gdpr_token=gdpr.reveal() if gdpr is not None else None,
+                             deletion_url=settings.mixpanel_deletion_url)
 
 
 class LazyRuntime:

@@ -78,6 +78,10 @@ class Settings:
     analytics_key: Secret | None
     mixpanel_events_url: str | None
     mixpanel_people_url: str | None
+    mixpanel_gdpr_token: Secret | None = None
+    """Mixpanel's OAuth token for its GDPR data-deletion API: /deleteme then asks Mixpanel
+    to delete the user's events too (without it, only their profile is deleted)."""
+    mixpanel_deletion_url: str | None = None
 
     @classmethod
     def from_env(
@@ -172,6 +176,10 @@ class Settings:
             analytics_key=Secret(analytics_key) if mixpanel_token else None,
             mixpanel_events_url=mixpanel_urls["MIXPANEL_EVENTS_URL"],
             mixpanel_people_url=mixpanel_urls["MIXPANEL_PEOPLE_URL"],
+            mixpanel_gdpr_token=(Secret(env["MIXPANEL_GDPR_TOKEN"].strip())
+                                 if mixpanel_token and env.get("MIXPANEL_GDPR_TOKEN", "").strip()
+                                 else None),
+            mixpanel_deletion_url=mixpanel_urls["MIXPANEL_DELETION_URL"],
         )
 
 
@@ -198,7 +206,7 @@ def _analytics(
             "ANALYTICS_PSEUDONYM_KEY must be set (16+ characters) when MIXPANEL_TOKEN is: "
             "it keys the hash that hides Telegram ids from the analytics vendor")
     urls: dict[str, str | None] = {}
-    for name in ("MIXPANEL_EVENTS_URL", "MIXPANEL_PEOPLE_URL"):
+    for name in ("MIXPANEL_EVENTS_URL", "MIXPANEL_PEOPLE_URL", "MIXPANEL_DELETION_URL"):
         url = env.get(name, "").strip()
         if url and not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
             problems.append(f"{name} is not an http(s) URL: {url!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,8 @@ from support.capture_server import CaptureServer
 KEY = "pseudonym-key-for-tests-0123456789"
 MIXPANEL_TOKEN = "mixpanel-project-token"
 ALLOWED_PROPERTIES = {"token", "distinct_id", "time", "$insert_id", "mp_lib", "$lib_version",
-                      "language", "wait_seconds", "duration_seconds", "messages_sent",
-                      "messages_received", "ended_by", "how"}
+                      "language", "duration_seconds", "messages_sent", "ended_by", "how"}
+"""Each describes the acting user's own activity, never the partner's."""
 
 
 @pytest.fixture
@@ -72,13 +73,11 @@ def test_a_conversation_produces_exactly_these_events(
         "command.start", "command.find_chat", "chat.started", "message.sticker",
         "message.location", "user.blocked_bot", "user.returned"]
     started = next(e for e in capture.events() if e["event"] == "chat.started")
-    assert started["properties"]["wait_seconds"] == 42
     assert started["properties"]["language"] == "en"
     ended = next(e for e in capture.events() if e["event"] == "chat.ended")
     assert {k: ended["properties"][k] for k in (
-        "duration_seconds", "messages_sent", "messages_received", "ended_by", "how")} == {
-        "duration_seconds": 60, "messages_sent": 1, "messages_received": 2,
-        "ended_by": "self", "how": "exit"}
+        "duration_seconds", "messages_sent", "ended_by", "how")} == {
+        "duration_seconds": 60, "messages_sent": 1, "ended_by": "self", "how": "exit"}
 
     for event in capture.events():
         assert set(event["properties"]) <= ALLOWED_PROPERTIES, event
@@ -129,6 +128,29 @@ def test_a_user_who_objected_is_not_tracked(
     assert capture.requests == []
 
 
+def test_nothing_about_an_objector_goes_out_in_the_partners_events(
+    tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer, clock: Clock
+):
+    process = tracked_bot.pipeline.process
+    alice, bob = fake_api.user(711, "Alice"), fake_api.user(712, "Bob")
+    process(alice.command("start"))
+    tracked_bot.repository.set_analytics_opt_out(alice.id, opt_out=True)
+    process(alice.command("find_chat"))
+    clock.advance(77)
+    process(bob.command("find_chat"))
+    for text in ("one", "two", "three"):
+        process(alice.text(text))
+    process(bob.command("next"))
+    assert events_of(capture, alice.id) == ["command.start"]  # from before the objection
+    bob_events = [e for e in capture.events()
+                  if e["properties"]["distinct_id"] == pseudonym(KEY, bob.id)]
+    ended = next(e for e in bob_events if e["event"] == "chat.ended")
+    assert ended["properties"]["messages_sent"] == 0
+    for event in bob_events:
+        assert set(event["properties"]) <= ALLOWED_PROPERTIES, event
+        assert 3 not in event["properties"].values() and 77 not in event["properties"].values()
+
+
 def test_a_dead_analytics_server_never_affects_the_user(
     tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer,
     caplog: pytest.LogCaptureFixture,
@@ -171,3 +193,40 @@ def test_deleteme_deletes_the_profile_and_sends_nothing_else(
     assert capture.events() == [], "no event about a user being erased"
     deletions = [p for p in capture.people() if "$delete" in p]
     assert [p["$distinct_id"] for p in deletions] == [pseudonym(KEY, 1001)]
+
+
+def test_deleteme_asks_mixpanel_to_delete_the_users_events(
+    fake_api: FakeBotApi, tmp_path: Path, capture: CaptureServer, clock: Clock
+):
+    env = {**bot_env(fake_api, tmp_path / "bot.sqlite3"), "MIXPANEL_TOKEN": MIXPANEL_TOKEN,
+           "ANALYTICS_PSEUDONYM_KEY": KEY, "MIXPANEL_EVENTS_URL": capture.url + "/track",
+           "MIXPANEL_PEOPLE_URL": capture.url + "/engage",
+           "MIXPANEL_GDPR_TOKEN": "gdpr-oauth-token-for-tests",
+           "MIXPANEL_DELETION_URL": capture.url + "/data-deletions"}
+    bot = build_runtime(Settings.from_env(env), clock=clock)
+    alice = fake_api.user(901, "Alice")
+    bot.pipeline.process(alice.command("start"))
+    bot.pipeline.process(alice.command("deleteme"))
+    capture.requests.clear()
+    capture.headers.clear()
+    assert bot.pipeline.process(alice.press_button("Delete")).outcome.startswith("button:deleteme")
+    deletions = [(path, body, headers) for (path, _, body), headers
+                 in zip(capture.requests, capture.headers, strict=True)
+                 if path.startswith("/data-deletions")]
+    assert len(deletions) == 1
+    path, body, headers = deletions[0]
+    assert f"token={MIXPANEL_TOKEN}" in path
+    assert headers["Authorization"] == "Bearer gdpr-oauth-token-for-tests"
+    assert json.loads(body) == {"distinct_ids": [pseudonym(KEY, 901)], "compliance_type": "GDPR"}
+    assert any(path == "/engage" for path, _, _ in capture.requests)  # the profile too
+
+
+def test_without_a_gdpr_token_only_the_profile_is_deleted(
+    tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer
+):
+    alice = fake_api.user(902, "Alice")
+    tracked_bot.pipeline.process(alice.command("start"))
+    tracked_bot.pipeline.process(alice.command("deleteme"))
+    capture.requests.clear()
+    tracked_bot.pipeline.process(alice.press_button("Delete"))
+    assert [path for path, _, _ in capture.requests] == ["/engage"]

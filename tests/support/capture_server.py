@@ -19,6 +19,8 @@ class CaptureServer:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, list[dict[str, Any]], str]] = []
+        self.headers: list[dict[str, str]] = []
+        """The headers of each request, in the order of ``requests``."""
         self.delay = 0.0
         self.status = 200
         self._lock = threading.Lock()
@@ -32,6 +34,7 @@ class CaptureServer:
                 data = parse_qs(body).get("data", ["[]"])[0]
                 with server._lock:
                     server.requests.append((self.path, json.loads(data), body))
+                    server.headers.append(dict(self.headers))
                 answer = json.dumps({"status": 1, "error": None}).encode()
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
