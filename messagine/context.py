@@ -8,7 +8,9 @@ variable (one per thread, since an instance serves requests on several threads).
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from messagine.envelope import Envelope
 from messagine.models import UserState
@@ -23,6 +25,8 @@ class UpdateContext:
     outcome: str = "unhandled"
     envelope: Envelope | None = None
     """The message read from the raw update (for messages and edits)."""
+    raw: Mapping[str, Any] | None = None
+    """The update's item as Telegram sent it (``update[kind]``), already checked."""
 
     def require_envelope(self) -> Envelope:
         """The message's envelope; the message handlers run only for messages."""

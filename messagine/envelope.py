@@ -66,6 +66,20 @@ class Location:
 
 
 @dataclass(frozen=True, slots=True)
+class Media:
+    """A message's replaceable media: its kind and the file id Telegram gave it."""
+
+    kind: str
+    """photo, video, animation, document or audio (what editMessageMedia takes)."""
+    file_id: str
+
+
+EDITABLE_MEDIA = ("animation", "video", "audio", "document", "photo")
+"""Media kinds editMessageMedia can put on a message, the most specific first (an
+animation also carries a document)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """One private message: who sent it, where, what it replies to and what it holds."""
 
@@ -79,6 +93,7 @@ class Envelope:
     reply_to_message_id: int | None = None
     media_group_id: str | None = None
     location: Location | None = None
+    media: Media | None = None
 
     @property
     def silent(self) -> bool:
@@ -106,6 +121,7 @@ def read(message: Mapping[str, Any]) -> Envelope:
         reply_to_message_id=_message_id(reply),
         media_group_id=message.get("media_group_id"),
         location=_location(message.get("location")) if "venue" not in message else None,
+        media=_media(message),
     )
 
 
@@ -145,6 +161,16 @@ def minimal_update(update_id: int, kind: str, message: Mapping[str, Any]) -> dic
 def _message_id(message: Any) -> int | None:
     if isinstance(message, Mapping) and isinstance(message.get("message_id"), int):
         return int(message["message_id"])
+    return None
+
+
+def _media(message: Mapping[str, Any]) -> Media | None:
+    for kind in EDITABLE_MEDIA:
+        value = message.get(kind)
+        if kind == "photo" and isinstance(value, list) and value:
+            value = value[-1]  # the largest size
+        if isinstance(value, Mapping) and isinstance(value.get("file_id"), str):
+            return Media(kind, value["file_id"])
     return None
 
 

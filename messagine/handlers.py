@@ -58,6 +58,7 @@ class Handlers:
         bot.add_edited_message_handler(_any_content(self.edited, PRIVATE))
         bot.register_callback_query_handler(self.button, func=lambda _query: True)
         bot.register_my_chat_member_handler(self.membership, func=lambda _update: True)
+        bot.register_message_reaction_handler(self.reaction, func=lambda _update: True)
 
     def _call(self, answer: Answer, argument: str = "",
               message: types.Message | None = None) -> Call:
@@ -135,6 +136,17 @@ class Handlers:
     def _press(self, route: Route, call: Call) -> None:
         self.analytics.track(call.user, f"action.{route.name}")
         _done("button:" + route.action(call))
+
+    def reaction(self, update: types.MessageReactionUpdated) -> None:
+        """A reaction to a message in a private chat: mirrored on the other side."""
+        ctx = context.current()
+        if update.chat.type != "private" or ctx.user is None:
+            _done("reaction:ignored")
+            return
+        raw = ctx.raw or {}
+        _done(self.services.reactions.mirror(
+            ctx.user, update.message_id, raw.get("old_reaction") or [],
+            raw.get("new_reaction") or []))
 
     def membership(self, update: types.ChatMemberUpdated) -> None:
         """The bot was blocked, unblocked, or added to or removed from a group."""

@@ -45,6 +45,14 @@ def problem(payload: Mapping[str, Any], kind: str) -> str | None:
         return (_user(item.get("from"), f"{kind}.from")
                 or _optional_str(item, "data", kind)
                 or _optional_message(item.get("message"), f"{kind}.message"))
+    if kind == "message_reaction":
+        user = item.get("user")
+        return ((_user(user, f"{kind}.user") if user is not None else None)
+                or _chat(item.get("chat"), f"{kind}.chat")
+                or (None if _is_int(item.get("message_id"))
+                    else f"{kind}.message_id: not an integer")
+                or _reaction_list(item, "old_reaction", kind)
+                or _reaction_list(item, "new_reaction", kind))
     if kind == "my_chat_member":
         return _user(item.get("from"), f"{kind}.from") or _chat(item.get("chat"), f"{kind}.chat")
     return _message(item, kind)
@@ -112,6 +120,13 @@ def _chat(chat: Any, path: str) -> str | None:
         return f"{path}.id: not an integer"
     if not isinstance(chat.get("type"), str):
         return f"{path}.type: not a string"
+    return None
+
+
+def _reaction_list(item: Mapping[str, Any], name: str, path: str) -> str | None:
+    value = item.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(r, Mapping) for r in value):
+        return f"{path}.{name}: not a list of reactions"
     return None
 
 

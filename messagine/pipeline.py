@@ -44,7 +44,8 @@ timeout and Telegram's 60 s, whatever the calls before the wait took."""
 
 MESSAGE_KINDS = ("message", "edited_message")
 
-HANDLED_KINDS = ("message", "edited_message", "callback_query", "my_chat_member")
+HANDLED_KINDS = ("message", "edited_message", "callback_query", "my_chat_member",
+                 "message_reaction")
 """The update kinds the bot handles; set-webhook asks Telegram for these only."""
 
 KNOWN_KINDS = tuple(dict.fromkeys((*HANDLED_KINDS, *util.update_types)))
@@ -133,7 +134,8 @@ class Pipeline:
         stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
         if stopped is not None:
             return self._answered(update, stopped), content_type
-        ctx = context.UpdateContext(update_id, opened.user, envelope=envelope)
+        ctx = context.UpdateContext(update_id, opened.user, envelope=envelope,
+                                    raw=payload[kind])
         token = context.enter(ctx)
         deadline = set_deadline(time.monotonic() + UPDATE_BUDGET_S)
         try:
@@ -316,6 +318,8 @@ def _sender_and_chat(
     if kind == "callback_query":
         message = item.message
         return item.from_user, (message.chat if message is not None else None)
+    if kind == "message_reaction":  # an anonymous (chat) reaction has no user
+        return item.user, item.chat
     return item.from_user, item.chat
 
 

@@ -129,7 +129,13 @@ class Relay:
         try:
             if edited.location is not None:
                 return self._move(link, edited)
-            if edited.text is not None:
+            if edited.media is not None:
+                # Telegram does not say whether the media or only the caption changed, so
+                # the copy gets both (the same file id costs no upload).
+                self.telegram.edit_media(link.recipient_id, link.copy_message_id, edited.media,
+                                         edited.caption, message.caption_entities,
+                                         still_wanted)
+            elif edited.text is not None:
                 self.telegram.edit_text(link.recipient_id, link.copy_message_id, edited.text,
                                         entities=message.entities, still_wanted=still_wanted)
             elif edited.caption is not None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from messagine.models import UserState
     from messagine.moderation import Moderation
     from messagine.privacy import Privacy
+    from messagine.reactions import Reactions
     from messagine.relay import Relay
 
 
@@ -36,6 +37,7 @@ class Services:
     relay: Relay
     privacy: Privacy
     moderation: Moderation
+    reactions: Reactions
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from messagine.models import Retention
 from messagine.moderation import Moderation, ModerationSettings
 from messagine.pipeline import Pipeline
 from messagine.privacy import Privacy, PrivacyTerms
+from messagine.reactions import Reactions
 from messagine.relay import Relay
 from messagine.reminders import Reminders
 from messagine.routes import Services
@@ -67,8 +68,9 @@ def build_runtime(
     moderation = Moderation(repository, telegram, catalog, conversation, analytics,
                             ModerationSettings(settings.admin_ids, settings.admin_chat_id,
                                                settings.report_window_s), clock)
-    Handlers(Services(conversation, relay, privacy, moderation), telegram, catalog,
-             analytics).register(bot)
+    Handlers(Services(conversation, relay, privacy, moderation,
+                      Reactions(repository, telegram)),
+             telegram, catalog, analytics).register(bot)
     retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
                           chats_s=settings.chat_retention_days * 86_400.0)
     pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics, retention)

@@ -22,7 +22,7 @@ import requests
 import telebot
 from telebot import apihelper, types
 
-from messagine.envelope import Location
+from messagine.envelope import Location, Media
 
 T = TypeVar("T")
 Keyboard = Sequence[Sequence[tuple[str, str]]]
@@ -264,6 +264,27 @@ class Telegram:
         """Replace a media message's caption."""
         self._call("editMessageCaption", lambda: self.bot.edit_message_caption(
             caption, chat_id, message_id, caption_entities=_entities(entities)), still_wanted)
+
+    def edit_media(
+        self, chat_id: int, message_id: int, media: Media, caption: str | None,
+        entities: list[types.MessageEntity] | None = None,
+        still_wanted: StillWanted | None = None,
+    ) -> None:
+        """Replace a message's media (and caption) with a file Telegram already has."""
+        kinds = {"photo": types.InputMediaPhoto, "video": types.InputMediaVideo,
+                 "animation": types.InputMediaAnimation, "audio": types.InputMediaAudio,
+                 "document": types.InputMediaDocument}
+        new = kinds[media.kind](media.file_id, caption=caption,
+                                caption_entities=_entities(entities))
+        self._call("editMessageMedia", lambda: self.bot.edit_message_media(
+            new, chat_id, message_id), still_wanted)
+
+    def set_reaction(self, chat_id: int, message_id: int, emoji: str | None) -> None:
+        """Set the bot's reaction on a message to ``emoji``, or remove it (None)."""
+        reaction: list[types.ReactionType] = (
+            [types.ReactionTypeEmoji(emoji)] if emoji is not None else [])
+        self._call("setMessageReaction", lambda: self.bot.set_message_reaction(
+            chat_id, message_id, reaction))
 
     def edit_keyboard(self, chat_id: int, message_id: int, keyboard: Keyboard | None) -> None:
         """Replace (or, with None, remove) a message's inline keyboard."""

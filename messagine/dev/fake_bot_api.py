@@ -55,13 +55,20 @@ NOT_COPYABLE = frozenset({
 """Content Telegram refuses to copy (copyMessage: service messages, invoices, giveaways,
 paid media; the fake's list of the ones a private chat can carry)."""
 
+REACTION_EMOJI = frozenset(
+    "👍👎❤🔥🥰👏😁🤔🤯😱🤬😢🎉🤩🤮💩🙏👌🕊🤡🥱🥴😍🐳🌚🌭💯🤣⚡🍌🏆💔🤨😐"
+    "🍓🍾💋🖕😈😴😭🤓👻🎃🙈😇😨🤝🤗🫡🎅🎄☃💅🤪🗿🆒💘🙉🦄😘💊🙊😎👾🤷😡"
+) | {"\u2764\u200d\U0001f525", "\U0001f468\u200d\U0001f4bb"}
+"""The standard emoji Telegram accepts as reactions (the bot's allowed set)."""
+
 CONTENT_FIELDS = (
     "text", "entities", "caption", "caption_entities", "photo", "video", "animation",
     "document", "audio", "voice", "video_note", "sticker", "location", "venue", "contact",
     "dice", "poll", "link_preview_options", "has_media_spoiler",
 )
 _JSON_PARAMS = ("reply_markup", "entities", "caption_entities", "reply_parameters", "commands",
-                "allowed_updates", "scope", "link_preview_options", "message_ids")
+                "allowed_updates", "scope", "link_preview_options", "message_ids", "reaction",
+                "media")
 _INT_PARAMS = ("chat_id", "from_chat_id", "message_id", "reply_to_message_id", "offset",
                "limit", "max_connections")
 
@@ -379,6 +386,50 @@ class FakeBotApi:
         message["edit_date"] = int(time.time())
         return copy.deepcopy(message)
 
+    def _m_setMessageReaction(self, params: JsonObject) -> bool:  # noqa: N802
+        message = self._message(params["chat_id"], params["message_id"],
+                                "message to react to not found")
+        reaction = params.get("reaction") or []
+        if len(reaction) > 1:  # as Telegram: a bot, like a non-premium user, sets one
+            raise _ApiError(400, "Bad Request: REACTIONS_TOO_MANY")
+        if any(r.get("type") != "emoji" or r.get("emoji") not in REACTION_EMOJI
+               for r in reaction):
+            raise _ApiError(400, "Bad Request: REACTION_INVALID")
+        emoji = [r["emoji"] for r in reaction]
+        if emoji:
+            message["bot_reaction"] = emoji
+        else:
+            message.pop("bot_reaction", None)
+        return True
+
+    def _m_editMessageMedia(self, params: JsonObject) -> JsonObject:  # noqa: N802
+        message = self._message(params["chat_id"], params["message_id"],
+                                "message to edit not found")
+        media = params.get("media") or {}
+        kind, file_id = media.get("type"), media.get("media")
+        if message.get("from", {}).get("id") != self.bot_user["id"]:
+            raise _ApiError(400, "Bad Request: message can't be edited")
+        if kind not in ("photo", "video", "animation", "audio", "document") or not file_id:
+            raise _ApiError(400, "Bad Request: wrong media")
+        if not any(k in message for k in ("photo", "video", "animation", "audio", "document")):
+            raise _ApiError(400, "Bad Request: there is no media in the message to edit")
+        current = message.get(kind)
+        current_id = (current[-1] if isinstance(current, list) and current else
+                      current or {}).get("file_id")
+        if current_id == file_id and media.get("caption") == message.get("caption"):
+            raise _ApiError(400, "Bad Request: message is not modified")
+        for key in ("photo", "video", "animation", "audio", "document", "caption",
+                    "caption_entities"):
+            message.pop(key, None)
+        item = {"file_id": file_id, "file_unique_id": "u-" + file_id[-8:]}
+        message[kind] = [item] if kind == "photo" else item
+        if media.get("caption"):
+            message["caption"] = media["caption"]
+        if media.get("caption_entities"):
+            message["caption_entities"] = media["caption_entities"]
+        message["edit_date"] = int(time.time())
+        return copy.deepcopy(message)
+
     def _m_deleteMessage(self, params: JsonObject) -> bool:  # noqa: N802
         self._message(params["chat_id"], params["message_id"], "message to delete not found")
         del self.chats[params["chat_id"]][params["message_id"]]
@@ -653,6 +704,33 @@ class FakeUser:
             edited = copy.deepcopy(message)
         edited["chat"] = self.chat
         return self._update("edited_message", edited)
+
+    def replace_media(self, message_id: int, content_type: str, file_id: str,
+                      caption: str | None = None) -> JsonObject:
+        """The update for replacing the media of one of this user's messages."""
+        with self.api._lock:
+            message = self.api._message(self.id, message_id, "no such message")
+            for key in ("photo", "video", "animation", "audio", "document", "caption"):
+                message.pop(key, None)
+            item = {"file_id": file_id, "file_unique_id": "u-" + file_id[-8:]}
+            message[content_type] = [item] if content_type == "photo" else item
+            if caption is not None:
+                message["caption"] = caption
+            message["edit_date"] = int(time.time())
+            edited = copy.deepcopy(message)
+        edited["chat"] = self.chat
+        return self._update("edited_message", edited)
+
+    def react(self, message_id: int, emoji: str | None, before: str | None = None
+              ) -> JsonObject:
+        """The update for setting (or, with None, removing) a reaction on a message."""
+        def reactions(value: str | None) -> list[JsonObject]:
+            return [] if value is None else [{"type": "emoji", "emoji": value}]
+
+        return self._update("message_reaction", {
+            "chat": self.chat, "message_id": message_id, "user": self.profile,
+            "date": int(time.time()), "old_reaction": reactions(before),
+            "new_reaction": reactions(emoji)})
 
     def press(self, message_id: int, data: str) -> JsonObject:
         """The update for pressing the button with ``data`` under a bot message."""
