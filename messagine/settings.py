@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from messagine.flood import FloodRule
 from messagine.models import ReminderRules
-from messagine.storage.registry import BY_NAME, choose_automatically
+from messagine.storage.registry import BY_NAME, choose_automatically, on_google_cloud
 
 DEFAULT_API_URL = "https://api.telegram.org"
 STORAGE_CHOICES = ("auto", *BY_NAME)
@@ -169,7 +169,7 @@ class Settings:
             telegram_timeout_s=float(timeout),
             log_level=log_level,
             structured_logs=log_format == "json" or (
-                log_format == "auto" and bool(env.get("K_SERVICE") or env.get("FUNCTION_TARGET"))),
+                log_format == "auto" and on_google_cloud(env)),
             project_id=(env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or "").strip()
             or None,
             mixpanel_token=Secret(mixpanel_token) if mixpanel_token else None,

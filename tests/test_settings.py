@@ -128,3 +128,14 @@ def test_secrets_never_show_in_repr_or_str():
     for text in (repr(settings), str(settings), f"{settings.telegram_token}"):
         assert TOKEN not in text and "hush_hush" not in text
         assert "AAH-some" not in text
+
+
+@pytest.mark.parametrize(("env", "structured"), [
+    ({}, False), ({"FUNCTION_TARGET": "webhook"}, False), ({"K_SERVICE": "messagine"}, True),
+    ({"FUNCTION_TARGET": "webhook", "LOG_FORMAT": "json"}, True),
+    ({"K_SERVICE": "messagine", "LOG_FORMAT": "text"}, False),
+])
+def test_logs_are_structured_only_on_google_cloud(env: dict[str, str], structured: bool):
+    """functions-framework sets FUNCTION_TARGET on a laptop: text logs there."""
+    full = {"TELEGRAM_TOKEN": TOKEN, "STORAGE": "sqlite", **env}
+    assert Settings.from_env(full, require_webhook_secret=False).structured_logs is structured
