@@ -27,6 +27,9 @@ log = logging.getLogger("messagine.cli")
 # Telegram holds at most this many webhook connections open to us at once; each is one
 # concurrent request, so it bounds the instances a burst can start (see docs/deploy.md).
 WEBHOOK_MAX_CONNECTIONS = 40
+PURGE_EVERY_S = 3600.0
+POLLING_PURGE_BUDGET_S = 10.0
+"""Polling stops fetching updates while it purges: at most this long once an hour."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,9 +127,13 @@ def run_polling(runtime: Runtime, max_batches: int | None = None) -> int:
     print("polling for updates; press Ctrl+C to stop", file=sys.stderr)
     offset = 0
     batches = 0
+    next_purge = 0.0
     try:
         while max_batches is None or batches < max_batches:
             batches += 1
+            if time.monotonic() >= next_purge:  # no scheduler runs the job when polling
+                next_purge = time.monotonic() + PURGE_EVERY_S
+                purge_expired(runtime)
             try:
                 updates = runtime.telegram.get_updates(offset, 25, HANDLED_KINDS)
             except TelegramError as error:
@@ -140,6 +147,18 @@ def run_polling(runtime: Runtime, max_batches: int | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def purge_expired(runtime: Runtime) -> dict[str, int]:
+    """Delete expired records within POLLING_PURGE_BUDGET_S; the counts ({} on failure)."""
+    try:
+        purged = runtime.reminders.purge(POLLING_PURGE_BUDGET_S)
+    except Exception as error:  # noqa: BLE001 - polling goes on; the next hour retries
+        log.warning("expired records not purged: %s", type(error).__name__)
+        return {}
+    if any(purged.values()):
+        log.info("purged expired records: %s", purged)
+    return purged
 
 
 def serve_webhook(host: str, port: int) -> int:

@@ -24,7 +24,7 @@ from messagine.catalog import Catalog
 from messagine.envelope import minimal_update
 from messagine.envelope import read as envelope_of
 from messagine.languages import language_for
-from messagine.models import OpenedUpdate, Profile, Retention, UserState
+from messagine.models import OpenedUpdate, Profile, UserState
 from messagine.payload import problem as payload_problem
 from messagine.storage.port import Repository, StorageUnavailable
 from messagine.telegram import (
@@ -37,7 +37,6 @@ from messagine.telegram import (
 
 log = logging.getLogger("messagine.updates")
 
-_PURGE_EVERY_S = 3600.0
 UPDATE_BUDGET_S = 25.0
 """Time an update may spend on Bot API waits (429s): well inside the function's 50 s
 timeout and Telegram's 60 s, whatever the calls before the wait took."""
@@ -66,11 +65,8 @@ class Pipeline:
     def __init__(
         self, bot: TeleBot, repository: Repository, telegram: Telegram, catalog: Catalog,
         clock: Callable[[], float] = time.time, analytics: Analytics | None = None,
-        retention: Retention | None = None,
     ) -> None:
         self.analytics = analytics or NoAnalytics()
-        self.retention = retention
-        self._next_purge = 0.0
         self.bot = bot
         self.repository = repository
         self.telegram = telegram
@@ -90,7 +86,6 @@ class Pipeline:
             result = Result(200, f"ignored:kind:{kind}")
         else:
             result, content_type = self._process(update_id, kind, payload)
-        self._purge_when_due()
         fields = {
             "update_id": update_id if isinstance(update_id, int) else None, "kind": kind,
             "content_type": content_type, "outcome": result.outcome, "status": result.status,
@@ -228,23 +223,6 @@ class Pipeline:
         log.warning("update %s was claimed by an attempt that did not finish: processing it "
                     "again", update.update_id)
         return user
-
-    def _purge_when_due(self) -> None:
-        """Delete expired records at most once an hour per instance.
-
-        It runs inside a request because nothing may run after the response; backends with
-        TTL indexes do nothing here.
-        """
-        if self.retention is None or time.monotonic() < self._next_purge:
-            return
-        self._next_purge = time.monotonic() + _PURGE_EVERY_S
-        try:
-            purged = self.repository.purge_expired(self.clock(), self.retention)
-        except Exception as error:  # noqa: BLE001 - the update is done; the next hour retries
-            log.warning("expired records not purged: %s", type(error).__name__)
-            return
-        if any(purged.values()):
-            log.info("purged expired records: %s", purged)
 
     def _answered(self, update: types.Update, result: Result) -> Result:
         """A press that stops before its handler still gets its answer (the spinner stops).

@@ -1,13 +1,14 @@
 """Reminders and lobby hygiene: the scheduled job behind the ``reminders`` entry point.
 
-Cloud Scheduler calls it every few minutes. A run takes waiting users out of the lobby
-after LOBBY_TIMEOUT_HOURS, then nudges users inactive for REMINDER_AFTER_HOURS, once per
-idle period, in their language, with the button that acts on their state. Users are
-claimed atomically in small batches just before they are sent to, so overlapping runs
-never remind anyone twice and a run that stops at its deadline leaves the rest to the next.
-Sends are paced at 14 per second, so that even two overlapping runs stay under Telegram's
-30 messages per second; a 429 is waited out when the deadline allows, otherwise the claim
-is given back and the run stops.
+Cloud Scheduler calls it every few minutes. A run first deletes records past their
+retention, in bounded batches within a share of its budget (never in a user's request),
+then takes waiting users out of the lobby after LOBBY_TIMEOUT_HOURS, then nudges users
+inactive for REMINDER_AFTER_HOURS, once per idle period, in their language, with the button
+that acts on their state. Users are claimed atomically in small batches just before they
+are sent to, so overlapping runs never remind anyone twice and a run that stops at its
+deadline leaves the rest to the next. Sends are paced at 14 per second, so that even two
+overlapping runs stay under Telegram's 30 messages per second; a 429 is waited out when the
+deadline allows, otherwise the claim is given back and the run stops.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from messagine import keyboards
 from messagine.catalog import Catalog
 from messagine.languages import language_name
-from messagine.models import Nudge, ReminderRules
+from messagine.models import Nudge, ReminderRules, Retention
 from messagine.storage.port import Repository
 from messagine.telegram import (
     Keyboard,
@@ -39,6 +40,11 @@ BATCH = 20
 # Telegram allows about 30 messages per second for the whole bot: a run sends at most 14,
 # so even two overlapping runs stay under it, and live chats keep some room.
 MESSAGES_PER_SECOND = 14.0
+PURGE_BATCH = 200
+"""Records of each kind one ``purge_expired`` call deletes at most: a call stays short
+(on Firestore, a message is two documents, so one call is at most 800 deletes)."""
+PURGE_SHARE = 0.25
+"""The share of a run's budget the purge may take: the sends keep the rest."""
 
 
 @dataclass
@@ -51,13 +57,14 @@ class RunSummary:
     failed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     stopped_early: bool = False
+    purged: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
         return {"sent": self.sent, "lobby_timeouts": self.lobby_timeouts,
                 "language_offers": self.language_offers,
                 "failed": self.failed, "skipped": self.skipped,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "purged": self.purged}
 
 
 class Pacer:
@@ -83,18 +90,38 @@ class Reminders:
     """One run of the reminders job."""
 
     def __init__(self, repository: Repository, telegram: Telegram, catalog: Catalog,
-                 rules: ReminderRules, clock: Callable[[], float]) -> None:
+                 rules: ReminderRules, clock: Callable[[], float],
+                 retention: Retention | None = None) -> None:
         self.repository = repository
         self.telegram = telegram
         self.catalog = catalog
         self.rules = rules
         self.clock = clock
+        self.retention = retention
+
+    def purge(self, budget_s: float) -> dict[str, int]:
+        """Delete records past their retention; the counts per kind ({} without one).
+
+        PURGE_BATCH of each kind per call, until none is left or ``budget_s`` has
+        passed; what a spent budget leaves, the next run deletes.
+        """
+        totals: dict[str, int] = {}
+        if self.retention is None:
+            return totals
+        deadline = time.monotonic() + budget_s
+        while True:
+            counts = self.repository.purge_expired(self.clock(), self.retention, PURGE_BATCH)
+            for kind, count in counts.items():
+                totals[kind] = totals.get(kind, 0) + count
+            if max(counts.values(), default=0) < PURGE_BATCH or time.monotonic() >= deadline:
+                return totals
 
     def run(self) -> RunSummary:
-        """Time out the lobby, then nudge, until done or the run's budget is spent."""
+        """Purge, time out the lobby, then nudge, until done or the run's budget is spent."""
         deadline = time.monotonic() + self.rules.run_budget_s
-        token = set_deadline(deadline)
         summary = RunSummary()
+        summary.purged = self.purge(self.rules.run_budget_s * PURGE_SHARE)
+        token = set_deadline(deadline)
         pacer = Pacer(MESSAGES_PER_SECOND)
         try:
             self._lobby_timeouts(summary, pacer, deadline)

@@ -73,8 +73,9 @@ def build_runtime(
              telegram, catalog, analytics).register(bot)
     retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
                           chats_s=settings.chat_retention_days * 86_400.0)
-    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics, retention)
-    reminders = Reminders(repository, telegram, catalog, settings.reminder_rules, clock)
+    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics)
+    reminders = Reminders(repository, telegram, catalog, settings.reminder_rules, clock,
+                          retention)
     return Runtime(settings, repository, telegram, catalog, pipeline, analytics, reminders)
 
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,11 +70,13 @@ BACKENDS = [backend.name for backend in REGISTRY]
 
 
 class BackendStore(Protocol):
-    """What a backend's test fixture gives: empty repositories and settings selecting it."""
+    """What a backend's test fixture gives: empty repositories, settings selecting it, and
+    a store for the delivery simulator that can be taken away (tests/test_simulator.py)."""
 
     def open(self, where: Path) -> Any: ...
     def env(self) -> dict[str, str]: ...
     def drop(self, repository: Any) -> None: ...
+    def simulated(self, work_dir: Path) -> AbstractContextManager[Any]: ...
 
 
 def mongo_database_name() -> str:

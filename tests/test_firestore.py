@@ -221,7 +221,7 @@ def test_every_composite_query_is_in_the_indexes_file(recorded: tuple[Any, RpcRe
     repository.expire_lobby(now + 100, 10)
     repository.add_report(2, 1, state.chat.chat_id, "spam", now)
     repository.export_user(1)
-    repository.purge_expired(now + 400 * 86_400, Retention(86_400, 86_400))
+    repository.purge_expired(now + 400 * 86_400, Retention(86_400, 86_400), 10)
     repository.delete_user(2)
     needed = {required_index(query) for query in recorder.queries}
     composite = {need for need in needed if need[1]}

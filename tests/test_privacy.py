@@ -224,10 +224,8 @@ def test_the_age_question_comes_before_a_first_chat(
 
 def test_expired_records_are_purged_by_the_clock(privacy_bot: Runtime,
                                                 fake_api: FakeBotApi, clock: Clock):
-    """SQLite has no TTL; Firestore's TTL policies may lag a day, so both purge hourly."""
+    """Every backend deletes by query too: TTL monitors may lag (Firestore's by a day)."""
     backend = privacy_bot.repository.backend
-    if backend == "mongo":
-        pytest.skip("MongoDB expires records with TTL indexes (tested below)")
     alice, bob = fake_api.user(ALICE, "Alice"), fake_api.user(BOB, "Bob")
     for user in (alice, bob):
         privacy_bot.pipeline.process(user.command("start"))
@@ -237,14 +235,15 @@ def test_expired_records_are_purged_by_the_clock(privacy_bot: Runtime,
         privacy_bot.pipeline.process(update)
     retention = Retention(messages_s=30 * 86_400, chats_s=180 * 86_400)
     repository = privacy_bot.repository
-    assert repository.purge_expired(clock() + 3_600, retention) == {
+    assert repository.purge_expired(clock() + 3_600, retention, 100) == {
         "messages": 0, "claims": 0, "chats": 0}
-    # SQLite keeps each update id a day; Firestore keeps a user's last 50 in their document.
-    assert repository.purge_expired(clock() + 29 * 86_400, retention) == {
+    # SQLite keeps each update id a day; MongoDB and Firestore keep a user's last 50 in
+    # their document.
+    assert repository.purge_expired(clock() + 29 * 86_400, retention, 100) == {
         "messages": 0, "claims": 6 if backend == "sqlite" else 0, "chats": 0}
-    assert repository.purge_expired(clock() + 31 * 86_400, retention) == {
+    assert repository.purge_expired(clock() + 31 * 86_400, retention, 100) == {
         "messages": 1, "claims": 0, "chats": 0}
-    assert repository.purge_expired(clock() + 181 * 86_400, retention)["chats"] == 1
+    assert repository.purge_expired(clock() + 181 * 86_400, retention, 100)["chats"] == 1
 
 
 def test_mongo_expires_records_with_ttl_indexes(mongo_uri: str, clock: Clock):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from messagine.models import EndReason, MatchOutcome, MessageLink, Profile
+from messagine.models import EndReason, MatchOutcome, MessageLink, Profile, Retention
 from messagine.storage.port import Repository
 
 T0 = float(int(time.time()))  # links expire by wall-clock TTL on some backends
@@ -288,3 +288,34 @@ def test_an_update_never_ends_the_chat_it_opened(repository: Repository):
     assert state is not None and state.chat is not None and state.chat.partner_id == 3
     resumed = find(repository, 1, now=T0 + 2, update_id=703)
     assert resumed.outcome is MatchOutcome.MATCHED and resumed.resumed
+
+
+# -- retention ---------------------------------------------------------------------------
+
+def test_purge_deletes_at_most_limit_of_each_kind_per_call(repository: Repository):
+    limit = 2
+    now = T0 + 2 * 86_400
+    claims = [next(_update_ids) for _ in range(2 * limit + 1)]
+    for number, claim in enumerate(claims):  # 2 * limit + 1 of each kind, all expired
+        repository.open_update(claim, None, "en", T0)
+        repository.record_message(MessageLink(1, 10, 100 + number, 11, 200 + number, "text",
+                                              T0))
+        first, second = 20 + 2 * number, 21 + 2 * number
+        # Registered "now": on SQLite each update is a claim too, and these must stay.
+        register(repository, first, now=now)
+        register(repository, second, now=now)
+        find(repository, first)
+        assert find(repository, second).chat is not None
+        assert repository.end_chat(first, EndReason.EXIT, T0 + 60, next(_update_ids))
+    repository.record_message(MessageLink(1, 10, 999, 11, 998, "text", now - 10))  # fresh
+    retention = Retention(messages_s=86_400, chats_s=86_400, claims_s=86_400)
+
+    calls = [repository.purge_expired(now, retention, limit) for _ in range(4)]
+
+    assert calls == [{"messages": 2, "claims": 2, "chats": 2}] * 2 + [
+        {"messages": 1, "claims": 1, "chats": 1}, {"messages": 0, "claims": 0, "chats": 0}]
+    assert repository.find_message(1, 10, 100) is None
+    assert repository.find_message(1, 11, 200) is None, "both ends of a message go"
+    assert repository.find_message(1, 10, 999) is not None, "a fresh message stays"
+    assert repository.last_chat(20) is None
+    assert not repository.open_update(claims[0], None, "en", now).duplicate, "the claim went"

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, SECRET, firestore_project
+from conftest import BACKENDS, SECRET, store_of
 from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.dev.simulator import Faults, Load, Simulation
-from support.simulated_backends import (
-    SimulatedStore,
-    firestore_store,
-    mongo_store,
-    sqlite_store,
-)
+from support.simulated_backends import SimulatedStore
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +29,8 @@ FAULTS = Faults(api_5xx=0.05, api_429=0.02, api_timeout=0.01, api_403=0.01,
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimulatedStore]:
-    if request.param == "sqlite":
-        context = sqlite_store(tmp_path)
-    elif request.param == "mongo":
-        request.getfixturevalue("mongo_uri")  # skips (or fails in CI) without mongoeco
-        context = mongo_store(tmp_path)
-    else:
-        context = firestore_store(request.getfixturevalue("firestore_emulator"),
-                                  firestore_project())
-    with context as simulated:
+    """Each backend's simulated store, from its registry entry's test store."""
+    with store_of(request, request.param).simulated(tmp_path) as simulated:
         yield simulated
 
 

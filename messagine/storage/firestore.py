@@ -507,20 +507,39 @@ class FirestoreRepository:
             batch.commit(**_WRITE)
 
     @_unavailable_as_storage_error
-    def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
+    def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
         """See ``Repository.purge_expired``.
 
         The TTL policies (docs/storage.md) delete the same documents, but only within
-        about a day of expiry; this keeps the published retention to the hour.
+        about a day of expiry; this keeps the published retention. A message is two
+        documents (one per end) with the same ``sent_at``; both go, and count once.
         """
-        return {
-            "messages": self._delete_all(self._col("links").where(
-                filter=FieldFilter("sent_at", "<", now - retention.messages_s)), "sent"),
-            "claims": self._delete_all(self._col("claims").where(
-                filter=FieldFilter("claimed_at", "<", now - retention.claims_s))),
-            "chats": self._delete_all(self._col("chats").where(
-                filter=FieldFilter("ended_at", "<", now - retention.chats_s))),
-        }
+        links = self._stream(self._col("links").where(
+            filter=FieldFilter("sent_at", "<", now - retention.messages_s)).limit(2 * limit))
+        messages: dict[tuple[int, int], list[Any]] = {}
+        for snap in links:
+            doc = snap.to_dict()
+            key = (int(doc["sender_id"]), int(doc["sender_message_id"]))
+            if key not in messages and len(messages) < limit:
+                messages[key] = [self._link_ref(*key), self._link_ref(
+                    int(doc["recipient_id"]), int(doc["copy_message_id"]))]
+        claims = self._stream(self._col("claims").where(
+            filter=FieldFilter("claimed_at", "<", now - retention.claims_s)).limit(limit))
+        chats = self._stream(self._col("chats").where(
+            filter=FieldFilter("ended_at", "<", now - retention.chats_s)).limit(limit))
+        claim_refs = [snap.reference for snap in claims]
+        chat_refs = [snap.reference for snap in chats]
+        self._delete_refs([ref for pair in messages.values() for ref in pair]
+                          + claim_refs + chat_refs)
+        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs)}
+
+    def _delete_refs(self, refs: list[Any]) -> None:
+        """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""
+        for start in range(0, len(refs), _PURGE_BATCH):
+            batch = self.client.batch()
+            for ref in refs[start:start + _PURGE_BATCH]:
+                batch.delete(ref)
+            batch.commit(**_WRITE)
 
     # -- moderation ----------------------------------------------------------------------
 

@@ -104,6 +104,14 @@ def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
+    """Delete at most ``limit`` documents matching ``query``; how many went."""
+    ids = [doc["_id"] for doc in collection.find(query, {"_id": 1}).limit(limit)]
+    if not ids:
+        return 0
+    return int(collection.delete_many({"_id": {"$in": ids}, **query}).deleted_count)
+
+
 class MongoRepository:
     """The repository port on a MongoDB database (Atlas in production)."""
 
@@ -356,10 +364,22 @@ class MongoRepository:
         counts["profile"] = db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
         return counts
 
-    def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
-        """See ``Repository.purge_expired``: TTL indexes expire documents on MongoDB."""
-        del now, retention
-        return {}
+    @_unavailable_as_storage_error
+    def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
+        """See ``Repository.purge_expired``.
+
+        TTL indexes expire the same documents, but the TTL monitor runs only once a
+        minute and may fall behind under load; this keeps the published retention.
+        """
+        return {
+            "messages": _delete_some(self.db.message_links,
+                                     {"sent_at": {"$lt": now - retention.messages_s}}, limit),
+            "claims": _delete_some(self.db.claimed_updates,
+                                   {"claimed_at": {"$lt": _utc(now - retention.claims_s)}},
+                                   limit),
+            "chats": _delete_some(self.db.chats,
+                                  {"ended_at": {"$lt": now - retention.chats_s}}, limit),
+        }
 
     @_unavailable_as_storage_error
     def last_chat(self, user_id: int) -> ChatRecord | None:

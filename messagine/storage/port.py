@@ -142,10 +142,15 @@ class Repository(Protocol):
         """
         ...
 
-    def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
-        """Delete message links, claimed updates and ended chats past their retention.
+    def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
+        """Delete at most ``limit`` of each kind past its retention; the count per kind.
 
-        Backends with native expiry (TTL indexes) may leave this to the database.
+        The kinds are ``messages`` (links between a message and its copy), ``claims``
+        (claimed update ids) and ``chats`` (ended chats); every key is always present. A
+        call's work is bounded by ``limit``, so a kind that counts ``limit`` may have more
+        left: the scheduled job calls again within its time budget. Backends whose
+        database also expires records (TTL) delete here too, so the retention the privacy
+        policy states holds to the run, not to the TTL monitor's lag.
         """
         ...
 

@@ -422,17 +422,25 @@ class SqliteRepository:
                                              (user_id,)).rowcount
         return counts
 
-    def purge_expired(self, now: float, retention: Retention) -> dict[str, int]:
-        """See ``Repository.purge_expired``: SQLite has no TTL, so this deletes."""
+    def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
+        """See ``Repository.purge_expired``: SQLite has no TTL, so this deletes.
+
+        One short write transaction, at most ``limit`` rows of each table.
+        """
+        def purge(conn: sqlite3.Connection, table: str, expired: str, cutoff: float) -> int:
+            return conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN"  # the names are ours, the values bound
+                f" (SELECT rowid FROM {table} WHERE {expired} LIMIT ?)",
+                (cutoff, limit)).rowcount
+
         with self._transaction() as conn:
             return {
-                "messages": conn.execute("DELETE FROM message_links WHERE sent_at < ?",
-                                         (now - retention.messages_s,)).rowcount,
-                "claims": conn.execute("DELETE FROM claimed_updates WHERE claimed_at < ?",
-                                       (now - retention.claims_s,)).rowcount,
-                "chats": conn.execute(
-                    "DELETE FROM chats WHERE ended_at IS NOT NULL AND ended_at < ?",
-                    (now - retention.chats_s,)).rowcount,
+                "messages": purge(conn, "message_links", "sent_at < ?",
+                                  now - retention.messages_s),
+                "claims": purge(conn, "claimed_updates", "claimed_at < ?",
+                                now - retention.claims_s),
+                "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
+                               now - retention.chats_s),
             }
 
     def last_chat(self, user_id: int) -> ChatRecord | None:

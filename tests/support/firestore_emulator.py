@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,13 @@ class FirestoreTestStore:
         """Delete ``repository``'s documents and close it."""
         self.emulator.reset(repository.client.project)
         repository.close()
+
+    def simulated(self, work_dir: Path) -> AbstractContextManager[Any]:
+        """The simulator's Firestore store: a new project behind a proxy that can be cut."""
+        from support.simulated_backends import firestore_store
+
+        del work_dir
+        return firestore_store(self.emulator, firestore_project())
 
 
 @pytest.fixture(scope="session")

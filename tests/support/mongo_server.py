@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,12 @@ class MongoTestStore:
         """Drop ``repository``'s database and close it."""
         repository.db.client.drop_database(repository.db.name)
         repository.close()
+
+    def simulated(self, work_dir: Path) -> AbstractContextManager[Any]:
+        """The simulator's MongoDB store: a server of its own, since an outage stops it."""
+        from support.simulated_backends import mongo_store
+
+        return mongo_store(work_dir)
 
 
 @pytest.fixture(scope="session")

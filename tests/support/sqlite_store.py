@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ class SqliteTestStore:
     def drop(self, repository: Any) -> None:
         """Close ``repository``; its file goes with the test's tmp_path."""
         repository.close()
+
+    def simulated(self, work_dir: Path) -> AbstractContextManager[Any]:
+        """The simulator's SQLite store in ``work_dir`` (an outage is a long lock)."""
+        from support.simulated_backends import sqlite_store
+
+        return sqlite_store(work_dir)
 
 
 @pytest.fixture(scope="session")
