@@ -20,7 +20,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -694,28 +694,31 @@ class FakeUser:
     def edit(self, message_id: int, text: str | None = None,
              caption: str | None = None) -> JsonObject:
         """The update for editing one of this user's messages."""
-        with self.api._lock:
-            message = self.api._message(self.id, message_id, "no such message")
+        def change(message: JsonObject) -> None:
             if text is not None:
                 message["text"] = text
             if caption is not None:
                 message["caption"] = caption
-            message["edit_date"] = int(time.time())
-            edited = copy.deepcopy(message)
-        edited["chat"] = self.chat
-        return self._update("edited_message", edited)
+
+        return self._edited(message_id, change)
 
     def replace_media(self, message_id: int, content_type: str, file_id: str,
                       caption: str | None = None) -> JsonObject:
         """The update for replacing the media of one of this user's messages."""
-        with self.api._lock:
-            message = self.api._message(self.id, message_id, "no such message")
+        def change(message: JsonObject) -> None:
             for key in ("photo", "video", "animation", "audio", "document", "caption"):
                 message.pop(key, None)
             item = {"file_id": file_id, "file_unique_id": "u-" + file_id[-8:]}
             message[content_type] = [item] if content_type == "photo" else item
             if caption is not None:
                 message["caption"] = caption
+
+        return self._edited(message_id, change)
+
+    def _edited(self, message_id: int, change: Callable[[JsonObject], None]) -> JsonObject:
+        with self.api._lock:
+            message = self.api._message(self.id, message_id, "no such message")
+            change(message)
             message["edit_date"] = int(time.time())
             edited = copy.deepcopy(message)
         edited["chat"] = self.chat
