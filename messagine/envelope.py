@@ -53,6 +53,10 @@ SILENT_SERVICE = frozenset({
 """Service messages nobody typed (Telegram's own notes about the chat): no answer."""
 
 
+LINK_ENTITIES = frozenset({"url", "text_link", "mention", "text_mention"})
+"""Entity types that lead somewhere else: a link, or a username to write to."""
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """A location's position; ``live_period`` is set while it is a live location."""
@@ -79,6 +83,13 @@ class Envelope:
     reply_to_message_id: int | None = None
     media_group_id: str | None = None
     location: Location | None = None
+    entities: tuple[str, ...] = ()
+    """The types of the text's or caption's entities ("url", "mention", "bold", ...)."""
+
+    @property
+    def has_link(self) -> bool:
+        """The text or caption holds a link or a username (what spam brings)."""
+        return not LINK_ENTITIES.isdisjoint(self.entities)
 
     @property
     def silent(self) -> bool:
@@ -106,6 +117,8 @@ def read(message: Mapping[str, Any]) -> Envelope:
         reply_to_message_id=_message_id(reply),
         media_group_id=message.get("media_group_id"),
         location=_location(message.get("location")) if "venue" not in message else None,
+        entities=_entity_types(message.get("entities")) + _entity_types(
+            message.get("caption_entities")),
     )
 
 
@@ -146,6 +159,13 @@ def _message_id(message: Any) -> int | None:
     if isinstance(message, Mapping) and isinstance(message.get("message_id"), int):
         return int(message["message_id"])
     return None
+
+
+def _entity_types(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(str(item["type"]) for item in value
+                 if isinstance(item, Mapping) and isinstance(item.get("type"), str))
 
 
 def _location(value: Any) -> Location | None:

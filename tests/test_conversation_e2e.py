@@ -13,6 +13,7 @@ import pytest
 
 from conftest import BACKENDS, SECRET, FunctionServer
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, SAMPLE_CONTENT, FakeBotApi, FakeUser
+from messagine.safety import CONFIRMED_KINDS
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.parametrize("served", [*BACKENDS, "sqlite-cloud-logging"],
@@ -87,6 +88,8 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
         caption = "look at this" if content_type in ("photo", "video", "document") else None
         update = alice.media(content_type, caption=caption)
         assert post(update).status_code == 200
+        if content_type in CONFIRMED_KINDS:  # sent once Alice confirms (tests/test_safety)
+            assert post(alice.press_button("Send")).status_code == 200
         assert_anonymous_copy(bob.last(), update["message"], alice)
 
     # Replies land on the right message on the other side, both ways.

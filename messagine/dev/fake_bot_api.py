@@ -641,12 +641,17 @@ class FakeUser:
         return self.send(content, reply_to)
 
     def edit(self, message_id: int, text: str | None = None,
-             caption: str | None = None) -> JsonObject:
-        """The update for editing one of this user's messages."""
+             caption: str | None = None, entities: list[JsonObject] | None = None
+             ) -> JsonObject:
+        """The update for editing one of this user's messages (``entities``: the new text's)."""
         with self.api._lock:
             message = self.api._message(self.id, message_id, "no such message")
             if text is not None:
                 message["text"] = text
+                if entities:
+                    message["entities"] = entities
+                else:
+                    message.pop("entities", None)
             if caption is not None:
                 message["caption"] = caption
             message["edit_date"] = int(time.time())
