@@ -125,5 +125,5 @@ def moderation(t: Texts, report_id: int) -> Keyboard:
 
 
 def any_language_offer(t: Texts) -> Keyboard:
-    """The offer to a long wait: [Chat with anyone] [Exit Lobby]."""
+    """The offer to a long wait: [Chat with anyone] [Stop searching]."""
     return [[(t("btn.any_language"), ANY_LANGUAGE)], [(t("btn.exit_lobby"), CANCEL_FIND)]]

@@ -118,7 +118,7 @@ def test_two_people_chat_in_the_browser(sandbox_url: str, browser) -> None:  # t
     pane_has(alice, "Welcome to Messagine")
     press(alice, "Find Chat")
     press(alice, "16 or older")
-    pane_has(alice, "You are in the lobby")
+    pane_has(alice, "Searching for someone")
     bob.find_element(By.CSS_SELECTOR, ".menu-button").click()
     bob.find_element(By.CSS_SELECTOR, '[data-command="find_chat"]').click()
     press(bob, "16 or older")
