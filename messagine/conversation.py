@@ -121,7 +121,7 @@ class Conversation:
         """Tell both users the chat started; False if the partner turned out unreachable."""
         partner_t = self.texts(chat.partner_language)
         try:
-            self.telegram.send_text(chat.partner_id, partner_t("chat.started"),
+            self.telegram.send_text(chat.partner_id, _chat_started(partner_t),
                                     keyboards.chat_started(partner_t))
         except TelegramBlocked:
             # The partner blocked the bot while waiting: drop them and search again.
@@ -130,7 +130,7 @@ class Conversation:
             self.repository.set_blocked(chat.partner_id, blocked=True)
             return False
         t = self.catalog.for_user(user)
-        answer.send(t("chat.started"), keyboards.chat_started(t))
+        answer.send(_chat_started(t), keyboards.chat_started(t))
         return True
 
     def join_any_language(self, user: UserState, answer: Answer, update_id: int) -> str:
@@ -315,3 +315,8 @@ class Conversation:
         answer.send(t("language.set", language=language_name(language)))
         return "language:set+" + self.find_chat(updated, Answer(
             self.telegram, user.user_id), update_id).removeprefix("find:")
+
+
+def _chat_started(t: Texts) -> str:
+    """The chat-start notice, with the one-line safety tip at the moment it matters."""
+    return t("chat.started") + "\n\n" + t("chat.safety_tip")

@@ -53,6 +53,10 @@ SILENT_SERVICE = frozenset({
 """Service messages nobody typed (Telegram's own notes about the chat): no answer."""
 
 
+LINK_ENTITIES = frozenset({"url", "text_link", "mention", "text_mention"})
+"""Entity types that lead somewhere else: a link, or a username to write to."""
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """A location's position; ``live_period`` is set while it is a live location."""
@@ -94,6 +98,13 @@ class Envelope:
     media_group_id: str | None = None
     location: Location | None = None
     media: Media | None = None
+    entities: tuple[str, ...] = ()
+    """The types of the text's or caption's entities ("url", "mention", "bold", ...)."""
+
+    @property
+    def has_link(self) -> bool:
+        """The text or caption holds a link or a username (what spam brings)."""
+        return not LINK_ENTITIES.isdisjoint(self.entities)
 
     @property
     def silent(self) -> bool:
@@ -122,6 +133,8 @@ def read(message: Mapping[str, Any]) -> Envelope:
         media_group_id=message.get("media_group_id"),
         location=_location(message.get("location")) if "venue" not in message else None,
         media=_media(message),
+        entities=_entity_types(message.get("entities")) + _entity_types(
+            message.get("caption_entities")),
     )
 
 
@@ -172,6 +185,13 @@ def _media(message: Mapping[str, Any]) -> Media | None:
         if isinstance(value, Mapping) and isinstance(value.get("file_id"), str):
             return Media(kind, value["file_id"])
     return None
+
+
+def _entity_types(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(str(item["type"]) for item in value
+                 if isinstance(item, Mapping) and isinstance(item.get("type"), str))
 
 
 def _location(value: Any) -> Location | None:

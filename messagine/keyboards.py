@@ -31,6 +31,8 @@ DELETE_YES = button("deleteme_yes")
 DELETE_NO = button("deleteme_no")
 REPORT = button("report_reason")
 REPORT_CANCEL = button("report_cancel")
+SHARE_SEND = button("share_send")
+SHARE_CANCEL = button("share_cancel")
 REPORT_REASONS = ("spam", "abuse", "minor", "other")
 
 
@@ -46,7 +48,7 @@ def idle(t: Texts) -> Keyboard:
 
 
 def lobby(t: Texts) -> Keyboard:
-    """For a waiting user: [Exit Lobby] [Language, Help]."""
+    """For a waiting user: [Stop searching] [Language, Help]."""
     return [[(t("btn.exit_lobby"), CANCEL_FIND)],
             [(t("btn.language"), LANGUAGE), (t("btn.help"), HELP)]]
 
@@ -59,6 +61,12 @@ def in_chat(t: Texts) -> Keyboard:
 def chat_started(t: Texts) -> Keyboard:
     """Under the chat-start notice: [Say Hi, Exit Chat]."""
     return [[(t("btn.say_hi"), SAY_HI), (t("btn.exit_chat"), EXIT)]]
+
+
+def confirm_share(t: Texts, argument: str) -> Keyboard:
+    """Before a contact or a location is relayed: [Send, Don't send]."""
+    return [[(t("btn.share_send"), SHARE_SEND + argument),
+             (t("btn.share_cancel"), SHARE_CANCEL)]]
 
 
 def after_hi(t: Texts) -> Keyboard:
@@ -117,5 +125,5 @@ def moderation(t: Texts, report_id: int) -> Keyboard:
 
 
 def any_language_offer(t: Texts) -> Keyboard:
-    """The offer to a long wait: [Chat with anyone] [Exit Lobby]."""
+    """The offer to a long wait: [Chat with anyone] [Stop searching]."""
     return [[(t("btn.any_language"), ANY_LANGUAGE)], [(t("btn.exit_lobby"), CANCEL_FIND)]]

@@ -5,6 +5,9 @@ header is added, and the pair (original, copy) is kept in the message log so tha
 land on the right message, edits are mirrored and /delete removes the partner's copy.
 Once a copy is delivered nothing after it may make the update retryable (a retry would
 deliver it twice), so a failure to record the link is logged and tolerated.
+
+Two rules hold a message back (messagine.safety): a contact, a location or a venue waits
+for its sender's Send, and links and usernames wait out the first minutes of a chat.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ from collections.abc import Callable
 
 from telebot import types
 
-from messagine import keyboards
+from messagine import keyboards, safety
 from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
-from messagine.envelope import Envelope
-from messagine.models import MessageLink, UserState
+from messagine.envelope import Envelope, Location
+from messagine.models import ActiveChat, MessageLink, UserState
 from messagine.storage.port import Repository
 from messagine.telegram import (
     CallWithdrawn,
@@ -43,7 +46,9 @@ class Relay:
     def __init__(
         self, repository: Repository, telegram: Telegram, catalog: Catalog,
         conversation: Conversation, clock: Callable[[], float], analytics: Analytics,
+        hold_links_minutes: int = 0,
     ) -> None:
+        self.hold_links_minutes = hold_links_minutes
         self.analytics = analytics
         self.repository = repository
         self.telegram = telegram
@@ -64,6 +69,12 @@ class Relay:
             self.telegram.send_text(user.user_id, t(key), keyboard)
             return "relay:not_in_chat"
         chat = user.chat
+        if safety.links_held(message, chat.started_at, self.clock(), self.hold_links_minutes):
+            self.telegram.send_text(user.user_id, t.plural(
+                "relay.links_held", self.hold_links_minutes))
+            return "relay:link_held"
+        if safety.needs_confirmation(message):
+            return self._ask_to_share(user, chat, message)
         reply_to = None
         if message.reply_to_message_id is not None:
             link = self.repository.find_message(
@@ -71,15 +82,23 @@ class Relay:
             if link is not None:
                 reply_to = (link.copy_message_id if link.sender_id == user.user_id
                             else link.sender_message_id)
+        live = message.location if message.live_location else None
+        return self._deliver(user, chat, message.message_id, message.content_type, live,
+                             reply_to, update_id)
+
+    def _deliver(self, user: UserState, chat: ActiveChat, message_id: int, content_type: str,
+                 live_location: Location | None, reply_to: int | None, update_id: int) -> str:
+        """Copy message ``message_id`` to the partner and record the link; the outcome."""
+        t = self.catalog.for_user(user)
         still_wanted = self._chat_lasts(user.user_id, chat.chat_id)
         try:
-            if message.live_location and message.location is not None:
+            if live_location is not None:
                 # A copy of a live location would stand still; a live one follows it.
-                copy_id = self.telegram.send_location(chat.partner_id, message.location,
+                copy_id = self.telegram.send_location(chat.partner_id, live_location,
                                                       reply_to, still_wanted)
             else:
                 copy_id = self.telegram.copy_message(
-                    chat.partner_id, user.user_id, message.message_id, reply_to, still_wanted)
+                    chat.partner_id, user.user_id, message_id, reply_to, still_wanted)
         except CallWithdrawn:
             # The chat ended while Telegram made us wait: the partner may be in a new
             # chat by now, where this message would seem to come from someone else.
@@ -93,20 +112,59 @@ class Relay:
             not_copyable = NOT_COPYABLE in error.description
             self.telegram.send_text(user.user_id, t(
                 "relay.unsupported" if not_copyable else "relay.failed"))
-            self.analytics.track(user, f"message.invalid.{message.content_type}")
-            return f"relay:not_copyable:{message.content_type}" if not_copyable \
+            self.analytics.track(user, f"message.invalid.{content_type}")
+            return f"relay:not_copyable:{content_type}" if not_copyable \
                 else "relay:rejected"
         link = MessageLink(
-            chat_id=chat.chat_id, sender_id=user.user_id, sender_message_id=message.message_id,
+            chat_id=chat.chat_id, sender_id=user.user_id, sender_message_id=message_id,
             recipient_id=chat.partner_id, copy_message_id=copy_id,
-            content_type=message.content_type, sent_at=self.clock(),
+            content_type=content_type, sent_at=self.clock(),
         )
         try:
             self.repository.record_message(link)
         except Exception:  # the copy is delivered: whatever failed, the update succeeded
             log.exception("relayed message delivered but its link was not recorded")
-        self.analytics.track(user, f"message.{message.content_type}")
+        self.analytics.track(user, f"message.{content_type}")
         return "relayed"
+
+    # -- a contact or a location waits for its sender's Send -------------------------------
+
+    def _ask_to_share(self, user: UserState, chat: ActiveChat, message: Envelope) -> str:
+        """Ask before a contact or a location goes to a stranger; nothing is relayed yet."""
+        t = self.catalog.for_user(user)
+        key = ("share.confirm_contact" if message.content_type == "contact" else
+               "share.confirm_live" if message.live_location else "share.confirm_location")
+        self.telegram.send_text(
+            user.user_id, t(key),
+            keyboards.confirm_share(t, safety.pack(message, chat.chat_id)),
+            reply_to=message.message_id)
+        return f"relay:confirm_asked:{message.content_type}"
+
+    def confirm_share(self, user: UserState, argument: str, answer: Answer, update_id: int
+                      ) -> str:
+        """Send pressed: relay the held message once, and only into the chat it was sent in."""
+        t = self.catalog.for_user(user)
+        held = safety.unpack(argument)
+        chat = user.chat
+        if held is None or chat is None or chat.chat_id != held.chat_id:
+            # A press after the chat ended, or in a later chat, must not reach a new partner.
+            answer.send(t("share.chat_ended"))
+            return "share:chat_ended"
+        if self.repository.find_message(chat.chat_id, user.user_id, held.message_id):
+            answer.send(t("share.sent"))
+            return "share:already_sent"
+        outcome = self._deliver(user, chat, held.message_id, held.content_type,
+                                held.live_location, None, update_id)
+        if outcome != "relayed":
+            answer.send(t("share.not_sent"))
+            return "share:" + outcome
+        answer.send(t("share.sent"))
+        return "share:sent"
+
+    def cancel_share(self, user: UserState, answer: Answer) -> str:
+        """Don't send pressed: nothing is relayed, and the prompt says so."""
+        answer.send(self.catalog.for_user(user)("share.not_sent"))
+        return "share:not_sent"
 
     def _chat_lasts(self, user_id: int, chat_id: int) -> StillWanted:
         """The question asked after a 429 wait: is ``user_id`` still in chat ``chat_id``."""
@@ -125,6 +183,12 @@ class Relay:
         link = self.repository.find_message(user.chat.chat_id, user.user_id, edited.message_id)
         if link is None or link.sender_id != user.user_id:
             return "edit:unknown_message"
+        if safety.links_held(edited, user.chat.started_at, self.clock(),
+                             self.hold_links_minutes):
+            t = self.catalog.for_user(user)
+            self.telegram.send_text(user.user_id, t.plural(
+                "relay.links_held", self.hold_links_minutes))
+            return "edit:link_held"
         still_wanted = self._chat_lasts(user.user_id, link.chat_id)
         try:
             if edited.location is not None:

@@ -134,6 +134,10 @@ ROUTES: tuple[Route, ...] = (
         c.user, c.answer, show_all=False), button="lang:top"),
     Route("choose_language", lambda c: _s(c).conversation.set_language(
         c.user, c.argument, c.answer, c.update_id), button="lang=", prefix=True),
+    Route("share_send", lambda c: _s(c).relay.confirm_share(
+        c.user, c.argument, c.answer, c.update_id), button="share=", prefix=True),
+    Route("share_cancel", lambda c: _s(c).relay.cancel_share(c.user, c.answer),
+          button="share:no"),
     Route("say_hi", lambda c: _s(c).conversation.say_hi(c.user, c.answer, c.update_id),
           button="hi"),
     Route("any_language", lambda c: _s(c).conversation.join_any_language(

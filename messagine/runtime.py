@@ -60,7 +60,8 @@ def build_runtime(
     analytics = open_analytics(settings)
     conversation = Conversation(repository, telegram, catalog, settings.recent_partners, clock,
                                 analytics, settings.min_age)
-    relay = Relay(repository, telegram, catalog, conversation, clock, analytics)
+    relay = Relay(repository, telegram, catalog, conversation, clock, analytics,
+                  settings.hold_links_minutes)
     terms = PrivacyTerms(settings.privacy_contact, settings.privacy_policy_url,
                          settings.message_retention_days, settings.chat_retention_days,
                          settings.min_age, settings.storage)

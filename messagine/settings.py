@@ -82,6 +82,8 @@ class Settings:
     """Mixpanel's OAuth token for its GDPR data-deletion API: /deleteme then asks Mixpanel
     to delete the user's events too (without it, only their profile is deleted)."""
     mixpanel_deletion_url: str | None = None
+    hold_links_minutes: int = 3
+    """Links and usernames are held back this long after a chat starts (0: never)."""
 
     @classmethod
     def from_env(
@@ -119,6 +121,7 @@ class Settings:
         admin_ids = _ids(env, "ADMIN_IDS", problems)
 
         recent = _int(env, "RECENT_PARTNERS", 5, 0, 1000, problems)
+        hold_links = _int(env, "HOLD_LINKS_MINUTES", 3, 0, 1440, problems)
         timeout = _int(env, "TELEGRAM_TIMEOUT_SECONDS", 10, 1, 50, problems)
         retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
         chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
@@ -180,6 +183,7 @@ class Settings:
                                  if mixpanel_token and env.get("MIXPANEL_GDPR_TOKEN", "").strip()
                                  else None),
             mixpanel_deletion_url=mixpanel_urls["MIXPANEL_DELETION_URL"],
+            hold_links_minutes=hold_links,
         )
 
 

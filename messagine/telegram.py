@@ -198,10 +198,13 @@ class Telegram:
             raise failure from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def send_text(self, chat_id: int, text: str, keyboard: Keyboard | None = None) -> int:
-        """Send a text message; returns its message id."""
+    def send_text(self, chat_id: int, text: str, keyboard: Keyboard | None = None,
+                  reply_to: int | None = None) -> int:
+        """Send a text message (as a reply to ``reply_to`` if given); returns its message id."""
+        reply = (types.ReplyParameters(reply_to, allow_sending_without_reply=True)
+                 if reply_to is not None else None)
         message = self._call("sendMessage", lambda: self.bot.send_message(
-            chat_id, text, reply_markup=keyboard_markup(keyboard)))
+            chat_id, text, reply_markup=keyboard_markup(keyboard), reply_parameters=reply))
         return int(message.message_id)
 
     def copy_message(

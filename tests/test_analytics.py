@@ -59,6 +59,7 @@ def test_a_conversation_produces_exactly_these_events(
     process(alice.text("a secret text with +15550100"))
     process(bob.media("sticker"))
     process(bob.media("location"))
+    process(bob.press_button("Send"))
     process(alice.send({"game": {"title": "g", "description": "d", "photo": []}}))
     clock.advance(60)
     process(alice.command("exit_chat"))
@@ -71,7 +72,7 @@ def test_a_conversation_produces_exactly_these_events(
         "command.exit_chat", "action.exit_yes", "chat.ended"]
     assert events_of(capture, bob.id) == [
         "command.start", "command.find_chat", "chat.started", "message.sticker",
-        "message.location", "user.blocked_bot", "user.returned"]
+        "action.share_send", "message.location", "user.blocked_bot", "user.returned"]
     started = next(e for e in capture.events() if e["event"] == "chat.started")
     assert started["properties"]["language"] == "en"
     ended = next(e for e in capture.events() if e["event"] == "chat.ended")

@@ -98,3 +98,16 @@ def test_a_language_without_a_catalog_falls_back_to_english():
 def test_placeholders_are_filled():
     texts = Catalog().for_language("en")
     assert "Deutsch" in texts("language.set", language="Deutsch")
+
+
+DEVELOPERS_WORDS = {"en": "lobby", "de": "lobby", "tr": "lobi", "ru": "лобби",
+                    "es": "sala de espera", "pt": "sala de espera", "fr": "salle d’attente",
+                    "id": "ruang tunggu", "ar": "غرفة الانتظار"}
+"""The waiting room is the developers' word: users are "searching" (and its equivalents)."""
+
+
+@pytest.mark.parametrize("language", sorted(DEVELOPERS_WORDS))
+def test_no_text_speaks_of_a_lobby(language: str):
+    word = DEVELOPERS_WORDS[language]
+    found = [key for key, text in po_messages(language).items() if word in text.lower()]
+    assert found == [], f"{language}: say searching, not {word!r}"

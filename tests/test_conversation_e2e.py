@@ -13,6 +13,7 @@ import pytest
 
 from conftest import BACKENDS, SECRET, FunctionServer
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, SAMPLE_CONTENT, FakeBotApi, FakeUser
+from messagine.safety import CONFIRMED_KINDS
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.parametrize("served", [*BACKENDS, "sqlite-cloud-logging"],
@@ -62,11 +63,12 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
 
     # Alice waits: the welcome becomes the lobby message, and its callback is answered.
     post(alice.press_button("Find Chat"))
-    assert "lobby" in alice.last()["text"] and buttons(alice.last())[0] == "🚪 Exit Lobby"
+    assert alice.last()["text"].startswith("Searching for someone who speaks English")
+    assert buttons(alice.last())[0] == "🚪 Stop searching"
     assert len(alice.inbox()) == 1, "the pressed message was updated, not repeated"
     assert len(served_api.calls_of("answerCallbackQuery")) == 1
     post(alice.command("find_chat"))
-    assert "already in the lobby" in alice.last()["text"]
+    assert "already searching" in alice.last()["text"]
 
     # Bob searches with an alias and they are paired at once.
     post(bob.command("search"))
@@ -87,6 +89,8 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
         caption = "look at this" if content_type in ("photo", "video", "document") else None
         update = alice.media(content_type, caption=caption)
         assert post(update).status_code == 200
+        if content_type in CONFIRMED_KINDS:  # sent once Alice confirms (tests/test_safety)
+            assert post(alice.press_button("Send")).status_code == 200
         assert_anonymous_copy(bob.last(), update["message"], alice)
 
     # Replies land on the right message on the other side, both ways.
@@ -129,11 +133,11 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
     # They just met, so they are not paired again.
     post(alice.command("find"))
     post(bob.command("find"))
-    assert "lobby" in alice.last()["text"] and "lobby" in bob.last()["text"]
+    assert all(u.last()["text"].startswith("Searching for someone") for u in (alice, bob))
     post(alice.command("cancel_find"))
-    assert alice.last()["text"] == "You left the lobby."
+    assert alice.last()["text"] == "You stopped searching."
     post(alice.command("cancel_find"))
-    assert alice.last()["text"] == "You are not in the lobby."
+    assert alice.last()["text"] == "You are not searching right now."
 
     post(alice.command("about"))
     about = alice.last()["text"]

@@ -71,7 +71,7 @@ def test_exit_outside_a_chat_says_why(deliver: Deliver, alice: FakeUser):
     assert alice.last()["text"].startswith("You have no chat right now")
     deliver(alice.command("find_chat"))
     deliver(alice.command("end"))
-    assert "you are in the lobby" in alice.last()["text"]
+    assert "we are still searching" in alice.last()["text"]
 
 
 def test_help_shows_the_button_for_the_state(deliver: Deliver, alice: FakeUser, bob: FakeUser):
@@ -80,7 +80,7 @@ def test_help_shows_the_button_for_the_state(deliver: Deliver, alice: FakeUser, 
     assert "/find_chat" in alice.last()["text"]
     deliver(alice.command("find_chat"))
     deliver(alice.command("help"))
-    assert buttons(alice.last())[0] == "🚪 Exit Lobby"
+    assert buttons(alice.last())[0] == "🚪 Stop searching"
     deliver(bob.command("find_chat"))
     deliver(alice.command("help"))
     assert buttons(alice.last()) == ["🚪 Exit Chat", "🌐 Language", "ℹ️ About"]
@@ -130,7 +130,7 @@ def test_messages_outside_a_chat_get_an_answer(deliver: Deliver, alice: FakeUser
     assert "not in a chat" in alice.last()["text"]
     deliver(alice.command("find_chat"))
     deliver(alice.media("sticker"))
-    assert "still in the lobby" in alice.last()["text"]
+    assert "still searching" in alice.last()["text"]
     assert deliver(alice.command("frobnicate")).outcome == "unknown_command"
     assert "/help" in alice.last()["text"]
 

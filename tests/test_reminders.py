@@ -45,7 +45,7 @@ def test_each_state_gets_its_nudge_once_per_idle_period(
     assert texts_to(fake_api, idle) == ["It has been a while! How about finding a chat?"]
     offer, nudge = texts_to(fake_api, waiting)
     assert offer.startswith("Nobody who speaks English has come along"), "waited > 15 min"
-    assert nudge.startswith("You are still in the lobby")
+    assert nudge.startswith("You are still searching for a chat")
     assert texts_to(fake_api, a) == ["You are still in a chat. How about saying something?"]
     buttons = fake_api.calls_of("sendMessage", idle.id)[0].params["reply_markup"]
     assert buttons["inline_keyboard"][0][0]["callback_data"] == "find"

@@ -1,8 +1,10 @@
-"""The sandbox in a real browser: two people meet, talk, reply, edit and part.
+"""The sandbox in a real browser: two people meet, talk, reply, edit, share and part.
 
 Headless Chromium (Debian's chromium and chromium-driver, which .ci/run installs) driven by
-Selenium against `python -m messagine sandbox`. Screenshots of the key moments are saved
-in artifacts/sandbox/.
+Selenium against `python -m messagine sandbox`: a pair, a reply whose quote follows an
+edit, a held link, a confirmed location, /mydata's file opened from the page, a third
+pane, a restart of the sandbox and a second chat. Screenshots of each step are saved in a
+pytest tmp directory (named in the test's output), never in the repository.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -21,7 +24,6 @@ import requests
 from conftest import ROOT, free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-ARTIFACTS = ROOT / "artifacts" / "sandbox"
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,26 +32,43 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def sandbox_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "MONGODB_URI")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "messagine", "sandbox", "--port", str(port), "--no-browser"],
-        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT), "FLOOD_LIMIT": "1000"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    try:
+class SandboxProcess:
+    """``python -m messagine sandbox`` in a directory of its own, which can be restarted."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        self.url = f"http://127.0.0.1:{free_port()}/"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("TELEGRAM_TOKEN", "MONGODB_URI")}
+        port = self.url.rstrip("/").rsplit(":", 1)[1]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "messagine", "sandbox", "--port", port, "--no-browser"],
+            cwd=self.where, env={**env, "PYTHONPATH": str(ROOT), "FLOOD_LIMIT": "1000"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(150):
             try:
-                requests.get(url, timeout=1)
-                break
+                requests.get(self.url, timeout=1)
+                return
             except requests.ConnectionError:
                 time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
+        raise RuntimeError("the sandbox did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[SandboxProcess]:
+    running = SandboxProcess(tmp_path)
+    running.start()
+    yield running
+    running.stop()
 
 
 @pytest.fixture
@@ -69,30 +88,38 @@ def browser() -> Iterator[object]:
     driver.quit()
 
 
-def test_two_people_chat_in_the_browser(sandbox_url: str, browser) -> None:  # type: ignore[no-untyped-def]
+def test_two_people_chat_in_the_browser(sandbox: SandboxProcess, browser,  # type: ignore[no-untyped-def]
+                                        tmp_path_factory: pytest.TempPathFactory) -> None:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshots = tmp_path_factory.mktemp("sandbox-screenshots")
+    print(f"screenshots: {screenshots}")  # where to look after a failure
     # The page re-renders a chat when it changes, so elements go stale: retry until found.
     wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
-    browser.get(sandbox_url)
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".pane")) == 2)
-    alice, bob = browser.find_elements(By.CSS_SELECTOR, ".pane")
 
-    def pane_has(pane, text: str) -> None:
-        wait.until(lambda _d: any(text in m.text for m in
-                                  pane.find_elements(By.CSS_SELECTOR, ".message")))
+    def open_page() -> tuple[Any, Any]:
+        browser.get(sandbox.url)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".pane")) == 2)
+        first, second = browser.find_elements(By.CSS_SELECTOR, ".pane")
+        return first, second
 
-    def say(pane, text: str) -> None:
+    def messages(pane: Any, source: str = "") -> list[Any]:
+        selector = ".message" + (f'[data-from="{source}"]' if source else "")
+        return list(pane.find_elements(By.CSS_SELECTOR, selector))
+
+    def pane_has(pane: Any, text: str) -> None:
+        wait.until(lambda _d: any(text in m.text for m in messages(pane)))
+
+    def say(pane: Any, text: str) -> None:
         box = pane.find_element(By.CSS_SELECTOR, ".text")
         box.send_keys(text, Keys.ENTER)
 
-    def press(pane, label: str) -> None:
-        def click(_d):
+    def press(pane: Any, label: str) -> None:
+        def click(_d: Any) -> bool:
             buttons = [b for b in pane.find_elements(By.CSS_SELECTOR, ".keyboard button")
                        if label in b.text]
             if not buttons:
@@ -101,10 +128,9 @@ def test_two_people_chat_in_the_browser(sandbox_url: str, browser) -> None:  # t
             return True
         wait.until(click)
 
-    def click_in_message(pane, source: str, text: str, action: str) -> None:
-        def click(_d):
-            found = [m for m in pane.find_elements(
-                By.CSS_SELECTOR, f'.message[data-from="{source}"]') if text in m.text]
+    def click_in_message(pane: Any, source: str, text: str, action: str) -> None:
+        def click(_d: Any) -> bool:
+            found = [m for m in messages(pane, source) if text in m.text]
             if not found:
                 return False
             found[-1].find_element(By.CSS_SELECTOR, action).click()
@@ -112,18 +138,24 @@ def test_two_people_chat_in_the_browser(sandbox_url: str, browser) -> None:  # t
         wait.until(click)
 
     def shot(name: str) -> None:
-        browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+        browser.save_screenshot(str(screenshots / f"{name}.png"))
 
-    say(alice, "/start")
-    pane_has(alice, "Welcome to Messagine")
-    press(alice, "Find Chat")
-    press(alice, "16 or older")
-    pane_has(alice, "You are in the lobby")
-    bob.find_element(By.CSS_SELECTOR, ".menu-button").click()
-    bob.find_element(By.CSS_SELECTOR, '[data-command="find_chat"]').click()
-    press(bob, "16 or older")
-    pane_has(alice, "Chat started")
-    pane_has(bob, "Chat started")
+    def pair(alice: Any, bob: Any) -> None:
+        say(alice, "/start")
+        pane_has(alice, "Welcome to Messagine")
+        press(alice, "Find Chat")
+        press(alice, "16 or older")
+        pane_has(alice, "Searching for someone")
+        bob.find_element(By.CSS_SELECTOR, ".menu-button").click()
+        bob.find_element(By.CSS_SELECTOR, '[data-command="find_chat"]').click()
+        press(bob, "16 or older")
+        for pane in (alice, bob):
+            pane_has(pane, "Chat started")
+            pane_has(pane, "never share your phone number, address or passwords")
+
+    alice, bob = open_page()
+    assert browser.find_element(By.ID, "pair-hint").is_displayed()
+    pair(alice, bob)
     shot("1-chat-started")
 
     say(alice, "Hello Bob")
@@ -134,30 +166,83 @@ def test_two_people_chat_in_the_browser(sandbox_url: str, browser) -> None:  # t
     say(bob, "Hi Alice")
     wait.until(lambda _d: any(
         "Hi Alice" in m.text and m.find_elements(By.CSS_SELECTOR, ".quote")
-        for m in alice.find_elements(By.CSS_SELECTOR, ".message")))
+        for m in messages(alice)))
     banner = bob.find_element(By.CSS_SELECTOR, ".reply-banner")
     assert not banner.is_displayed(), "the reply target is cleared once sent"
-    shot("2-text-photo-reply")
 
     click_in_message(alice, "me", "Hello Bob", ".edit-action")
     wait.until(expected_conditions.alert_is_present())
     prompt = browser.switch_to.alert
     prompt.send_keys("Hello Bob, edited")
     prompt.accept()
-    pane_has(bob, "Hello Bob, edited")
     wait.until(lambda _d: any("edited" in m.text and "Hello Bob, edited" in m.text
-                              for m in bob.find_elements(By.CSS_SELECTOR, ".message")))
-    shot("3-edited")
+                              for m in messages(bob)))
 
-    say(alice, "/exit_chat")
-    pane_has(alice, "Are you sure")
-    press(alice, "Yes")
-    pane_has(alice, "You have closed the chat.")
-    pane_has(bob, "Chat closed by your partner.")
-    shot("4-chat-closed")
+    def quote_of(pane: Any, text: str) -> str:
+        found = [m for m in messages(pane) if text in m.text
+                 and m.find_elements(By.CSS_SELECTOR, ".quote")]
+        return str(found[-1].find_element(By.CSS_SELECTOR, ".quote").text) if found else ""
+
+    # Both quotes of the edited message follow the edit: Bob's reply, and its copy at Alice.
+    wait.until(lambda _d: quote_of(bob, "Hi Alice") == "Hello Bob, edited")
+    wait.until(lambda _d: quote_of(alice, "Hi Alice") == "Hello Bob, edited")
+    shot("2-reply-quotes-the-edit")
+
+    copies_at_bob = len(messages(bob, "bot"))
+    say(alice, "join https://spam.example now")
+    pane_has(alice, "Links and usernames are held back in the first 3 minutes")
+    time.sleep(1)  # two refreshes of the page: had the link gone out, it would show now
+    assert len(messages(bob, "bot")) == copies_at_bob
+    assert not any("spam.example" in m.text for m in messages(bob))
+    shot("3-link-held")
+
+    alice.find_element(By.CSS_SELECTOR, '[data-sample="location"]').click()
+    pane_has(alice, "This shares an exact location with a stranger. Send it?")
+    assert not any("📍" in m.text for m in messages(bob))
+    press(alice, "Send")
+    pane_has(alice, "Sent to your partner.")
+    pane_has(bob, "📍 52.520008, 13.404954")
+    shot("4-location-confirmed")
+
+    say(alice, "/mydata")
+    wait.until(lambda _d: alice.find_elements(By.CSS_SELECTOR, ".file-link"))
+    link = alice.find_elements(By.CSS_SELECTOR, ".file-link")[-1].get_attribute("href")
+    opened = requests.get(str(link), timeout=5)
+    assert opened.status_code == 200 and opened.headers["Content-Type"] == "application/json"
+    assert "profile" in opened.json()
+
+    browser.find_element(By.ID, "add-user").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".pane")) == 3)
+    time.sleep(0.8)  # the log and calls panels refresh with long lines
+    panes_box = browser.execute_script(
+        "return document.getElementById('panes').getBoundingClientRect().width")
+    widths = browser.execute_script(
+        "return [...document.querySelectorAll('.pane')].map(p => p.getBoundingClientRect())"
+        ".map(r => [r.top, r.width])")
+    assert len({round(top) for top, _ in widths}) == 1, "three panes side by side"
+    assert sum(width for _, width in widths) >= 0.9 * panes_box, "no large gap beside them"
+    for panel in ("calls", "log"):
+        assert browser.execute_script(
+            f"const e = document.getElementById('{panel}').parentElement;"
+            "return e.scrollWidth <= e.clientWidth"), f"the {panel} panel scrolls sideways"
+    shot("5-three-panes")
     calls = browser.find_element(By.ID, "calls").text
     assert "copyMessage" in calls and "editMessageText" in calls
     assert "outcome=relayed" in browser.find_element(By.ID, "log").text
+
+    say(alice, "/exit_chat")
+    press(alice, "Yes")
+    pane_has(bob, "Chat closed by your partner.")
+
+    # A restart starts from a fresh store: the same two people can meet again at once.
+    sandbox.stop()
+    sandbox.start()
+    alice, bob = open_page()
+    assert messages(alice) == [] and messages(bob) == []
+    pair(alice, bob)
+    say(bob, "Hello again")
+    pane_has(alice, "Hello again")
+    shot("6-after-restart")
 
     browser.set_window_size(390, 844)
     time.sleep(0.3)
@@ -165,4 +250,4 @@ def test_two_people_chat_in_the_browser(sandbox_url: str, browser) -> None:  # t
     pane_width = browser.execute_script(
         "return document.querySelector('.pane').getBoundingClientRect().width")
     assert pane_width <= width, "panes fit a phone-sized window"
-    shot("5-phone")
+    shot("7-phone")

@@ -231,9 +231,20 @@ class FakeBotApi:
             return next(self._update_ids)
 
     def messages(self, chat_id: int) -> list[JsonObject]:
-        """Every message in a private chat, oldest first (deleted ones are gone)."""
+        """Every message in a private chat, oldest first (deleted ones are gone).
+
+        A reply's quote shows its message as it is now, after any edit, as a client does.
+        """
         with self._lock:
-            return [copy.deepcopy(m) for _, m in sorted(self.chats.get(chat_id, {}).items())]
+            chat = self.chats.get(chat_id, {})
+            shown = []
+            for _, stored in sorted(chat.items()):
+                message = copy.deepcopy(stored)
+                quoted = message.get("reply_to_message")
+                if isinstance(quoted, dict) and quoted.get("message_id") in chat:
+                    message["reply_to_message"] = _without_reply(chat[quoted["message_id"]])
+                shown.append(message)
+            return shown
 
     # -- the model -----------------------------------------------------------------------
 
@@ -472,6 +483,14 @@ class FakeBotApi:
             self.pending_updates = [u for u in self.pending_updates if u["update_id"] >= offset]
             return list(self.pending_updates[: params.get("limit") or 100])
 
+    def document(self, chat_id: int, message_id: int) -> tuple[str, bytes] | None:
+        """The name and bytes of a file the bot sent (sendDocument), if that message has one."""
+        with self._lock:
+            document = self.chats.get(chat_id, {}).get(message_id, {}).get("document")
+            if not isinstance(document, dict) or "content" not in document:
+                return None
+            return str(document["file_name"]), str(document["content"]).encode("latin-1")
+
     def _m_sendDocument(self, params: JsonObject) -> JsonObject:  # noqa: N802
         document = params.get("document")
         if not isinstance(document, dict):
@@ -692,11 +711,16 @@ class FakeUser:
         return self.send(content, reply_to)
 
     def edit(self, message_id: int, text: str | None = None,
-             caption: str | None = None) -> JsonObject:
-        """The update for editing one of this user's messages."""
+             caption: str | None = None, entities: list[JsonObject] | None = None
+             ) -> JsonObject:
+        """The update for editing one of this user's messages (``entities``: the new text's)."""
         def change(message: JsonObject) -> None:
             if text is not None:
                 message["text"] = text
+                if entities:
+                    message["entities"] = entities
+                else:
+                    message.pop("entities", None)
             if caption is not None:
                 message["caption"] = caption
 

@@ -4,13 +4,20 @@ It starts, on 127.0.0.1 only, the fake Bot API, the real bot (main.py's ``webhoo
 point in functions-framework's Flask app, so updates take the production code path, on an
 SQLite file) and a web page where several simulated Telegram users chat with the bot side
 by side. A side panel shows the Bot API calls and the log line of every update.
+
+Each run starts from a fresh SQLite file: the fake Bot API keeps its chats in memory, so a
+store kept from an earlier run would hold chats, message links and update ids (the fake
+counts them from 1 again, and the bot would drop its updates as re-deliveries) that belong
+to messages which no longer exist.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import mimetypes
 import os
+import re
 import secrets
 import threading
 import webbrowser
@@ -23,7 +30,7 @@ from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 
 STATIC = Path(__file__).parent / "sandbox_static"
 MAIN = Path(__file__).resolve().parent.parent.parent / "main.py"
-SAMPLES = ("photo", "sticker", "voice", "location")
+SAMPLES = ("photo", "sticker", "voice", "location", "contact")
 NAMES = ("Alice", "Bob", "Carol", "Dave", "Erin", "Frank")
 
 
@@ -42,6 +49,9 @@ class Sandbox:
     """The fake Bot API, the bot behind its webhook, and the users of the page."""
 
     def __init__(self, database: Path) -> None:
+        for leftover in (database, *(database.with_name(database.name + suffix)
+                                     for suffix in ("-wal", "-shm", "-journal"))):
+            leftover.unlink(missing_ok=True)
         self.api = FakeBotApi().start()
         self.secret = secrets.token_urlsafe(16)
         os.environ.update({
@@ -81,13 +91,38 @@ class Sandbox:
             return int(response.status_code)
 
     def state(self) -> dict[str, Any]:
-        """Everything the page shows."""
-        users = [{"id": u.id, "name": u.profile["first_name"], "messages": self.api.messages(u.id)}
+        """Everything the page shows (a file the bot sent as a link, not its bytes)."""
+        users = [{"id": u.id, "name": u.profile["first_name"],
+                  "messages": [_linked(u.id, m) for m in self.api.messages(u.id)]}
                  for u in self.users.values()]
         calls = [{"method": c.method, "chat_id": c.chat_id, "status": c.status}
                  for c in self.api.calls[-200:]]
         return {"users": users, "bot_id": self.api.bot_user["id"], "calls": calls,
                 "log": list(self.log.lines)}
+
+
+_LINKS = re.compile(r"(?P<url>https?://\S+|\bt\.me/\S+)|(?<!\w)(?P<mention>@\w{5,32})")
+
+
+def _entities(text: str) -> list[dict[str, Any]]:
+    """The url and mention entities Telegram would find in a typed text.
+
+    Offsets count UTF-16 code units, as Telegram's do.
+    """
+
+    def utf16(end: int) -> int:
+        return len(text[:end].encode("utf-16-le")) // 2
+
+    return [{"type": str(found.lastgroup), "offset": utf16(found.start()),
+             "length": utf16(found.end()) - utf16(found.start())}
+            for found in _LINKS.finditer(text)]
+
+
+def _linked(chat_id: int, message: dict[str, Any]) -> dict[str, Any]:
+    document = message.get("document")
+    if isinstance(document, dict) and document.pop("content", None) is not None:
+        document["url"] = f"/api/files/{chat_id}/{message['message_id']}"
+    return message
 
 
 def create_app(sandbox: Sandbox) -> flask.Flask:
@@ -101,6 +136,17 @@ def create_app(sandbox: Sandbox) -> flask.Flask:
     @app.get("/api/state")
     def state() -> dict[str, Any]:
         return sandbox.state()
+
+    @app.get("/api/files/<int:chat_id>/<int:message_id>")
+    def file(chat_id: int, message_id: int) -> flask.Response:
+        found = sandbox.api.document(chat_id, message_id)
+        if found is None:
+            flask.abort(404)
+        name, content = found
+        mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        response = flask.Response(content, mimetype=mimetype)
+        response.headers["Content-Disposition"] = f'inline; filename="{name}"'
+        return response
 
     @app.post("/api/users")
     def add_user() -> dict[str, Any]:
@@ -128,7 +174,7 @@ def create_app(sandbox: Sandbox) -> flask.Flask:
             if not text:
                 return {"error": "empty message"}, 400
             update = (user.command(text[1:], reply_to) if text.startswith("/")
-                      else user.text(text, reply_to))
+                      else user.text(text, reply_to, _entities(text)))
         elif kind in SAMPLES:
             update = user.media(kind, reply_to=reply_to)
         elif kind == "edit":

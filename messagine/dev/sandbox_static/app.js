@@ -31,7 +31,8 @@ function describe(message) {
   if (message.location) return `📍 ${message.location.latitude}, ${message.location.longitude}`;
   if (message.document) return `📄 ${message.document.file_name || "File"}` +
     (message.caption ? "\n" + message.caption : "");
-  for (const kind of ["video", "animation", "audio", "video_note", "contact", "dice", "poll"]) {
+  if (message.contact) return `👤 ${message.contact.first_name} ${message.contact.phone_number}`;
+  for (const kind of ["video", "animation", "audio", "video_note", "dice", "poll"]) {
     if (message[kind]) return `[${kind}]` + (message.caption ? "\n" + message.caption : "");
   }
   return "[message]";
@@ -47,6 +48,10 @@ function renderMessage(user, message) {
     node.append(el("div", {class: "quote"}, describe(message.reply_to_message).slice(0, 80)));
   }
   node.append(body);
+  if (message.document && message.document.url) {
+    node.append(el("a", {class: "file-link", href: message.document.url, target: "_blank",
+                         rel: "noopener"}, "⬇ Open the file"));
+  }
   const keyboard = message.reply_markup && message.reply_markup.inline_keyboard;
   if (keyboard && keyboard.length) {
     const grid = el("div", {class: "keyboard"});
@@ -96,7 +101,7 @@ function editMessage(userId, message) {
 
 async function act(userId, action) {
   const pane = panes.get(userId);
-  if (pane.replyTo && ["text", "photo", "sticker", "voice", "location"].includes(action.kind)) {
+  if (pane.replyTo && ["text", "photo", "sticker", "voice", "location", "contact"].includes(action.kind)) {
     action.reply_to = pane.replyTo;
     clearReply(userId);
   }
