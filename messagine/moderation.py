@@ -28,6 +28,8 @@ from messagine.telegram import Telegram, TelegramBlocked, TelegramError, Telegra
 log = logging.getLogger(__name__)
 
 EVIDENCE_MESSAGES = 5
+"""How many of the reported user's last messages of the chat the moderators see (copies);
+the report prompt and the privacy policy say so."""
 ADMIN_COMMANDS = ("ban", "unban", "detail", "stats")
 
 
@@ -79,7 +81,7 @@ class Moderation:
         if self._target(user) is None:
             answer.send(t("report.nobody"))
             return "report:nobody"
-        answer.send(t("report.ask"), keyboards.report_reasons(t))
+        answer.send(t("report.ask", count=EVIDENCE_MESSAGES), keyboards.report_reasons(t))
         return "report:asked"
 
     def cancel_report(self, user: UserState, answer: Answer) -> str:

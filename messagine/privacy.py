@@ -20,6 +20,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.conversation import Conversation
 from messagine.models import EndReason, UserRecords, UserState
+from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.storage.port import Repository
 from messagine.storage.registry import backend
 from messagine.telegram import Telegram
@@ -45,7 +46,7 @@ def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
     """The full policy in one language (docs/privacy.md is the English one, on MongoDB)."""
     return texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
                  chat_days=terms.chat_days, min_age=terms.min_age,
-                 store=backend(terms.storage).store_name)
+                 store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES)
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:

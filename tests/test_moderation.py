@@ -6,6 +6,7 @@ import pytest
 
 from conftest import MakeBot
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, FakeBotApi, FakeUser
+from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.runtime import Runtime
 
 ADMIN, MODERATORS = 900_001, -100_555_000
@@ -46,6 +47,9 @@ def test_a_report_ends_the_chat_and_brings_evidence_to_the_moderators(
     for update in sent:
         process(update)
     assert process(alice.command("report")).outcome == "report:asked"
+    # The prompt says what the moderators will see, and it is what they get below.
+    assert f"copies of their last {EVIDENCE_MESSAGES} messages" in alice.last()["text"]
+    assert "never who reported them" in alice.last()["text"]
     assert process(alice.press_button("Abuse")).outcome == "button:report:sent"
     assert "moderators will look at it" in alice.last()["text"]
     assert bob.last()["text"] == "Chat closed by your partner.", "no word about a report"

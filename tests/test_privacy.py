@@ -22,6 +22,7 @@ from conftest import (
 from messagine.catalog import Catalog
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.models import MessageLink, Retention
+from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.privacy import PrivacyTerms, policy_text, split_message
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
@@ -120,6 +121,21 @@ def test_docs_privacy_is_the_text_the_bot_sends():
                          settings.chat_retention_days, settings.min_age)
     text = policy_text(Catalog().for_language("en"), terms)
     assert text in (ROOT / "docs" / "privacy.md").read_text()
+
+
+def test_every_policy_says_what_a_report_shows_the_moderators():
+    settings = Settings.from_env({"TELEGRAM_TOKEN": "123456789:AAH-some_token_value_0123456789"})
+    terms = PrivacyTerms(settings.privacy_contact, None, settings.message_retention_days,
+                         settings.chat_retention_days, settings.min_age)
+    catalog = Catalog()
+    for language in catalog.languages():
+        text = policy_text(catalog.for_language(language), terms)
+        paragraphs = text.split("\n\n")
+        moderation = [p for p in paragraphs if f" {EVIDENCE_MESSAGES} " in p]
+        assert len(moderation) == 1, language  # one section names the number
+        title = moderation[0].split("\n")[0]
+        # "Nobody reads your chats" points at the one exception, by the section's title.
+        assert title in text.replace(moderation[0], ""), language
 
 
 def test_long_texts_are_split_at_telegrams_limit():
