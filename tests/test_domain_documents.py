@@ -62,3 +62,11 @@ def test_a_lobby_entry_is_a_candidate_with_its_user_flags():
     assert entry["avoid"] == [1, 3]
     candidate = documents.candidate(0, entry, {"banned": True})
     assert candidate.avoid == frozenset({1, 3}) and candidate.banned and not candidate.blocked
+
+
+def test_a_user_document_gives_the_reminder_rule_its_status():
+    doc = {**documents.new_user_fields("en", 5.0),
+           **documents.profile_fields(Profile(7, "Ann", None, None, None), 5.0)}
+    status = documents.nudge_status(7, doc)
+    assert status.nudge_pending and status.reminders_enabled and status.last_seen == 5.0
+    assert not documents.nudge_status(7, documents.remnant_document(7)).nudge_pending

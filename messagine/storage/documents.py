@@ -18,7 +18,7 @@ from typing import Any
 from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
 from messagine.domain.matching import Candidate
-from messagine.domain.nudges import activity
+from messagine.domain.nudges import NudgeStatus, activity
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -127,6 +127,11 @@ def flood_state(doc: Mapping[str, Any]) -> FloodState:
 def flood_document(state: FloodState) -> dict[str, Any]:
     """The ``flood`` map of a user document."""
     return asdict(state)
+
+
+def nudge_status(user_id: int, doc: Mapping[str, Any]) -> NudgeStatus:
+    """What the reminder rule reads of a user document."""
+    return NudgeStatus.of(stored_profile(user_id, doc, None))
 
 
 def nudge(user_id: int, doc: Mapping[str, Any]) -> Nudge:

@@ -33,6 +33,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from messagine.domain import matching
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
+from messagine.domain.nudges import claimable
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -440,9 +441,13 @@ class FirestoreRepository:
                  .where(filter=FieldFilter("banned", "==", False))
                  .where(filter=FieldFilter("reminders_off", "==", False))
                  .order_by("last_seen"))
-        return claim_each(query, limit, lambda snap: self._claim_nudge(snap, now))
+        return claim_each(query, limit,
+                          lambda snap: self._claim_nudge(snap, idle_before, now))
 
-    def _claim_nudge(self, snap: Any, now: float) -> Nudge | None:
+    def _claim_nudge(self, snap: Any, idle_before: float, now: float) -> Nudge | None:
+        """Claim the user the query found if the rule, applied to what was read, agrees."""
+        if not claimable(docs.nudge_status(int(snap.id), snap.to_dict()), idle_before):
+            return None
         claimed = {"nudge_pending": False, "reminded_at": now}
         if not commit_unless_beaten(self.client, snap, claimed):
             return None  # another run claimed them, or they wrote since: not due now
