@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +47,7 @@ class UserState:
     age_confirmed: bool = False
     language_code: str | None = None
     """Telegram's language of the user's app: the interface falls back to it."""
+    reminders_enabled: bool = True
 
     @property
     def waiting(self) -> bool:
@@ -160,10 +160,41 @@ class ChatRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LobbyEntry:
+    """A user's place in the lobby: the pool they wait in and since when."""
+
+    language: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProfile:
+    """The user's own record as stored, the same on every backend (see /mydata)."""
+
+    user_id: int
+    first_name: str
+    last_name: str | None
+    username: str | None
+    language_code: str | None
+    language: str
+    first_seen: float
+    last_seen: float
+    blocked: bool = False
+    banned: bool = False
+    analytics_opt_out: bool = False
+    age_answer: str | None = None
+    age_answered_at: float | None = None
+    reminders_enabled: bool = True
+    nudge_pending: bool = True
+    reminded_at: float | None = None
+    lobby: LobbyEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UserRecords:
     """Everything stored about one user, as the repository holds it (see /mydata)."""
 
-    profile: dict[str, Any]
+    profile: StoredProfile
     chats: list[ChatRecord] = field(default_factory=list)
     messages: list[MessageLink] = field(default_factory=list)
     exclusions: list[tuple[int, str, float]] = field(default_factory=list)

@@ -207,7 +207,7 @@ class Moderation:
             answer.send(t("admin.unknown_user", user_id=user_id))
             return "admin:detail:unknown"
         activity = "chatting" if state.chat else "waiting" if state.waiting else "idle"
-        last_seen = datetime.fromtimestamp(records.profile.get("last_seen") or 0, UTC)
+        last_seen = datetime.fromtimestamp(records.profile.last_seen, UTC)
         answer.send(t("admin.detail", user_id=user_id, language=state.language,
                       state=activity, banned="yes" if state.banned else "no",
                       blocked="yes" if state.blocked else "no",

@@ -19,7 +19,7 @@ from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.conversation import Conversation
-from messagine.models import EndReason, UserRecords, UserState
+from messagine.models import EndReason, StoredProfile, UserRecords, UserState
 from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.storage.port import Repository
 from messagine.storage.registry import backend
@@ -78,8 +78,41 @@ def _iso(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
-def export_document(records: UserRecords, generated_at: float) -> dict[str, Any]:
-    """The /mydata document: the user's data, partners only as anonymous labels."""
+def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
+    """The profile, settings and lobby parts of /mydata (empty for an unknown user)."""
+    if profile is None:
+        return {"profile": dict.fromkeys(("telegram_id", "first_name", "last_name", "username",
+                                          "language_code", "first_seen", "last_seen")),
+                "settings": {"language": None, "analytics": "on", "reminders": "on",
+                             "age_confirmation": None, "age_confirmation_at": None,
+                             "blocked_the_bot": False, "banned": False},
+                "lobby": None}
+    return {
+        "profile": {
+            "telegram_id": profile.user_id, "first_name": profile.first_name,
+            "last_name": profile.last_name, "username": profile.username,
+            "language_code": profile.language_code, "first_seen": _iso(profile.first_seen),
+            "last_seen": _iso(profile.last_seen),
+        },
+        "settings": {
+            "language": profile.language,
+            "analytics": "off" if profile.analytics_opt_out else "on",
+            "reminders": "on" if profile.reminders_enabled else "off",
+            "age_confirmation": profile.age_answer,
+            "age_confirmation_at": _iso(profile.age_answered_at),
+            "blocked_the_bot": profile.blocked,
+            "banned": profile.banned,
+        },
+        "lobby": None if profile.lobby is None else {
+            "language": profile.lobby.language, "since": _iso(profile.lobby.since)},
+    }
+
+
+def export_document(records: UserRecords | None, generated_at: float) -> dict[str, Any]:
+    """The /mydata document: the user's data, partners only as anonymous labels.
+
+    ``records`` is None for a user erased meanwhile: the document then holds nothing.
+    """
     labels: dict[int, str] = {}
 
     def label(user_id: int) -> str:
@@ -87,7 +120,7 @@ def export_document(records: UserRecords, generated_at: float) -> dict[str, Any]
 
     chat_labels: dict[int, str] = {}
     chats = []
-    for chat in records.chats:
+    for chat in records.chats if records else []:
         chat_labels[chat.chat_id] = f"chat-{len(chat_labels) + 1}"
         chats.append({
             "chat": chat_labels[chat.chat_id], "partner": label(chat.partner_id),
@@ -96,42 +129,21 @@ def export_document(records: UserRecords, generated_at: float) -> dict[str, Any]
             "ended_by": None if chat.ended_by_user is None else (
                 "you" if chat.ended_by_user else "partner"),
         })
-    profile = records.profile
     return {
         "format": EXPORT_FORMAT,
         "generated_at": _iso(generated_at),
-        "profile": {
-            "telegram_id": profile.get("id"),
-            "first_name": profile.get("first_name"),
-            "last_name": profile.get("last_name"),
-            "username": profile.get("username"),
-            "language_code": profile.get("language_code"),
-            "first_seen": _iso(profile.get("first_seen")),
-            "last_seen": _iso(profile.get("last_seen")),
-        },
-        "settings": {
-            "language": profile.get("language"),
-            "analytics": "off" if profile.get("analytics_opt_out") else "on",
-            "reminders": "off" if profile.get("reminders_off") else "on",
-            "age_confirmation": profile.get("age_answer"),
-            "age_confirmation_at": _iso(profile.get("age_answered_at")),
-            "blocked_the_bot": bool(profile.get("blocked")),
-            "banned": bool(profile.get("banned")),
-        },
-        "lobby": None if not profile.get("lobby") else {
-            "language": profile["lobby"]["language"],
-            "since": _iso(profile["lobby"]["since"])},
+        **_own_record(records.profile if records else None),
         "chats": chats,
         "messages_sent": [
             {"chat": chat_labels.get(m.chat_id, "chat-deleted"), "message_id": m.sender_message_id,
              "content_type": m.content_type, "sent_at": _iso(m.sent_at)}
-            for m in records.messages],
+            for m in (records.messages if records else [])],
         "blocked_users": [
             {"user": label(other), "reason": reason, "at": _iso(at)}
-            for other, reason, at in records.exclusions],
+            for other, reason, at in (records.exclusions if records else [])],
         "reports": [
             {"about": label(reported), "reason": reason, "at": _iso(at), "status": status}
-            for reported, reason, at, status in records.reports],
+            for reported, reason, at, status in (records.reports if records else [])],
     }
 
 
@@ -166,7 +178,7 @@ class Privacy:
         """Send everything stored about the user as a JSON document."""
         records = self.repository.export_user(user.user_id)
         t = self.catalog.for_user(user)
-        document = export_document(records or UserRecords({}), self.clock())
+        document = export_document(records, self.clock())
         content = json.dumps(document, ensure_ascii=False, indent=2).encode()
         self.telegram.send_document(user.user_id, "messagine-my-data.json", content,
                                     t("mydata.caption"))
@@ -203,10 +215,8 @@ class Privacy:
             self.repository.set_reminders(user.user_id, enabled=choice == "on")
             answer.send(t(f"reminders.{choice}"))
             return f"reminders:{choice}"
-        records = self.repository.export_user(user.user_id)
-        off = bool(records and records.profile.get("reminders_off"))
-        answer.send(t("reminders.status", state=t("analytics.state_off" if off
-                                                  else "analytics.state_on")))
+        answer.send(t("reminders.status", state=t("analytics.state_on" if user.reminders_enabled
+                                                  else "analytics.state_off")))
         return "reminders:status"
 
     def analytics_choice(self, user: UserState, argument: str, answer: Answer) -> str:

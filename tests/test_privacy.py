@@ -232,8 +232,8 @@ def test_the_age_question_comes_before_a_first_chat(
     assert process(adult.press_button("Yes, I am 16")).outcome == "button:age:yes+waiting"
     assert process(adult.command("find_chat")).outcome == "find:already_waiting"
     records = runtime.repository.export_user(BOB)
-    assert records is not None and records.profile["age_answer"] == "yes"
-    assert records.profile["age_answered_at"] is not None
+    assert records is not None and records.profile.age_answer == "yes"
+    assert records.profile.age_answered_at is not None
     if backend != "sqlite":
         drop_test_repository(request, runtime.repository)
 

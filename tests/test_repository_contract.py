@@ -7,7 +7,16 @@ import time
 
 import pytest
 
-from messagine.models import EndReason, MatchOutcome, MessageLink, Profile, Retention
+from messagine.domain.erasure import banned_remnant
+from messagine.models import (
+    EndReason,
+    MatchOutcome,
+    MessageLink,
+    Profile,
+    Retention,
+    UserRecords,
+    UserState,
+)
 from messagine.storage.port import Repository
 
 T0 = float(int(time.time()))  # links expire by wall-clock TTL on some backends
@@ -39,9 +48,9 @@ def test_open_update_creates_the_user_once_and_refreshes_the_profile(repository:
     assert again.user.language == "de", "the default language applies to new users only"
     records = repository.export_user(1)
     assert records is not None
-    assert {k: records.profile[k] for k in ("first_name", "last_name", "username",
-                                            "language_code")} == {
-        "first_name": "Anna", "last_name": None, "username": None, "language_code": "fr"}
+    stored = records.profile
+    assert (stored.first_name, stored.last_name, stored.username, stored.language_code) == (
+        "Anna", None, None, "fr")
     assert repository.export_user(2) is None
 
 
@@ -319,3 +328,52 @@ def test_purge_deletes_at_most_limit_of_each_kind_per_call(repository: Repositor
     assert repository.find_message(1, 10, 999) is not None, "a fresh message stays"
     assert repository.last_chat(20) is None
     assert not repository.open_update(claims[0], None, "en", now).duplicate, "the claim went"
+
+
+# -- erasure and the records of a user -------------------------------------------------------
+
+def test_the_banned_remnant_after_deleteme_is_the_same_on_every_backend(
+        repository: Repository):
+    """Whatever was stored, /deleteme of a banned user leaves ``banned_remnant`` only."""
+    for user_id in (1, 2):
+        register(repository, user_id)
+    repository.set_analytics_opt_out(1, True)
+    repository.confirm_age(1, True, T0)
+    repository.set_reminders(1, False)
+    find(repository, 1)
+    matched = find(repository, 2)
+    assert matched.chat is not None
+    repository.record_message(MessageLink(matched.chat.chat_id, 1, 5, 2, 6, "text", T0))
+    repository.add_report(1, 2, matched.chat.chat_id, "spam", T0)
+    repository.end_chat(1, EndReason.EXIT, T0 + 1, next(_update_ids))
+    repository.exclude_pair(1, 2, "report", T0 + 1)
+    repository.open_update(next(_update_ids), profile(1, "Ann"), "en", T0 + 2, "album")
+    assert find(repository, 1, now=T0 + 2).outcome is MatchOutcome.WAITING
+    assert repository.set_banned(1, True)
+    repository.delete_user(1)
+
+    assert repository.export_user(1) == UserRecords(banned_remnant(1))
+    assert repository.get_user(1) == UserState(
+        user_id=1, language="en", is_new=False, blocked=False, banned=True, chat=None,
+        waiting_since=None, analytics_opt_out=False, age_confirmed=False, language_code=None,
+        reminders_enabled=False)
+    assert 1 not in [n.user_id for n in repository.claim_nudges(T0 + 3600, T0 + 3600, 10)]
+    assert repository.count_idle_excluded(T0 + 3600)["banned"] == 0
+    records = repository.export_user(2)
+    assert records is not None and [c.partner_id < 0 for c in records.chats] == [True]
+    assert records.messages == [] and records.exclusions == []
+    opened = repository.open_update(next(_update_ids), profile(1, "Ann"), "en", T0 + 5)
+    assert opened.user is not None and opened.user.banned, "the ban stays"
+
+
+def test_the_state_carries_the_reminder_choice(repository: Repository):
+    register(repository, 1)
+    state = repository.get_user(1)
+    assert state is not None and state.reminders_enabled
+    repository.set_reminders(1, False)
+    state = repository.get_user(1)
+    assert state is not None and not state.reminders_enabled
+    opened = repository.open_update(next(_update_ids), profile(1), "en", T0 + 1)
+    assert opened.user is not None and not opened.user.reminders_enabled
+    records = repository.export_user(1)
+    assert records is not None and not records.profile.reminders_enabled

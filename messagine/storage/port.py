@@ -8,7 +8,9 @@ Every method may raise ``StorageUnavailable`` for failures a later retry can fix
 
 from __future__ import annotations
 
-from typing import Protocol
+import types
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from messagine.models import (
     ChatRecord,
@@ -30,6 +32,25 @@ from messagine.models import (
 
 class StorageUnavailable(Exception):  # noqa: N818 - the name says what the caller must know
     """The store could not be reached or did not answer in time; retrying later may work."""
+
+
+C = TypeVar("C", bound=type)
+
+
+def wrap_public_methods(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+                        ) -> Callable[[C], C]:
+    """A class decorator applying ``wrap`` to every public method the class defines.
+
+    An adapter uses it to turn its driver's failures into ``StorageUnavailable`` on every
+    port method at once.
+    """
+    def decorate(cls: C) -> C:
+        for name, member in list(vars(cls).items()):
+            if isinstance(member, types.FunctionType) and not name.startswith("_"):
+                setattr(cls, name, wrap(member))
+        return cls
+
+    return decorate
 
 
 class Repository(Protocol):

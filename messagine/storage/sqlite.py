@@ -1,22 +1,24 @@
 """The SQLite repository: the embedded default for running the bot on one's own machine.
 
-Safe across processes sharing one database file: WAL mode, a busy timeout, and every
-write as one ``BEGIN IMMEDIATE`` transaction, which takes the database's single write lock
-up front so that read-decide-write sequences (matching, ending a chat) are serialised.
-Each thread gets its own connection, since function instances serve requests on threads.
+Every operation is one transaction on the database file (``sqlite_database``); those
+that write take the write lock up front (BEGIN IMMEDIATE), so a read-decide-write
+sequence such as matching or ending a chat is serialised across processes. The rules
+themselves are ``messagine.domain``'s, applied to the rows read in the transaction.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from messagine.flood import FloodRule, FloodState, admit
+from messagine.domain import matching
+from messagine.domain.erasure import anonymise_chat, tombstone
+from messagine.domain.flood import FloodRule, FloodState, admit
+from messagine.domain.nudges import activity
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -35,114 +37,13 @@ from messagine.models import (
     UserRecords,
     UserState,
 )
-from messagine.storage.port import StorageUnavailable
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY,
-    first_name TEXT NOT NULL,
-    last_name TEXT,
-    username TEXT,
-    language_code TEXT,
-    language TEXT NOT NULL,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    blocked INTEGER NOT NULL DEFAULT 0,
-    banned INTEGER NOT NULL DEFAULT 0,
-    analytics_opt_out INTEGER NOT NULL DEFAULT 0,
-    age_answer TEXT,
-    age_answered_at REAL,
-    flood TEXT,
-    reminders_off INTEGER NOT NULL DEFAULT 0,
-    nudge_pending INTEGER NOT NULL DEFAULT 1,
-    reminded_at REAL
-);
-CREATE TABLE IF NOT EXISTS claimed_updates (
-    update_id INTEGER PRIMARY KEY,
-    claimed_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS lobby (
-    user_id INTEGER PRIMARY KEY,
-    language TEXT NOT NULL,
-    since REAL NOT NULL,
-    offered INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS lobby_by_language ON lobby (language, since, user_id);
-CREATE TABLE IF NOT EXISTS chats (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_a INTEGER NOT NULL,
-    user_b INTEGER NOT NULL,
-    language TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    opened_by_update INTEGER,
-    ended_at REAL,
-    ended_by INTEGER,
-    end_reason TEXT,
-    closed_by_update INTEGER
-);
-CREATE INDEX IF NOT EXISTS chats_by_user_a ON chats (user_a, started_at);
-CREATE INDEX IF NOT EXISTS chats_by_user_b ON chats (user_b, started_at);
-CREATE TABLE IF NOT EXISTS memberships (
-    user_id INTEGER PRIMARY KEY,
-    chat_id INTEGER NOT NULL,
-    partner_id INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS exclusions (
-    user_id INTEGER NOT NULL,
-    other_id INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (user_id, other_id)
-);
-CREATE TABLE IF NOT EXISTS message_links (
-    chat_id INTEGER NOT NULL,
-    sender_id INTEGER NOT NULL,
-    sender_message_id INTEGER NOT NULL,
-    recipient_id INTEGER NOT NULL,
-    copy_message_id INTEGER NOT NULL,
-    content_type TEXT NOT NULL,
-    sent_at REAL NOT NULL,
-    PRIMARY KEY (sender_id, sender_message_id)
-);
-CREATE INDEX IF NOT EXISTS message_links_by_copy
-    ON message_links (recipient_id, copy_message_id);
-CREATE INDEX IF NOT EXISTS message_links_by_chat ON message_links (chat_id, sender_id);
-CREATE TABLE IF NOT EXISTS reports (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    reporter_id INTEGER NOT NULL,
-    reported_id INTEGER NOT NULL,
-    chat_id INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    status TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reports_by_time ON reports (created_at);
-CREATE INDEX IF NOT EXISTS reports_by_reporter ON reports (reporter_id);
-CREATE INDEX IF NOT EXISTS chats_by_start ON chats (started_at);
-CREATE INDEX IF NOT EXISTS lobby_by_since ON lobby (since);
-"""
-
-# Indexes on columns that _ADDED_COLUMNS may have just added.
-_LATE_INDEXES = """
-CREATE INDEX IF NOT EXISTS users_due_for_nudge ON users (nudge_pending, last_seen);
-"""
-
-# Columns added after a table was first created: (table, column, definition).
-_ADDED_COLUMNS = (
-    ("users", "analytics_opt_out", "INTEGER NOT NULL DEFAULT 0"),
-    ("users", "age_answer", "TEXT"),
-    ("users", "age_answered_at", "REAL"),
-    ("users", "flood", "TEXT"),
-    ("users", "reminders_off", "INTEGER NOT NULL DEFAULT 0"),
-    ("users", "nudge_pending", "INTEGER NOT NULL DEFAULT 1"),
-    ("users", "reminded_at", "REAL"),
-    ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
-)
+from messagine.storage import documents as docs
+from messagine.storage.sqlite_database import Database
 
 # The state of one user: profile flags, their chat (seen from their side) and lobby entry.
 _STATE_QUERY = """
 SELECT u.id, u.language, u.blocked, u.banned, u.analytics_opt_out, u.age_answer,
-       u.language_code,
+       u.language_code, u.reminders_off,
        m.chat_id, m.partner_id, p.language, c.started_at, l.since
 FROM users u
 LEFT JOIN memberships m ON m.user_id = u.id
@@ -159,22 +60,13 @@ FROM chats WHERE user_a = :me OR user_b = :me
 ORDER BY started_at DESC, id DESC LIMIT :recent
 """
 
-# The longest-waiting compatible user of a language (see Repository.find_partner).
-_CANDIDATE_QUERY = """
-SELECT l.user_id, l.since FROM lobby l
-WHERE l.language = :language AND l.user_id != :me
-  AND l.user_id NOT IN (""" + _RECENT_PARTNERS + """)
-  AND :me NOT IN (
-      SELECT CASE WHEN c.user_a = l.user_id THEN c.user_b ELSE c.user_a END
-      FROM chats c WHERE c.user_a = l.user_id OR c.user_b = l.user_id
-      ORDER BY c.started_at DESC, c.id DESC LIMIT :recent)
-  AND NOT EXISTS (
-      SELECT 1 FROM exclusions e
-      WHERE (e.user_id = :me AND e.other_id = l.user_id)
-         OR (e.user_id = l.user_id AND e.other_id = :me))
-ORDER BY l.since, l.user_id
-LIMIT 1
+# One page of a pool's lobby in waiting order, for the matching rule to choose from.
+_LOBBY_PAGE = """
+SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0), coalesce(u.blocked, 0)
+FROM lobby l LEFT JOIN users u ON u.id = l.user_id
+WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
+_PAGE = 50
 
 
 class SqliteRepository:
@@ -185,71 +77,16 @@ class SqliteRepository:
     def __init__(self, path: str | Path, busy_timeout_s: float = 10.0,
                  flood_rule: FloodRule | None = None) -> None:
         self._flood_rule = flood_rule or FloodRule()
-        self._path = str(path)
-        self._busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._schema_lock = threading.Lock()
-        self._schema_ready = False
-
-    # -- connection handling -------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self._path, timeout=self._busy_timeout_s, isolation_level=None
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            self._ensure_schema(conn)
-        return conn
-
-    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-        with self._schema_lock:
-            if not self._schema_ready:
-                conn.executescript(_SCHEMA)
-                for table, column, definition in _ADDED_COLUMNS:
-                    existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-                    if column not in existing:
-                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-                conn.executescript(_LATE_INDEXES)
-                self._schema_ready = True
-
-    @contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction; BEGIN IMMEDIATE takes the write lock before the first read."""
-        try:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.OperationalError as error:
-            raise StorageUnavailable(f"sqlite: {error}") from None
-        try:
-            yield conn
-        except sqlite3.OperationalError as error:
-            conn.execute("ROLLBACK")
-            raise StorageUnavailable(f"sqlite: {error}") from None
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as error:
-                conn.execute("ROLLBACK")
-                raise StorageUnavailable(f"sqlite: {error}") from None
+        self._database = Database(path, busy_timeout_s)
+        self._transaction = self._database.transaction
 
     def init_schema(self) -> None:
         """Create the tables and indexes if absent (also done on first use)."""
-        self._connection()
+        self._database.connection()
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._database.close()
 
     # -- reading state -------------------------------------------------------------------
 
@@ -260,8 +97,8 @@ class SqliteRepository:
         row = conn.execute(_STATE_QUERY, (user_id,)).fetchone()
         if row is None:
             return None
-        (uid, language, blocked, banned, opt_out, age_answer, language_code, chat_id,
-         partner_id, partner_language, started_at, since) = row
+        (uid, language, blocked, banned, opt_out, age_answer, language_code, reminders_off,
+         chat_id, partner_id, partner_language, started_at, since) = row
         chat = None
         if chat_id is not None:
             chat = ActiveChat(chat_id, partner_id, partner_language or language, started_at)
@@ -269,7 +106,7 @@ class SqliteRepository:
             user_id=uid, language=language, is_new=is_new, blocked=bool(blocked),
             banned=bool(banned), chat=chat, waiting_since=since,
             analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
-            language_code=language_code,
+            language_code=language_code, reminders_enabled=not reminders_off,
         )
 
     def get_user(self, user_id: int) -> UserState | None:
@@ -355,43 +192,28 @@ class SqliteRepository:
                          ("yes" if confirmed else "no", now, user_id))
 
     def export_user(self, user_id: int) -> UserRecords | None:
-        """See ``Repository.export_user``."""
+        """See ``Repository.export_user``: rows name their columns as the documents do."""
         with self._transaction(write=False) as conn:
-            conn.row_factory = sqlite3.Row
-            try:
-                row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
-                if row is None:
-                    return None
-                profile = dict(row)
-                lobby = conn.execute("SELECT language, since FROM lobby WHERE user_id = ?",
-                                     (user_id,)).fetchone()
-                profile["lobby"] = dict(lobby) if lobby else None
-                chats = [ChatRecord(
-                    r["id"], r["user_b"] if r["user_a"] == user_id else r["user_a"],
-                    r["language"], r["started_at"], r["ended_at"], r["end_reason"],
-                    None if r["ended_by"] is None else r["ended_by"] == user_id)
-                    for r in conn.execute(
-                        "SELECT * FROM chats WHERE user_a = ? OR user_b = ? ORDER BY id",
-                        (user_id, user_id))]
-                messages = [MessageLink(
-                    r["chat_id"], r["sender_id"], r["sender_message_id"], r["recipient_id"],
-                    r["copy_message_id"], r["content_type"], r["sent_at"])
-                    for r in conn.execute(
-                        "SELECT * FROM message_links WHERE sender_id = ? ORDER BY sent_at",
-                        (user_id,))]
-                exclusions = [(r["other_id"], r["reason"], r["created_at"]) for r in conn.execute(
-                    "SELECT * FROM exclusions WHERE user_id = ?", (user_id,))]
-                reports = [(r["reported_id"], r["reason"], r["created_at"], r["status"])
-                           for r in conn.execute(
-                               "SELECT * FROM reports WHERE reporter_id = ? ORDER BY id",
-                               (user_id,))]
-            finally:
-                conn.row_factory = None
-        return UserRecords(profile, chats, messages, exclusions, reports)
+            def rows(sql: str) -> list[dict[str, Any]]:
+                cursor = conn.execute(sql, {"me": user_id})
+                names = [column[0] for column in cursor.description]
+                return [dict(zip(names, row, strict=True)) for row in cursor]
+
+            user = rows("SELECT * FROM users WHERE id = :me")
+            if not user:
+                return None
+            lobby = rows("SELECT language, since FROM lobby WHERE user_id = :me")
+            chats = rows("SELECT *, json_array(user_a, user_b) AS users FROM chats"
+                         " WHERE user_a = :me OR user_b = :me")
+            return docs.user_records(
+                docs.stored_profile(user_id, user[0], lobby[0] if lobby else None),
+                ((c["id"], {**c, "users": json.loads(c["users"])}) for c in chats),
+                rows("SELECT * FROM message_links WHERE sender_id = :me"),
+                rows("SELECT * FROM exclusions WHERE user_id = :me"),
+                rows("SELECT * FROM reports WHERE reporter_id = :me"))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
-        tombstone = "-(abs(random()) % 4611686018427387903) - 1"
         with self._transaction() as conn:
             counts = {
                 "messages": conn.execute(
@@ -405,19 +227,24 @@ class SqliteRepository:
             }
             conn.execute("DELETE FROM memberships WHERE user_id = ? OR partner_id = ?",
                          (user_id, user_id))
-            conn.execute(f"UPDATE chats SET ended_by = {tombstone} WHERE ended_by = ?",
-                         (user_id,))
-            counts["chats_anonymised"] = sum(
-                conn.execute(f"UPDATE chats SET {column} = {tombstone} WHERE {column} = ?",
-                             (user_id,)).rowcount for column in ("user_a", "user_b"))
-            conn.execute(f"UPDATE reports SET reporter_id = {tombstone} WHERE reporter_id = ?",
-                         (user_id,))
-            # A ban outlives erasure, or /deleteme would lift it: the row keeps only the
-            # id and the ban. Reports about the user stay too (the policy says why).
+            chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
+                                 " WHERE user_a = ? OR user_b = ?", (user_id, user_id)).fetchall()
+            for chat_id, user_a, user_b, ended_by in chats:
+                changed = anonymise_chat((user_a, user_b), ended_by, user_id, tombstone())
+                assert changed is not None  # noqa: S101 - the query selected their chats
+                conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
+                             (*changed.users, changed.ended_by, chat_id))
+            counts["chats_anonymised"] = len(chats)
+            conn.executemany("UPDATE reports SET reporter_id = ? WHERE id = ?", [
+                (tombstone(), report_id) for (report_id,) in conn.execute(
+                    "SELECT id FROM reports WHERE reporter_id = ?", (user_id,)).fetchall()])
+            # A ban outlives erasure (domain.erasure): only the banned remnant stays. Its
+            # columns are named as the documents' fields; the rest live in other tables.
+            remnant = {k: v for k, v in docs.remnant_document(user_id).items()
+                       if k not in ("chat", "waiting_since")} | {"flood": None}
             counts["kept_for_ban"] = conn.execute(
-                "UPDATE users SET first_name = '', last_name = NULL, username = NULL,"
-                " language_code = NULL, flood = NULL, age_answer = NULL,"
-                " age_answered_at = NULL WHERE id = ? AND banned = 1", (user_id,)).rowcount
+                f"UPDATE users SET {', '.join(f'{k} = :{k}' for k in remnant)}"
+                " WHERE id = :user AND banned = 1", {**remnant, "user": user_id}).rowcount
             counts["profile"] = conn.execute("DELETE FROM users WHERE id = ? AND banned = 0",
                                              (user_id,)).rowcount
         return counts
@@ -509,9 +336,7 @@ class SqliteRepository:
         """See ``Repository.claim_nudges``: select and mark in one IMMEDIATE transaction."""
         with self._transaction() as conn:
             rows = conn.execute(
-                """SELECT u.id, u.language,
-                          CASE WHEN m.user_id IS NOT NULL THEN 'chatting'
-                               WHEN l.user_id IS NOT NULL THEN 'waiting' ELSE 'idle' END
+                """SELECT u.id, u.language, m.user_id IS NOT NULL, l.user_id IS NOT NULL
                    FROM users u
                    LEFT JOIN memberships m ON m.user_id = u.id
                    LEFT JOIN lobby l ON l.user_id = u.id
@@ -520,7 +345,8 @@ class SqliteRepository:
                    ORDER BY u.last_seen LIMIT ?""", (idle_before, limit)).fetchall()
             conn.executemany("UPDATE users SET nudge_pending = 0, reminded_at = ? WHERE id = ?",
                              [(now, row[0]) for row in rows])
-        return [Nudge(int(uid), language, state) for uid, language, state in rows]
+        return [Nudge(int(uid), language, activity(bool(chatting), bool(waiting)))
+                for uid, language, chatting, waiting in rows]
 
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
@@ -583,27 +409,26 @@ class SqliteRepository:
                 opened_by = conn.execute(
                     "SELECT opened_by_update FROM chats WHERE id = ?", (state.chat.chat_id,)
                 ).fetchone()[0]
-                if opened_by == update_id:
-                    return MatchResult(MatchOutcome.MATCHED, state.chat, resumed=True)
-                return MatchResult(MatchOutcome.IN_CHAT, state.chat)
+                resumed = matching.resume_search(state.chat, opened_by, update_id)
+                assert resumed is not None  # noqa: S101 - the user is in a chat
+                return resumed
             entry = conn.execute("SELECT language FROM lobby WHERE user_id = ?",
                                  (user_id,)).fetchone()
             pool = entry[0] if entry else state.language  # "*": the any-language pool
-            candidate = conn.execute(
-                _CANDIDATE_QUERY, {"language": pool, "me": user_id, "recent": recent_partners},
-            ).fetchone()
+            candidate = self._choose(conn, matching.Seeker(user_id, pool, matching.avoided(
+                user_id, self._recent_partners(conn, user_id, recent_partners),
+                conn.execute("SELECT user_id, other_id FROM exclusions"
+                             " WHERE user_id = :me OR other_id = :me", {"me": user_id}))),
+                recent_partners)
             if candidate is None:
                 was_waiting = state.waiting
                 conn.execute(
                     "INSERT OR IGNORE INTO lobby (user_id, language, since) VALUES (?, ?, ?)",
                     (user_id, pool, now),
                 )
-                waiting = conn.execute(
-                    "SELECT count(*) FROM lobby WHERE language = ?", (pool,)
-                ).fetchone()[0]
-                outcome = MatchOutcome.ALREADY_WAITING if was_waiting else MatchOutcome.WAITING
-                return MatchResult(outcome, waiting_count=waiting)
-            partner_id, partner_since = candidate
+                return matching.queued(was_waiting, conn.execute(
+                    "SELECT count(*) FROM lobby WHERE language = ?", (pool,)).fetchone()[0])
+            partner_id, partner_since = candidate.user_id, candidate.since
             conn.execute("DELETE FROM lobby WHERE user_id IN (?, ?)", (user_id, partner_id))
             chat_id = conn.execute(
                 "INSERT INTO chats (user_a, user_b, language, started_at, opened_by_update)"
@@ -622,6 +447,24 @@ class SqliteRepository:
                 MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, partner_language, now),
                 partner_waiting_since=partner_since,
             )
+
+    @staticmethod
+    def _recent_partners(conn: sqlite3.Connection, user_id: int, recent: int) -> list[int]:
+        return [int(row[0]) for row in conn.execute(
+            _RECENT_PARTNERS, {"me": user_id, "recent": recent})]
+
+    def _choose(self, conn: sqlite3.Connection, seeker: matching.Seeker,
+                recent: int) -> matching.Candidate | None:
+        """The matching rule's choice from the seeker's pool, read a page at a time."""
+        for offset in itertools.count(0, _PAGE):
+            rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
+            chosen = matching.pick(seeker, (matching.Candidate(
+                other, pool, since, frozenset(self._recent_partners(conn, other, recent)),
+                banned=bool(banned), blocked=bool(blocked))
+                for other, pool, since, banned, blocked in rows))
+            if chosen is not None or len(rows) < _PAGE:
+                return chosen
+        return None  # pragma: no cover - itertools.count never ends
 
     def join_any_language(self, user_id: int) -> bool:
         """See ``Repository.join_any_language``."""
@@ -649,14 +492,10 @@ class SqliteRepository:
     ) -> EndedChat | None:
         """See ``Repository.end_chat``."""
         with self._transaction() as conn:
-            # A /next never ends the chat it opened itself (see the port).
-            opened_here = update_id if reason is EndReason.NEXT else None
             member = conn.execute(
-                "SELECT m.chat_id, m.partner_id FROM memberships m JOIN chats c"
-                " ON c.id = m.chat_id WHERE m.user_id = ? AND c.opened_by_update IS NOT ?",
-                (user_id, opened_here),
-            ).fetchone()
-            if member is None:
+                "SELECT m.chat_id, m.partner_id, c.opened_by_update FROM memberships m"
+                " JOIN chats c ON c.id = m.chat_id WHERE m.user_id = ?", (user_id,)).fetchone()
+            if member is None or not matching.may_end(reason, member[2], update_id):
                 earlier = conn.execute(
                     "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END FROM chats"
                     " WHERE (user_a = :me OR user_b = :me) AND closed_by_update = :update",
@@ -667,7 +506,7 @@ class SqliteRepository:
                 chat_id, partner_id = earlier
                 resumed = True
             else:
-                chat_id, partner_id = member
+                chat_id, partner_id, _ = member
                 resumed = False
                 conn.execute(
                     "UPDATE chats SET ended_at = ?, ended_by = ?, end_reason = ?,"

@@ -1,0 +1,253 @@
+"""The documents of the two document stores (MongoDB, Firestore) and the records they hold.
+
+Both stores keep the same fields under the same names, so each mapping between a
+document and a record (UserState, StoredProfile, ChatRecord, MessageLink, Report, the
+flood counters, a lobby entry) is written here once. A document is a plain mapping;
+the id, which MongoDB keeps in ``_id`` and Firestore in the document's name, is passed
+beside it. SQLite's rows name their columns the same way, so its data export reads
+through the same mappings. No driver is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from messagine.domain.erasure import anonymise_chat, banned_remnant
+from messagine.domain.flood import FloodState
+from messagine.domain.matching import Candidate
+from messagine.domain.nudges import NudgeStatus, activity
+from messagine.models import (
+    ActiveChat,
+    ChatRecord,
+    EndReason,
+    LobbyEntry,
+    MessageLink,
+    Nudge,
+    Profile,
+    Report,
+    StoredProfile,
+    UserRecords,
+    UserState,
+)
+
+RECENT_UPDATES = 50
+"""How many update ids a user document keeps for de-duplication: Telegram re-sends the
+one pending update of a chat, so a re-delivery is always among a user's newest few."""
+
+_FLOOD_FIELDS = tuple(f.name for f in fields(FloodState))
+
+
+def utc(seconds: float) -> datetime:
+    """A UNIX time as the aware datetime that TTL policies read."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+# -- users ---------------------------------------------------------------------------------
+
+def active_chat(doc: Mapping[str, Any]) -> ActiveChat | None:
+    """The user's chat from their document's ``chat`` field."""
+    chat = doc.get("chat")
+    if not chat:
+        return None
+    return ActiveChat(int(chat["id"]), int(chat["partner"]), str(chat["partner_language"]),
+                      float(chat["started_at"]))
+
+
+def chat_field(chat_id: int, partner_id: int, partner_language: str,
+               started_at: float) -> dict[str, Any]:
+    """A user document's ``chat`` field."""
+    return {"id": chat_id, "partner": partner_id, "partner_language": partner_language,
+            "started_at": started_at}
+
+
+def user_state(user_id: int, doc: Mapping[str, Any], *, is_new: bool = False) -> UserState:
+    """The state of the user whose document is ``doc``."""
+    return UserState(
+        user_id=user_id, language=str(doc["language"]), is_new=is_new,
+        blocked=bool(doc.get("blocked")), banned=bool(doc.get("banned")),
+        chat=active_chat(doc), waiting_since=doc.get("waiting_since"),
+        analytics_opt_out=bool(doc.get("analytics_opt_out")),
+        age_confirmed=doc.get("age_answer") == "yes", language_code=doc.get("language_code"),
+        reminders_enabled=not doc.get("reminders_off"),
+    )
+
+
+def stored_profile(user_id: int, doc: Mapping[str, Any],
+                   lobby: Mapping[str, Any] | None) -> StoredProfile:
+    """The user's own record from their document and their lobby entry (if any)."""
+    return StoredProfile(
+        user_id=user_id, first_name=str(doc.get("first_name", "")),
+        last_name=doc.get("last_name"), username=doc.get("username"),
+        language_code=doc.get("language_code"), language=str(doc["language"]),
+        first_seen=float(doc.get("first_seen", 0.0)), last_seen=float(doc.get("last_seen", 0.0)),
+        blocked=bool(doc.get("blocked")), banned=bool(doc.get("banned")),
+        analytics_opt_out=bool(doc.get("analytics_opt_out")),
+        age_answer=doc.get("age_answer"), age_answered_at=doc.get("age_answered_at"),
+        reminders_enabled=not doc.get("reminders_off"),
+        nudge_pending=bool(doc.get("nudge_pending")), reminded_at=doc.get("reminded_at"),
+        lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"])) if lobby else None,
+    )
+
+
+def profile_document(profile: StoredProfile) -> dict[str, Any]:
+    """A whole user document holding ``profile`` and no chat, lobby or counters."""
+    doc = asdict(profile)
+    del doc["user_id"], doc["lobby"]
+    doc["reminders_off"] = not doc.pop("reminders_enabled")
+    return {**doc, "chat": None, "waiting_since": None}
+
+
+def remnant_document(user_id: int) -> dict[str, Any]:
+    """The document a banned user's erasure leaves (``domain.erasure.banned_remnant``)."""
+    return profile_document(banned_remnant(user_id))
+
+
+def profile_fields(profile: Profile, now: float) -> dict[str, Any]:
+    """What every update of the user refreshes: the profile, last seen, reminder due."""
+    return {"first_name": profile.first_name, "last_name": profile.last_name,
+            "username": profile.username, "language_code": profile.language_code,
+            "last_seen": now, "nudge_pending": True}
+
+
+def new_user_fields(default_language: str, now: float) -> dict[str, Any]:
+    """The fields a user's first update creates besides the profile."""
+    return {"first_seen": now, "language": default_language, "blocked": False,
+            "banned": False, "chat": None, "waiting_since": None, "reminders_off": False}
+
+
+def flood_state(doc: Mapping[str, Any]) -> FloodState:
+    """The flood counters of a user document (its ``flood`` map; fresh if absent)."""
+    stored = doc.get("flood") or {}
+    return FloodState(**{k: stored[k] for k in _FLOOD_FIELDS if k in stored})
+
+
+def flood_document(state: FloodState) -> dict[str, Any]:
+    """The ``flood`` map of a user document."""
+    return asdict(state)
+
+
+def nudge_status(user_id: int, doc: Mapping[str, Any]) -> NudgeStatus:
+    """What the reminder rule reads of a user document."""
+    return NudgeStatus.of(stored_profile(user_id, doc, None))
+
+
+def nudge(user_id: int, doc: Mapping[str, Any]) -> Nudge:
+    """The reminder claimed for the user whose document is ``doc``."""
+    return Nudge(user_id, str(doc["language"]),
+                 activity(bool(doc.get("chat")), doc.get("waiting_since") is not None))
+
+
+# -- the lobby -----------------------------------------------------------------------------
+
+def lobby_document(pool: str, since: float, avoid: Iterable[int],
+                   offered: bool) -> dict[str, Any]:
+    """A lobby entry: the pool, since when, whom not to meet, whether "*" was offered."""
+    return {"language": pool, "since": since, "avoid": sorted(avoid), "offered": offered}
+
+
+def candidate(user_id: int, entry: Mapping[str, Any],
+              user: Mapping[str, Any] | None = None) -> Candidate:
+    """A lobby entry (and, if read too, its user's document) as the matching rule reads it."""
+    return Candidate(user_id, str(entry["language"]), float(entry["since"]),
+                     frozenset(int(u) for u in entry.get("avoid") or ()),
+                     banned=bool(user and user.get("banned")),
+                     blocked=bool(user and user.get("blocked")))
+
+
+# -- chats ---------------------------------------------------------------------------------
+
+def chat_document(users: Iterable[int], language: str, started_at: float,
+                  opened_by_update: int) -> dict[str, Any]:
+    """A new chat of two users."""
+    return {"users": list(users), "language": language, "started_at": started_at,
+            "opened_by_update": opened_by_update, "ended_at": None, "ended_by": None,
+            "end_reason": None, "closed_by_update": None}
+
+
+def ended_fields(user_id: int, reason: EndReason, now: float, update_id: int,
+                 expires_at: datetime) -> dict[str, Any]:
+    """What ending a chat writes into it."""
+    return {"ended_at": now, "ended_by": user_id, "end_reason": reason.value,
+            "closed_by_update": update_id, "expires_at": expires_at}
+
+
+def partner_of(doc: Mapping[str, Any], user_id: int) -> int:
+    """The other user of a chat document (0 if there is none)."""
+    return next((int(u) for u in doc["users"] if u != user_id), 0)
+
+
+def chat_record(chat_id: int, doc: Mapping[str, Any], user_id: int) -> ChatRecord:
+    """A chat document as ``user_id`` sees it."""
+    ended_by = doc.get("ended_by")
+    return ChatRecord(chat_id, partner_of(doc, user_id), doc["language"], doc["started_at"],
+                      doc.get("ended_at"), doc.get("end_reason"),
+                      None if ended_by is None else ended_by == user_id)
+
+
+def anonymised_chat(doc: Mapping[str, Any], user_id: int,
+                    tombstone_id: int) -> dict[str, Any] | None:
+    """The fields that erase ``user_id`` from a chat document; None if not in it."""
+    changed = anonymise_chat([int(u) for u in doc.get("users", [])], doc.get("ended_by"),
+                             user_id, tombstone_id)
+    if changed is None:
+        return None
+    # Only what changed: a concurrent end of the chat must keep its ender.
+    fields: dict[str, Any] = {"users": list(changed.users)}
+    if changed.ended_by != doc.get("ended_by"):
+        fields["ended_by"] = changed.ended_by
+    return fields
+
+
+# -- message links, exclusions and reports -------------------------------------------------
+
+def link_document(link: MessageLink, expires_at: datetime) -> dict[str, Any]:
+    """A message link, expiring at ``expires_at``."""
+    return {**asdict(link), "expires_at": expires_at}
+
+
+def message_link(doc: Mapping[str, Any]) -> MessageLink:
+    """The message link of a document."""
+    return MessageLink(doc["chat_id"], doc["sender_id"], doc["sender_message_id"],
+                       doc["recipient_id"], doc["copy_message_id"], doc["content_type"],
+                       doc["sent_at"])
+
+
+def exclusion_document(user_id: int, other_id: int, reason: str,
+                       now: float) -> dict[str, Any]:
+    """One user's exclusion of another (id ``"user:other"``)."""
+    return {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+
+
+def report_document(report: Report) -> dict[str, Any]:
+    """A report, without its id."""
+    doc = asdict(report)
+    del doc["report_id"]
+    return doc
+
+
+def report(report_id: int, doc: Mapping[str, Any]) -> Report:
+    """The report of a document."""
+    return Report(report_id, doc["reporter_id"], doc["reported_id"], doc["chat_id"],
+                  doc["reason"], doc["created_at"], doc["status"])
+
+
+def user_records(profile: StoredProfile, chats: Iterable[tuple[int, Mapping[str, Any]]],
+                 links: Iterable[Mapping[str, Any]], exclusions: Iterable[Mapping[str, Any]],
+                 reports: Iterable[Mapping[str, Any]]) -> UserRecords:
+    """Everything about a user, from their documents, each kind in time order.
+
+    ``chats``: (chat id, document) of every chat they were in; ``links``: the links of
+    the messages they sent; ``exclusions`` and ``reports``: those they made.
+    """
+    user_id = profile.user_id
+    ordered = sorted(chats, key=lambda c: (c[1]["started_at"], c[1]["opened_by_update"] or 0))
+    return UserRecords(
+        profile,
+        [chat_record(chat_id, doc, user_id) for chat_id, doc in ordered],
+        sorted((message_link(d) for d in links), key=lambda m: m.sent_at),
+        [(int(d["other_id"]), d["reason"], d["created_at"]) for d in exclusions],
+        sorted(((int(d["reported_id"]), d["reason"], d["created_at"], d["status"])
+                for d in reports), key=lambda r: r[2]))

@@ -1,0 +1,66 @@
+"""The erasure rule as pure functions: tombstones, anonymised chats, the banned remnant."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from messagine.domain.erasure import (
+    TOMBSTONE_BITS,
+    anonymise_chat,
+    banned_remnant,
+    kept_after_erasure,
+    tombstone,
+)
+from messagine.storage import documents
+from support.strategies import MAX_ID, ids, tombstones
+
+
+def test_tombstones_are_negative_at_both_ends_of_the_draw():
+    assert tombstone(lambda bits: 0) == -1
+    assert tombstone(lambda bits: 2**bits - 1) == -(2**TOMBSTONE_BITS)
+    assert all(tombstone() < 0 for _ in range(100))
+
+
+@given(user=ids, other=st.one_of(ids, tombstones), ender=st.sampled_from(["user", "other", None]),
+       stone=tombstones)
+def test_the_erased_user_is_replaced_everywhere_in_a_chat_and_nobody_else(
+        user: int, other: int, ender: str | None, stone: int):
+    ended_by = {"user": user, "other": other, None: None}[ender]
+    changed = anonymise_chat((other, user), ended_by, user, stone)
+    assert changed is not None
+    assert user not in changed.users or other == user
+    assert changed.users[0] == (stone if other == user else other)
+    assert changed.ended_by == (stone if ended_by == user else ended_by)
+
+
+def test_a_chat_without_the_user_is_left_alone():
+    assert anonymise_chat((1, 2), 1, 3, -5) is None
+    assert anonymise_chat((), None, 0, -1) is None
+
+
+def test_the_banned_remnant_is_the_id_and_the_ban_only():
+    remnant = banned_remnant(MAX_ID)
+    assert remnant.user_id == MAX_ID and remnant.banned
+    assert (remnant.first_name, remnant.last_name, remnant.username, remnant.language_code) \
+        == ("", None, None, None)
+    assert (remnant.first_seen, remnant.last_seen) == (0.0, 0.0)
+    assert not remnant.blocked and not remnant.analytics_opt_out
+    assert remnant.age_answer is None and remnant.age_answered_at is None
+    assert not remnant.reminders_enabled and not remnant.nudge_pending
+    assert remnant.reminded_at is None and remnant.lobby is None
+    assert banned_remnant(0) == banned_remnant(0), "the same record whoever asks"
+
+
+@given(user=ids)
+def test_only_a_banned_user_keeps_anything(user: int):
+    assert kept_after_erasure(user, banned=False) is None
+    assert kept_after_erasure(user, banned=True) == banned_remnant(user)
+
+
+@given(user=ids)
+def test_the_remnant_document_reads_back_as_the_remnant(user: int):
+    doc = documents.remnant_document(user)
+    assert documents.stored_profile(user, doc, None) == banned_remnant(user)
+    state = documents.user_state(user, doc)
+    assert state.banned and state.chat is None and not state.waiting
