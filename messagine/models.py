@@ -57,16 +57,21 @@ class UserState:
 
 @dataclass(frozen=True, slots=True)
 class OpenedUpdate:
-    """The result of claiming an update: a duplicate, or the sender's state (if any).
+    """The result of claiming an update: a duplicate, busy, or the sender's state (if any).
 
-    ``throttled``: the sender is over the flood limit, so the update is dropped; ``warn``:
-    this is the update that went over, which gets the one "please slow down".
+    ``duplicate``: finished before, nothing to do; ``busy``: another attempt holds a live
+    lease on it (answer 503, do nothing); ``resumed``: the attempt that held it died (its
+    lease expired) and this one took it over. ``throttled``: the sender is over the flood
+    limit, so the update is dropped; ``warn``: this is the update that went over, which
+    gets the one "please slow down".
     """
 
     duplicate: bool
     user: UserState | None = None
     throttled: bool = False
     warn: bool = False
+    busy: bool = False
+    resumed: bool = False
 
 
 class MatchOutcome(enum.Enum):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -123,11 +124,13 @@ class Pipeline:
         if envelope is not None and envelope.silent:
             # A note Telegram adds about the chat (a pin, a timer): nobody typed it.
             return Result(200, f"ignored:service:{envelope.content_type}"), content_type
-        opened = self._open(update_id, update, kind, sender, chat)
+        owner = secrets.token_hex(8)  # this attempt, as its claim names it
+        opened = self._open(update_id, update, kind, sender, chat, owner)
         if isinstance(opened, Result):
             return self._answered(update, opened), content_type
         stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
         if stopped is not None:
+            self._finish(update_id, opened.user, owner)
             return self._answered(update, stopped), content_type
         ctx = context.UpdateContext(update_id, opened.user, envelope=envelope,
                                     raw=payload[kind])
@@ -135,23 +138,38 @@ class Pipeline:
         deadline = set_deadline(time.monotonic() + UPDATE_BUDGET_S)
         try:
             self.bot.process_new_updates([update])
+            result = Result(200, ctx.outcome)
         except (StorageUnavailable, TelegramUnavailable) as error:
-            return self._release(update_id, error), content_type
+            return self._release(update_id, error, owner), content_type
         except TelegramError as error:
             log.warning("telegram refused %s: %s %s", error.method, error.code, error.description)
-            return Result(200, f"telegram_refused:{error.method}"), content_type
+            result = Result(200, f"telegram_refused:{error.method}")
         except Exception:
             log.exception("update %s failed", update_id)
             self._apologise(ctx, chat)
-            return Result(200, "error"), content_type
+            result = Result(200, "error")
         finally:
             reset_deadline(deadline)
             context.leave(token)
             self.analytics.flush()
-        return Result(200, ctx.outcome), content_type
+        # Answered 200: whatever Telegram does with the answer, the work is not redone.
+        self._finish(update_id, opened.user, owner)
+        return result, content_type
+
+    def _finish(self, update_id: int, user: UserState | None, owner: str) -> None:
+        """Mark the claim done, so a re-delivery is answered 200 with no work.
+
+        Best effort: if this write fails, a re-delivery finds the claim in progress, waits
+        out its lease (503s) and then resumes, which finds the work done.
+        """
+        try:
+            self.repository.finish_update(update_id, user.user_id if user else None, owner)
+        except Exception as error:  # noqa: BLE001 - the update is done; see above
+            log.warning("update %s done but its claim not marked done (%s)", update_id,
+                        type(error).__name__)
 
     def _open(self, update_id: int, update: types.Update, kind: str, sender: types.User,
-              chat: types.Chat) -> OpenedUpdate | Result:
+              chat: types.Chat, owner: str) -> OpenedUpdate | Result:
         """Claim the update (and load the sender), or the answer that ends it here."""
         profile = None
         if chat.type == "private":
@@ -160,7 +178,7 @@ class Pipeline:
         try:
             opened = self.repository.open_update(
                 update_id, profile, language_for(sender.language_code), self.clock(),
-                getattr(getattr(update, kind), "media_group_id", None))
+                getattr(getattr(update, kind), "media_group_id", None), owner=owner)
         except Exception as error:  # whatever failed, nothing of the update is done yet
             if isinstance(error, StorageUnavailable):
                 _log_outage(update_id, error)
@@ -169,21 +187,32 @@ class Pipeline:
             # The claim may have been stored before the answer was lost (a timeout); if
             # it stayed, Telegram's re-delivery would be taken for a duplicate.
             with contextlib.suppress(Exception):
-                self.repository.release_update(update_id)
+                self.repository.release_update(update_id, owner)
             return Result(503, "retry:storage")
-        if not opened.duplicate:
+        if opened.duplicate:
+            return Result(200, "duplicate")
+        if opened.busy:
+            # A dropped connection does not stop the first attempt: it may still be
+            # running (or waiting out a 429). Telegram tries again later and finds it done.
+            log.warning("update %s is being processed by another attempt: answering 503",
+                        update_id)
+            return Result(503, "retry:in_progress")
+        if not opened.resumed:
             return opened
         try:
-            unfinished = self._unfinished(update, kind, chat)
+            unfinished = self._unfinished(update, kind, chat, opened.user)
         except Exception as error:  # whatever failed, nothing of the update is done yet
             if isinstance(error, StorageUnavailable):
                 _log_outage(update_id, error)
             else:
                 log.exception("re-checking update %s failed; it will be retried", update_id)
+            with contextlib.suppress(Exception):
+                self.repository.release_update(update_id, owner)
             return Result(503, "retry:storage")
         if unfinished is None:
+            self._finish(update_id, opened.user, owner)
             return Result(200, "duplicate")
-        return OpenedUpdate(duplicate=False, user=unfinished)
+        return opened
 
     def _stop_before_dispatch(self, opened: OpenedUpdate, privacy_request: bool
                               ) -> Result | None:
@@ -198,30 +227,28 @@ class Pipeline:
             return Result(200, "banned")
         return None
 
-    def _unfinished(self, update: types.Update, kind: str, chat: types.Chat
-                    ) -> UserState | None:
-        """The sender, when a re-delivered message must be processed again.
+    def _unfinished(self, update: types.Update, kind: str, chat: types.Chat,
+                    user: UserState | None) -> UserState | None:
+        """The sender, when an update whose first attempt died must be processed again.
 
-        Telegram re-delivers an update only after the earlier attempt failed (an error
-        answer, or an instance killed or stopped mid-request), so a claimed update seen
-        again was most likely never finished. A chat message is relayed again unless its
+        Its claim's lease expired before it was marked done: the attempt was killed or
+        its process stopped mid-request. A chat message is relayed again unless its
         copy's link exists (written right after the copy: a message that has one was
         relayed); a command is run again, which every command tolerates (a search or an
-        ending resumes by update id, the rest answer again). Buttons and other texts keep
-        the claim: a re-delivery is a duplicate.
+        ending resumes by update id, the rest answer again). Buttons and other texts are
+        taken as done.
         """
         message = update.message if kind == "message" else None
         if message is None or chat.type != "private" or message.from_user is None:
             return None
         command = (message.text or "").startswith("/")
-        user = self.repository.get_user(message.from_user.id)
         if user is None or user.banned or (user.chat is None and not command):
             return None
         if user.chat is not None and self.repository.find_message(
                 user.chat.chat_id, user.user_id, message.message_id) is not None:
             return None  # relayed already (an unknown /word in a chat is relayed too)
-        log.warning("update %s was claimed by an attempt that did not finish: processing it "
-                    "again", update.update_id)
+        log.warning("update %s was claimed by an attempt that died: processing it again",
+                    update.update_id)
         return user
 
     def _answered(self, update: types.Update, result: Result) -> Result:
@@ -238,11 +265,11 @@ class Pipeline:
                 log.info("button press not answered: %s %s", error.method, error.code)
         return result
 
-    def _release(self, update_id: int, error: Exception) -> Result:
+    def _release(self, update_id: int, error: Exception, owner: str) -> Result:
         where = "telegram" if isinstance(error, TelegramError) else "storage"
         log.error("update %s will be retried: %s unavailable (%s)", update_id, where, error)
         try:
-            self.repository.release_update(update_id)
+            self.repository.release_update(update_id, owner)
         except Exception:  # the re-delivery then finds the claim and decides again
             log.exception("could not release the claim of update %s", update_id)
         return Result(503, f"retry:{where}")

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from conftest import Deliver, bot_env
+from conftest import Clock, Deliver, bot_env
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
+from messagine.domain.claims import LEASE_S
+from messagine.models import Profile
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.sqlite import SqliteRepository
@@ -322,33 +324,75 @@ def test_a_claim_stored_before_its_answer_was_lost_does_not_swallow_the_redelive
                                StorageUnavailable("answer lost after the write"), True)
 
 
+def claim_of_a_dead_attempt(bot: Runtime, clock: Clock, update: dict[str, Any],
+                            user: FakeUser) -> None:
+    """The claim an attempt left when its instance was killed, its lease now over."""
+    opened = bot.repository.open_update(
+        update["update_id"], Profile(user.id, "Dead", None, None, "en"), "en",
+        clock.now - LEASE_S - 1, owner="the dead attempt")
+    assert not opened.duplicate and not opened.busy  # it got no further than this
+
+
 def test_a_message_claimed_by_an_attempt_that_died_is_relayed_on_redelivery(
-        bot: Runtime, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser):
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock, alice: FakeUser, bob: FakeUser):
     """An instance killed after the claim and before the copy: Telegram re-delivers."""
     deliver = bot.pipeline.process
     pair(deliver, alice, bob)
     update = alice.text("the instance died before copying me")
-    opened = bot.repository.open_update(update["update_id"], None, "en", 0.0)
-    assert not opened.duplicate  # the dead attempt's claim (it got no further)
+    claim_of_a_dead_attempt(bot, clock, update, alice)
     assert deliver(update).outcome == "relayed"
-    assert deliver(update).outcome == "duplicate", "now it has a link: never twice"
+    assert deliver(update).outcome == "duplicate", "now it is done: never twice"
     assert list(bob.texts()).count("the instance died before copying me") == 1
 
 
+def test_a_message_whose_dead_attempt_had_copied_it_is_not_copied_again(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock, alice: FakeUser, bob: FakeUser):
+    deliver = bot.pipeline.process
+    pair(deliver, alice, bob)
+    update = alice.text("copied, then the instance died")
+    assert deliver(update).outcome == "relayed"
+    claim_of_a_dead_attempt(bot, clock, alice.text("another"), alice)  # unrelated
+    bot.repository.release_update(update["update_id"])
+    claim_of_a_dead_attempt(bot, clock, update, alice)  # died after the copy and link
+    assert deliver(update).outcome == "duplicate", "its link exists: relayed already"
+    assert list(bob.texts()).count("copied, then the instance died") == 1
+
+
 def test_a_command_claimed_by_an_attempt_that_died_runs_on_redelivery(
-        bot: Runtime, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser):
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock, alice: FakeUser, bob: FakeUser):
     deliver = bot.pipeline.process
     deliver(alice.command("start"))
     search = alice.command("find_chat")
-    bot.repository.open_update(search["update_id"], None, "en", 0.0)  # the dead attempt
+    claim_of_a_dead_attempt(bot, clock, search, alice)
     assert deliver(search).outcome == "find:waiting"
     state = bot.repository.get_user(alice.id)
     assert state is not None and state.waiting
-    # Pressing a button is claimed for good: a re-delivery is a duplicate.
+    # A finished update's re-delivery is a duplicate: a command is not run twice.
+    assert deliver(search).outcome == "duplicate"
     assert deliver(bob.command("find_chat")).outcome == "find:matched"
     press = alice.press_button("Exit Chat")
     assert deliver(press).outcome != "duplicate"
     assert deliver(press).outcome == "duplicate"
+
+
+def test_a_redelivery_during_the_first_attempt_is_503_and_then_a_duplicate(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock, alice: FakeUser, bob: FakeUser):
+    deliver = bot.pipeline.process
+    pair(deliver, alice, bob)
+    update = alice.text("the first attempt is still running")
+    bot.repository.open_update(update["update_id"], Profile(alice.id, "A", None, None, "en"),
+                               "en", clock.now, owner="still running")
+    result = deliver(update)
+    assert (result.status, result.outcome) == (503, "retry:in_progress")
+    assert fake_api.calls_of("copyMessage") == []
+    bot.repository.finish_update(update["update_id"], alice.id, "still running")
+    assert deliver(update).outcome == "duplicate"
+    for command in ("help", "mydata"):  # a command answered once is never answered twice
+        sent = alice.command(command)
+        deliver(sent)
+        before = len(fake_api.calls)
+        assert deliver(sent).outcome == "duplicate"
+        assert len(fake_api.calls) == before
 
 
 def test_an_error_the_store_gives_while_claiming_is_retried_not_a_crash(

@@ -20,6 +20,7 @@ from google.cloud import firestore
 
 from conftest import (
     ROOT,
+    Clock,
     bot_env,
     firestore_project,
     redeliver_until_processed,
@@ -96,7 +97,7 @@ def pair(runtime: Runtime, fake_api: FakeBotApi) -> tuple[FakeUser, FakeUser]:
     return alice, bob
 
 
-def test_a_relayed_text_costs_three_round_trips(recorded: tuple[Any, RpcRecorder],
+def test_a_relayed_text_costs_four_round_trips(recorded: tuple[Any, RpcRecorder],
                                                 fake_api: FakeBotApi, tmp_path: Path):
     repository, recorder = recorded
     settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
@@ -106,12 +107,13 @@ def test_a_relayed_text_costs_three_round_trips(recorded: tuple[Any, RpcRecorder
         recorder.calls.clear()
         fake_api.reset_calls()
         assert runtime.pipeline.process(alice.text(f"text {i}")).outcome == "relayed"
-        # open_update: one read and one guarded commit; record_message: one commit.
-        assert recorder.calls == {"batch_get_documents": 1, "commit": 2}, recorder.calls
+        # open_update: one read and one guarded commit; record_message: one commit;
+        # finish_update: one commit.
+        assert recorder.calls == {"batch_get_documents": 1, "commit": 3}, recorder.calls
         assert [c.method for c in fake_api.calls] == ["copyMessage"]
     recorder.calls.clear()
     runtime.pipeline.process(alice.text("a reply", reply_to=alice.last()["message_id"]))
-    assert recorder.calls == {"batch_get_documents": 2, "commit": 2}, "a reply reads one link"
+    assert recorder.calls == {"batch_get_documents": 2, "commit": 3}, "a reply reads one link"
 
 
 def test_one_client_per_process_across_many_requests(
@@ -257,7 +259,7 @@ def behind_proxy(fake_api: FakeBotApi, tmp_path: Path, firestore_emulator: Fires
     repository = FirestoreRepository(project, emulator_host=proxy.host,
                                      flood_rule=FloodRule(limit=10_000))
     settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
-    runtime = build_runtime(settings, repository=repository)
+    runtime = build_runtime(settings, repository=repository, clock=Clock())
     alice, bob = pair(runtime, fake_api)
     yield proxy, runtime, alice, bob
     proxy.cut()

@@ -18,6 +18,7 @@ import pytest
 from pymongo import monitoring
 
 from conftest import (
+    Clock,
     bot_env,
     mongo_database_name,
     redeliver_until_processed,
@@ -62,7 +63,7 @@ def database(mongo_uri: str) -> Iterator[str]:
     client.close()
 
 
-def test_a_relayed_text_costs_two_commands(fake_api: FakeBotApi, tmp_path: Path,
+def test_a_relayed_text_costs_three_commands(fake_api: FakeBotApi, tmp_path: Path,
                                            mongo_uri: str, database: str):
     counter = CommandCounter()
 
@@ -80,7 +81,8 @@ def test_a_relayed_text_costs_two_commands(fake_api: FakeBotApi, tmp_path: Path,
         counter.commands.clear()
         fake_api.reset_calls()
         assert runtime.pipeline.process(alice.text(f"text {i}")).outcome == "relayed"
-        assert counter.commands == {"findAndModify": 1, "update": 1}, counter.commands
+        # Claim and profile, the copy's link, the claim marked done.
+        assert counter.commands == {"findAndModify": 1, "update": 2}, counter.commands
         assert [c.method for c in fake_api.calls] == ["copyMessage"]
     repository.close()
 
@@ -160,7 +162,7 @@ def paired_on(server: MongoServer, fake_api: FakeBotApi, tmp_path: Path
     """The bot on ``server`` with Alice and Bob in a chat."""
     repository = MongoRepository(server.uri, "faults", flood_rule=FloodRule(limit=10_000))
     settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
-    runtime = build_runtime(settings, repository=repository)
+    runtime = build_runtime(settings, repository=repository, clock=Clock())
     alice, bob = fake_api.user(1, "Alice"), fake_api.user(2, "Bob")
     for update in (alice.command("find_chat"), bob.command("find_chat")):
         assert runtime.pipeline.process(update).status == 200

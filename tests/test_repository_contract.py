@@ -54,15 +54,60 @@ def test_open_update_creates_the_user_once_and_refreshes_the_profile(repository:
     assert repository.export_user(2) is None
 
 
-def test_a_claimed_update_is_a_duplicate_until_released(repository: Repository):
+def test_a_claim_is_in_progress_until_its_owner_finishes_it(repository: Repository):
     update_id = next(_update_ids)
-    assert not repository.open_update(update_id, profile(1), "en", T0).duplicate
-    assert repository.open_update(update_id, profile(1), "en", T0).duplicate
-    repository.release_update(update_id)
-    assert not repository.open_update(update_id, profile(1), "en", T0).duplicate
+    first = repository.open_update(update_id, profile(1), "en", T0, owner="first")
+    assert (first.duplicate, first.busy, first.resumed) == (False, False, False)
+    assert first.user is not None
+    # A re-delivery while the first attempt still runs: busy, nothing changed.
+    again = repository.open_update(update_id, profile(1, "Changed"), "en", T0 + 1,
+                                   owner="second")
+    assert (again.duplicate, again.busy, again.user) == (False, True, None)
+    records = repository.export_user(1)
+    assert records is not None and records.profile.first_name == "User"
+    repository.finish_update(update_id, 1, "first")
+    done = repository.open_update(update_id, profile(1), "en", T0 + 2, owner="third")
+    assert (done.duplicate, done.busy, done.user) == (True, False, None)
 
 
-def test_updates_without_a_user_are_claimed_too(repository: Repository):
+def test_an_expired_lease_is_taken_over_once(repository: Repository):
+    update_id = next(_update_ids)
+    repository.open_update(update_id, profile(1), "en", T0, owner="dead", lease_s=10)
+    assert repository.open_update(update_id, profile(1), "en", T0 + 9, owner="early").busy
+    taken = repository.open_update(update_id, profile(1), "en", T0 + 11, owner="new")
+    assert taken.resumed and not taken.busy and taken.user is not None
+    # The new owner's lease is live: a third attempt waits, and the dead one cannot
+    # release what is no longer its claim.
+    assert repository.open_update(update_id, profile(1), "en", T0 + 12, owner="third").busy
+    repository.release_update(update_id, "dead")
+    assert repository.open_update(update_id, profile(1), "en", T0 + 13, owner="fourth").busy
+    repository.finish_update(update_id, 1, "new")
+    assert repository.open_update(update_id, profile(1), "en", T0 + 14, owner="x").duplicate
+
+
+def test_a_released_claim_is_new_again(repository: Repository):
+    update_id = next(_update_ids)
+    repository.open_update(update_id, profile(1), "en", T0, owner="failed")
+    repository.release_update(update_id, "failed")
+    retried = repository.open_update(update_id, profile(1), "en", T0 + 1, owner="retry")
+    assert (retried.duplicate, retried.busy, retried.resumed) == (False, False, False)
+    repository.release_update(update_id)  # without an owner: whoever holds it
+    assert not repository.open_update(update_id, profile(1), "en", T0 + 2, owner="x").busy
+
+
+def test_many_claims_of_one_user_stay_apart(repository: Repository):
+    updates = [next(_update_ids) for _ in range(12)]
+    for update_id in updates:
+        repository.open_update(update_id, profile(1), "en", T0, owner=f"o{update_id}")
+    for update_id in updates[::2]:
+        repository.finish_update(update_id, 1, f"o{update_id}")
+    for update_id in updates:
+        opened = repository.open_update(update_id, profile(1), "en", T0 + 1, owner="late")
+        finished = updates.index(update_id) % 2 == 0
+        assert (opened.duplicate, opened.busy) == (finished, not finished), update_id
+
+
+def test_updates_without_a_user_are_claimed_done_at_once(repository: Repository):
     update_id = next(_update_ids)
     opened = repository.open_update(update_id, None, "en", T0)
     assert not opened.duplicate and opened.user is None

@@ -15,6 +15,7 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
 from messagine.domain.matching import Candidate
@@ -38,6 +39,50 @@ RECENT_UPDATES = 50
 one pending update of a chat, so a re-delivery is always among a user's newest few."""
 
 _FLOOD_FIELDS = tuple(f.name for f in fields(FloodState))
+
+STALE_CLAIM_S = 86_400.0
+"""An in-progress claim whose lease ended this long ago is dropped from the document:
+Telegram stops re-sending an update within a day."""
+
+
+# -- claims ----------------------------------------------------------------------------------
+
+def stored_claim(doc: Mapping[str, Any], update_id: int) -> Claim | None:
+    """The claim of ``update_id`` in a user document.
+
+    In progress: an entry of the ``claims`` map (keyed by ``claim_key``); done: the id is
+    among ``recent_updates`` and no longer in the map; None: never seen.
+    """
+    entry = (doc.get("claims") or {}).get(claim_key(update_id))
+    if entry is not None:
+        return Claim(update_id, ClaimState.IN_PROGRESS, str(entry.get("owner", "")),
+                     float(entry.get("lease_until", 0.0)), int(entry.get("attempts", 1)))
+    if update_id in (doc.get("recent_updates") or []):
+        return Claim(update_id, ClaimState.DONE, "", 0.0)
+    return None
+
+
+def claim_key(update_id: int) -> str:
+    """An update's key in the ``claims`` map (not a bare number: a path reads those as indexes)."""
+    return f"u{update_id}"
+
+
+def claim_entry(claim: Claim) -> dict[str, Any]:
+    """An in-progress claim as its ``claims`` map entry."""
+    return {"owner": claim.owner, "lease_until": claim.lease_until, "attempts": claim.attempts}
+
+
+def claims_with(doc: Mapping[str, Any], claim: Claim, now: float) -> dict[str, Any]:
+    """The document's ``claims`` map with ``claim`` put in and stale entries left out."""
+    kept = {key: entry for key, entry in (doc.get("claims") or {}).items()
+            if float(entry.get("lease_until", 0.0)) > now - STALE_CLAIM_S}
+    return {**kept, claim_key(claim.update_id): claim_entry(claim)}
+
+
+def recent_with(doc: Mapping[str, Any], update_id: int) -> list[int]:
+    """The document's ``recent_updates`` with ``update_id`` added (the newest kept)."""
+    recent = [i for i in (doc.get("recent_updates") or []) if i != update_id]
+    return [*recent, update_id][-RECENT_UPDATES:]
 
 
 def utc(seconds: float) -> datetime:

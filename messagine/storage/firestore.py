@@ -31,6 +31,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from messagine.domain import matching
+from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
@@ -171,7 +172,7 @@ class FirestoreRepository:
 
     def open_update(
         self, update_id: int, profile: Profile | None, default_language: str, now: float,
-        album: str | None = None,
+        album: str | None = None, owner: str = "", lease_s: float = LEASE_S,
     ) -> OpenedUpdate:
         """See ``Repository.open_update``: one read and one guarded commit.
 
@@ -188,19 +189,23 @@ class FirestoreRepository:
                 return OpenedUpdate(duplicate=True)
             return OpenedUpdate(duplicate=False)
         return retrying("open_update", lambda: self._open_update_once(
-            update_id, profile, default_language, now, album))
+            update_id, profile, default_language, now, album, owner, lease_s))
 
     def _open_update_once(self, update_id: int, profile: Profile, default_language: str,
-                          now: float, album: str | None) -> OpenedUpdate:
+                          now: float, album: str | None, owner: str, lease_s: float
+                          ) -> OpenedUpdate:
         (snap,) = self._get(self._user(profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
-        recent = list(doc.get("recent_updates", []))
-        if update_id in recent:
-            return OpenedUpdate(duplicate=True)
+        decision, claim = decide(docs.stored_claim(doc, update_id), update_id, owner, now,
+                                 lease_s)
+        if claim is None:
+            return OpenedUpdate(duplicate=decision is Decision.DONE,
+                                busy=decision is Decision.BUSY)
         flood, verdict = admit(docs.flood_state(doc), now, album, self._flood_rule)
         fields: dict[str, Any] = {
             **docs.profile_fields(profile, now), "flood": docs.flood_document(flood),
-            "recent_updates": [*recent, update_id][-docs.RECENT_UPDATES:],
+            "recent_updates": docs.recent_with(doc, update_id),
+            "claims": docs.claims_with(doc, claim, now),
         }
         if not snap.exists:
             fields |= docs.new_user_fields(default_language, now)
@@ -209,13 +214,28 @@ class FirestoreRepository:
         batch.commit()
         state = docs.user_state(profile.user_id, {**doc, **fields}, is_new=not snap.exists)
         return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
-                            warn=verdict.warn)
+                            warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
 
-    def release_update(self, update_id: int) -> None:
+    def finish_update(self, update_id: int, user_id: int | None, owner: str) -> None:
+        """See ``Repository.finish_update``: one commit, no read.
+
+        The owner is not checked: a claim taken over is finished by whichever attempt
+        ends first, and the work of both is done by then.
+        """
+        del owner
+        if user_id is not None:
+            self._user(user_id).update(
+                {"claims." + docs.claim_key(update_id): firestore.DELETE_FIELD}, **WRITE)
+
+    def release_update(self, update_id: int, owner: str | None = None) -> None:
         """See ``Repository.release_update``."""
         for snap in self._stream(self._col("users").where(
                 filter=FieldFilter("recent_updates", "array_contains", update_id))):
-            snap.reference.update({"recent_updates": firestore.ArrayRemove([update_id])},
+            entry = (snap.to_dict().get("claims") or {}).get(docs.claim_key(update_id)) or {}
+            if owner is not None and entry.get("owner") not in (None, owner):
+                continue  # taken over by another attempt since: theirs now
+            snap.reference.update({"recent_updates": firestore.ArrayRemove([update_id]),
+                                   "claims." + docs.claim_key(update_id): firestore.DELETE_FIELD},
                                   **WRITE)
         self._col("claims").document(str(update_id)).delete(**WRITE)
 

@@ -34,6 +34,7 @@ from pymongo.errors import (
 )
 
 from messagine.domain import matching
+from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
 from messagine.models import (
@@ -147,9 +148,14 @@ class MongoRepository:
 
     def open_update(
         self, update_id: int, profile: Profile | None, default_language: str, now: float,
-        album: str | None = None,
+        album: str | None = None, owner: str = "", lease_s: float = LEASE_S,
     ) -> OpenedUpdate:
-        """See ``Repository.open_update``: one command for claim, profile, flood and state."""
+        """See ``Repository.open_update``: one command for claim, profile, flood and state.
+
+        A new update is claimed by the pipeline's write; an id the user's document holds
+        already (the write's filter fails) is decided from that document, and an expired
+        lease is taken over by one conditional update.
+        """
         if profile is None:
             try:
                 self.db.claimed_updates.insert_one(
@@ -163,12 +169,13 @@ class MongoRepository:
             before = self.db.users.find_one_and_update(
                 {"_id": profile.user_id, "recent_updates": {"$ne": update_id}},
                 open_update_pipeline(update_id, profile, default_language, now, album,
-                                     self._flood_rule),
+                                     self._flood_rule, Claim(update_id, ClaimState.IN_PROGRESS,
+                                                             owner, now + lease_s)),
                 projection={"recent_updates": 0}, upsert=True,
                 return_document=ReturnDocument.BEFORE,
             )
         except DuplicateKeyError:
-            return OpenedUpdate(duplicate=True)
+            return self._open_known(update_id, profile, now, owner, lease_s)
         doc = {**(before or docs.new_user_fields(default_language, now)),
                **docs.profile_fields(profile, now)}
         _, verdict = admit(docs.flood_state(before or {}), now, album, self._flood_rule)
@@ -176,10 +183,45 @@ class MongoRepository:
                             user=docs.user_state(profile.user_id, doc, is_new=before is None),
                             throttled=verdict.throttled, warn=verdict.warn)
 
-    def release_update(self, update_id: int) -> None:
+    def _open_known(self, update_id: int, profile: Profile, now: float, owner: str,
+                    lease_s: float) -> OpenedUpdate:
+        """An update id the user's document holds: done, busy, or taken over."""
+        doc = self.db.users.find_one({"_id": profile.user_id}, {"claims": 1,
+                                                                 "recent_updates": 1})
+        decision, claim = decide(docs.stored_claim(doc or {}, update_id), update_id, owner,
+                                 now, lease_s)
+        if claim is None:
+            return OpenedUpdate(duplicate=decision is Decision.DONE,
+                                busy=decision is Decision.BUSY)
+        key = "claims." + docs.claim_key(update_id)
+        taken = self.db.users.find_one_and_update(
+            {"_id": profile.user_id, f"{key}.lease_until": {"$lte": now}},
+            {"$set": {key: docs.claim_entry(claim), **docs.profile_fields(profile, now)}},
+            projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
+        if taken is None:  # another attempt took it over first, or finished it
+            return OpenedUpdate(duplicate=False, busy=True)
+        return OpenedUpdate(duplicate=False, user=docs.user_state(profile.user_id, taken),
+                            resumed=True)
+
+    def finish_update(self, update_id: int, user_id: int | None, owner: str) -> None:
+        """See ``Repository.finish_update``: one update; the owner is not checked.
+
+        A claim taken over is finished by whichever attempt ends first; the work of both
+        is done by then.
+        """
+        del owner
+        if user_id is not None:
+            self.db.users.update_one({"_id": user_id},
+                                     {"$unset": {"claims." + docs.claim_key(update_id): ""}})
+
+    def release_update(self, update_id: int, owner: str | None = None) -> None:
         """See ``Repository.release_update``."""
-        self.db.users.update_one({"recent_updates": update_id},
-                                 {"$pull": {"recent_updates": update_id}})
+        key = "claims." + docs.claim_key(update_id)
+        query: dict[str, Any] = {"recent_updates": update_id}
+        if owner is not None:  # not a claim another attempt took over since
+            query["$or"] = [{key: {"$exists": False}}, {f"{key}.owner": owner}]
+        self.db.users.update_one(query, {"$pull": {"recent_updates": update_id},
+                                         "$unset": {key: ""}})
         self.db.claimed_updates.delete_one({"_id": update_id})
 
     def set_language(self, user_id: int, language: str) -> UserState:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from messagine.domain.claims import Claim
 from messagine.domain.flood import FloodRule, FloodState
 from messagine.models import Profile
 from messagine.storage import documents as docs
@@ -28,7 +29,7 @@ def _is_false(expression: Any) -> dict[str, Any]:
 
 def open_update_pipeline(
     update_id: int, profile: Profile, default_language: str, now: float, album: str | None,
-    rule: FloodRule,
+    rule: FloodRule, claim: Claim,
 ) -> list[dict[str, Any]]:
     """Claim, profile refresh, user creation and ``flood.admit``, as one document write.
 
@@ -79,6 +80,13 @@ def open_update_pipeline(
                for name, value in docs.new_user_fields(default_language, now).items()},
             "recent_updates": {"$slice": [{"$concatArrays": [
                 _if_null("recent_updates", []), [update_id]]}, -docs.RECENT_UPDATES]},
+            # The claims map: stale entries dropped, this update's claim put in.
+            "claims": {"$arrayToObject": {"$concatArrays": [
+                {"$filter": {"input": {"$objectToArray": _if_null("claims", {})}, "as": "c",
+                             "cond": {"$gt": ["$$c.v.lease_until",
+                                              now - docs.STALE_CLAIM_S]}}},
+                [{"k": docs.claim_key(update_id),
+                  "v": {"$literal": docs.claim_entry(claim)}}]]}},
         }},
         {"$unset": ["_cool", "_newwin", "_album", "_count", "_start", "_warned", "_last_album",
                     "_over", "_strike", "_strikes", *_LEGACY_FIELDS]},

@@ -12,6 +12,7 @@ import types
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from messagine.domain.claims import LEASE_S
 from messagine.models import (
     ChatRecord,
     Counts,
@@ -67,19 +68,33 @@ class Repository(Protocol):
 
     def open_update(
         self, update_id: int, profile: Profile | None, default_language: str, now: float,
-        album: str | None = None,
+        album: str | None = None, owner: str = "", lease_s: float = LEASE_S,
     ) -> OpenedUpdate:
         """Claim ``update_id`` and, for a user's update, refresh the profile and load the state.
 
-        Returns ``duplicate=True`` (and changes nothing) when the id was claimed before.
-        A new user is created with ``default_language`` as their language. The update is
-        also counted against the flood limit (``messagine.flood.admit``; ``album`` is the
-        media_group_id, whose messages count once), in the same call.
+        The claim has a state (``messagine.domain.claims``): a new update is claimed in
+        progress by ``owner`` with a lease of ``lease_s``; one finished before returns
+        ``duplicate=True``, one under another attempt's live lease ``busy=True`` (neither
+        changes anything); one whose lease expired is taken over, ``resumed=True``. A
+        new user is created with ``default_language`` as their language. The update is
+        also counted against the flood limit (``messagine.domain.flood.admit``; ``album``
+        is the media_group_id, whose messages count once), in the same call. An update
+        with no user (``profile`` None) is claimed done at once.
         """
         ...
 
-    def release_update(self, update_id: int) -> None:
-        """Forget the claim of ``update_id`` so that Telegram's re-delivery is processed."""
+    def finish_update(self, update_id: int, user_id: int | None, owner: str) -> None:
+        """Mark ``owner``'s claim of ``update_id`` done: a re-delivery is then a duplicate.
+
+        Nothing happens when the claim is not ``owner``'s (another attempt took it over).
+        """
+        ...
+
+    def release_update(self, update_id: int, owner: str | None = None) -> None:
+        """Forget the claim of ``update_id`` so that Telegram's re-delivery is processed.
+
+        With ``owner``, only that attempt's claim is forgotten (not one taken over since).
+        """
         ...
 
     def get_user(self, user_id: int) -> UserState | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from messagine.domain import matching
+from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import anonymise_chat, tombstone
 from messagine.domain.flood import FloodRule, FloodState, admit
 from messagine.domain.nudges import activity
@@ -118,18 +119,35 @@ class SqliteRepository:
 
     def open_update(
         self, update_id: int, profile: Profile | None, default_language: str, now: float,
-        album: str | None = None,
+        album: str | None = None, owner: str = "", lease_s: float = LEASE_S,
     ) -> OpenedUpdate:
         """See ``Repository.open_update``: claim, profile upsert and state in one transaction."""
         with self._transaction() as conn:
-            claimed = conn.execute(
-                "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at) VALUES (?, ?)",
-                (update_id, now),
-            ).rowcount
-            if not claimed:
-                return OpenedUpdate(duplicate=True)
             if profile is None:
-                return OpenedUpdate(duplicate=False)
+                claimed = conn.execute(
+                    "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at) "
+                    "VALUES (?, ?)", (update_id, now)).rowcount
+                return OpenedUpdate(duplicate=not claimed)
+            row = conn.execute(
+                "SELECT state, owner, lease_until, attempts FROM claimed_updates "
+                "WHERE update_id = ?", (update_id,)).fetchone()
+            existing = None if row is None else Claim(
+                update_id, ClaimState(row[0]), row[1] or "", row[2] or 0.0, row[3])
+            decision, claim = decide(existing, update_id, owner, now, lease_s)
+            if claim is None:
+                return OpenedUpdate(duplicate=decision is Decision.DONE,
+                                    busy=decision is Decision.BUSY)
+            conn.execute(
+                """
+                INSERT INTO claimed_updates (update_id, claimed_at, state, owner, lease_until,
+                                             attempts)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (update_id) DO UPDATE SET
+                    state = excluded.state, owner = excluded.owner,
+                    lease_until = excluded.lease_until, attempts = excluded.attempts
+                """,
+                (update_id, now, claim.state.value, claim.owner, claim.lease_until,
+                 claim.attempts))
             known = conn.execute(
                 "SELECT flood FROM users WHERE id = ?", (profile.user_id,)
             ).fetchone()
@@ -151,12 +169,22 @@ class SqliteRepository:
             )
             state = self._state(conn, profile.user_id, is_new=known is None)
             return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
-                                warn=verdict.warn)
+                                warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
 
-    def release_update(self, update_id: int) -> None:
+    def finish_update(self, update_id: int, user_id: int | None, owner: str) -> None:
+        """See ``Repository.finish_update``."""
+        del user_id  # the claim is a row of its own here
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE claimed_updates SET state = ? WHERE update_id = ? AND owner = ? "
+                "AND state = ?",
+                (ClaimState.DONE.value, update_id, owner, ClaimState.IN_PROGRESS.value))
+
+    def release_update(self, update_id: int, owner: str | None = None) -> None:
         """See ``Repository.release_update``."""
         with self._transaction() as conn:
-            conn.execute("DELETE FROM claimed_updates WHERE update_id = ?", (update_id,))
+            conn.execute("DELETE FROM claimed_updates WHERE update_id = ? "
+                         "AND (? IS NULL OR owner = ?)", (update_id, owner, owner))
 
     def set_language(self, user_id: int, language: str) -> UserState:
         """See ``Repository.set_language``."""

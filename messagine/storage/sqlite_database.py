@@ -117,6 +117,10 @@ _ADDED_COLUMNS = (
     ("users", "nudge_pending", "INTEGER NOT NULL DEFAULT 1"),
     ("users", "reminded_at", "REAL"),
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
+    ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
+    ("claimed_updates", "owner", "TEXT"),
+    ("claimed_updates", "lease_until", "REAL"),
+    ("claimed_updates", "attempts", "INTEGER NOT NULL DEFAULT 1"),
 )
 
 

@@ -1,0 +1,77 @@
+"""Claims: whether an update is new, finished, still being processed, or abandoned.
+
+Telegram re-sends an update when an attempt failed (an error answer, a dropped
+connection, no answer within its timeout), and a dropped connection does not stop the
+first attempt: it may still be running, or waiting out a 429, when the re-delivery comes.
+So a claim has a state. It is opened ``in_progress`` by one attempt (its ``owner``) with a
+lease that outlives the longest attempt; the attempt marks it ``done`` when it answered
+200. A re-delivery of a done update needs no work (commands included); one that finds a
+live lease is answered 503 with no work (Telegram tries again later and then finds it
+done); only an expired lease means the first attempt died, and then this one takes over.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+LEASE_S = 60.0
+"""Longer than any attempt: the function's 50 s timeout bounds a request, including the
+429 waits of its update budget, so a live lease means its attempt may still be running."""
+
+
+class ClaimState(enum.Enum):
+    """Where an update's processing stands."""
+
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One update's claim as the store keeps it."""
+
+    update_id: int
+    state: ClaimState
+    owner: str
+    lease_until: float
+    attempts: int = 1
+
+
+class Decision(enum.Enum):
+    """What an attempt must do with the update it received."""
+
+    NEW = "new"
+    """First seen: process it."""
+    DONE = "done"
+    """Finished before: answer 200, do nothing."""
+    BUSY = "busy"
+    """Another attempt holds a live lease: answer 503, do nothing."""
+    TAKE_OVER = "take_over"
+    """The attempt that held it died (its lease expired): process it again, resuming."""
+
+    @property
+    def proceeds(self) -> bool:
+        """Whether this attempt processes the update."""
+        return self in (Decision.NEW, Decision.TAKE_OVER)
+
+
+def decide(existing: Claim | None, update_id: int, owner: str, now: float,
+           lease_s: float = LEASE_S) -> tuple[Decision, Claim | None]:
+    """The decision for an attempt, and the claim to store (None: store nothing)."""
+    if existing is None:
+        return Decision.NEW, Claim(update_id, ClaimState.IN_PROGRESS, owner, now + lease_s)
+    if existing.state is ClaimState.DONE:
+        return Decision.DONE, None
+    if existing.lease_until > now:
+        return Decision.BUSY, None
+    return Decision.TAKE_OVER, Claim(update_id, ClaimState.IN_PROGRESS, owner, now + lease_s,
+                                     existing.attempts + 1)
+
+
+def finish(existing: Claim | None, owner: str) -> Claim | None:
+    """The claim marked done by ``owner``; None when it is not theirs (taken over)."""
+    if existing is None or existing.owner != owner or existing.state is ClaimState.DONE:
+        return None
+    return Claim(existing.update_id, ClaimState.DONE, owner, existing.lease_until,
+                 existing.attempts)
