@@ -150,6 +150,12 @@ class FakeBotApi:
         self.blocked: set[int] = set()
         self.chats: dict[int, dict[int, JsonObject]] = {}
         self._next_message_id: dict[int, int] = {}
+        self.arrivals: dict[tuple[int, int], tuple[int, float, float]] = {}
+        """(chat, message id) -> (arrival sequence over all chats, time.time() it appeared,
+        time.time() the request that made it came in): to compare with when a chat started
+        and ended (the simulator). A user's own message came in when it appeared."""
+        self._arrival_sequence = itertools.count(1)
+        self._request = threading.local()
         self._update_ids = itertools.count(1)
         self.pending_updates: list[JsonObject] = []
         self.commands: dict[str, list[JsonObject]] = {}
@@ -204,6 +210,12 @@ class FakeBotApi:
             self.rules.append(rule)
         return rule
 
+    def forget(self, rule: FailureRule) -> None:
+        """Drop one failure rule (if it is still there)."""
+        with self._lock:
+            # By identity: rules are dataclasses, and two may be equal.
+            self.rules[:] = [r for r in self.rules if r is not rule]
+
     def clear_failures(self) -> None:
         """Forget every failure rule."""
         with self._lock:
@@ -255,6 +267,10 @@ class FakeBotApi:
             message = {"message_id": message_id, "from": sender, "date": int(time.time()),
                        "chat": {"id": chat_id, "type": "private"}, **content}
             self.chats.setdefault(chat_id, {})[message_id] = message
+            now = time.time()
+            requested = getattr(self._request, "received_at", now)
+            self.arrivals[(chat_id, message_id)] = (next(self._arrival_sequence), now,
+                                                    requested)
             return message
 
     def _message(self, chat_id: int, message_id: int, missing: str) -> JsonObject:
@@ -508,6 +524,7 @@ class FakeBotApi:
 
     def handle_request(self, path: str, content_type: str, body: bytes) -> tuple[int, JsonObject]:
         """Answer one Bot API request (``/bot<token>/<method>``) as Telegram would."""
+        self._request.received_at = time.time()
         parts = urlsplit(path)
         segments = parts.path.strip("/").split("/")
         if len(segments) != 2 or segments[0] != "bot" + self.token:

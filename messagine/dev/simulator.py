@@ -6,12 +6,18 @@ webhooks: each chat's updates in order with one in flight per chat, a non-2xx an
 timeout or a broken connection re-delivered with a growing backoff, and at most
 ``max_connections`` requests in flight overall. Faults are injected on the side: the fake
 Bot API failing a share of calls, the store taken away and given back, worker processes
-killed mid-request (gunicorn starts new ones, as the platform replaces instances).
+killed mid-request (gunicorn starts new ones, as the platform replaces instances). Two
+conditions target exactly-once and chat-bound delivery: copies that Telegram performs only
+after the simulated Telegram gave up on the request (so the update is re-delivered while
+its first attempt still runs), and users leaving their chat (/next, or /exit_chat and
+Yes) while their partner's texts to them are held back by 429s.
 
 At the end it checks, from the fake Bot API's record of every chat and from the store:
 every text a user sent in a chat reached the partner exactly once and in order (or, when
-the partner was unreachable (403), a prefix of it and the chat ended), and every pair and
-lobby invariant holds. ``tests/test_simulator.py`` runs it small in CI on every backend;
+the partner was unreachable (403), a prefix of it and the chat ended; or, when the chat
+ended first, not at all and the sender was told), no text reached its recipient in a
+later chat than the one it was sent in, and every pair and lobby invariant holds.
+``tests/test_simulator.py`` runs it small in CI on every backend;
 ``benchmarks/simulate.py`` runs it large by hand.
 """
 
@@ -34,8 +40,10 @@ from typing import Any
 
 import requests
 
-from messagine.dev.fake_bot_api import FakeBotApi
-from messagine.models import UserState
+from messagine import keyboards
+from messagine.catalog import Catalog
+from messagine.dev.fake_bot_api import FailureRule, FakeBotApi, FakeUser
+from messagine.models import ChatRecord, UserRecords, UserState
 
 _SIMULATED_TEXT = re.compile(r"u\d+ r\d+ m\d+")
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,11 +85,22 @@ class Faults:
     """SIGKILL a random worker process this often (0: never)."""
     storage_outages: int = 0
     outage_s: float = 3.0
+    slow_copies: float = 0.0
+    """copyMessage: Telegram performs the copy, but only after ``slow_s``."""
+    slow_s: float = 0.0
+    """Longer than Load.delivery_timeout_s: the simulated Telegram gives up on the request
+    and re-delivers the update while its first attempt still waits for the copy."""
+    leavers: float = 0.0
+    """Share of the pairs in which one user leaves mid-chat, between their texts (/next and
+    /exit_chat with Yes by turns), while copies to them are held back by 429s."""
+    held_copies: float = 0.5
+    """Share of the copies to a leaver answered 429 (retry_after 1 to 3 s)."""
 
     def any(self) -> bool:
         """True when something is injected."""
         return bool(self.api_5xx or self.api_429 or self.api_timeout or self.api_403
-                    or self.kill_every_s or self.storage_outages)
+                    or self.kill_every_s or self.storage_outages or self.slow_copies
+                    or self.leavers)
 
 
 @dataclass(slots=True)
@@ -94,7 +113,17 @@ class Report:
     texts_sent: int = 0
     texts_delivered_once: int = 0
     texts_lost: list[str] = field(default_factory=list)
-    texts_duplicated: list[str] = field(default_factory=list)
+    """Not delivered, and the sender was not told."""
+    not_delivered_told: list[str] = field(default_factory=list)
+    """Not delivered because the chat ended first, and the sender was told so."""
+    doubled: list[str] = field(default_factory=list)
+    """Reached the recipient more than once, with no kill to explain it."""
+    misrouted: list[str] = field(default_factory=list)
+    """Reached the recipient in a later chat than the one it was sent in (or someone it
+    was not sent to): there it seems to come from the new partner."""
+    after_chat_ended: list[str] = field(default_factory=list)
+    """Reached the recipient after its chat ended, before they were in another: a copy on
+    its way when the chat ended, or asked for on a view of the chat read just before."""
     duplicates_in_send_record_window: list[str] = field(default_factory=list)
     texts_cut_by_403: int = 0
     out_of_order: list[str] = field(default_factory=list)
@@ -103,12 +132,15 @@ class Report:
     outages: int = 0
     violations: list[str] = field(default_factory=list)
     pairs_made: int = 0
+    left_mid_chat: int = 0
+    copies_slowed: int = 0
+    copies_held: int = 0
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         """Nothing lost, nothing doubled (beyond the send-record window), no violation."""
-        return not (self.texts_lost or self.texts_duplicated or self.out_of_order
+        return not (self.texts_lost or self.doubled or self.misrouted or self.out_of_order
                     or self.updates_given_up or self.violations)
 
     def summary(self) -> str:
@@ -119,12 +151,21 @@ class Report:
             f"({self.updates / max(self.seconds, 1e-9):.0f}/s), {self.attempts} attempts "
             f"({redelivered} re-deliveries), answers {dict(self.answers)}; "
             f"{self.texts_sent} texts: {self.texts_delivered_once} exactly once, "
-            f"{len(self.texts_lost)} lost, {len(self.texts_duplicated)} duplicated, "
+            f"{len(self.doubled)} doubled, {len(self.misrouted)} misrouted, "
+            f"{len(self.after_chat_ended)} reached the recipient between its chat's end and "
+            f"any later chat, "
+            f"{len(self.not_delivered_told)} not delivered (sender told), "
+            f"{len(self.texts_lost)} not delivered (sender not told: lost), "
             f"{len(self.duplicates_in_send_record_window)} doubled by a kill between send and "
             f"record, {self.texts_cut_by_403} not sent after the partner became unreachable, "
-            f"{len(self.out_of_order)} out of order; {self.pairs_made} pairs made; "
+            f"{len(self.out_of_order)} out of order; {self.pairs_made} pairs made, "
+            f"{self.left_mid_chat} left mid-chat; {self.copies_slowed} copies slowed past the "
+            f"delivery timeout, {self.copies_held} copies to leavers held by a 429; "
             f"{len(self.kills)} workers killed, {self.outages} storage outages; "
-            f"{len(self.updates_given_up)} updates given up; violations: {self.violations[:5]}")
+            f"{len(self.updates_given_up)} updates given up; violations: {self.violations[:5]}"
+            + (f"; misrouted: {self.misrouted[:3]}" if self.misrouted else "")
+            + (f"; between chats: {self.after_chat_ended[:3]}" if self.after_chat_ended
+               else ""))
 
 
 class Instances:
@@ -184,11 +225,15 @@ class Instances:
             log_file.close()
 
 
+Pending = JsonObject | Callable[[], JsonObject]
+"""An update, or what makes it when its turn comes (a button press needs its message)."""
+
+
 @dataclass(slots=True)
 class _Chat:
     """One user's private chat with the bot, as Telegram's delivery queue sees it."""
 
-    pending: collections.deque[JsonObject] = field(default_factory=collections.deque)
+    pending: collections.deque[Pending] = field(default_factory=collections.deque)
     in_flight: bool = False
     ready_at: float = 0.0
     attempt: int = 0
@@ -207,7 +252,7 @@ class Telegram:
         self._lock = threading.Condition()
         self._sessions = threading.local()
 
-    def enqueue(self, chat_id: int, update: JsonObject) -> None:
+    def enqueue(self, chat_id: int, update: Pending) -> None:
         """Queue an update behind the chat's earlier ones."""
         with self._lock:
             self._chats[chat_id].pending.append(update)
@@ -239,7 +284,10 @@ class Telegram:
                     chat.in_flight = True
                     if chat.attempt == 0:
                         chat.first_try = now
-                    return chat_id, chat.pending[0]
+                    update = chat.pending[0]
+                    if callable(update):
+                        update = chat.pending[0] = update()
+                    return chat_id, update
                 soonest = min((at for at, _ in waiting), default=now + 0.5)
                 self._lock.wait(max(0.005, min(0.5, soonest - now)))
 
@@ -290,6 +338,7 @@ class Telegram:
 
 
 StateReader = Callable[[int], UserState | None]
+RecordsReader = Callable[[int], UserRecords | None]
 
 
 class Simulation:
@@ -300,12 +349,15 @@ class Simulation:
         read_state: StateReader, work_dir: Path, *,
         storage_down: Callable[[], None] | None = None,
         storage_up: Callable[[], None] | None = None, seed: int = 1,
+        read_records: RecordsReader | None = None,
     ) -> None:
         self.api = api
         self.env = {**env, "TELEGRAM_TOKEN": api.token, "TELEGRAM_API_URL": api.url}
         self.load = load
         self.faults = faults
         self.read_state = read_state
+        self.read_records = read_records
+        """When each chat started and ended: without it, misrouting is not checked."""
         self.work_dir = work_dir
         self.storage_down = storage_down
         self.storage_up = storage_up
@@ -318,6 +370,9 @@ class Simulation:
         """Per recipient: (sender, text) the senders meant for them, in sending order."""
         self.update_of: dict[str, int] = {}
         """The update id of each simulated text, to find it in the instances' logs."""
+        self.sent_at: dict[str, float] = {}
+        """When each simulated text was sent (time.time(), the store's clock)."""
+        self._slow_rule: FailureRule | None = None
 
     def run(self) -> Report:
         """Run every round, then check; the report says what was found."""
@@ -334,6 +389,8 @@ class Simulation:
                 self._round(instances, round_number)
             stop_faults.set()
             faults.join()
+            if self._slow_rule is not None:
+                self.report.copies_slowed = self._slow_rule.hits
             self.api.clear_failures()
         finally:
             stop_faults.set()
@@ -356,23 +413,67 @@ class Simulation:
             if state is not None and state.chat is not None:
                 partners[user.id] = state.chat.partner_id
         self.report.pairs_made += len(partners) // 2
+        leave_at, held = self._choose_leavers(partners)
         for index in range(self.load.messages_per_user):
             for user in self.users:
                 partner = partners.get(user.id)
-                if partner is None:
+                if partner is None or leave_at.get(user.id, index + 1) < index:
+                    continue
+                if leave_at.get(user.id) == index:
+                    self._leave(telegram, user)
                     continue
                 text = f"u{user.id} r{round_number} m{index}"
                 self.sent[partner].append((user.id, text))
                 self.report.texts_sent += 1
                 update = user.text(text)
                 self.update_of[text] = int(update["update_id"])
+                self.sent_at[text] = time.time()
                 telegram.enqueue(user.id, update)
         telegram.drain()
+        for rule in held:
+            self.report.copies_held += rule.hits
+            self.api.forget(rule)
         # Some move on to someone new, some leave: the next round pairs them afresh.
         for user in self.users:
             if user.id in partners and self.rng.random() < 0.5:
                 telegram.enqueue(user.id, user.command("next"))
         telegram.drain()
+
+    def _choose_leavers(self, partners: Mapping[int, int]
+                        ) -> tuple[dict[int, int], list[FailureRule]]:
+        """Who leaves mid-chat, before which of their texts; the 429s on copies to them."""
+        leave_at: dict[int, int] = {}
+        held: list[FailureRule] = []
+        if not self.faults.leavers:
+            return leave_at, held
+        for user_id, partner in sorted(partners.items()):
+            if user_id > partner or self.rng.random() >= self.faults.leavers:
+                continue
+            leaver = self.rng.choice((user_id, partner))
+            # After at least one text, so that the partner's texts are on their way.
+            leave_at[leaver] = self.rng.randint(1, max(1, self.load.messages_per_user - 1))
+            held.append(self.api.fail(
+                "copyMessage", chat_id=leaver, status=429, retry_after=self.rng.randint(1, 3),
+                times=None, share=self.faults.held_copies))
+        return leave_at, held
+
+    def _leave(self, telegram: Telegram, user: FakeUser) -> None:
+        """/next, or /exit_chat and Yes, by turns; the partner's texts keep coming."""
+        self.report.left_mid_chat += 1
+        if self.report.left_mid_chat % 2:
+            telegram.enqueue(user.id, user.command("next"))
+            return
+        telegram.enqueue(user.id, user.command("exit_chat"))
+
+        def press_yes() -> JsonObject:
+            # Made when its turn comes: the confirmation exists once /exit_chat was answered.
+            for message in reversed(user.inbox()):
+                for row in message.get("reply_markup", {}).get("inline_keyboard", []):
+                    if any(b.get("callback_data") == keyboards.EXIT_YES for b in row):
+                        return user.press(message["message_id"], keyboards.EXIT_YES)
+            return user.command("next")
+
+        telegram.enqueue(user.id, press_yes)
 
     # -- faults --------------------------------------------------------------------------
 
@@ -381,6 +482,10 @@ class Simulation:
         timeout = float(self.env.get("TELEGRAM_TIMEOUT_SECONDS", "10"))
         if f.api_403:
             self.api.fail("copyMessage", status=403, times=None, share=f.api_403)
+        if f.slow_copies:
+            # Telegram is slow but does it: a 200, after the simulated delivery timeout.
+            self._slow_rule = self.api.fail("copyMessage", status=200, delay=f.slow_s,
+                                            times=None, share=f.slow_copies)
         if f.api_timeout:
             # Hangs past the bot's read timeout, then fails: Telegram never did it.
             self.api.fail(status=500, times=None, delay=timeout + 1, share=f.api_timeout)
@@ -409,17 +514,25 @@ class Simulation:
 
     # -- the checks ----------------------------------------------------------------------
 
-    def _received(self, recipient: int) -> list[str]:
-        """The simulated texts that reached ``recipient``, in the order they arrived."""
-        return [m["text"] for m in self.api.messages(recipient)
-                if m.get("from", {}).get("id") == self.api.bot_user["id"]
-                and _SIMULATED_TEXT.fullmatch(m.get("text", ""))]
+    def _received(self, recipient: int) -> list[tuple[str, float, float]]:
+        """The simulated texts that reached ``recipient``, in the order they arrived.
+
+        Each with when the bot asked for its copy and when the copy was made.
+        """
+        received = []
+        for m in self.api.messages(recipient):
+            if m.get("from", {}).get("id") == self.api.bot_user["id"] \
+                    and _SIMULATED_TEXT.fullmatch(m.get("text", "")):
+                _, made, asked = self.api.arrivals[(recipient, m["message_id"])]
+                received.append((str(m["text"]), asked, made))
+        return received
 
     def _check_texts(self) -> None:
         copies, refused = self._copies()
+        unexplained: list[str] = []
         for recipient, expected in self.sent.items():
             received: collections.Counter[str] = collections.Counter()
-            got = self._received(recipient)
+            got = [text for text, _, _ in self._received(recipient)]
             for text in got:
                 received[text] += 1
             # One stream per sender and round: a round's texts go to one chat.
@@ -431,7 +544,10 @@ class Simulation:
                 # The chat ended by a 403 on a copy of this round, in either direction.
                 cut = any(t.startswith((f"u{sender} {round_tag} ", f"u{recipient} {round_tag} "))
                           for t in refused)
-                self._check_one_stream(recipient, sender, texts, mine, received, copies, cut)
+                unexplained += self._check_one_stream(recipient, sender, texts, mine, received,
+                                                      copies, cut)
+        self._check_told(unexplained)
+        self._check_routes()
         limit = len(self.report.kills) * self.load.threads_per_worker
         if len(self.report.duplicates_in_send_record_window) > limit:
             self.report.violations.append(
@@ -440,7 +556,8 @@ class Simulation:
 
     def _check_one_stream(self, recipient: int, sender: int, texts: list[str],
                           got: list[str], received: collections.Counter[str],
-                          copies: dict[str, list[float]], cut_by_403: bool) -> None:
+                          copies: dict[str, list[float]], cut_by_403: bool) -> list[str]:
+        """Count one sender's texts of a round; the missing ones a 403 does not explain."""
         first_seen = list(dict.fromkeys(got))
         positions = [texts.index(t) for t in first_seen if t in texts]
         if positions != sorted(positions):
@@ -453,17 +570,82 @@ class Simulation:
                 if self._doubled_by_a_kill(copies.get(text, [])):
                     self.report.duplicates_in_send_record_window.append(text)
                 else:
-                    self.report.texts_duplicated.append(text)
+                    self.report.doubled.append(text)
         missing = [t for t in texts if received[t] == 0]
-        if not missing:
-            return
         # A prefix arrived and the rest was never sent: the partner became unreachable
-        # (a 403 on a copy of this round), which ends the chat. Anything else is lost.
+        # (a 403 on a copy of this round), which ends the chat.
         delivered = [t for t in texts if received[t] > 0]
-        if cut_by_403 and texts[:len(delivered)] == delivered:
+        if missing and cut_by_403 and texts[:len(delivered)] == delivered:
             self.report.texts_cut_by_403 += len(missing)
-        else:
-            self.report.texts_lost.extend(missing)
+            return []
+        return missing
+
+    def _check_told(self, missing: list[str]) -> None:
+        """A text that never arrived is a loss unless its sender was told it went nowhere.
+
+        The bot's notice does not name the message, so each notice in the sender's chat
+        after the text accounts for one text at most (matched earliest first).
+        """
+        notices = self._notice_texts()
+        by_sender: dict[int, list[str]] = collections.defaultdict(list)
+        for text in missing:
+            by_sender[int(text.split(" ")[0][1:])].append(text)
+        for sender, texts in by_sender.items():
+            ids: dict[str, int] = {}
+            told: list[int] = []
+            for message in self.api.messages(sender):
+                author = message.get("from", {}).get("id")
+                if author == sender and message.get("text") in texts:
+                    ids[message["text"]] = message["message_id"]
+                elif author == self.api.bot_user["id"] and message.get("text") in notices:
+                    told.append(message["message_id"])
+            for text in sorted(texts, key=lambda t: ids.get(t, 0)):
+                notice = next((n for n in told if n > ids.get(text, 0)), None)
+                if notice is None:
+                    self.report.texts_lost.append(text)
+                else:
+                    told.remove(notice)
+                    self.report.not_delivered_told.append(text)
+
+    @staticmethod
+    def _notice_texts() -> set[str]:
+        """What the bot tells a sender whose message reached nobody, in every language."""
+        catalog = Catalog()
+        return {catalog.for_language(language)(key) for language in catalog.languages()
+                for key in ("relay.chat_ended", "relay.idle", "relay.waiting")}
+
+    def _check_routes(self) -> None:
+        """No copy reached its recipient in a later chat; between two chats is counted apart.
+
+        The chat is the recipient's latest chat with the sender that started before the
+        text was sent; the fake's clock says when the bot asked for the copy and when it
+        was made, the store's when the chat ended (both time.time() on this machine).
+        """
+        if self.read_records is None:
+            return
+        meant_for = {text: recipient for recipient, sent in self.sent.items()
+                     for _, text in sent}
+        for user in self.users:
+            arrivals = self._received(user.id)
+            if not arrivals:
+                continue
+            records = self.read_records(user.id)
+            chats = records.chats if records is not None else []
+            for text, asked, at in arrivals:
+                sender = int(text.split(" ")[0][1:])
+                if meant_for.get(text) != user.id:
+                    self.report.misrouted.append(f"{text} reached u{user.id}, not its partner")
+                    continue
+                chat = _chat_of(chats, sender, self.sent_at[text])
+                if chat is None or not chat.started_at <= at:
+                    self.report.misrouted.append(f"{text} reached u{user.id} before the chat")
+                elif chat.ended_at is not None and at > chat.ended_at:
+                    later = any(chat.started_at < c.started_at <= at for c in chats)
+                    found = (f"{text} reached u{user.id} {at - chat.ended_at:.3f} s after the "
+                             f"chat ended (asked for {asked - chat.ended_at:+.3f} s from its "
+                             f"end)" + (", in a later chat" if later else ""))
+                    (self.report.misrouted if later
+                     else self.report.after_chat_ended).append(found)
 
     def _copies(self) -> tuple[dict[str, list[float]], set[str]]:
         """When each text was copied (by text), and the texts whose copy got a 403."""
@@ -526,6 +708,12 @@ class Simulation:
                 if count > 1:
                     self.report.violations.append(
                         f"{count} users wait in {language} although they could be paired")
+
+
+def _chat_of(chats: list[ChatRecord], partner: int, at: float) -> ChatRecord | None:
+    """The latest chat with ``partner`` that had started by ``at``."""
+    started = [c for c in chats if c.partner_id == partner and c.started_at <= at]
+    return max(started, key=lambda c: c.started_at, default=None)
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from messagine.models import UserState
+from messagine.models import UserRecords, UserState
 from support.mongo_server import MongoServer, mongoeco_python
 from support.tcp_proxy import TcpProxy
 
@@ -29,6 +29,8 @@ class SimulatedStore:
     read_state: Callable[[int], UserState | None]
     storage_down: Callable[[], None]
     storage_up: Callable[[], None]
+    export_user: Callable[[int], UserRecords | None]
+    """Everything stored about a user: the simulator reads when each chat started and ended."""
 
 
 @contextlib.contextmanager
@@ -51,7 +53,7 @@ def sqlite_store(work_dir: Path) -> Iterator[SimulatedStore]:
         conn.close()
 
     yield SimulatedStore({"STORAGE": "sqlite", "SQLITE_PATH": str(path)}, reader.get_user,
-                         down, up)
+                         down, up, reader.export_user)
     reader.close()
 
 
@@ -67,7 +69,7 @@ def mongo_store(work_dir: Path) -> Iterator[SimulatedStore]:
     try:
         yield SimulatedStore(
             {"STORAGE": "mongo", "MONGODB_URI": server.uri, "MONGODB_DATABASE": "simulated"},
-            reader.get_user, server.stop, server.start)
+            reader.get_user, server.stop, server.start, reader.export_user)
     finally:
         reader.close()
         server.stop()
@@ -83,7 +85,7 @@ def firestore_store(emulator: Any, project: str) -> Iterator[SimulatedStore]:
         yield SimulatedStore(
             {"STORAGE": "firestore", "FIRESTORE_EMULATOR_HOST": proxy.host,
              "GOOGLE_CLOUD_PROJECT": project},
-            reader.get_user, proxy.cut, proxy.restore)
+            reader.get_user, proxy.cut, proxy.restore, reader.export_user)
     finally:
         proxy.cut()
         reader.close()
