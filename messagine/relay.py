@@ -60,7 +60,9 @@ class Relay:
         """Copy ``message`` to the partner, as a reply where it replies to a chat message.
 
         Whatever the content, known to pyTelegramBotAPI or not: Telegram copies by chat and
-        message id. What Telegram refuses to copy is reported to the sender.
+        message id. What Telegram refuses to copy is reported to the sender. A link or a
+        username in the chat's first minutes is held back, and a contact or a location
+        waits for its sender's Send (messagine.safety).
         """
         t = self.catalog.for_user(user)
         if user.chat is None:
