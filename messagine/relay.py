@@ -189,7 +189,7 @@ class Relay:
                              self.hold_links_minutes):
             t = self.catalog.for_user(user)
             self.telegram.send_text(user.user_id, t.plural(
-                "relay.links_held", self.hold_links_minutes))
+                "relay.link_edit_held", self.hold_links_minutes))
             return "edit:link_held"
         still_wanted = self._chat_lasts(user.user_id, link.chat_id)
         try:

@@ -90,6 +90,7 @@ def test_links_and_usernames_wait_out_the_first_minutes(
                                  entities=url(link))).outcome == \
         "edit:link_held"
     assert bob.last()["text"] == "hello you", "an edit cannot slip a link in"
+    assert alice.last()["text"].endswith("so this edit did not reach your partner.")
 
     clock.advance(179)
     assert deliver(alice.text(link, entities=url(link))).outcome == "relay:link_held"
