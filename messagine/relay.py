@@ -60,7 +60,9 @@ class Relay:
         """Copy ``message`` to the partner, as a reply where it replies to a chat message.
 
         Whatever the content, known to pyTelegramBotAPI or not: Telegram copies by chat and
-        message id. What Telegram refuses to copy is reported to the sender.
+        message id. What Telegram refuses to copy is reported to the sender. A link or a
+        username in the chat's first minutes is held back, and a contact or a location
+        waits for its sender's Send (messagine.safety).
         """
         t = self.catalog.for_user(user)
         if user.chat is None:
@@ -187,7 +189,7 @@ class Relay:
                              self.hold_links_minutes):
             t = self.catalog.for_user(user)
             self.telegram.send_text(user.user_id, t.plural(
-                "relay.links_held", self.hold_links_minutes))
+                "relay.link_edit_held", self.hold_links_minutes))
             return "edit:link_held"
         still_wanted = self._chat_lasts(user.user_id, link.chat_id)
         try:

@@ -433,3 +433,24 @@ def test_a_redelivered_next_keeps_the_chat_its_first_attempt_made(
         "Carol's new chat was not ended by the re-delivery"
     deliver(alice.text("hello Carol"))
     assert "hello Carol" in list(carol.texts())
+
+
+def test_a_reply_quotes_its_message_as_edited(deliver: Deliver, alice: FakeUser, bob: FakeUser):
+    """The fake Bot API shows a quote as a client does: the quoted message as it is now."""
+    pair(deliver, alice, bob)
+    hello = alice.text("Hello")
+    deliver(hello)
+    deliver(bob.text("Hi", reply_to=bob.last()["message_id"]))
+    deliver(alice.edit(hello["message"]["message_id"], text="Hello, edited"))
+    bob_reply = next(m for m in bob.api.messages(bob.id) if m.get("text") == "Hi")
+    assert bob_reply["reply_to_message"]["text"] == "Hello, edited"
+    assert alice.last()["reply_to_message"]["text"] == "Hello, edited"
+
+
+def test_the_sandbox_marks_links_and_usernames_as_telegram_does():
+    from messagine.dev.sandbox import _entities
+
+    assert _entities("😀 see https://x.org, t.me/abc and @someone but not @ab or a@b.c") == [
+        {"type": "url", "offset": 7, "length": 13},
+        {"type": "url", "offset": 22, "length": 8},
+        {"type": "mention", "offset": 35, "length": 8}]

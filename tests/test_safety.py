@@ -14,6 +14,7 @@ import pytest
 
 from conftest import BACKENDS, Clock, Deliver, FunctionServer, bot_env
 from messagine import envelope, safety
+from messagine.catalog import Catalog
 from messagine.dev.fake_bot_api import SAMPLE_CONTENT, FakeBotApi, FakeUser
 from messagine.runtime import build_runtime
 from messagine.settings import Settings, SettingsError
@@ -89,6 +90,7 @@ def test_links_and_usernames_wait_out_the_first_minutes(
                                  entities=url(link))).outcome == \
         "edit:link_held"
     assert bob.last()["text"] == "hello you", "an edit cannot slip a link in"
+    assert alice.last()["text"].endswith("so this edit did not reach your partner.")
 
     clock.advance(179)
     assert deliver(alice.text(link, entities=url(link))).outcome == "relay:link_held"
@@ -117,6 +119,11 @@ def test_the_hold_setting_is_read_and_checked():
     assert Settings.from_env({**base, "HOLD_LINKS_MINUTES": "10"}).hold_links_minutes == 10
     with pytest.raises(SettingsError, match="HOLD_LINKS_MINUTES"):
         Settings.from_env({**base, "HOLD_LINKS_MINUTES": "-1"})
+    english = Catalog().for_language("en")
+    assert english.plural("relay.links_held", 1).startswith(
+        "Links and usernames are held back in the first minute of a chat")
+    assert english.plural("relay.links_held", 10).startswith(
+        "Links and usernames are held back in the first 10 minutes of a chat")
 
 
 def test_the_envelope_reads_entities_of_text_and_caption():

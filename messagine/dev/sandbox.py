@@ -101,7 +101,9 @@ class Sandbox:
                 "log": list(self.log.lines)}
 
 
-_LINKS = re.compile(r"(?P<url>https?://\S+|\bt\.me/\S+)|(?<!\w)(?P<mention>@\w{5,32})")
+# A link ends before trailing punctuation, as in Telegram's own parsing.
+_LINKS = re.compile(r"(?P<url>(?:https?://|\bt\.me/)\S+?)(?=[.,;:!?)]*(?:\s|$))"
+                    r"|(?<!\w)(?P<mention>@\w{5,32})")
 
 
 def _entities(text: str) -> list[dict[str, Any]]:
