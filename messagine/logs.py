@@ -7,13 +7,21 @@ probe the metadata server, and in a function they ship logs from background thre
 get no CPU after the response. google-cloud-logging is imported only on that path (it costs
 about half a second). pyTelegramBotAPI logs request parameters (message text) at DEBUG, so
 its logger is held at CRITICAL whatever our level.
+
+A record with an exception is written for Error Reporting: ``stack_trace`` holds the
+traceback with the exception's type but not its message (which may quote content),
+``serviceContext`` names the service and revision, and ``@type`` marks it as an error
+event, so Error Reporting groups it by type and frames; the ``message`` stays one line.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
+import traceback
+from typing import Any
 
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
 _configured = False
@@ -26,6 +34,40 @@ class _TraceFilter(logging.Filter):
         trace = _trace.get()
         if trace is not None and not hasattr(record, "trace"):
             record.trace = trace
+        return True
+
+
+ERROR_EVENT_TYPE = ("type.googleapis.com/google.devtools.clouderrorreporting.v1beta1."
+                    "ReportedErrorEvent")
+
+
+def stack_trace(error: BaseException) -> str:
+    """A Python traceback of ``error`` naming its type only, never its message."""
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+    frames = "".join(traceback.StackSummary.extract(
+        traceback.walk_tb(error.__traceback__), capture_locals=False).format())
+    return f"Traceback (most recent call last):\n{frames}{name}\n"
+
+
+class _ErrorEventFilter(logging.Filter):
+    """Turns a record's exception into the fields Error Reporting reads (structured logs)."""
+
+    def __init__(self, service: str, version: str | None) -> None:
+        super().__init__()
+        self._context = {"service": service, **({"version": version} if version else {})}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            fields: dict[str, Any] = dict(getattr(record, "json_fields", None) or {})
+            fields.update({"@type": ERROR_EVENT_TYPE, "serviceContext": self._context,
+                           "stack_trace": stack_trace(record.exc_info[1])})
+            record.json_fields = fields
+            # The traceback is in stack_trace; the message would repeat it with the
+            # exception's text, which may quote what a user sent.
+            record.exc_info = None
+            record.exc_text = None
         return True
 
 
@@ -50,6 +92,10 @@ def configure_logging(
             )
 
             handler = StructuredLogHandler(stream=sys.stdout, project_id=project_id)
+            # Cloud Run names the service and revision (K_SERVICE, K_REVISION): the
+            # platform's facts about this instance, not settings.
+            handler.filters.insert(0, _ErrorEventFilter(
+                os.environ.get("K_SERVICE") or "messagine", os.environ.get("K_REVISION")))
         else:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(_TextFormatter())

@@ -6,13 +6,16 @@ where proxies and error messages would show it), bounds each call with timeouts,
 turns the library's and requests' exceptions into three kinds the services act on:
 ``TelegramUnavailable`` (retry later), ``TelegramBlocked`` (403: the user blocked the bot)
 and ``TelegramRejected`` (any other 4xx: retrying will not help). None of them carries
-the request URL, which holds the bot token.
+the request URL, which holds the bot token. Every failed call is one INFO line naming the
+method and the error code (``api_method``, ``api_error_code``: 0 for a network error or a
+timeout), which the log-based metric of Bot API errors counts.
 """
 
 from __future__ import annotations
 
 import contextvars
 import io
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +24,8 @@ from typing import Any, TypeVar
 import requests
 import telebot
 from telebot import apihelper, types
+
+log = logging.getLogger("messagine.telegram")
 
 T = TypeVar("T")
 Keyboard = Sequence[Sequence[tuple[str, str]]]
@@ -167,6 +172,10 @@ class Telegram:
                 return action()
             except (apihelper.ApiException, requests.RequestException) as error:
                 failure = _classify(method, error)
+            # The description may quote a request's text: the method and code only.
+            log.info("bot api call failed: %s %s", method, failure.code,
+                     extra={"json_fields": {"api_method": method,
+                                            "api_error_code": failure.code}})
             deadline = _deadline.get()
             if (attempt == 1 and isinstance(failure, TelegramUnavailable)
                     and failure.code == 429 and failure.retry_after is not None
