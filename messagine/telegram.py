@@ -270,6 +270,12 @@ class Telegram:
             long_polling_timeout=timeout_s))
         return result
 
+    def get_commands(self, language_code: str | None) -> list[tuple[str, str]]:
+        """The command menu Telegram shows for one language (None: the default)."""
+        menu = self._call("getMyCommands", lambda: self.bot.get_my_commands(
+            language_code=language_code))
+        return [(str(c.command), str(c.description)) for c in menu or []]
+
     def set_commands(
         self, commands: Sequence[tuple[str, str]], language_code: str | None
     ) -> None:
