@@ -4,8 +4,12 @@ On Google Cloud (K_SERVICE or FUNCTION_TARGET set) records go through google-clo
 StructuredLogHandler to stdout, one JSON object per line, which Cloud Logging ingests with
 severity, labels and trace. No logging Client and no setup_logging(): off Google Cloud they
 probe the metadata server, and in a function they ship logs from background threads that
-get no CPU after the response. google-cloud-logging is imported only on that path (it costs
-about half a second). pyTelegramBotAPI logs request parameters (message text) at DEBUG, so
+get no CPU after the response. google-cloud-logging is imported only on that path, and
+only what the handler needs: the package ``google.cloud.logging_v2`` and its ``handlers``
+package are entered without running their ``__init__`` (which imports the API client, its
+gRPC and REST transports and every handler class: half of the import's cost on the first
+request); each runs the first time a name it defines is used, so the rest of the library
+still works, later. pyTelegramBotAPI logs request parameters (message text) at DEBUG, so
 its logger is held at CRITICAL whatever our level.
 
 A record with an exception is written for Error Reporting: ``stack_trace`` holds the
@@ -17,10 +21,14 @@ event, so Error Reporting groups it by type and frames; the ``message`` stays on
 from __future__ import annotations
 
 import contextvars
+import importlib
+import importlib.util
 import logging
 import os
 import sys
+import threading
 import traceback
+import types
 from typing import Any
 
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
@@ -71,6 +79,69 @@ class _ErrorEventFilter(logging.Filter):
         return True
 
 
+class _DeferredPackage(types.ModuleType):
+    """A package entered without running its ``__init__``, which runs on first real use.
+
+    Its submodules import as usual (``__path__`` is set); any other name it does not have
+    yet runs the package's own ``__init__`` in this module, once, and is then looked up.
+    """
+
+    # Re-entrant: one package's __init__ may use another deferred one.
+    _lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        submodule = f"{self.__name__}.{name}"
+        if submodule in sys.modules or importlib.util.find_spec(submodule) is not None:
+            return importlib.import_module(submodule)
+        with _DeferredPackage._lock:
+            if isinstance(self, _DeferredPackage):
+                spec = self.__spec__
+                assert spec is not None and spec.loader is not None  # noqa: S101 - set below
+                self.__class__ = types.ModuleType  # type: ignore[assignment] # plain from now on
+                spec.loader.exec_module(self)
+        return getattr(self, name)
+
+
+def _defer_package(name: str, **attributes: Any) -> None:
+    """Register package ``name`` so that importing its submodules skips its ``__init__``."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None or spec.loader is None:
+        return  # not a package here: the ordinary import will say what is wrong
+    package = _DeferredPackage(name)
+    package.__spec__ = spec
+    package.__loader__ = spec.loader
+    package.__file__ = spec.origin
+    package.__package__ = name
+    package.__path__ = list(spec.submodule_search_locations)
+    for key, value in attributes.items():
+        setattr(package, key, value)
+    sys.modules[name] = package
+    parent, _, child = name.rpartition(".")
+    setattr(sys.modules[parent], child, package)
+
+
+def _structured_handler_class() -> Any:
+    """google-cloud-logging's StructuredLogHandler, importing only what it needs."""
+    if "google.cloud.logging_v2" not in sys.modules:
+        import google.cloud  # noqa: PLC0415 - the namespace package the library lives in
+
+        del google
+        _defer_package("google.cloud.logging_v2", _instrumentation_emitted=False)
+        from google.cloud.logging_v2 import gapic_version  # noqa: PLC0415
+
+        # Read by the handler's first record (the library's own diagnostic line).
+        package: Any = sys.modules["google.cloud.logging_v2"]
+        package.__version__ = gapic_version.__version__
+        _defer_package("google.cloud.logging_v2.handlers")
+    from google.cloud.logging_v2.handlers.structured_log import (  # noqa: PLC0415
+        StructuredLogHandler,
+    )
+
+    return StructuredLogHandler
+
+
 class _TextFormatter(logging.Formatter):
     """The local format; structured fields are already in the message as key=value."""
 
@@ -87,11 +158,7 @@ def configure_logging(
     if not _configured:
         handler: logging.Handler
         if structured:
-            from google.cloud.logging_v2.handlers.structured_log import (  # noqa: PLC0415
-                StructuredLogHandler,
-            )
-
-            handler = StructuredLogHandler(stream=sys.stdout, project_id=project_id)
+            handler = _structured_handler_class()(stream=sys.stdout, project_id=project_id)
             # Cloud Run names the service and revision (K_SERVICE, K_REVISION): the
             # platform's facts about this instance, not settings.
             handler.filters.insert(0, _ErrorEventFilter(
