@@ -98,7 +98,7 @@ class _DeferredPackage(types.ModuleType):
         with _DeferredPackage._lock:
             if isinstance(self, _DeferredPackage):
                 spec = self.__spec__
-                assert spec is not None and spec.loader is not None  # noqa: S101 - set below
+                assert spec is not None and spec.loader is not None  # noqa: S101 - _defer_package sets both
                 self.__class__ = types.ModuleType  # type: ignore[assignment] # plain from now on
                 spec.loader.exec_module(self)
         return getattr(self, name)

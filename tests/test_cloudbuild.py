@@ -216,3 +216,25 @@ def test_gcloud_accepts_every_console_command_and_fails_only_for_lack_of_an_acco
     assert ("--update-headers" if existing else "--headers") + "=X-Job-Secret=job-secret-value" \
         in job
     assert "--schedule=*/10 * * * *" in job and "--http-method=POST" in job
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
+def test_the_build_gets_the_whole_repository_and_the_docs_say_how(tmp_path: Path):
+    # gcloud builds submit follows .gcloudignore, which keeps only the function's files; the
+    # build needs tests/ and ops/ too, so the documented command names ops/build.gcloudignore.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in tracked:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".gcloudignore").write_text((ROOT / "ops" / "build.gcloudignore").read_text())
+    (tmp_path / "messagine" / "stale.pyc").write_bytes(b"")
+    listed = subprocess.run(["gcloud", "meta", "list-files-for-upload", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, check=True)
+    uploaded = set(listed.stdout.split())
+    assert {"ops/apply.sh", "tests/requirements.txt", "cloudbuild.yaml", "main.py"} <= uploaded
+    assert "messagine/stale.pyc" not in uploaded
+    assert set(tracked) - {".gitignore", ".gcloudignore"} <= uploaded
+    for doc in ("docs/deploy.md", "README.md"):
+        submits = re.findall(r"gcloud builds submit[^\n]*", (ROOT / doc).read_text())
+        assert submits and all("--ignore-file=ops/build.gcloudignore" in s for s in submits), doc
