@@ -3,10 +3,12 @@
 Run on a laptop or in Cloud Shell with the deployment's settings, it checks, in order: the
 settings; the store (reachable, its indexes and TTL policies in place); Telegram's view of
 the webhook (getWebhookInfo: the URL is the function's, the secret is set, the update
-kinds are the bot's, max_connections, pending updates, the last delivery error); and the
-command menu in every catalog language. Each problem is said in plain words with the
+kinds are the bot's, max_connections, pending updates, the last delivery error); with
+--url, the function itself (it refuses a request without the secret and accepts this
+one); and the command menu in every catalog language. Each problem is said in plain words with the
 command that fixes it; the exit status is 1 when anything is wrong. It only reads: it
-writes to neither the store nor Telegram, and its store checks use their own read-only
+writes to neither the store nor Telegram (the two requests to the function carry no
+update), and its store checks use their own read-only
 access (a read-only SQLite connection, a MongoDB client of its own, the Firestore
 adapter's client for reads), never the repository's writing paths.
 """
@@ -81,6 +83,8 @@ def examine(env: Mapping[str, str], function_url: str | None = None) -> list[Fin
 
     runtime = build_runtime(settings)
     findings.extend(examine_webhook(runtime.telegram, settings, function_url))
+    if function_url is not None:
+        findings.extend(examine_function(function_url, settings))
     findings.extend(examine_menus(runtime.telegram, runtime.catalog))
     return findings
 
@@ -335,6 +339,50 @@ def _fix_for(message: str, set_webhook: str) -> str:
                 "say why (docs/operations.md); Telegram re-delivers once it answers 200")
     return ("Telegram cannot reach the function: check the URL, that it allows "
             f"unauthenticated calls, and its certificate; then {set_webhook}")
+
+
+def examine_function(function_url: str, settings: Settings) -> list[Finding]:
+    """The function itself: it refuses a request without the secret and accepts ours.
+
+    Both requests carry an empty JSON object, which the function answers without any work
+    (no update id: ignored); the one without the secret leaves a WARNING line in its log.
+    """
+    import requests  # noqa: PLC0415 - only this check calls the function
+
+    from messagine.webhook import SECRET_HEADER  # noqa: PLC0415
+
+    try:
+        anonymous = requests.post(function_url, json={}, timeout=30).status_code
+        signed = None if settings.webhook_secret is None else requests.post(
+            function_url, json={}, timeout=30,
+            headers={SECRET_HEADER: settings.webhook_secret.reveal()}).status_code
+    except requests.RequestException as error:
+        return [Finding(False, f"the function at {function_url} cannot be reached "
+                        f"({type(error).__name__})", "check --url: `gcloud functions describe "
+                        "messagine --gen2 --region=REGION --format='value(serviceConfig.uri)'`")]
+    findings = []
+    if anonymous == 500:
+        findings.append(Finding(False, "the function answers 500: it has no WEBHOOK_SECRET (or "
+                                "another setting is invalid; its log says which)",
+                                "deploy with the secret: the build's --set-secrets gives it"))
+    elif anonymous != 401:
+        findings.append(Finding(False, f"the function answers {anonymous} to a request "
+                                "without the secret token, not 401", "check --url is the "
+                                "webhook function's, then redeploy it with the build"))
+    else:
+        findings.append(Finding(True, "the function refuses requests without the secret"))
+    if signed == 401:
+        findings.append(Finding(False, "the function refuses the WEBHOOK_SECRET given here: it "
+                                "has another one, and Telegram may too", "use the deployment's "
+                                "secret (gcloud secrets versions access latest "
+                                "--secret=WEBHOOK_SECRET), then python -m messagine set-webhook "
+                                f"--url {function_url}"))
+    elif signed is not None and signed != 200:
+        findings.append(Finding(False, f"the function answers {signed} with the secret",
+                                "its log (severity>=WARNING) says why"))
+    elif signed == 200:
+        findings.append(Finding(True, "the function accepts this WEBHOOK_SECRET"))
+    return findings
 
 
 def examine_menus(telegram: Telegram, catalog: Catalog) -> list[Finding]:

@@ -9,48 +9,72 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, ROOT, backend_env, bot_env, drop_test_repository
+from conftest import (
+    BACKENDS,
+    ROOT,
+    SECRET,
+    FunctionServer,
+    backend_env,
+    bot_env,
+    drop_test_repository,
+)
 from messagine import cli, doctor
 from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.pipeline import HANDLED_KINDS
 from messagine.runtime import build_runtime
 from messagine.settings import Settings
 
-URL = "https://messagine-abc123-ew.a.run.app"
-Doctor = Callable[..., tuple[int, str]]
+
+@dataclass(frozen=True)
+class Deployment:
+    """The deployment's settings and its function's URL."""
+
+    env: dict[str, str]
+    url: str
 
 
 @pytest.fixture(params=BACKENDS)
 def deployment(request: pytest.FixtureRequest, fake_api: FakeBotApi, tmp_path: Path
-               ) -> Iterator[dict[str, str]]:
-    """A healthy deployment on each backend: schema, webhook and menus set as the build does."""
+               ) -> Iterator[Deployment]:
+    """A healthy deployment on each backend: the function served, its schema, webhook and
+    menus set as the build does."""
     env = {**bot_env(fake_api, tmp_path / "bot.sqlite3"), **backend_env(request, request.param)}
     runtime = build_runtime(Settings.from_env(env))
     runtime.repository.init_schema()
-    assert cli.set_webhook(runtime, URL) == 0 and cli.set_commands(runtime) == 0
-    yield env
+    server = FunctionServer(env)
+    # set-webhook wants https; the test's server speaks http on loopback.
+    runtime.telegram.set_webhook(server.url, SECRET, HANDLED_KINDS, cli.WEBHOOK_MAX_CONNECTIONS)
+    assert cli.set_commands(runtime) == 0
+    yield Deployment(env, server.url)
+    server.stop()
     if request.param != "sqlite":
         drop_test_repository(request, runtime.repository)
 
 
-def run_doctor(env: dict[str, str], url: str | None = URL) -> tuple[int, str]:
+def run_doctor(deployment: Deployment, url: str | None = None, **env: str) -> tuple[int, str]:
     out = io.StringIO()
-    return doctor.run(env, url, out), out.getvalue()
+    status = doctor.run({**deployment.env, **env}, url or deployment.url, out)
+    return status, out.getvalue()
 
 
 def failures(report: str) -> list[str]:
     return [line for line in report.splitlines() if line.startswith("FAIL")]
 
 
-def test_a_healthy_deployment_passes_every_check(deployment: dict[str, str]):
+def test_a_healthy_deployment_passes_every_check(deployment: Deployment):
     status, report = run_doctor(deployment)
     assert status == 0, report
     assert failures(report) == [] and report.endswith("all checks passed\n")
-    for said in ("settings are valid", "reachable", "indexes", f"delivers to the function ({URL}",
+    for said in ("settings are valid", "reachable", "indexes",
+                 f"delivers to the function ({deployment.url}",
+                 "function refuses requests without the secret",
+                 "function accepts this WEBHOOK_SECRET",
                  "update kinds: message, edited_message, callback_query, my_chat_member",
                  "max_connections is 40", "0 updates waiting", "no delivery error",
                  "command menu is set in all 9 languages"):
@@ -65,16 +89,34 @@ def fix_of(report: str, problem: str) -> str:
     return lines[at + 1].removeprefix("     fix: ")
 
 
-def test_a_wrong_webhook_url_is_found(deployment: dict[str, str]):
-    status, report = run_doctor(deployment, "https://messagine-new-ew.a.run.app")
+def test_a_wrong_webhook_url_is_found(deployment: Deployment, fake_api: FakeBotApi):
+    fake_api.webhook["url"] = "https://messagine-old-ew.a.run.app"
+    status, report = run_doctor(deployment)
     assert status == 1
-    assert fix_of(report, f"Telegram delivers to {URL}, not to the function") == \
-        "python -m messagine set-webhook --url https://messagine-new-ew.a.run.app"
+    assert fix_of(report, "Telegram delivers to https://messagine-old-ew.a.run.app, not to "
+                  "the function") == f"python -m messagine set-webhook --url {deployment.url}"
     assert len(failures(report)) == 1, report
 
 
-def test_a_missing_secret_is_found(deployment: dict[str, str]):
-    status, report = run_doctor({**deployment, "WEBHOOK_SECRET": ""})
+def test_a_secret_the_function_does_not_have_is_found(deployment: Deployment):
+    status, report = run_doctor(deployment, WEBHOOK_SECRET="another-secret_0123456789")
+    assert status == 1
+    fix = fix_of(report, "the function refuses the WEBHOOK_SECRET given here")
+    assert "--secret=WEBHOOK_SECRET" in fix and f"set-webhook --url {deployment.url}" in fix
+    assert len(failures(report)) == 1, report
+
+
+def test_a_function_that_cannot_be_reached_is_found(deployment: Deployment):
+    from conftest import free_port
+
+    gone = f"http://127.0.0.1:{free_port()}/"
+    status, report = run_doctor(deployment, gone)
+    assert status == 1
+    assert "gcloud functions describe" in fix_of(report, f"the function at {gone} cannot be")
+
+
+def test_a_missing_secret_is_found(deployment: Deployment):
+    status, report = run_doctor(deployment, WEBHOOK_SECRET="")
     assert status == 1
     assert any(line.startswith("FAIL settings: WEBHOOK_SECRET is not set")
                for line in report.splitlines())
@@ -84,7 +126,7 @@ def test_a_missing_secret_is_found(deployment: dict[str, str]):
 
 
 def test_pending_updates_and_a_recent_error_are_found(
-    deployment: dict[str, str], fake_api: FakeBotApi
+    deployment: Deployment, fake_api: FakeBotApi
 ):
     fake_api.webhook.update({"pending_update_count": 512, "last_error_date": int(time.time()) - 120,
                              "last_error_message": "Wrong response from the webhook: "
@@ -93,7 +135,8 @@ def test_pending_updates_and_a_recent_error_are_found(
     assert status == 1
     assert "fix the last error" in fix_of(report, "512 updates are waiting at Telegram")
     fix = fix_of(report, "last delivery error, 2 min ago: Wrong response from the webhook: 401")
-    assert "not the function's WEBHOOK_SECRET" in fix and f"set-webhook --url {URL}" in fix
+    assert "not the function's WEBHOOK_SECRET" in fix
+    assert f"set-webhook --url {deployment.url}" in fix
     fake_api.webhook.update({"last_error_date": int(time.time()) - 60,
                              "last_error_message": "Wrong response from the webhook: "
                                                    "503 Service Unavailable",
@@ -106,19 +149,19 @@ def test_pending_updates_and_a_recent_error_are_found(
 
 
 def test_wrong_update_kinds_and_missing_menus_are_found(
-    deployment: dict[str, str], fake_api: FakeBotApi
+    deployment: Deployment, fake_api: FakeBotApi
 ):
     fake_api.webhook["allowed_updates"] = ["message"]
     fake_api.commands.pop("de")
     status, report = run_doctor(deployment)
     assert status == 1
     assert fix_of(report, "Telegram sends message; the bot needs exactly") == \
-        f"python -m messagine set-webhook --url {URL}"
+        f"python -m messagine set-webhook --url {deployment.url}"
     assert fix_of(report, "command menu is missing or out of date for: de") == \
         "python -m messagine set-commands"
 
 
-def test_no_webhook_at_all_is_found(deployment: dict[str, str], fake_api: FakeBotApi):
+def test_no_webhook_at_all_is_found(deployment: Deployment, fake_api: FakeBotApi):
     fake_api.webhook = {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
     status, report = run_doctor(deployment)
     assert status == 1 and "set-webhook" in fix_of(report, "no webhook is set")
@@ -137,10 +180,10 @@ def drop_an_index(env: dict[str, str]) -> str:
     return "lobby_by_language"
 
 
-def test_a_missing_index_is_found(deployment: dict[str, str]):
-    if deployment["STORAGE"] == "firestore":
+def test_a_missing_index_is_found(deployment: Deployment):
+    if deployment.env["STORAGE"] == "firestore":
         pytest.skip("the Firestore emulator serves every query without composite indexes")
-    name = drop_an_index(deployment)
+    name = drop_an_index(deployment.env)
     status, report = run_doctor(deployment)
     assert status == 1
     assert fix_of(report, name).startswith("run `python -m messagine init-db`")
@@ -151,12 +194,12 @@ STORE_DOWN = {"sqlite": {"SQLITE_PATH": "/nonexistent/messagine.sqlite3"},
               "firestore": {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:9"}}
 
 
-def test_a_store_that_is_down_is_found(deployment: dict[str, str]):
+def test_a_store_that_is_down_is_found(deployment: Deployment):
     started = time.monotonic()
-    status, report = run_doctor({**deployment, **STORE_DOWN[deployment["STORAGE"]]})
+    status, report = run_doctor(deployment, **STORE_DOWN[deployment.env["STORAGE"]])
     assert status == 1
     problem = {"sqlite": "cannot be read", "mongo": "MongoDB cannot be reached",
-               "firestore": "Firestore cannot be reached"}[deployment["STORAGE"]]
+               "firestore": "Firestore cannot be reached"}[deployment.env["STORAGE"]]
     assert fix_of(report, problem)
     assert "delivers to the function" in report, "Telegram is still checked"
     assert time.monotonic() - started < 30
@@ -188,7 +231,7 @@ def test_the_mongo_index_list_is_what_init_db_creates(mongo_uri: str):
 def test_the_command_line_exits_non_zero_on_a_problem(fake_api: FakeBotApi, tmp_path: Path):
     env = bot_env(fake_api, tmp_path / "db.sqlite3")
     clean = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "STORAGE")}
-    result = subprocess.run([sys.executable, "-m", "messagine", "doctor", "--url", URL],
+    result = subprocess.run([sys.executable, "-m", "messagine", "doctor"],
                             cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
