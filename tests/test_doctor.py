@@ -240,3 +240,28 @@ def test_the_command_line_exits_non_zero_on_a_problem(fake_api: FakeBotApi, tmp_
     assert fake_api.token not in result.stdout + result.stderr
     assert not fake_api.calls_of("setWebhook") and not fake_api.calls_of("setMyCommands"), \
         "the doctor only reads"
+
+
+def test_each_firestore_probe_is_a_query_that_needs_its_index():
+    # The emulator needs no composite index, so a missing one cannot be shown on it; what
+    # can be checked is that each probe filters and orders on exactly its index's fields.
+    import json
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import firestore
+
+    from messagine.storage.setup_firestore import INDEXES_FILE
+
+    client = firestore.Client(project="demo-x", credentials=AnonymousCredentials())
+    for index in json.loads(INDEXES_FILE.read_text())["indexes"]:
+        query = doctor._index_probe(client, index)._to_protobuf()
+        *equal, last = index["fields"]
+        filters = ([query.where.field_filter] if query.where.field_filter.field.field_path
+                   else [f.field_filter for f in query.where.composite_filter.filters])
+        assert [f.field.field_path for f in filters] == [f["fieldPath"] for f in equal]
+        assert [f.op.name for f in filters] == [
+            "ARRAY_CONTAINS" if "arrayConfig" in f else "EQUAL" for f in equal]
+        (order,) = query.order_by
+        assert order.field.field_path == last["fieldPath"]
+        assert order.direction.name == last["order"]
+        assert query.from_[0].collection_id == index["collectionGroup"]
