@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("delete-webhook", help="stop webhook delivery")
     commands.add_parser("webhook-info", help="print Telegram's view of the webhook")
     commands.add_parser("init-db", help="create the storage schema and indexes")
+    doctor = commands.add_parser(
+        "doctor", help="check the deployment (settings, store, webhook, menus) and explain "
+        "each problem with its fix; exit status 1 when something is wrong")
+    doctor.add_argument("--url", help="the function's https URL, to check Telegram uses it")
     args = parser.parse_args(argv)
     if args.command is None:
         args.command = "poll" if os.environ.get("TELEGRAM_TOKEN") else "sandbox"
@@ -63,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from messagine.dev import sandbox as local_sandbox  # noqa: PLC0415 - never deployed
 
         return local_sandbox.run(args.port, open_browser=not args.no_browser)
+    if args.command == "doctor":
+        from messagine import doctor as checks  # noqa: PLC0415 - only this command needs it
+
+        return checks.run(os.environ, args.url)
 
     try:
         settings = Settings.from_env(require_webhook_secret=args.command == "set-webhook")

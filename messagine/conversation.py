@@ -202,6 +202,9 @@ class Conversation:
         ended = self.repository.end_chat(user.user_id, reason, self.clock(), update_id)
         if ended is None:
             return False
+        if not ended.resumed:  # a resumed ending was logged by the attempt that made it
+            log.info("chat ended: %s", reason.value,
+                     extra={"json_fields": {"chat_end_reason": reason.value}})
         self._tell_partner(ended, "exit.closed_by_partner")
         self._track_end(user, ended, reason)
         return True

@@ -3,6 +3,11 @@
 Not public: IAM lets only Cloud Scheduler's service account call it, and the function
 also refuses any request without the header ``X-Job-Secret`` equal to JOB_SECRET (401),
 so a deploy that was left open by mistake is still closed.
+
+Each run also asks Telegram for the webhook's state (getWebhookInfo) and logs its pending
+update count and last error on one line (``webhook_pending_updates``,
+``webhook_last_error_age_s``, ``webhook_last_error``), so that a queue growing at Telegram
+shows on the dashboard and can raise an alert, even when no update reaches the function.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from messagine.runtime import LazyRuntime, Runtime
 from messagine.settings import SettingsError
 from messagine.storage.port import StorageUnavailable
+from messagine.telegram import TelegramError
 
 if TYPE_CHECKING:
     import flask
@@ -44,12 +51,33 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> Response:
                                                    expected.reveal().encode()):
         log.warning("refused reminders request with a missing or wrong job secret")
         return _reply(401, {"error": "unauthorized"})
+    log_webhook_state(runtime)
     try:
         summary = runtime.reminders.run()
     except StorageUnavailable:
         log.exception("reminders run stopped: storage unavailable")
         return _reply(503, {"error": "storage unavailable"})
     return _reply(200, summary.as_dict())
+
+
+def log_webhook_state(runtime: Runtime, now: float | None = None) -> None:
+    """Log Telegram's pending update count and last delivery error; never raises."""
+    try:
+        info = runtime.telegram.webhook_info()
+    except TelegramError as error:
+        log.warning("webhook state unknown: getWebhookInfo failed with %s", error.code)
+        return
+    pending = int(info.get("pending_update_count", 0))
+    error_date = info.get("last_error_date")
+    age = None if error_date is None else max(0, round((now or time.time()) - error_date))
+    # Telegram's own words about delivering to us ("Wrong response from the webhook: 503
+    # Service Unavailable"): no update content.
+    last_error = str(info.get("last_error_message", ""))[:200] or None
+    log.info("webhook: %s pending updates, last error %s", pending,
+             "none" if age is None else f"{age} s ago: {last_error}",
+             extra={"json_fields": {"webhook_pending_updates": pending,
+                                    "webhook_last_error_age_s": age,
+                                    "webhook_last_error": last_error}})
 
 
 def _reply(status: int, body: dict[str, object]) -> Response:

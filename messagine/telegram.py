@@ -6,13 +6,16 @@ where proxies and error messages would show it), bounds each call with timeouts,
 turns the library's and requests' exceptions into three kinds the services act on:
 ``TelegramUnavailable`` (retry later), ``TelegramBlocked`` (403: the user blocked the bot)
 and ``TelegramRejected`` (any other 4xx: retrying will not help). None of them carries
-the request URL, which holds the bot token.
+the request URL, which holds the bot token. Every failed call is one INFO line naming the
+method and the error code (``api_method``, ``api_error_code``: 0 for a network error or a
+timeout), which the log-based metric of Bot API errors counts.
 """
 
 from __future__ import annotations
 
 import contextvars
 import io
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +26,8 @@ import telebot
 from telebot import apihelper, types
 
 from messagine.envelope import Location, Media
+
+log = logging.getLogger("messagine.telegram")
 
 T = TypeVar("T")
 Keyboard = Sequence[Sequence[tuple[str, str]]]
@@ -186,6 +191,10 @@ class Telegram:
                 return action()
             except (apihelper.ApiException, requests.RequestException) as error:
                 failure = _classify(method, error)
+            # The description may quote a request's text: the method and code only.
+            log.info("bot api call failed: %s %s", method, failure.code,
+                     extra={"json_fields": {"api_method": method,
+                                            "api_error_code": failure.code}})
             deadline = _deadline.get()
             if (attempt == 1 and isinstance(failure, TelegramUnavailable)
                     and failure.code == 429 and failure.retry_after is not None
@@ -334,6 +343,12 @@ class Telegram:
             token, offset=offset, limit=100, timeout=None, allowed_updates=list(allowed_updates),
             long_polling_timeout=timeout_s))
         return result
+
+    def get_commands(self, language_code: str | None) -> list[tuple[str, str]]:
+        """The command menu Telegram shows for one language (None: the default)."""
+        menu = self._call("getMyCommands", lambda: self.bot.get_my_commands(
+            language_code=language_code))
+        return [(str(c.command), str(c.description)) for c in menu or []]
 
     def set_commands(
         self, commands: Sequence[tuple[str, str]], language_code: str | None

@@ -4,10 +4,12 @@ every setting it needs. No account is needed: gcloud must fail only for lack of 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +110,7 @@ def test_on_firestore_no_mongodb_secret_is_asked_for_and_the_indexes_are_set_up(
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
 @pytest.mark.parametrize(("step_id", "analytics", "storage"), [
     ("deploy", "", "mongo"), ("deploy", ANALYTICS, "mongo"), ("deploy-reminders", "", "mongo"),
-    ("deploy", "", "firestore")])
+    ("deploy", "", "firestore"), ("cpu-boost", "", "mongo")])
 def test_gcloud_accepts_the_deploy_command_and_fails_only_for_lack_of_an_account(
     tmp_path: Path, step_id: str, analytics: str, storage: str
 ):
@@ -123,3 +125,116 @@ def test_gcloud_accepts_the_deploy_command_and_fails_only_for_lack_of_an_account
         result.stderr
     assert "unrecognized arguments" not in result.stderr
     assert "argument --" not in result.stderr
+
+
+# -- the Cloud Console side: ops/apply.sh ------------------------------------------------
+
+CREDENTIALS = "You do not currently have an active account selected"
+
+# A stand-in for gcloud on the script's PATH: every call goes to the real gcloud (which
+# parses the whole command line and the files it names, then stops for lack of an
+# account); the stand-in records how that went and answers as a project in which
+# everything exists already (EXISTING=1) or nothing does yet (EXISTING=0).
+SHIM = """#!{python}
+import json, os, subprocess, sys
+args = sys.argv[1:]
+real = subprocess.run([{gcloud!r}, *args], capture_output=True, text=True, check=False)
+with open(os.environ["SHIM_LOG"], "a") as log:
+    log.write(json.dumps({{"args": args, "code": real.returncode, "stderr": real.stderr}}) + "\\n")
+existing = os.environ["EXISTING"] == "1"
+words = [a for a in args if not a.startswith("-")]
+if "list" in words:
+    print("projects/demo-project/things/1" if existing else "")
+elif words[:2] == ["functions", "describe"]:
+    print("https://messagine-reminders-xyz.a.run.app")
+elif "describe" in words or words[:3] == ["logging", "metrics", "update"]:
+    sys.exit(0 if existing else 1)
+"""
+
+
+def apply_console(tmp_path: Path, existing: bool, channel: str = "") -> list[dict[str, Any]]:
+    """Run ops/apply.sh as the build's console step does, through the real gcloud."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "gcloud"
+    shim.write_text(SHIM.format(python=sys.executable, gcloud=shutil.which("gcloud")))
+    shim.chmod(0o755)
+    log = tmp_path / f"calls-{int(existing)}.jsonl"
+    console = step("console")
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+           "CLOUDSDK_CORE_DISABLE_PROMPTS": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "SHIM_LOG": str(log), "EXISTING": "1" if existing else "0",
+           "JOB_SECRET": "job-secret-value",
+           **dict(filled(pair, _ALERT_CHANNEL=channel).split("=", 1) for pair in console["env"])}
+    result = subprocess.run(["bash", *console["args"]], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_the_console_step_runs_the_script_with_its_settings():
+    console = step("console")
+    assert console["args"] == ["ops/apply.sh"] and console["secretEnv"] == ["JOB_SECRET"]
+    env = dict(filled(pair).split("=", 1) for pair in console["env"])
+    assert env == {"PROJECT": "demo-project", "REGION": "europe-west1", "FUNCTION": "messagine",
+                   "ALERT_CHANNEL": "", "SCHEDULE": "*/10 * * * *"}
+    secrets = BUILD["availableSecrets"]["secretManager"]
+    assert "JOB_SECRET" in {secret["env"] for secret in secrets}
+    ids = [s["id"] for s in BUILD["steps"]]
+    assert ids.index("deploy-reminders") < ids.index("console"), "the job needs its function"
+    assert ids.index("deploy") < ids.index("cpu-boost")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
+@pytest.mark.parametrize("existing", [False, True], ids=["first-build", "next-build"])
+def test_gcloud_accepts_every_console_command_and_fails_only_for_lack_of_an_account(
+    tmp_path: Path, existing: bool
+):
+    channel = "projects/demo-project/notificationChannels/123" if existing else ""
+    calls = apply_console(tmp_path, existing, channel)
+    for call in calls:
+        assert call["code"] != 0 and CREDENTIALS in call["stderr"], (call["args"], call["stderr"])
+        assert "unrecognized arguments" not in call["stderr"]
+    words = [[a for a in call["args"] if not a.startswith("-")] for call in calls]
+    ran = {" ".join(w) for w in words}
+    verb = "update" if existing else "create"
+    metrics = sorted(p.stem for p in (ROOT / "ops" / "metrics").glob("*.json"))
+    assert sorted(w[3] for w in words if w[:3] == ["logging", "metrics", verb]) == [
+        f"messagine/{name}" for name in metrics], "every metric, named after the function"
+    assert sum(w[:4] == ["alpha", "monitoring", "policies", verb] for w in words) == \
+        len(list((ROOT / "ops" / "alerts").glob("*.json")))
+    assert any(r.startswith(f"monitoring dashboards {verb}") for r in ran)
+    assert any(r.startswith(f"scheduler jobs {verb} http messagine-reminders") for r in ran)
+    assert any(r.startswith("functions add-invoker-policy-binding messagine-reminders")
+               for r in ran)
+    assert any(r.startswith("iam service-accounts create") for r in ran) != existing
+    job = next(c["args"] for c, w in zip(calls, words, strict=True)
+               if w[:3] == ["scheduler", "jobs", verb])
+    assert "--oidc-service-account-email=messagine-scheduler@demo-project.iam.gserviceaccount.com" \
+        in job
+    assert ("--update-headers" if existing else "--headers") + "=X-Job-Secret=job-secret-value" \
+        in job
+    assert "--schedule=*/10 * * * *" in job and "--http-method=POST" in job
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
+def test_the_build_gets_the_whole_repository_and_the_docs_say_how(tmp_path: Path):
+    # gcloud builds submit follows .gcloudignore, which keeps only the function's files; the
+    # build needs tests/ and ops/ too, so the documented command names ops/build.gcloudignore.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in tracked:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".gcloudignore").write_text((ROOT / "ops" / "build.gcloudignore").read_text())
+    (tmp_path / "messagine" / "stale.pyc").write_bytes(b"")
+    listed = subprocess.run(["gcloud", "meta", "list-files-for-upload", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, check=True)
+    uploaded = set(listed.stdout.split())
+    assert {"ops/apply.sh", "tests/requirements.txt", "cloudbuild.yaml", "main.py"} <= uploaded
+    assert "messagine/stale.pyc" not in uploaded
+    assert set(tracked) - {".gitignore", ".gcloudignore"} <= uploaded
+    for doc in ("docs/deploy.md", "README.md"):
+        submits = re.findall(r"gcloud builds submit[^\n]*", (ROOT / doc).read_text())
+        assert submits and all("--ignore-file=ops/build.gcloudignore" in s for s in submits), doc

@@ -50,3 +50,36 @@ def test_firestore_loads_its_client_and_connects_to_nothing_at_build():
     # No emulator listens on port 9: building must not try to reach it.
     assert loaded("FIRESTORE_EMULATOR_HOST=127.0.0.1:9", "GOOGLE_CLOUD_PROJECT=demo-x") \
         == "google.cloud.firestore"
+
+
+LOG_PROBE = """
+import logging, sys
+if sys.argv[1] == "eager":
+    import google.cloud.logging_v2  # the whole package first: the handler imports as usual
+from messagine.logs import configure_logging
+configure_logging(structured=True, project_id="demo")
+deferred = sorted(m for m in sys.modules if m.startswith(("google.cloud.logging_v2.client",
+                                                          "google.cloud.logging_v2.services")))
+log = logging.getLogger("messagine.probe")
+log.info("one line", extra={"json_fields": {"update_id": 7, "outcome": "relayed"}})
+try:
+    raise KeyError("private")
+except KeyError:
+    log.exception("update 7 failed")
+import google.cloud.logging  # the rest of the library still works when it is used
+print("CLIENT", google.cloud.logging.Client.__name__, deferred, file=sys.stderr)
+"""
+
+
+def log_probe(mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", LOG_PROBE, mode], cwd=ROOT, check=True,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_cloud_handler_imports_without_the_api_client_and_writes_the_same_lines():
+    deferred, eager = log_probe("deferred"), log_probe("eager")
+    assert "CLIENT Client []" in deferred.stderr, "the API client is not imported at start"
+    assert "google.cloud.logging_v2.client" in eager.stderr
+    assert deferred.stdout == eager.stdout
+    lines = deferred.stdout.splitlines()
+    assert '"update_id": 7' in lines[-2] and '"stack_trace": ' in lines[-1]

@@ -7,13 +7,15 @@ user's chat shows in the fake Bot API's model, as a Telegram client would show i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import BACKENDS, SECRET, FunctionServer
+from conftest import BACKENDS, ROOT, SECRET, FunctionServer, bot_env
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, SAMPLE_CONTENT, FakeBotApi, FakeUser
 from messagine.safety import CONFIRMED_KINDS
+from support import log_filter
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.parametrize("served", [*BACKENDS, "sqlite-cloud-logging"],
@@ -192,3 +194,49 @@ def test_users_are_answered_in_their_language_over_http(
         user = served_api.user(user_id, "U", language_code=code)
         assert function_server.post(user.command("start")).status_code == 200
         assert user.last()["text"].startswith(welcome)
+
+
+def test_every_metric_reads_fields_the_bot_writes(
+    function_server: FunctionServer, served_api: FakeBotApi, request: pytest.FixtureRequest,
+    tmp_path: Path,
+):
+    """The log-based metrics (ops/metrics) against this module's capture of JSON lines.
+
+    Every filter must select some line the bot wrote, and every label and value it
+    extracts must be there on each line it selects: a filter or label naming a field the
+    bot never writes fails here. The capture is the whole module's (the conversation
+    above), plus a Bot API failure, a 503 and a run of the reminders job, which it lacks.
+    """
+    if request.node.callspec.params["served"] != "sqlite-cloud-logging":
+        pytest.skip("the metrics read Cloud Logging's JSON lines")
+    carol, dave = served_api.user(7301, "Carol"), served_api.user(7302, "Dave")
+    function_server.post(carol.command("find_chat"))
+    function_server.post(dave.command("find_chat"))
+    served_api.fail("copyMessage", status=502)
+    assert function_server.post(carol.text("will be retried")).status_code == 503
+    served_api.webhook.update({"pending_update_count": 7, "last_error_date": 1_700_000_000,
+                               "last_error_message": "Wrong response from the webhook: 503"})
+    job_env = {**bot_env(served_api, tmp_path / "job.sqlite3"), "JOB_SECRET": "job-secret-0123",
+               "K_SERVICE": "messagine-reminders", "GOOGLE_CLOUD_PROJECT": "demo-project"}
+    job = FunctionServer(job_env, target="reminders")
+    try:
+        answer = job.post({}, secret=None, headers={"X-Job-Secret": "job-secret-0123"})
+        assert answer.status_code == 200, job.log()
+        job_log = job.log()
+    finally:
+        job.stop()
+    capture = function_server.log_path.read_text() + job_log
+    entries = [log_filter.entry(json.loads(line)) for line in capture.splitlines()
+               if line.startswith("{")]
+    for metric in log_filter.metric_definitions(ROOT):
+        selected = [e for e in entries if log_filter.matches(metric["filter"], e)]
+        assert selected, f"{metric['name']}: its filter selects no line the bot wrote"
+        for label, extractor in metric.get("labelExtractors", {}).items():
+            for e in selected:
+                assert log_filter.extract(extractor, e) is not None, (metric["name"], label, e)
+        if "valueExtractor" in metric:
+            for e in selected:
+                assert isinstance(log_filter.extract(metric["valueExtractor"], e), int | float)
+    for path in {f for m in log_filter.metric_definitions(ROOT)
+                 for f in log_filter.fields(m["filter"])}:
+        assert any(log_filter.lookup(e, path) is not None for e in entries), path
