@@ -127,7 +127,7 @@ def test_gcloud_accepts_the_deploy_command_and_fails_only_for_lack_of_an_account
     assert "argument --" not in result.stderr
 
 
-# -- the Cloud Console side: ops/apply.sh ------------------------------------------------
+# -- the Cloud Console side: messagine/ops/apply.sh ------------------------------------------------
 
 CREDENTIALS = "You do not currently have an active account selected"
 
@@ -153,7 +153,7 @@ elif "describe" in words or words[:3] == ["logging", "metrics", "update"]:
 
 
 def apply_console(tmp_path: Path, existing: bool, channel: str = "") -> list[dict[str, Any]]:
-    """Run ops/apply.sh as the build's console step does, through the real gcloud."""
+    """Run messagine/ops/apply.sh as the build's console step does, through the real gcloud."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     shim = bin_dir / "gcloud"
@@ -174,7 +174,7 @@ def apply_console(tmp_path: Path, existing: bool, channel: str = "") -> list[dic
 
 def test_the_console_step_runs_the_script_with_its_settings():
     console = step("console")
-    assert console["args"] == ["ops/apply.sh"] and console["secretEnv"] == ["JOB_SECRET"]
+    assert console["args"] == ["messagine/ops/apply.sh"] and console["secretEnv"] == ["JOB_SECRET"]
     env = dict(filled(pair).split("=", 1) for pair in console["env"])
     assert env == {"PROJECT": "demo-project", "REGION": "europe-west1", "FUNCTION": "messagine",
                    "ALERT_CHANNEL": "", "SCHEDULE": "*/10 * * * *"}
@@ -199,11 +199,11 @@ def test_gcloud_accepts_every_console_command_and_fails_only_for_lack_of_an_acco
     words = [[a for a in call["args"] if not a.startswith("-")] for call in calls]
     ran = {" ".join(w) for w in words}
     verb = "update" if existing else "create"
-    metrics = sorted(p.stem for p in (ROOT / "ops" / "metrics").glob("*.json"))
+    metrics = sorted(p.stem for p in (ROOT / "messagine" / "ops" / "metrics").glob("*.json"))
     assert sorted(w[3] for w in words if w[:3] == ["logging", "metrics", verb]) == [
         f"messagine/{name}" for name in metrics], "every metric, named after the function"
     assert sum(w[:4] == ["alpha", "monitoring", "policies", verb] for w in words) == \
-        len(list((ROOT / "ops" / "alerts").glob("*.json")))
+        len(list((ROOT / "messagine" / "ops" / "alerts").glob("*.json")))
     assert any(r.startswith(f"monitoring dashboards {verb}") for r in ran)
     assert any(r.startswith(f"scheduler jobs {verb} http messagine-reminders") for r in ran)
     assert any(r.startswith("functions add-invoker-policy-binding messagine-reminders")
@@ -221,20 +221,24 @@ def test_gcloud_accepts_every_console_command_and_fails_only_for_lack_of_an_acco
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
 def test_the_build_gets_the_whole_repository_and_the_docs_say_how(tmp_path: Path):
     # gcloud builds submit follows .gcloudignore, which keeps only the function's files; the
-    # build needs tests/ and ops/ too, so the documented command names ops/build.gcloudignore.
+    # build needs tests/ and messagine/ops/ too, so the documented command names
+    # messagine/ops/build.gcloudignore.
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
     for name in tracked:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
-    (tmp_path / ".gcloudignore").write_text((ROOT / "ops" / "build.gcloudignore").read_text())
+    build_ignore = ROOT / "messagine" / "ops" / "build.gcloudignore"
+    (tmp_path / ".gcloudignore").write_text(build_ignore.read_text())
     (tmp_path / "messagine" / "stale.pyc").write_bytes(b"")
     listed = subprocess.run(["gcloud", "meta", "list-files-for-upload", str(tmp_path)],
                             capture_output=True, text=True, timeout=120, check=True)
     uploaded = set(listed.stdout.split())
-    assert {"ops/apply.sh", "tests/requirements.txt", "cloudbuild.yaml", "main.py"} <= uploaded
+    assert {"messagine/ops/apply.sh", "tests/requirements.txt", "cloudbuild.yaml",
+            "main.py"} <= uploaded
     assert "messagine/stale.pyc" not in uploaded
     assert set(tracked) - {".gitignore", ".gcloudignore"} <= uploaded
     for doc in ("docs/deploy.md", "README.md"):
         submits = re.findall(r"gcloud builds submit[^\n]*", (ROOT / doc).read_text())
-        assert submits and all("--ignore-file=ops/build.gcloudignore" in s for s in submits), doc
+        assert submits, doc
+        assert all("--ignore-file=messagine/ops/build.gcloudignore" in s for s in submits), doc

@@ -200,7 +200,7 @@ def test_every_metric_reads_fields_the_bot_writes(
     function_server: FunctionServer, served_api: FakeBotApi, request: pytest.FixtureRequest,
     tmp_path: Path,
 ):
-    """The log-based metrics (ops/metrics) against this module's capture of JSON lines.
+    """The log-based metrics (messagine/ops/metrics) against this module's capture of JSON lines.
 
     Every filter must select some line the bot wrote, and every label and value it
     extracts must be there on each line it selects: a filter or label naming a field the

@@ -19,5 +19,6 @@ def test_only_runtime_files_are_uploaded():
                                  text=True, check=True).stdout.split())
     expected = {f for f in tracked
                 if (f in ("main.py", "requirements.txt") or f.startswith("messagine/"))
-                and not f.startswith("messagine/dev/") and not f.endswith(".po")}
+                and not f.startswith(("messagine/dev/", "messagine/ops/"))
+                and not f.endswith(".po")}
     assert files == expected

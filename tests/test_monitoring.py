@@ -1,6 +1,7 @@
-"""The Cloud Console definitions in ops/: parsed by Google's own client types (a wrong field
-fails here, not at deploy time), consistent with each other and with the docs, and free of
-anything that would identify a user."""
+"""The Cloud Console definitions in messagine/ops/: parsed by Google's own client types.
+
+A wrong field fails here, not at deploy time; the definitions are consistent with each
+other and with the docs, and free of anything that would identify a user."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from google.cloud.logging_v2.types import LogMetric
 from conftest import ROOT
 from support import log_filter
 
-OPS = ROOT / "ops"
+OPS = ROOT / "messagine" / "ops"
 CHANNEL = "projects/demo-project/notificationChannels/123"
 
 
 def rendered(path: Path) -> str:
-    """A definition as ops/apply.sh renders it for the function "messagine"."""
+    """A definition as messagine/ops/apply.sh renders it for the function "messagine"."""
     return path.read_text().replace("__FUNCTION__", "messagine").replace(
         '"__CHANNEL__"', json.dumps(CHANNEL))
 

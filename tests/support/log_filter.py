@@ -1,5 +1,5 @@
-"""The subset of the Cloud Logging query language that ops/metrics uses, applied to the JSON
-lines the bot writes on stdout, so that a metric's filter and extractors are checked
+"""The subset of the Cloud Logging query language that messagine/ops/metrics uses, applied to
+the JSON lines the bot writes on stdout, so that a metric's filter and extractors are checked
 against what the bot really logs.
 
 A line becomes a LogEntry as Cloud Logging ingests it: ``severity`` from its severity,
@@ -117,6 +117,6 @@ def extractor_field(extractor: str) -> str:
 
 
 def metric_definitions(root: Any, function: str = "messagine") -> list[dict[str, Any]]:
-    """ops/metrics/*.json as the build renders them for ``function``."""
+    """messagine/ops/metrics/*.json as the build renders them for ``function``."""
     return [json.loads(path.read_text().replace("__FUNCTION__", function))
-            for path in sorted((root / "ops" / "metrics").glob("*.json"))]
+            for path in sorted((root / "messagine" / "ops" / "metrics").glob("*.json"))]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates or updates, idempotently, what the Cloud Console shows and what runs the
-# reminders: the log-based metrics (ops/metrics), the dashboard (ops/dashboard.json), the
-# alert policies (ops/alerts), and the Cloud Scheduler job of the reminders function with
+# reminders: the log-based metrics (messagine/ops/metrics), the dashboard (messagine/ops/dashboard.json), the
+# alert policies (messagine/ops/alerts), and the Cloud Scheduler job of the reminders function with
 # its service account. cloudbuild.yaml runs it after the deploy; docs/operations.md says
 # what each chart and alert means.
 #
