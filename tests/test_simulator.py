@@ -94,8 +94,6 @@ def test_faults_lose_and_double_nothing(store: SimulatedStore, tmp_path: Path):
     assert failed, "the fake Bot API failed some calls"
 
 
-@pytest.mark.xfail(reason="re-delivery during a slow attempt relays again until claims have "
-                          "a state", strict=True)
 def test_redelivery_during_a_slow_attempt_doubles_nothing(store: SimulatedStore,
                                                           tmp_path: Path):
     report = simulate(store, tmp_path, SLOW, SLOW_LOAD, SLOW_ENV).report
