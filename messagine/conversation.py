@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from messagine import keyboards
 from messagine.analytics import Analytics, now_iso
@@ -19,7 +20,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.languages import LANGUAGES, language_name
 from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
-from messagine.storage.port import Repository
+from messagine.storage.port import Chats, Lobby, Users
 from messagine.telegram import Telegram, TelegramBlocked
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,15 @@ log = logging.getLogger(__name__)
 _MAX_MATCH_ATTEMPTS = 3
 
 
+class ConversationStore(Users, Lobby, Chats, Protocol):
+    """The storage roles a conversation uses: users, the lobby and chats."""
+
+
 class Conversation:
     """The lobby and chat rules for one bot instance."""
 
     def __init__(
-        self, repository: Repository, telegram: Telegram, catalog: Catalog,
+        self, repository: ConversationStore, telegram: Telegram, catalog: Catalog,
         recent_partners: int, clock: Callable[[], float], analytics: Analytics,
         min_age: int = 0,
     ) -> None:

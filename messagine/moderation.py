@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from messagine import keyboards, routes
 from messagine.analytics import Analytics
@@ -22,7 +23,7 @@ from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.models import ChatRecord, EndReason, UserState
 from messagine.payload import INT64
-from messagine.storage.port import Repository
+from messagine.storage.port import Chats, MessageLog, ModerationRecords, PersonalRecords, Users
 from messagine.telegram import Telegram, TelegramBlocked, TelegramError, TelegramRejected
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ EVIDENCE_MESSAGES = 5
 """How many of the reported user's last messages of the chat the moderators see (copies);
 the report prompt and the privacy policy say so."""
 ADMIN_COMMANDS = ("ban", "unban", "detail", "stats")
+
+
+class ModerationStore(ModerationRecords, PersonalRecords, Users, Chats, MessageLog, Protocol):
+    """The storage roles moderation uses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +51,7 @@ class Moderation:
     """Reports, blocks, bans and admin commands."""
 
     def __init__(
-        self, repository: Repository, telegram: Telegram, catalog: Catalog,
+        self, repository: ModerationStore, telegram: Telegram, catalog: Catalog,
         conversation: Conversation, analytics: Analytics, settings: ModerationSettings,
         clock: Callable[[], float],
     ) -> None:

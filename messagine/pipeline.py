@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from telebot import TeleBot, types, util
 
@@ -27,7 +27,7 @@ from messagine.envelope import read as envelope_of
 from messagine.languages import language_for
 from messagine.models import OpenedUpdate, Profile, UserState
 from messagine.payload import problem as payload_problem
-from messagine.storage.port import Repository, StorageUnavailable
+from messagine.storage.port import MessageLog, StorageUnavailable, UpdateClaims
 from messagine.telegram import (
     Telegram,
     TelegramError,
@@ -52,6 +52,10 @@ KNOWN_KINDS = tuple(dict.fromkeys((*HANDLED_KINDS, *util.update_types)))
 """Every update kind pyTelegramBotAPI knows (its own list), ours first."""
 
 
+class PipelineStore(UpdateClaims, MessageLog, Protocol):
+    """The storage roles the pipeline uses: claims, and the message log for a taken-over update."""
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """What became of one update: the HTTP status to answer and a short outcome."""
@@ -64,7 +68,7 @@ class Pipeline:
     """Processes one update at a time per thread; shared by the webhook and polling."""
 
     def __init__(
-        self, bot: TeleBot, repository: Repository, telegram: Telegram, catalog: Catalog,
+        self, bot: TeleBot, repository: PipelineStore, telegram: Telegram, catalog: Catalog,
         clock: Callable[[], float] = time.time, analytics: Analytics | None = None,
     ) -> None:
         self.analytics = analytics or NoAnalytics()

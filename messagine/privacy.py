@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from messagine import keyboards
 from messagine.analytics import Analytics
@@ -21,12 +21,16 @@ from messagine.catalog import Catalog, Texts
 from messagine.conversation import Conversation
 from messagine.models import EndReason, StoredProfile, UserRecords, UserState
 from messagine.moderation import EVIDENCE_MESSAGES
-from messagine.storage.port import Repository
+from messagine.storage.port import PersonalRecords, Users
 from messagine.storage.registry import backend
 from messagine.telegram import Telegram
 
 TELEGRAM_TEXT_LIMIT = 4096
 EXPORT_FORMAT = "messagine-user-data/1"
+
+
+class PrivacyStore(PersonalRecords, Users, Protocol):
+    """The storage roles privacy rights use: a user's records and choices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,7 @@ class Privacy:
     """Each right of the privacy policy as a command."""
 
     def __init__(
-        self, repository: Repository, telegram: Telegram, catalog: Catalog,
+        self, repository: PrivacyStore, telegram: Telegram, catalog: Catalog,
         conversation: Conversation, analytics: Analytics, terms: PrivacyTerms,
         clock: Callable[[], float],
     ) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from messagine.models import UserState
-from messagine.storage.port import Repository
+from messagine.storage.port import MessageLog
 from messagine.telegram import Telegram, TelegramBlocked, TelegramRejected
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,14 @@ def mirrored_emoji(reactions: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+class ReactionStore(MessageLog, Protocol):
+    """The storage role reactions use: the message log."""
+
+
 class Reactions:
     """Mirrors reactions between the two users of a chat."""
 
-    def __init__(self, repository: Repository, telegram: Telegram) -> None:
+    def __init__(self, repository: ReactionStore, telegram: Telegram) -> None:
         self.repository = repository
         self.telegram = telegram
 

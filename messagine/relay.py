@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from telebot import types
 
@@ -24,7 +25,7 @@ from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.envelope import Envelope, Location
 from messagine.models import ActiveChat, MessageLink, UserState
-from messagine.storage.port import Repository
+from messagine.storage.port import MessageLog, Users
 from messagine.telegram import (
     CallWithdrawn,
     StillWanted,
@@ -40,11 +41,15 @@ NOT_COPYABLE = "can't be copied"
 giveaways, paid media, a quiz whose answer the bot does not know)."""
 
 
+class RelayStore(MessageLog, Users, Protocol):
+    """The storage roles the relay uses: the message log, and users (a chat that still lasts)."""
+
+
 class Relay:
     """Copies, replies, edits and deletions between the two users of a chat."""
 
     def __init__(
-        self, repository: Repository, telegram: Telegram, catalog: Catalog,
+        self, repository: RelayStore, telegram: Telegram, catalog: Catalog,
         conversation: Conversation, clock: Callable[[], float], analytics: Analytics,
         hold_links_minutes: int = 0,
     ) -> None:

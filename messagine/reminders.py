@@ -17,13 +17,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from messagine import keyboards
 from messagine.catalog import Catalog
 from messagine.languages import language_name
 from messagine.models import Nudge, ReminderRules, Retention
-from messagine.storage.port import Repository
+from messagine.storage.port import Jobs, Lobby, Users
 from messagine.telegram import (
     Keyboard,
     Telegram,
@@ -45,6 +45,10 @@ PURGE_BATCH = 200
 (on Firestore, a message is two documents, so one call is at most 800 deletes)."""
 PURGE_SHARE = 0.25
 """The share of a run's budget the purge may take: the sends keep the rest."""
+
+
+class JobStore(Jobs, Lobby, Users, Protocol):
+    """The storage roles the scheduled job uses."""
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Pacer:
 class Reminders:
     """One run of the reminders job."""
 
-    def __init__(self, repository: Repository, telegram: Telegram, catalog: Catalog,
+    def __init__(self, repository: JobStore, telegram: Telegram, catalog: Catalog,
                  rules: ReminderRules, clock: Callable[[], float],
                  retention: Retention | None = None) -> None:
         self.repository = repository

@@ -1,4 +1,8 @@
-"""The repository port: every storage operation the services use.
+"""The repository port: every storage operation the services use, in roles.
+
+Each role is a small protocol (claims, users, lobby, chats, message log, moderation, jobs,
+personal records); ``Repository`` is all of them, which each backend implements in one
+class, and each service depends only on the roles it uses.
 
 Operations that must be atomic across concurrent function instances (claiming an update,
 pairing two users, ending a chat) are single methods here, and each backend implements
@@ -54,16 +58,12 @@ def wrap_public_methods(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
     return decorate
 
 
-class Repository(Protocol):
-    """The storage port. One call is one round trip to the store."""
+class UpdateClaims(Protocol):
+    """Claiming updates: who processes one, and when it is done (messagine.domain.claims)."""
 
     @property
     def backend(self) -> str:
         """The backend's short name, for logs ("sqlite", "mongo", "firestore")."""
-        ...
-
-    def init_schema(self) -> None:
-        """Create tables or indexes if absent; idempotent (also done on first use)."""
         ...
 
     def open_update(
@@ -97,6 +97,10 @@ class Repository(Protocol):
         """
         ...
 
+
+class Users(Protocol):
+    """A user's state and the choices they make."""
+
     def get_user(self, user_id: int) -> UserState | None:
         """The user's state, or None for an unknown user."""
         ...
@@ -107,6 +111,30 @@ class Repository(Protocol):
         Refused (state returned unchanged) while the user is in a chat.
         """
         ...
+
+    def set_blocked(self, user_id: int, blocked: bool) -> None:
+        """Mark that the user blocked (or unblocked) the bot; blocking also leaves the lobby."""
+        ...
+
+    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
+        """Record the user's objection to analytics (True) or its withdrawal (False)."""
+        ...
+
+    def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
+        """Record the user's answer to the minimum-age question, with its time."""
+        ...
+
+    def set_reminders(self, user_id: int, enabled: bool) -> None:
+        """Record the user's choice of /reminders on or off."""
+        ...
+
+    def counts(self, user_id: int) -> Counts:
+        """Totals for /about."""
+        ...
+
+
+class Lobby(Protocol):
+    """Waiting for a partner and being paired (messagine.domain.matching)."""
 
     def find_partner(
         self, user_id: int, recent_partners: int, now: float, update_id: int
@@ -126,6 +154,10 @@ class Repository(Protocol):
         """
         ...
 
+    def leave_lobby(self, user_id: int) -> bool:
+        """Take the user out of the lobby; False if they were not in it."""
+        ...
+
     def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """Claim (and mark) up to ``limit`` users to offer the any-language pool.
 
@@ -133,9 +165,16 @@ class Repository(Protocol):
         """
         ...
 
-    def leave_lobby(self, user_id: int) -> bool:
-        """Take the user out of the lobby; False if they were not in it."""
+    def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
+        """Take out of the lobby up to ``limit`` users waiting since before ``waiting_before``.
+
+        Returns (user, language) for each one this call removed.
+        """
         ...
+
+
+class Chats(Protocol):
+    """Chats: ending one, and what a user's last one was."""
 
     def end_chat(
         self, user_id: int, reason: EndReason, now: float, update_id: int
@@ -150,53 +189,36 @@ class Repository(Protocol):
         """
         ...
 
-    def set_blocked(self, user_id: int, blocked: bool) -> None:
-        """Mark that the user blocked (or unblocked) the bot; blocking also leaves the lobby."""
-        ...
-
-    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
-        """Record the user's objection to analytics (True) or its withdrawal (False)."""
+    def last_chat(self, user_id: int) -> ChatRecord | None:
+        """The user's most recent chat, active or ended."""
         ...
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """How many messages each user of a chat sent (from the message log)."""
         ...
 
-    def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
-        """Record the user's answer to the minimum-age question, with its time."""
+
+class MessageLog(Protocol):
+    """The links between relayed messages and their copies (never content)."""
+
+    def record_message(self, link: MessageLink) -> None:
+        """Store the mapping between a relayed message and its copy."""
         ...
 
-    def export_user(self, user_id: int) -> UserRecords | None:
-        """Everything stored about the user (None for an unknown user)."""
-        ...
+    def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
+        """The link of a message in ``user_id``'s own chat: one they sent or a copy they got.
 
-    def delete_user(self, user_id: int) -> dict[str, int]:
-        """Delete or irreversibly anonymise every record about the user; counts per kind.
-
-        The user's chats stay for their partners' history with the user's id replaced by a
-        random negative id that nothing else links to. Idempotent: a second call counts 0.
+        Only links of chat ``chat_id`` count, so nothing maps into an earlier partner's chat.
         """
-        ...
-
-    def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
-        """Delete at most ``limit`` of each kind past its retention; the count per kind.
-
-        The kinds are ``messages`` (links between a message and its copy), ``claims``
-        (claimed update ids) and ``chats`` (ended chats); every key is always present. A
-        call's work is bounded by ``limit``, so a kind that counts ``limit`` may have more
-        left: the scheduled job calls again within its time budget. Backends whose
-        database also expires records (TTL) delete here too, so the retention the privacy
-        policy states holds to the run, not to the TTL monitor's lag.
-        """
-        ...
-
-    def last_chat(self, user_id: int) -> ChatRecord | None:
-        """The user's most recent chat, active or ended."""
         ...
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """The sender's last ``limit`` message ids in a chat, oldest first (report evidence)."""
         ...
+
+
+class ModerationRecords(Protocol):
+    """Reports, exclusions and bans."""
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
                    now: float) -> Report:
@@ -215,6 +237,14 @@ class Repository(Protocol):
         """Totals for /stats; "today" is from ``since``."""
         ...
 
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+        """Never match these two users again (a report or a block by ``user_id``)."""
+        ...
+
+
+class Jobs(Protocol):
+    """What the scheduled job claims and purges."""
+
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """Claim up to ``limit`` users inactive since before ``idle_before`` for a reminder.
 
@@ -232,32 +262,47 @@ class Repository(Protocol):
         """How many due users no reminder goes to, by reason (blocked, banned, opted_out)."""
         ...
 
-    def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
-        """Take out of the lobby up to ``limit`` users waiting since before ``waiting_before``.
+    def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
+        """Delete at most ``limit`` of each kind past its retention; the count per kind.
 
-        Returns (user, language) for each one this call removed.
+        The kinds are ``messages`` (links between a message and its copy), ``claims``
+        (claimed update ids) and ``chats`` (ended chats); every key is always present. A
+        call's work is bounded by ``limit``, so a kind that counts ``limit`` may have more
+        left: the scheduled job calls again within its time budget. Backends whose
+        database also expires records (TTL) delete here too, so the retention the privacy
+        policy states holds to the run, not to the TTL monitor's lag.
         """
         ...
 
-    def set_reminders(self, user_id: int, enabled: bool) -> None:
-        """Record the user's choice of /reminders on or off."""
+
+class PersonalRecords(Protocol):
+    """Everything stored about a user: their export and their erasure."""
+
+    def export_user(self, user_id: int) -> UserRecords | None:
+        """Everything stored about the user (None for an unknown user)."""
         ...
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
-        """Never match these two users again (a report or a block by ``user_id``)."""
-        ...
+    def delete_user(self, user_id: int) -> dict[str, int]:
+        """Delete or irreversibly anonymise every record about the user; counts per kind.
 
-    def record_message(self, link: MessageLink) -> None:
-        """Store the mapping between a relayed message and its copy."""
-        ...
-
-    def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
-        """The link of a message in ``user_id``'s own chat: one they sent or a copy they got.
-
-        Only links of chat ``chat_id`` count, so nothing maps into an earlier partner's chat.
+        The user's chats stay for their partners' history with the user's id replaced by a
+        random negative id that nothing else links to. Idempotent: a second call counts 0.
         """
         ...
 
-    def counts(self, user_id: int) -> Counts:
-        """Totals for /about."""
+
+class Schema(Protocol):
+    """Setting the store up."""
+
+    def init_schema(self) -> None:
+        """Create tables or indexes if absent; idempotent (also done on first use)."""
         ...
+
+
+class Repository(UpdateClaims, Users, Lobby, Chats, MessageLog, ModerationRecords, Jobs,
+                 PersonalRecords, Schema, Protocol):
+    """The whole storage port, as each backend implements it in one class.
+
+    Services depend on the slice they use (each service module names its own, from the
+    roles above), so what a service can do to the store is visible in its signature.
+    """
