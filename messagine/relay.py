@@ -31,6 +31,7 @@ from messagine.telegram import (
     StillWanted,
     Telegram,
     TelegramBlocked,
+    TelegramError,
     TelegramRejected,
 )
 
@@ -122,6 +123,9 @@ class Relay:
             self.analytics.track(user, f"message.invalid.{content_type}")
             return f"relay:not_copyable:{content_type}" if not_copyable \
                 else "relay:rejected"
+        if not self._landed_in_its_chat(still_wanted, chat.partner_id, copy_id):
+            self.telegram.send_text(user.user_id, t("relay.chat_ended"))
+            return "relay:chat_ended"
         link = MessageLink(
             chat_id=chat.chat_id, sender_id=user.user_id, sender_message_id=message_id,
             recipient_id=chat.partner_id, copy_message_id=copy_id,
@@ -172,6 +176,30 @@ class Relay:
         """Don't send pressed: nothing is relayed, and the prompt says so."""
         answer.send(self.catalog.for_user(user)("share.not_sent"))
         return "share:not_sent"
+
+    def _landed_in_its_chat(self, still_wanted: StillWanted, recipient_id: int,
+                            copy_id: int) -> bool:
+        """Whether the chat still lasted once the copy was made; if not, take the copy back.
+
+        Chats never restart, so a chat that lasts after the copy was made lasted while it
+        was made. One that ended during the call (the partner ran /next while the copy was
+        in flight) may have a new partner by now, who would take the copy for theirs: it
+        is deleted. A failure to ask the store counts as "it lasted" (the copy is most
+        likely where it belongs, and a lost message is worse).
+        """
+        try:
+            lasted = still_wanted()
+        except Exception:  # noqa: BLE001 - see above
+            log.warning("could not check that a copy's chat still lasts")
+            return True
+        if lasted:
+            return True
+        try:
+            self.telegram.delete_message(recipient_id, copy_id)
+        except TelegramError as error:
+            log.warning("a copy that landed after its chat ended could not be deleted: %s %s",
+                        error.method, error.code)
+        return False
 
     def _chat_lasts(self, user_id: int, chat_id: int) -> StillWanted:
         """The question asked after a 429 wait: is ``user_id`` still in chat ``chat_id``."""

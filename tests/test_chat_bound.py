@@ -76,3 +76,23 @@ def test_an_edit_held_by_a_429_is_not_applied_after_the_chat_ended(
     assert answers and answers[0].status_code == 200
     assert "changed words" not in list(a.texts())
     assert "outcome=edit:chat_ended" in function_server.log()
+    assert function_server.post(a.command("cancel_find")).status_code == 200  # leave no one
+
+
+def test_a_copy_made_after_its_chat_ended_is_taken_back(
+        function_server: FunctionServer, served_api: FakeBotApi):
+    """Telegram is slow to make the copy; meanwhile the recipient runs /next and meets
+    someone new: the copy that lands after the chat ended is deleted, the sender told."""
+    a, b, c = (served_api.user(7_400_001 + i, name) for i, name in enumerate("ABC"))
+    _pair(function_server, a, b)
+    served_api.fail("copyMessage", chat_id=a.id, status=200, delay=3, times=1)
+    thread, answers = _in_background(function_server, b.text("late for A"))
+    threading.Event().wait(0.8)  # B's copy is in flight, slowly
+    assert function_server.post(a.command("next")).status_code == 200
+    assert function_server.post(c.command("find_chat")).status_code == 200
+    assert any("Chat started" in t for t in c.texts())  # A is with C now
+    thread.join(30)
+    assert answers and answers[0].status_code == 200
+    assert "late for A" not in list(a.texts()), "taken back from A's new chat"
+    assert served_api.calls_of("deleteMessage", a.id)
+    assert b.last()["text"] == NOT_DELIVERED

@@ -97,7 +97,7 @@ def pair(runtime: Runtime, fake_api: FakeBotApi) -> tuple[FakeUser, FakeUser]:
     return alice, bob
 
 
-def test_a_relayed_text_costs_four_round_trips(recorded: tuple[Any, RpcRecorder],
+def test_a_relayed_text_costs_five_round_trips(recorded: tuple[Any, RpcRecorder],
                                                 fake_api: FakeBotApi, tmp_path: Path):
     repository, recorder = recorded
     settings = Settings.from_env(bot_env(fake_api, tmp_path / "unused.sqlite3"))
@@ -107,13 +107,13 @@ def test_a_relayed_text_costs_four_round_trips(recorded: tuple[Any, RpcRecorder]
         recorder.calls.clear()
         fake_api.reset_calls()
         assert runtime.pipeline.process(alice.text(f"text {i}")).outcome == "relayed"
-        # open_update: one read and one guarded commit; record_message: one commit;
-        # finish_update: one commit.
-        assert recorder.calls == {"batch_get_documents": 1, "commit": 3}, recorder.calls
+        # open_update: one read and one guarded commit; the copy's chat still lasting: one
+        # read; record_message: one commit; finish_update: one commit.
+        assert recorder.calls == {"batch_get_documents": 2, "commit": 3}, recorder.calls
         assert [c.method for c in fake_api.calls] == ["copyMessage"]
     recorder.calls.clear()
     runtime.pipeline.process(alice.text("a reply", reply_to=alice.last()["message_id"]))
-    assert recorder.calls == {"batch_get_documents": 2, "commit": 3}, "a reply reads one link"
+    assert recorder.calls == {"batch_get_documents": 3, "commit": 3}, "a reply reads one link"
 
 
 def test_one_client_per_process_across_many_requests(

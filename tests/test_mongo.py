@@ -63,7 +63,7 @@ def database(mongo_uri: str) -> Iterator[str]:
     client.close()
 
 
-def test_a_relayed_text_costs_three_commands(fake_api: FakeBotApi, tmp_path: Path,
+def test_a_relayed_text_costs_four_commands(fake_api: FakeBotApi, tmp_path: Path,
                                            mongo_uri: str, database: str):
     counter = CommandCounter()
 
@@ -81,8 +81,9 @@ def test_a_relayed_text_costs_three_commands(fake_api: FakeBotApi, tmp_path: Pat
         counter.commands.clear()
         fake_api.reset_calls()
         assert runtime.pipeline.process(alice.text(f"text {i}")).outcome == "relayed"
-        # Claim and profile, the copy's link, the claim marked done.
-        assert counter.commands == {"findAndModify": 1, "update": 2}, counter.commands
+        # Claim and profile, the copy's chat still lasting, its link, the claim done.
+        assert counter.commands == {"findAndModify": 1, "find": 1, "update": 2}, \
+            counter.commands
         assert [c.method for c in fake_api.calls] == ["copyMessage"]
     repository.close()
 

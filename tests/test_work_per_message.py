@@ -42,7 +42,7 @@ class RecordingRepository:
         return counted
 
 
-def test_a_relayed_text_costs_one_bot_api_call_and_three_round_trips(
+def test_a_relayed_text_costs_one_bot_api_call_and_four_round_trips(
     fake_api: FakeBotApi, tmp_path: Path
 ):
     path = tmp_path / "count.sqlite3"
@@ -61,14 +61,16 @@ def test_a_relayed_text_costs_one_bot_api_call_and_three_round_trips(
         assert runtime.pipeline.process(sender.text(f"message {i}")).outcome == "relayed"
         per_message.append((sum(repository.calls.values()), [c.method for c in fake_api.calls]))
     assert all(api == ["copyMessage"] for _, api in per_message)
-    # Claim (and load the sender), record the copy's link, mark the claim done.
-    assert {trips for trips, _ in per_message} == {3}
-    assert repository.calls == {"open_update": 1, "record_message": 1, "finish_update": 1}
+    # Claim (and load the sender); after the copy, check its chat still lasts; record the
+    # copy's link; mark the claim done.
+    assert {trips for trips, _ in per_message} == {4}
+    assert repository.calls == {"open_update": 1, "get_user": 1, "record_message": 1,
+                                "finish_update": 1}
 
     # A reply costs one lookup more, to find the message it answers on the other side.
     repository.calls.clear()
     fake_api.reset_calls()
     runtime.pipeline.process(alice.text("a reply", reply_to=alice.last()["message_id"]))
-    assert repository.calls == {"open_update": 1, "find_message": 1, "record_message": 1,
-                                "finish_update": 1}
+    assert repository.calls == {"open_update": 1, "find_message": 1, "get_user": 1,
+                                "record_message": 1, "finish_update": 1}
     assert [c.method for c in fake_api.calls] == ["copyMessage"]
