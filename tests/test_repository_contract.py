@@ -422,3 +422,14 @@ def test_the_state_carries_the_reminder_choice(repository: Repository):
     assert opened.user is not None and not opened.user.reminders_enabled
     records = repository.export_user(1)
     assert records is not None and not records.profile.reminders_enabled
+
+
+def test_a_user_marked_blocked_who_searches_again_is_paired(repository: Repository):
+    """Blocking takes a user out of the lobby; searching again means they are back."""
+    register(repository, 1)
+    register(repository, 2)
+    repository.set_blocked(2, True)
+    assert find(repository, 2).outcome is MatchOutcome.WAITING
+    matched = find(repository, 1)
+    assert matched.outcome is MatchOutcome.MATCHED and matched.chat is not None
+    assert matched.chat.partner_id == 2

@@ -3,9 +3,11 @@
 Two users are compatible when they wait in the same pool (a language, or "*" for the
 any-language pool, which only users who opted in enter), neither is among the other's
 last N partners, neither excluded the other (a report or a block, in either direction),
-and neither is banned or has blocked the bot. Of the compatible waiting users the one
-waiting longest is taken (ties: the lower user id). A search that this same update
-already completed (a re-delivery after a failure) resumes the chat it opened.
+and neither is banned. Blocking the bot takes a user out of the lobby; one who searches
+again afterwards is evidently back, so the blocked mark does not keep them from a
+partner. Of the compatible waiting users the one waiting longest is taken (ties: the
+lower user id). A search that this same update already completed (a re-delivery after
+a failure) resumes the chat it opened.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ class Candidate:
     avoid: frozenset[int] = frozenset()
     """Their own recent partners and exclusions, as far as the store keeps them."""
     banned: bool = False
-    blocked: bool = False
 
 
 def avoided(user_id: int, recent_partners: Iterable[int],
@@ -70,7 +71,7 @@ def compatible(seeker: Seeker, candidate: Candidate) -> bool:
     """Whether ``seeker`` may be paired with ``candidate`` (symmetric in the avoid lists)."""
     return (candidate.user_id != seeker.user_id
             and candidate.pool == seeker.pool
-            and not candidate.banned and not candidate.blocked
+            and not candidate.banned
             and candidate.user_id not in seeker.avoid
             and seeker.user_id not in candidate.avoid)
 

@@ -198,8 +198,7 @@ def candidate(user_id: int, entry: Mapping[str, Any],
     """A lobby entry (and, if read too, its user's document) as the matching rule reads it."""
     return Candidate(user_id, str(entry["language"]), float(entry["since"]),
                      frozenset(int(u) for u in entry.get("avoid") or ()),
-                     banned=bool(user and user.get("banned")),
-                     blocked=bool(user and user.get("blocked")))
+                     banned=bool(user and user.get("banned")))
 
 
 # -- chats ---------------------------------------------------------------------------------

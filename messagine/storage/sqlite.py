@@ -63,7 +63,7 @@ ORDER BY started_at DESC, id DESC LIMIT :recent
 
 # One page of a pool's lobby in waiting order, for the matching rule to choose from.
 _LOBBY_PAGE = """
-SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0), coalesce(u.blocked, 0)
+SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0)
 FROM lobby l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
@@ -488,8 +488,7 @@ class SqliteRepository:
             rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
             chosen = matching.pick(seeker, (matching.Candidate(
                 other, pool, since, frozenset(self._recent_partners(conn, other, recent)),
-                banned=bool(banned), blocked=bool(blocked))
-                for other, pool, since, banned, blocked in rows))
+                banned=bool(banned)) for other, pool, since, banned in rows))
             if chosen is not None or len(rows) < _PAGE:
                 return chosen
         return None  # pragma: no cover - itertools.count never ends
