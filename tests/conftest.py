@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+import hypothesis
 import pytest
 import requests
 
@@ -43,6 +44,11 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
 
 
 socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+
+# No per-example time limit: speed is measured in benchmarks/, never asserted in a test,
+# and a loaded 2-core machine would otherwise fail a pure rule for being slow.
+hypothesis.settings.register_profile("messagine", deadline=None)
+hypothesis.settings.load_profile("messagine")
 
 
 @pytest.fixture
