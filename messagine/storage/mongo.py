@@ -20,10 +20,9 @@ docs/storage.md argues each operation in full. pymongo is imported only here.
 from __future__ import annotations
 
 import contextlib
-import functools
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,8 +62,6 @@ from messagine.storage.mongo_client import (
 from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
 from messagine.storage.port import wrap_public_methods
-
-_PAGE = 50  # lobby entries read per round when looking for a partner
 
 
 def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
@@ -453,17 +450,6 @@ class MongoRepository:
                 {"$or": [{"user_id": user_id}, {"other_id": user_id}]},
                 {"user_id": 1, "other_id": 1})))
 
-    def _lobby_pages(self, pool: str) -> Iterator[list[matching.Candidate]]:
-        """The pool's entries in waiting order, a page at a time (the caller holds its lease)."""
-        skip = 0
-        while True:
-            page = [docs.candidate(int(e["_id"]), e) for e in self.db.lobby.find(
-                {"language": pool}).sort([("since", 1), ("_id", 1)]).skip(skip).limit(_PAGE)]
-            yield page
-            if len(page) < _PAGE:
-                return
-            skip += _PAGE
-
     def _apply_pairing(self, intent: Mapping[str, Any]) -> None:
         """Write a pairing; every step is idempotent, so a crashed one is rolled forward."""
         a, b, chat_id = intent["searcher"], intent["partner"], intent["chat_id"]
@@ -498,9 +484,13 @@ class MongoRepository:
             if resumed is not None:
                 return resumed
             avoid = self._avoided_by(user_id, recent_partners)
-            seeker = matching.Seeker(user_id, language, avoid)
-            candidate = next((c for c in map(functools.partial(matching.pick, seeker),
-                                             self._lobby_pages(language)) if c), None)
+            # The server narrows the read to the longest-waiting entry that neither avoid
+            # list rules out (one document: the lease is held meanwhile); the rule decides.
+            found = self.db.lobby.find_one(
+                {"language": language, "_id": {"$nin": [user_id, *avoid]},
+                 "avoid": {"$ne": user_id}}, sort=[("since", 1), ("_id", 1)])
+            candidate = matching.pick(matching.Seeker(user_id, language, avoid), [
+                docs.candidate(int(found["_id"]), found)] if found else [])
             if candidate is None:
                 was_waiting = doc.get("waiting_since") is not None
                 self.db.lobby.update_one(
