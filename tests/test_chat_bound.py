@@ -22,6 +22,16 @@ NOT_DELIVERED = ("Your partner left the chat before this message reached them, s
                  "not delivered.")
 
 
+def _until_called(api: FakeBotApi, method: str, chat_id: int) -> None:
+    """Wait until the bot's call to ``method`` for ``chat_id`` was answered 429."""
+    for _ in range(200):
+        if any(c.method == method and c.chat_id == chat_id and c.status == 429
+               for c in api.calls):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{method} never got its 429")
+
+
 def _pair(server: FunctionServer, a: FakeUser, b: FakeUser) -> None:
     assert server.post(a.command("find_chat")).status_code == 200
     assert server.post(b.command("find_chat")).status_code == 200
@@ -41,7 +51,7 @@ def test_a_copy_held_by_a_429_never_lands_in_the_next_chat(
     _pair(function_server, a, b)
     served_api.fail("copyMessage", chat_id=a.id, status=429, retry_after=3, times=1)
     thread, answers = _in_background(function_server, b.text("meant for A only"))
-    time.sleep(0.8)  # B's copy is now waiting out the 429
+    _until_called(served_api, "copyMessage", a.id)  # B's copy now waits out the 429
     assert function_server.post(a.command("next")).status_code == 200
     assert function_server.post(c.command("find_chat")).status_code == 200
     assert any("Chat started" in t for t in c.texts())  # A and C are paired
@@ -70,7 +80,7 @@ def test_an_edit_held_by_a_429_is_not_applied_after_the_chat_ended(
     served_api.fail("editMessageText", chat_id=a.id, status=429, retry_after=3, times=1)
     thread, answers = _in_background(
         function_server, b.edit(sent["message"]["message_id"], "changed words"))
-    time.sleep(0.8)
+    _until_called(served_api, "editMessageText", a.id)  # the edit waits out the 429
     assert function_server.post(a.command("next")).status_code == 200
     thread.join(30)
     assert answers and answers[0].status_code == 200
@@ -85,9 +95,9 @@ def test_a_copy_made_after_its_chat_ended_is_taken_back(
     someone new: the copy that lands after the chat ended is deleted, the sender told."""
     a, b, c = (served_api.user(7_400_001 + i, name) for i, name in enumerate("ABC"))
     _pair(function_server, a, b)
-    served_api.fail("copyMessage", chat_id=a.id, status=200, delay=3, times=1)
+    served_api.fail("copyMessage", chat_id=a.id, status=200, delay=5, times=1)
     thread, answers = _in_background(function_server, b.text("late for A"))
-    threading.Event().wait(0.8)  # B's copy is in flight, slowly
+    threading.Event().wait(1.5)  # B's copy is in flight, slowly
     assert function_server.post(a.command("next")).status_code == 200
     assert function_server.post(c.command("find_chat")).status_code == 200
     assert any("Chat started" in t for t in c.texts())  # A is with C now

@@ -73,7 +73,11 @@ def test_a_redelivery_while_the_first_attempt_waits_out_a_429_is_not_relayed_aga
     first: list[requests.Response] = []
     thread = threading.Thread(target=lambda: first.append(function_server.post(update)))
     thread.start()
-    threading.Event().wait(1.0)  # the first attempt is waiting out the 429 now
+    for _ in range(100):  # until the first attempt got its 429 and waits it out
+        if any(c.method == "copyMessage" and c.chat_id == b.id and c.status == 429
+               for c in served_api.calls):
+            break
+        threading.Event().wait(0.05)
     redelivered = function_server.post(update)
     assert redelivered.status_code == 503, "busy: Telegram will try again later"
     thread.join(30)
