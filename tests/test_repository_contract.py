@@ -85,6 +85,15 @@ def test_an_expired_lease_is_taken_over_once(repository: Repository):
     assert repository.open_update(update_id, profile(1), "en", T0 + 14, owner="x").duplicate
 
 
+def test_the_claim_of_a_deleteme_can_be_finished(repository: Repository):
+    """/deleteme erases the user inside its own update; marking it done must not fail."""
+    update_id = next(_update_ids)
+    repository.open_update(update_id, profile(1), "en", T0, owner="erasing")
+    repository.delete_user(1)
+    repository.finish_update(update_id, 1, "erasing")
+    assert repository.export_user(1) is None, "finishing never brings the user back"
+
+
 def test_a_released_claim_is_new_again(repository: Repository):
     update_id = next(_update_ids)
     repository.open_update(update_id, profile(1), "en", T0, owner="failed")

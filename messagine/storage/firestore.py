@@ -223,7 +223,10 @@ class FirestoreRepository:
         ends first, and the work of both is done by then.
         """
         del owner
-        if user_id is not None:
+        if user_id is None:
+            return
+        # The user's document is gone when this update was their /deleteme: nothing to mark.
+        with contextlib.suppress(gexc.NotFound):
             self._user(user_id).update(
                 {"claims." + docs.claim_key(update_id): firestore.DELETE_FIELD}, **WRITE)
 
