@@ -22,7 +22,7 @@ from typing import Any
 
 import common  # noqa: F401 - puts the project on sys.path
 
-from messagine.flood import FloodRule
+from messagine.domain.flood import FloodRule
 from messagine.models import MatchOutcome, Profile
 
 

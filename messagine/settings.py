@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from messagine.flood import FloodRule
+from messagine.domain.flood import FloodRule
 from messagine.models import ReminderRules
 from messagine.storage.registry import BY_NAME, choose_automatically, on_google_cloud
 

@@ -27,7 +27,7 @@ from conftest import (
     serve_from_threads,
 )
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
-from messagine.flood import FloodRule
+from messagine.domain.flood import FloodRule
 from messagine.models import EndReason, MessageLink, Profile, Retention
 from messagine.runtime import LazyRuntime, Runtime, build_runtime
 from messagine.settings import Settings

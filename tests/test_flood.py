@@ -15,7 +15,7 @@ from conftest import (
     open_test_repository,
 )
 from messagine.dev.fake_bot_api import FakeBotApi
-from messagine.flood import FloodRule, FloodState, admit
+from messagine.domain.flood import FloodRule, FloodState, admit
 from messagine.models import Profile
 
 RULE = FloodRule()

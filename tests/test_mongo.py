@@ -25,7 +25,7 @@ from conftest import (
     serve_from_threads,
 )
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
-from messagine.flood import FloodRule, FloodState, admit
+from messagine.domain.flood import FloodRule, FloodState, admit
 from messagine.models import Profile
 from messagine.runtime import LazyRuntime, Runtime, build_runtime
 from messagine.settings import Settings

@@ -13,7 +13,7 @@ from typing import Any
 
 from conftest import bot_env
 from messagine.dev.fake_bot_api import FakeBotApi
-from messagine.flood import FloodRule
+from messagine.domain.flood import FloodRule
 from messagine.runtime import build_runtime
 from messagine.settings import Settings
 from messagine.storage.sqlite import SqliteRepository
