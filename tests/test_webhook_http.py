@@ -129,15 +129,17 @@ def test_a_redelivered_message_is_relayed_once(
     assert "outcome=duplicate" in function_server.log()
 
 
-def test_a_redelivered_command_is_answered_again(
+def test_a_command_answered_200_and_delivered_again_is_not_answered_again(
     function_server: FunctionServer, served_api: FakeBotApi
 ):
-    """Telegram re-delivers only what failed, so a command seen again is run again."""
+    """A re-delivery of a finished update (its claim is done) does nothing, commands too;
+    only an attempt that died (its lease expired) is run again (tests/test_exactly_once)."""
     update = sample("private_text", 2_000)
     assert function_server.post(update).status_code == 200
     assert [c.method for c in served_api.calls] == ["sendMessage"]
     assert function_server.post(update).status_code == 200
-    assert [c.method for c in served_api.calls] == ["sendMessage", "sendMessage"]
+    assert [c.method for c in served_api.calls] == ["sendMessage"]
+    assert "outcome=duplicate" in function_server.log()
 
 
 def test_a_telegram_failure_answers_503_and_the_redelivery_is_processed(
