@@ -68,10 +68,3 @@ def decide(existing: Claim | None, update_id: int, owner: str, now: float,
     return Decision.TAKE_OVER, Claim(update_id, ClaimState.IN_PROGRESS, owner, now + lease_s,
                                      existing.attempts + 1)
 
-
-def finish(existing: Claim | None, owner: str) -> Claim | None:
-    """The claim marked done by ``owner``; None when it is not theirs (taken over)."""
-    if existing is None or existing.owner != owner or existing.state is ClaimState.DONE:
-        return None
-    return Claim(existing.update_id, ClaimState.DONE, owner, existing.lease_until,
-                 existing.attempts)
