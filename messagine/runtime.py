@@ -74,7 +74,8 @@ def build_runtime(
              telegram, catalog, analytics).register(bot)
     retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
                           chats_s=settings.chat_retention_days * 86_400.0)
-    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics)
+    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics,
+                        settings.request_timeout_s)
     reminders = Reminders(repository, telegram, catalog, settings.reminder_rules, clock,
                           retention)
     return Runtime(settings, repository, telegram, catalog, pipeline, analytics, reminders)

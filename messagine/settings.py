@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from messagine.domain.claims import REQUEST_TIMEOUT_S
 from messagine.domain.flood import FloodRule
 from messagine.models import ReminderRules
 from messagine.storage.registry import BY_NAME, choose_automatically, on_google_cloud
@@ -84,6 +85,8 @@ class Settings:
     mixpanel_deletion_url: str | None = None
     hold_links_minutes: int = 3
     """Links and usernames are held back this long after a chat starts (0: never)."""
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+    """The function's request timeout: an update's claim lease and its 429 budget follow."""
 
     @classmethod
     def from_env(
@@ -123,6 +126,11 @@ class Settings:
         recent = _int(env, "RECENT_PARTNERS", 5, 0, 1000, problems)
         hold_links = _int(env, "HOLD_LINKS_MINUTES", 3, 0, 1440, problems)
         timeout = _int(env, "TELEGRAM_TIMEOUT_SECONDS", 10, 1, 50, problems)
+        request_timeout = _int(env, "REQUEST_TIMEOUT_SECONDS", int(REQUEST_TIMEOUT_S), 5, 540,
+                               problems)
+        if timeout >= request_timeout:
+            problems.append(f"TELEGRAM_TIMEOUT_SECONDS ({timeout}) must be below "
+                            f"REQUEST_TIMEOUT_SECONDS ({request_timeout})")
         retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
         chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
         min_age = _min_age(env, problems)
@@ -170,6 +178,7 @@ class Settings:
             admin_ids=frozenset(admin_ids),
             recent_partners=recent,
             telegram_timeout_s=float(timeout),
+            request_timeout_s=float(request_timeout),
             log_level=log_level,
             structured_logs=log_format == "json" or (
                 log_format == "auto" and on_google_cloud(env)),

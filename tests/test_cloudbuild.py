@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from messagine.domain.claims import REQUEST_TIMEOUT_S
 
 BUILD = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
 
@@ -59,8 +60,10 @@ def test_the_reminders_job_is_private_and_has_its_secret():
     assert {"TELEGRAM_TOKEN", "JOB_SECRET", "MONGODB_URI"} <= secrets
 
 
-def test_the_timeout_is_below_telegrams_wait():
+def test_the_timeout_is_below_telegrams_wait_and_the_one_claims_are_leased_for():
     assert int(flag("timeout").rstrip("s")) < 60
+    # The claim lease and the 429 budget follow REQUEST_TIMEOUT_SECONDS (default: this).
+    assert flag("timeout") == f"{int(REQUEST_TIMEOUT_S)}s"
 
 
 def test_concurrency_above_one_has_a_whole_cpu():

@@ -139,3 +139,14 @@ def test_logs_are_structured_only_on_google_cloud(env: dict[str, str], structure
     """functions-framework sets FUNCTION_TARGET on a laptop: text logs there."""
     full = {"TELEGRAM_TOKEN": TOKEN, "STORAGE": "sqlite", **env}
     assert Settings.from_env(full, require_webhook_secret=False).structured_logs is structured
+
+
+def test_the_request_timeout_bounds_the_bot_api_timeout():
+    base = {"TELEGRAM_TOKEN": TOKEN}
+    assert Settings.from_env(base).request_timeout_s == 50.0
+    assert Settings.from_env(base | {"REQUEST_TIMEOUT_SECONDS": "12",
+                                     "TELEGRAM_TIMEOUT_SECONDS": "5"}).request_timeout_s == 12
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(base | {"REQUEST_TIMEOUT_SECONDS": "8",
+                                  "TELEGRAM_TIMEOUT_SECONDS": "10"})
+    assert [p.split()[0] for p in caught.value.problems] == ["TELEGRAM_TIMEOUT_SECONDS"]
