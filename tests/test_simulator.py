@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 ENV = {"WEBHOOK_SECRET": SECRET, "MIN_AGE": "0", "FLOOD_LIMIT": "10000",
        "RECENT_PARTNERS": "0", "TELEGRAM_TIMEOUT_SECONDS": "2", "LOG_FORMAT": "text",
-       "LOG_LEVEL": "WARNING"}
+       "LOG_LEVEL": "WARNING", "REQUEST_TIMEOUT_SECONDS": "10"}
+# A 10 s request timeout: a killed worker's claim blocks its update for 20 s, not 60 s
+# (attempts here last seconds: 2 s Bot API timeout, 429s of 1 s, 3 s storage outages).
 LOAD = Load(users=24, messages_per_user=5, rounds=2)
 QUICK = Load(users=16, messages_per_user=3, rounds=2)
 FAULTS = Faults(api_5xx=0.05, api_429=0.02, api_timeout=0.01, api_403=0.01,
