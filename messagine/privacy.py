@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.conversation import Conversation
-from messagine.models import EndReason, StoredProfile, UserRecords, UserState
+from messagine.models import EndReason, Periods, StoredProfile, UserRecords, UserState
 from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.storage.port import PersonalRecords, Users
 from messagine.storage.registry import backend
@@ -44,6 +44,13 @@ class PrivacyTerms:
     min_age: int
     storage: str = "mongo"
     """The backend (settings.storage): the policy names who stores the records."""
+    periods: Periods = field(default_factory=Periods)
+    """The periods of the scheduled job's retention (reports, exclusions, accounts...)."""
+
+    @property
+    def age_refusal_days(self) -> int:
+        """How long an age refusal's marker is kept."""
+        return self.periods.age_refusal_days
 
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
@@ -200,16 +207,42 @@ class Privacy:
         return "deleteme:cancelled"
 
     def delete(self, user: UserState, answer: Answer, update_id: int) -> str:
-        """End the chat (the partner learns only that it ended), then erase everything."""
+        """End the chat (the partner learns only that it ended), then erase everything.
+
+        An age refusal's marker survives, with its time: erasure must not reopen the gate.
+        """
         t = self.catalog.for_user(user)
         if user.chat is not None:
             self.conversation.end(user, EndReason.DELETED, update_id)
         self.analytics.delete_profile(user.user_id)
+        records = self.repository.export_user(user.user_id) if user.age_refused else None
         counts = self.repository.delete_user(user.user_id)
+        if records is not None and records.profile.age_answered_at is not None:
+            self.repository.confirm_age(user.user_id, False, records.profile.age_answered_at)
         answer.send(t("deleteme.done", messages=counts.get("messages", 0),
                       exclusions=counts.get("exclusions", 0),
                       chats=counts.get("chats_anonymised", 0)))
         return "deleteme:deleted"
+
+    def refuse_age(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """A No to the age question, from any prompt, old ones too: binding at once.
+
+        The user leaves the lobby and any chat (the partner told as on any end), and
+        everything stored about them is erased but the refusal marker, which keeps the
+        gate closed for the refusal period (``domain.age_gate``). The answer names the
+        contact address for a mistaken answer.
+        """
+        t = self.catalog.for_user(user)
+        outcome = "age:no:again"
+        if not user.age_refused:
+            self.conversation.withdraw(user, update_id)
+            self.analytics.delete_profile(user.user_id)
+            self.repository.delete_user(user.user_id)
+            self.repository.confirm_age(user.user_id, False, self.clock())
+            outcome = "age:no"
+        answer.send(t("age.refused_erased", min_age=self.terms.min_age,
+                      days=self.terms.age_refusal_days, contact=self.terms.contact))
+        return outcome
 
     def reminders_choice(self, user: UserState, argument: str, answer: Answer) -> str:
         """/reminders off|on; without an argument, the current state."""

@@ -252,13 +252,14 @@ def test_expired_records_are_purged_by_the_clock(privacy_bot: Runtime,
     retention = Retention(messages_s=30 * 86_400, chats_s=180 * 86_400)
     repository = privacy_bot.repository
     assert repository.purge_expired(clock() + 3_600, retention, 100) == {
-        "messages": 0, "claims": 0, "chats": 0}
+        "messages": 0, "claims": 0, "chats": 0, "reports": 0, "exclusions": 0, "age_refusals": 0}
     # SQLite keeps each update id a day; MongoDB and Firestore keep a user's last 50 in
     # their document.
     assert repository.purge_expired(clock() + 29 * 86_400, retention, 100) == {
-        "messages": 0, "claims": 6 if backend == "sqlite" else 0, "chats": 0}
+        "messages": 0, "claims": 6 if backend == "sqlite" else 0, "chats": 0,
+        "reports": 0, "exclusions": 0, "age_refusals": 0}
     assert repository.purge_expired(clock() + 31 * 86_400, retention, 100) == {
-        "messages": 1, "claims": 0, "chats": 0}
+        "messages": 1, "claims": 0, "chats": 0, "reports": 0, "exclusions": 0, "age_refusals": 0}
     assert repository.purge_expired(clock() + 181 * 86_400, retention, 100)["chats"] == 1
 
 

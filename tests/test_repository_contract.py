@@ -39,6 +39,12 @@ def find(repo: Repository, user_id: int, now: float = T0, recent: int = 5,
 
 # -- updates and users -------------------------------------------------------------------
 
+def export(repository: Repository, user_id: int) -> UserRecords:
+    records = repository.export_user(user_id)
+    assert records is not None
+    return records
+
+
 def test_open_update_creates_the_user_once_and_refreshes_the_profile(repository: Repository):
     first = repository.open_update(next(_update_ids), profile(1, "Ann"), "de", T0)
     assert not first.duplicate
@@ -368,15 +374,27 @@ def test_purge_deletes_at_most_limit_of_each_kind_per_call(repository: Repositor
         register(repository, first, now=now)
         register(repository, second, now=now)
         find(repository, first)
-        assert find(repository, second).chat is not None
+        chat = find(repository, second).chat
+        assert chat is not None
         assert repository.end_chat(first, EndReason.EXIT, T0 + 60, next(_update_ids))
+        repository.add_report(first, second, chat.chat_id, "spam", T0)
+        repository.exclude_pair(first, second, "report", T0)
+        repository.confirm_age(900 + number, False, T0)  # nobody: the refusal marker
     repository.record_message(MessageLink(1, 10, 999, 11, 998, "text", now - 10))  # fresh
-    retention = Retention(messages_s=86_400, chats_s=86_400, claims_s=86_400)
+    repository.add_report(20, 21, 1, "spam", now - 10)
+    repository.exclude_pair(21, 20, "block", now - 10)
+    repository.confirm_age(999, False, now - 10)
+    retention = Retention(messages_s=86_400, chats_s=86_400, claims_s=86_400,
+                          age_refusals_s=86_400, reports_s=86_400, exclusions_s=86_400)
 
     calls = [repository.purge_expired(now, retention, limit) for _ in range(4)]
 
-    assert calls == [{"messages": 2, "claims": 2, "chats": 2}] * 2 + [
-        {"messages": 1, "claims": 1, "chats": 1}, {"messages": 0, "claims": 0, "chats": 0}]
+    kinds = ("messages", "claims", "chats", "reports", "exclusions", "age_refusals")
+    assert calls == [dict.fromkeys(kinds, 2)] * 2 + [dict.fromkeys(kinds, 1),
+                                                    dict.fromkeys(kinds, 0)]
+    assert [u for u in (900, 901, 999) if repository.get_user(u)] == [999], "fresh stays"
+    assert [r[0] for r in export(repository, 20).reports] == [21]
+    assert [e[0] for e in export(repository, 21).exclusions] == [20]
     assert repository.find_message(1, 10, 100) is None
     assert repository.find_message(1, 11, 200) is None, "both ends of a message go"
     assert repository.find_message(1, 10, 999) is not None, "a fresh message stays"

@@ -15,6 +15,7 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from messagine.domain.age_gate import refusal_marker
 from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
@@ -117,6 +118,7 @@ def user_state(user_id: int, doc: Mapping[str, Any], *, is_new: bool = False) ->
         analytics_opt_out=bool(doc.get("analytics_opt_out")),
         age_confirmed=doc.get("age_answer") == "yes", language_code=doc.get("language_code"),
         reminders_enabled=not doc.get("reminders_off"),
+        age_refused=doc.get("age_answer") == "no",
     )
 
 
@@ -148,6 +150,16 @@ def profile_document(profile: StoredProfile) -> dict[str, Any]:
 def remnant_document(user_id: int) -> dict[str, Any]:
     """The document a banned user's erasure leaves (``domain.erasure.banned_remnant``)."""
     return profile_document(banned_remnant(user_id))
+
+
+def refusal_marker_document(user_id: int, refused_at: float) -> dict[str, Any]:
+    """The document an age refusal leaves (``domain.age_gate.refusal_marker``)."""
+    return profile_document(refusal_marker(user_id, refused_at))
+
+
+def row(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A user document as SQLite's ``users`` row: chat and lobby live in tables of their own."""
+    return {k: v for k, v in doc.items() if k not in ("chat", "waiting_since")}
 
 
 def profile_fields(profile: Profile, now: float) -> dict[str, Any]:

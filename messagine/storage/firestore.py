@@ -289,8 +289,10 @@ class FirestoreRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
-                                  "age_answered_at": now})
+        if not self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
+                                         "age_answered_at": now}) and not confirmed:
+            with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
+                self._user(user_id).create(docs.refusal_marker_document(user_id, now), **WRITE)
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
         """See ``Repository.set_reminders``."""
@@ -408,9 +410,22 @@ class FirestoreRepository:
             filter=FieldFilter("ended_at", "<", now - retention.chats_s)).limit(limit))
         claim_refs = [snap.reference for snap in claims]
         chat_refs = [snap.reference for snap in chats]
+        more = {kind: [s.reference for s in self._stream(query.limit(limit))]
+                for kind, query in self._expired(now, retention).items()}
         self._delete_refs([ref for pair in messages.values() for ref in pair]
-                          + claim_refs + chat_refs)
-        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs)}
+                          + claim_refs + chat_refs + [r for refs in more.values() for r in refs])
+        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs),
+                **{kind: len(refs) for kind, refs in more.items()}}
+
+    def _expired(self, now: float, retention: Retention) -> dict[str, Any]:
+        """The queries of the kinds deleted whole, by kind (``purge_expired``)."""
+        def older(collection: str, field: str, period_s: float) -> Any:
+            return self._col(collection).where(filter=FieldFilter(field, "<", now - period_s))
+        return {"reports": older("reports", "created_at", retention.reports_s),
+                "exclusions": older("exclusions", "created_at", retention.exclusions_s),
+                "age_refusals": older("users", "age_answered_at", retention.age_refusals_s)
+                .where(filter=FieldFilter("age_answer", "==", "no"))
+                .where(filter=FieldFilter("banned", "==", False))}
 
     def _delete_refs(self, refs: list[Any]) -> None:
         """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""

@@ -257,8 +257,10 @@ class MongoRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        self.db.users.update_one({"_id": user_id}, {"$set": {
-            "age_answer": "yes" if confirmed else "no", "age_answered_at": now}})
+        answer = {"age_answer": "yes" if confirmed else "no", "age_answered_at": now}
+        marker = docs.refusal_marker_document(user_id, now).items()  # if erased meanwhile
+        self.db.users.update_one({"_id": user_id}, {"$set": answer, "$setOnInsert": {
+            k: v for k, v in marker if k not in answer}}, upsert=not confirmed)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
@@ -313,6 +315,12 @@ class MongoRepository:
                                    limit),
             "chats": _delete_some(self.db.chats,
                                   {"ended_at": {"$lt": now - retention.chats_s}}, limit),
+            "reports": _delete_some(self.db.reports,
+                                    {"created_at": {"$lt": now - retention.reports_s}}, limit),
+            "exclusions": _delete_some(self.db.exclusions, {
+                "created_at": {"$lt": now - retention.exclusions_s}}, limit),
+            "age_refusals": _delete_some(self.db.users, {"age_answer": "no", "banned": False,
+                "age_answered_at": {"$lt": now - retention.age_refusals_s}}, limit),
         }
 
     def last_chat(self, user_id: int) -> ChatRecord | None:

@@ -121,7 +121,11 @@ class Users(Protocol):
         ...
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
-        """Record the user's answer to the minimum-age question, with its time."""
+        """Record the user's answer to the minimum-age question, with its time.
+
+        A No for a user with no record (erased just before, as a refusal does) creates
+        the refusal marker (``domain.age_gate.refusal_marker``) that keeps the gate closed.
+        """
         ...
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
@@ -266,7 +270,9 @@ class Jobs(Protocol):
         """Delete at most ``limit`` of each kind past its retention; the count per kind.
 
         The kinds are ``messages`` (links between a message and its copy), ``claims``
-        (claimed update ids) and ``chats`` (ended chats); every key is always present. A
+        (claimed update ids), ``chats`` (ended chats), ``reports``, ``exclusions`` and
+        ``age_refusals`` (the markers of ``domain.age_gate``; a banned user's stays with
+        the ban); every key is always present. A
         call's work is bounded by ``limit``, so a kind that counts ``limit`` may have more
         left: the scheduled job calls again within its time budget. Backends whose
         database also expires records (TTL) delete here too, so the retention the privacy

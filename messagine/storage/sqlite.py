@@ -108,6 +108,7 @@ class SqliteRepository:
             banned=bool(banned), chat=chat, waiting_since=since,
             analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
             language_code=language_code, reminders_enabled=not reminders_off,
+            age_refused=age_answer == "no",
         )
 
     def get_user(self, user_id: int) -> UserState | None:
@@ -218,6 +219,10 @@ class SqliteRepository:
         with self._transaction() as conn:
             conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
                          ("yes" if confirmed else "no", now, user_id))
+            if not confirmed:  # an erased user's refusal leaves the marker
+                marker = docs.row(docs.refusal_marker_document(user_id, now)) | {"id": user_id}
+                conn.execute(f"INSERT OR IGNORE INTO users ({', '.join(marker)})"
+                             f" VALUES ({', '.join(':' + k for k in marker)})", marker)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``: rows name their columns as the documents do."""
@@ -296,6 +301,11 @@ class SqliteRepository:
                                 now - retention.claims_s),
                 "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
                                now - retention.chats_s),
+                "reports": purge(conn, "reports", "created_at < ?", now - retention.reports_s),
+                "exclusions": purge(conn, "exclusions", "created_at < ?",
+                                    now - retention.exclusions_s),
+                "age_refusals": purge(conn, "users", "age_answer = 'no' AND banned = 0"
+                                      " AND age_answered_at < ?", now - retention.age_refusals_s),
             }
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
