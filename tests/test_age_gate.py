@@ -47,7 +47,9 @@ def run_job(runtime: Runtime) -> dict[str, Any]:
 
 def age_prompt(user: FakeUser) -> dict[str, Any]:
     """The newest age question still showing (an answer replaces the one it was given on)."""
-    return next(m for m in reversed(user.inbox()) if "16 or older" in m.get("text", ""))
+    return next(m for m in reversed(user.inbox()) if any(
+        button["callback_data"] == "age:no"
+        for row in m.get("reply_markup", {}).get("inline_keyboard", []) for button in row))
 
 
 def answer_age(runtime: Runtime, user: FakeUser, yes: bool) -> str:
@@ -121,8 +123,7 @@ def test_an_old_yes_after_no_leaves_the_answer_standing(bot: Runtime, fake_api: 
     assert "answer stands" in young.last()["text"]
     stands = answer_age(bot, young, yes=True)  # the old prompt's Yes
     assert "answer stands" in stands and CONTACT in stands
-    state = bot.repository.get_user(young.id)
-    assert state is not None and state.age_refused and not state.age_confirmed
+    assert_only_the_marker(bot, young)  # writing again stored nothing of them either
     state = bot.repository.get_user(adult.id)
     assert state is not None and state.waiting, "nobody was paired with the refused user"
 
@@ -153,6 +154,7 @@ def test_the_job_sends_the_marker_no_reminder_and_deletes_it_after_the_period(
     answer_age(bot, young, yes=False)
     clock.advance(2 * DAY)
     post(bot, young.command("help"))  # active again: a reminder would be due a day later
+    assert_only_the_marker(bot, young)
     clock.advance(2 * DAY)
     fake_api.reset_calls()
     summary = run_job(bot)
@@ -167,6 +169,17 @@ def test_the_job_sends_the_marker_no_reminder_and_deletes_it_after_the_period(
     assert bot.repository.get_user(young.id) is None
     post(bot, young.command("find_chat"))
     assert "16 or older" in young.last()["text"], "the gate asks again after the period"
+
+
+def test_the_refused_are_answered_in_their_app_language(bot: Runtime, fake_api: FakeBotApi):
+    young = fake_api.user(851, "Junge", language_code="de")
+    post(bot, young.command("find_chat"))
+    answer_age(bot, young, yes=False)
+    post(bot, young.command("find_chat"))
+    assert young.last()["text"].startswith("Du hast uns gesagt, dass du jünger als 16 bist")
+    assert_only_the_marker(bot, young)
+    records = bot.repository.export_user(young.id)
+    assert records is not None and records.profile.language_code is None
 
 
 def test_deleteme_keeps_the_marker(bot: Runtime, fake_api: FakeBotApi, clock: Clock):

@@ -223,3 +223,22 @@ def test_deleteme_asks_mixpanel_to_delete_the_users_events(
     assert json.loads(body) == {"distinct_ids": [pseudonym(KEY, 901)], "compliance_type": "GDPR"}
     assert any(path == "/engage" for path, _, _ in capture.requests)  # the profile too
 
+
+
+def test_nothing_goes_out_about_a_user_who_answered_under_age(
+    fake_api: FakeBotApi, tmp_path: Path, capture: CaptureServer, clock: Clock
+):
+    env = {**bot_env(fake_api, tmp_path / "bot.sqlite3", MIN_AGE="16"),
+           "MIXPANEL_TOKEN": MIXPANEL_TOKEN, "ANALYTICS_PSEUDONYM_KEY": KEY,
+           "MIXPANEL_EVENTS_URL": capture.url + "/track",
+           "MIXPANEL_PEOPLE_URL": capture.url + "/engage"}
+    runtime = build_runtime(Settings.from_env(env), clock=clock)
+    young = fake_api.user(601, "Young")
+    runtime.pipeline.process(young.command("find_chat"))
+    runtime.pipeline.process(young.press_button("No"))
+    before = len(events_of(capture, young.id))
+    runtime.pipeline.process(young.command("help"))
+    runtime.pipeline.process(young.command("find_chat"))
+    runtime.pipeline.process(young.press_button("Find Chat"))
+    assert young.last()["text"].startswith("You told us you are under 16")
+    assert len(events_of(capture, young.id)) == before, "the marker is opted out"

@@ -35,7 +35,8 @@ def test_the_question_comes_first_once_and_never_mid_chat():
 def test_the_marker_is_the_answer_and_nothing_about_the_person(user_id: int, at: float):
     marker = refusal_marker(user_id, at)
     assert (marker.user_id, marker.age_answer, marker.age_answered_at) == (user_id, "no", at)
-    assert (marker.first_name, marker.last_name, marker.username, marker.language_code) == (
-        "", None, None, None)
+    assert (marker.first_name, marker.last_name, marker.username, marker.language_code,
+            marker.language) == ("", None, None, None, "")
+    assert marker.analytics_opt_out, "no analytics about a child"
     assert (marker.first_seen, marker.last_seen, marker.lobby) == (0.0, 0.0, None)
     assert not claimable(NudgeStatus.of(marker), float("inf")), "no reminder, ever"

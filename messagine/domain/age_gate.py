@@ -39,13 +39,24 @@ def gate(user: UserState, min_age: int) -> Gate:
     return Gate.OPEN
 
 
+def stores_profile(age_answer: str | None) -> bool:
+    """Whether an update refreshes the user's stored profile (name, username, app language).
+
+    Not for a refusal's marker: a refused user who writes again is answered (in their
+    app's language, from the update itself) but stays the marker.
+    """
+    return age_answer != "no"
+
+
 def refusal_marker(user_id: int, refused_at: float) -> StoredProfile:
     """The whole record kept of a user who answered No: the id, the answer and its time.
 
-    No name, no dates of use, no settings, and reminders off: every backend's reminder
-    query already skips a user who turned them off.
+    No name, no language (they are answered in their Telegram app's, which each update
+    carries), no dates of use; reminders and analytics off, so that every backend's
+    reminder query and the analytics client already leave them out.
     """
     return StoredProfile(
         user_id=user_id, first_name="", last_name=None, username=None, language_code=None,
-        language="en", first_seen=0.0, last_seen=0.0, age_answer="no",
-        age_answered_at=refused_at, reminders_enabled=False, nudge_pending=False)
+        language="", first_seen=0.0, last_seen=0.0, age_answer="no",
+        age_answered_at=refused_at, reminders_enabled=False, nudge_pending=False,
+        analytics_opt_out=True)

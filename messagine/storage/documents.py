@@ -157,6 +157,13 @@ def refusal_marker_document(user_id: int, refused_at: float) -> dict[str, Any]:
     return profile_document(refusal_marker(user_id, refused_at))
 
 
+def forgotten_profile() -> dict[str, Any]:
+    """The profile fields of a refusal's marker, which its user's later updates keep so."""
+    marker = refusal_marker(0, 0.0)
+    return {name: getattr(marker, name)
+            for name in ("first_name", "last_name", "username", "language_code")}
+
+
 def row(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A user document as SQLite's ``users`` row: chat and lobby live in tables of their own."""
     return {k: v for k, v in doc.items() if k not in ("chat", "waiting_since")}

@@ -31,6 +31,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from messagine.domain import matching
+from messagine.domain.age_gate import stores_profile
 from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
@@ -210,7 +211,8 @@ class FirestoreRepository:
         if not snap.exists:
             fields |= docs.new_user_fields(default_language, now)
         batch = self._guarded(snap)
-        batch.put(snap.reference, fields)
+        batch.put(snap.reference, fields if stores_profile(doc.get("age_answer"))
+                  else fields | docs.forgotten_profile())
         batch.commit()
         state = docs.user_state(profile.user_id, {**doc, **fields}, is_new=not snap.exists)
         return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,

@@ -33,6 +33,7 @@ from pymongo.errors import (
 )
 
 from messagine.domain import matching
+from messagine.domain.age_gate import stores_profile
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
@@ -175,6 +176,8 @@ class MongoRepository:
             return self._open_known(update_id, profile, now, owner, lease_s)
         doc = {**(before or docs.new_user_fields(default_language, now)),
                **docs.profile_fields(profile, now)}
+        if not stores_profile(doc.get("age_answer")):  # the marker stays the marker
+            self.db.users.update_one({"_id": profile.user_id}, {"$set": docs.forgotten_profile()})
         _, verdict = admit(docs.flood_state(before or {}), now, album, self._flood_rule)
         return OpenedUpdate(duplicate=False,
                             user=docs.user_state(profile.user_id, doc, is_new=before is None),
@@ -197,6 +200,8 @@ class MongoRepository:
             projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
         if taken is None:  # another attempt took it over first, or finished it
             return OpenedUpdate(duplicate=False, busy=True)
+        if not stores_profile(taken.get("age_answer")):
+            self.db.users.update_one({"_id": profile.user_id}, {"$set": docs.forgotten_profile()})
         return OpenedUpdate(duplicate=False, user=docs.user_state(profile.user_id, taken),
                             resumed=True)
 

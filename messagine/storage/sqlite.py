@@ -169,6 +169,10 @@ class SqliteRepository:
                  json.dumps(asdict(counters))),
             )
             state = self._state(conn, profile.user_id, is_new=known is None)
+            if state is not None and state.age_refused:  # domain.age_gate.stores_profile
+                forgotten = docs.forgotten_profile()
+                conn.execute(f"UPDATE users SET {', '.join(f'{k} = :{k}' for k in forgotten)}"
+                             " WHERE id = :id", {**forgotten, "id": profile.user_id})
             return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
                                 warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
 
