@@ -44,7 +44,8 @@ RECOMMENDED_CONNECTIONS = 40
 # tests/test_doctor.py checks this against what init-db really creates.
 MONGO_INDEXES: dict[str, dict[str, bool]] = {
     "users": {"users_by_recent_update": False, "users_due_for_nudge": False,
-              "users_by_age_answer": False},
+              "users_by_age_answer": False, "users_by_last_seen": False,
+              "users_due_for_notice": False, "users_noticed": False},
     "lobby": {"lobby_by_language": False, "lobby_by_since": False},
     "chats": {"chats_by_user": False, "chats_by_end": False, "chats_by_closing_update": False,
               "chats_ttl": True, "chats_by_start": False},

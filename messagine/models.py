@@ -105,6 +105,8 @@ class MatchResult:
 class EndReason(enum.Enum):
     """How a chat ended."""
 
+    IDLE = "idle"
+    """Nobody wrote for IDLE_CHAT_HOURS: the scheduled job ended it."""
     EXIT = "exit"
     NEXT = "next"
     BLOCKED = "blocked"
@@ -195,6 +197,9 @@ class StoredProfile:
     nudge_pending: bool = True
     reminded_at: float | None = None
     lobby: LobbyEntry | None = None
+    notice_pending: bool = True
+    """Active since the last inactivity notice (``domain.retention``)."""
+    noticed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

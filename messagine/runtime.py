@@ -79,7 +79,7 @@ def build_runtime(
                           exclusions_s=settings.periods.exclusion_days * 86_400.0)
     pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics)
     reminders = Reminders(repository, telegram, catalog, settings.reminder_rules, clock,
-                          retention)
+                          retention, settings.periods, analytics)
     return Runtime(settings, repository, telegram, catalog, pipeline, analytics, reminders)
 
 

@@ -59,4 +59,4 @@ def refusal_marker(user_id: int, refused_at: float) -> StoredProfile:
         user_id=user_id, first_name="", last_name=None, username=None, language_code=None,
         language="", first_seen=0.0, last_seen=0.0, age_answer="no",
         age_answered_at=refused_at, reminders_enabled=False, nudge_pending=False,
-        analytics_opt_out=True)
+        analytics_opt_out=True, notice_pending=False)

@@ -136,6 +136,8 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
         reminders_enabled=not doc.get("reminders_off"),
         nudge_pending=bool(doc.get("nudge_pending")), reminded_at=doc.get("reminded_at"),
         lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"])) if lobby else None,
+        notice_pending=bool(doc.get("notice_pending", True)),  # absent: from before notices
+        noticed_at=doc.get("noticed_at"),
     )
 
 
@@ -173,7 +175,7 @@ def profile_fields(profile: Profile, now: float) -> dict[str, Any]:
     """What every update of the user refreshes: the profile, last seen, reminder due."""
     return {"first_name": profile.first_name, "last_name": profile.last_name,
             "username": profile.username, "language_code": profile.language_code,
-            "last_seen": now, "nudge_pending": True}
+            "last_seen": now, "nudge_pending": True, "notice_pending": True}
 
 
 def new_user_fields(default_language: str, now: float) -> dict[str, Any]:

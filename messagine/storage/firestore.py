@@ -36,6 +36,13 @@ from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
+from messagine.domain.retention import (
+    AccountStatus,
+    Cutoffs,
+    chat_idle,
+    erasure_due,
+    notice_due,
+)
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -71,6 +78,7 @@ from messagine.storage.port import wrap_public_methods
 
 _PAGE = 50
 _PURGE_BATCH = 400  # a commit takes at most 500 writes
+_IDLE_SCAN = 5  # users read per idle chat returned at most (see MongoRepository)
 
 
 @wrap_public_methods(unavailable_as_storage_error)
@@ -428,6 +436,46 @@ class FirestoreRepository:
                 "age_refusals": older("users", "age_answered_at", retention.age_refusals_s)
                 .where(filter=FieldFilter("age_answer", "==", "no"))
                 .where(filter=FieldFilter("banned", "==", False))}
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
+        found: dict[int, tuple[int, str]] = {}
+        for snap in self._stream(self._col("users").where(filter=FieldFilter(
+                "last_seen", "<", cut.active_before)).where(filter=FieldFilter(
+                "chat.started_at", ">", 0)).limit(_IDLE_SCAN * limit)):
+            doc = snap.to_dict()
+            (partner,) = self._get(self._user(int(doc["chat"]["partner"])))
+            if partner.exists and chat_idle((doc["last_seen"], partner.get("last_seen")),
+                                            cut.active_before):
+                found.setdefault(int(doc["chat"]["id"]), (int(snap.id), doc["language"]))
+            if len(found) >= limit:
+                break
+        return list(found.values())
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_inactivity_notices``: each by one guarded commit."""
+        def claim(snap: Any) -> tuple[int, str] | None:
+            doc = snap.to_dict()
+            if not notice_due(AccountStatus.of(docs.stored_profile(int(snap.id), doc, None)),
+                              cut) or not commit_unless_beaten(
+                    self.client, snap, {"notice_pending": False, "noticed_at": now}):
+                return None
+            return int(snap.id), str(doc["language"])
+
+        return claim_each(self._col("users").where(filter=FieldFilter(
+            "notice_pending", "==", True)).where(filter=FieldFilter("banned", "==", False))
+            .where(filter=FieldFilter("last_seen", "<", cut.notice_seen_before))
+            .order_by("last_seen"), limit, claim)
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``."""
+        return [int(snap.id) for snap in self._stream(self._col("users").where(
+            filter=FieldFilter("notice_pending", "==", False)).where(
+            filter=FieldFilter("banned", "==", False)).where(
+            filter=FieldFilter("noticed_at", "<", cut.noticed_before)).order_by(
+            "noticed_at").limit(limit)) if erasure_due(AccountStatus.of(
+                docs.stored_profile(int(snap.id), snap.to_dict(), None)), cut)]
 
     def _delete_refs(self, refs: list[Any]) -> None:
         """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""

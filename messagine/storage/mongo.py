@@ -37,6 +37,7 @@ from messagine.domain.age_gate import stores_profile
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
+from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -63,6 +64,10 @@ from messagine.storage.mongo_client import (
 from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
 from messagine.storage.port import wrap_public_methods
+
+_IDLE_SCAN = 5
+"""``idle_chats`` reads at most this many users per chat it may return: users long unseen
+whose partner is active are passed over, and must not keep the idle ones from the run."""
 
 
 def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
@@ -327,6 +332,42 @@ class MongoRepository:
             "age_refusals": _delete_some(self.db.users, {"age_answer": "no", "banned": False,
                 "age_answered_at": {"$lt": now - retention.age_refusals_s}}, limit),
         }
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
+        found: dict[int, tuple[int, str]] = {}
+        for doc in self.db.users.find(
+                {"chat": {"$ne": None}, "last_seen": {"$lt": cut.active_before}},
+                {"language": 1, "chat": 1, "last_seen": 1}).sort("last_seen", 1).limit(
+                    _IDLE_SCAN * limit):
+            partner = self.db.users.find_one({"_id": doc["chat"]["partner"]}, {"last_seen": 1})
+            if partner and chat_idle((doc["last_seen"], partner["last_seen"]), cut.active_before):
+                found.setdefault(int(doc["chat"]["id"]), (int(doc["_id"]), doc["language"]))
+            if len(found) >= limit:
+                break
+        return list(found.values())
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_inactivity_notices``: each by one conditional update."""
+        claimed: list[tuple[int, str]] = []
+        while len(claimed) < limit:
+            doc = self.db.users.find_one_and_update(
+                {"notice_pending": {"$ne": False}, "banned": False, "age_answer": {"$ne": "no"},
+                 "last_seen": {"$lt": cut.notice_seen_before}},
+                {"$set": {"notice_pending": False, "noticed_at": now}},
+                projection={"language": 1}, sort=[("last_seen", 1)])
+            if doc is None:
+                break
+            claimed.append((int(doc["_id"]), str(doc["language"])))
+        return claimed
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``."""
+        return [int(doc["_id"]) for doc in self.db.users.find(
+            {"notice_pending": False, "banned": False, "noticed_at": {"$lt": cut.noticed_before}},
+            {"recent_updates": 0, "claims": 0}).sort("noticed_at", 1).limit(limit)
+            if erasure_due(AccountStatus.of(docs.stored_profile(int(doc["_id"]), doc, None)), cut)]
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""

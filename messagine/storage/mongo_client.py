@@ -91,6 +91,10 @@ def create_indexes(db: Any, update_retention_s: int) -> None:
     db.lobby.create_index("since", name="lobby_by_since")
     db.exclusions.create_index("created_at", name="exclusions_by_time")
     db.users.create_index([("age_answer", 1), ("age_answered_at", 1)], name="users_by_age_answer")
+    db.users.create_index("last_seen", name="users_by_last_seen")
+    db.users.create_index([("notice_pending", 1), ("banned", 1), ("last_seen", 1)],
+                          name="users_due_for_notice")
+    db.users.create_index([("notice_pending", 1), ("noticed_at", 1)], name="users_noticed")
     db.claimed_updates.create_index(
         "claimed_at", name="claims_ttl", expireAfterSeconds=update_retention_s)
     db.meta.replace_one({"_id": "schema"}, {"version": SCHEMA_VERSION}, upsert=True)

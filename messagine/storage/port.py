@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from messagine.domain.claims import LEASE_S
+from messagine.domain.retention import Cutoffs
 from messagine.models import (
     ChatRecord,
     Counts,
@@ -281,6 +282,29 @@ class Jobs(Protocol):
         ...
 
 
+class Retained(Protocol):
+    """What the scheduled job ends or erases for retention (``domain.retention``)."""
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` chats neither user of which was seen since ``cut.active_before``.
+
+        One user of each, with their language (``end_chat`` gives the other).
+        """
+        ...
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """Claim up to ``limit`` users due the notice before erasure (``notice_due``).
+
+        Each claim is atomic (two runs never notice the same user twice); (user, language).
+        """
+        ...
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """Up to ``limit`` users due erasure (``erasure_due``): noticed, and not back since."""
+        ...
+
+
 class PersonalRecords(Protocol):
     """Everything stored about a user: their export and their erasure."""
 
@@ -306,7 +330,7 @@ class Schema(Protocol):
 
 
 class Repository(UpdateClaims, Users, Lobby, Chats, MessageLog, ModerationRecords, Jobs,
-                 PersonalRecords, Schema, Protocol):
+                 Retained, PersonalRecords, Schema, Protocol):
     """The whole storage port, as each backend implements it in one class.
 
     Services depend on the slice they use (each service module names its own, from the
