@@ -205,6 +205,7 @@ class Reminders:
                 self.analytics.delete_profile(user_id)
                 self.repository.delete_user(user_id)
                 summary.accounts_erased += 1
+            self.analytics.flush()  # no update's pipeline flushes for the job
 
     def _lobby_timeouts(self, summary: RunSummary, pacer: Pacer, deadline: float) -> None:
         waiting_before = self.clock() - self.rules.lobby_timeout_s

@@ -242,3 +242,18 @@ def test_nothing_goes_out_about_a_user_who_answered_under_age(
     runtime.pipeline.process(young.press_button("Find Chat"))
     assert young.last()["text"].startswith("You told us you are under 16")
     assert len(events_of(capture, young.id)) == before, "the marker is opted out"
+
+
+def test_an_inactive_account_erased_by_the_job_is_deleted_at_mixpanel_too(
+    tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer, clock: Clock
+):
+    alice = fake_api.user(1101, "Alice")
+    tracked_bot.pipeline.process(alice.command("start"))
+    clock.advance(360 * 86_400)
+    assert tracked_bot.reminders.run().inactivity_notices == 1
+    clock.advance(15 * 86_400)
+    capture.requests.clear()
+    assert tracked_bot.reminders.run().accounts_erased == 1
+    assert capture.events() == [], "no event about a user being erased"
+    deletions = [p for p in capture.people() if "$delete" in p]
+    assert [p["$distinct_id"] for p in deletions] == [pseudonym(KEY, 1101)]
