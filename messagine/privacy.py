@@ -54,10 +54,25 @@ class PrivacyTerms:
 
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
-    """The full policy in one language (docs/privacy.md is the English one, on MongoDB)."""
-    return texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
+    """The full policy in one language (docs/privacy.md is the English one, on MongoDB).
+
+    The sections on the periods the scheduled job keeps and on the age refusal come last,
+    before the closing contact paragraph.
+    """
+    periods = terms.periods
+    main = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
                  chat_days=terms.chat_days, min_age=terms.min_age,
-                 store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES)
+                 store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES,
+                 inactive_days=periods.inactive_days)
+    body, closing = main.rsplit("\n\n", 1)
+    return "\n\n".join((
+        body,
+        texts("privacy.age_marker", min_age=terms.min_age, age_days=periods.age_refusal_days,
+              contact=terms.contact),
+        texts("privacy.periods", idle_hours=periods.idle_chat_hours,
+              report_days=periods.report_days, exclusion_days=periods.exclusion_days,
+              inactive_days=periods.inactive_days, notice_days=periods.notice_days),
+        closing))
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
@@ -96,6 +111,7 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
                                           "language_code", "first_seen", "last_seen")),
                 "settings": {"language": None, "analytics": "on", "reminders": "on",
                              "age_confirmation": None, "age_confirmation_at": None,
+                             "inactivity_notice_at": None,
                              "blocked_the_bot": False, "banned": False},
                 "lobby": None}
     return {
@@ -111,6 +127,7 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
             "reminders": "on" if profile.reminders_enabled else "off",
             "age_confirmation": profile.age_answer,
             "age_confirmation_at": _iso(profile.age_answered_at),
+            "inactivity_notice_at": _iso(profile.noticed_at),
             "blocked_the_bot": profile.blocked,
             "banned": profile.banned,
         },
