@@ -442,7 +442,8 @@ class FirestoreRepository:
         found: dict[int, tuple[int, str]] = {}
         for snap in self._stream(self._col("users").where(filter=FieldFilter(
                 "last_seen", "<", cut.active_before)).where(filter=FieldFilter(
-                "chat.started_at", ">", 0)).limit(_IDLE_SCAN * limit)):
+                "chat.started_at", ">", 0)).order_by("last_seen").order_by("chat.started_at")
+                .limit(_IDLE_SCAN * limit)):
             doc = snap.to_dict()
             (partner,) = self._get(self._user(int(doc["chat"]["partner"])))
             if partner.exists and chat_idle((doc["last_seen"], partner.get("last_seen")),
