@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from messagine import keyboards
 from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
-from messagine.domain.retention import DAY, cutoffs
+from messagine.domain.retention import DAY, Cutoffs, cutoffs
 from messagine.languages import language_name
 from messagine.models import EndReason, Nudge, Periods, ReminderRules, Retention
 from messagine.storage.port import Chats, Jobs, Lobby, PersonalRecords, Retained, Users
@@ -174,21 +174,35 @@ class Reminders:
         """Idle chats, inactivity notices and erasures (``domain.retention``), batch by batch."""
         if self.periods is None:
             return
-        periods, cut = self.periods, cutoffs(self.clock(), self.periods)
-        while time.monotonic() < deadline - 1.0 and (
+        cut = cutoffs(self.clock(), self.periods)
+        self._idle_chats(cut, summary, pacer, deadline)
+        self._inactivity_notices(cut, self.periods, summary, pacer, deadline)
+        self._erasures(cut, summary, deadline)
+
+    def _idle_chats(self, cut: Cutoffs, summary: RunSummary, pacer: Pacer,
+                    deadline: float) -> None:
+        """End the chats nobody wrote in; both users told, each in their language."""
+        ended_any = True
+        while ended_any and time.monotonic() < deadline - 1.0 and (
                 idle := self.repository.idle_chats(cut, BATCH)):
+            ended_any = False  # a batch that ends nothing would come back the same
             for user_id, language in idle:
                 # No update opened this: a closing id of the job's own, negative, random.
                 ended = self.repository.end_chat(user_id, EndReason.IDLE, self.clock(),
                                                  -secrets.randbits(62) - 1)
                 if ended is None:
                     continue  # ended meanwhile by one of them
+                ended_any = True
                 summary.idle_chats_ended += 1
                 for who, their_language in ((user_id, language),
                                             (ended.partner_id, ended.partner_language)):
                     t = self.catalog.for_language(their_language)
                     pacer.wait()
                     self._send(who, t("chat.idle_ended"), keyboards.idle(t), summary)
+
+    def _inactivity_notices(self, cut: Cutoffs, periods: Periods, summary: RunSummary,
+                            pacer: Pacer, deadline: float) -> None:
+        """The one notice before an inactive account's erasure, naming its date."""
         erase_on = datetime.fromtimestamp(self.clock() + periods.notice_days * DAY, UTC)
         while time.monotonic() < deadline - 1.0 and (
                 noticed := self.repository.claim_inactivity_notices(cut, self.clock(), BATCH)):
@@ -199,9 +213,16 @@ class Reminders:
                                          date=erase_on.date().isoformat()),
                               keyboards.idle(t), summary):
                     summary.inactivity_notices += 1
-        while time.monotonic() < deadline - 1.0 and (
-                inactive := self.repository.inactive_accounts(cut, BATCH)):
-            for user_id in inactive:  # erased as /deleteme does, and never tracked again
+
+    def _erasures(self, cut: Cutoffs, summary: RunSummary, deadline: float) -> None:
+        """Erase the accounts noticed long enough ago, as /deleteme does; never tracked."""
+        erased: set[int] = set()
+        while time.monotonic() < deadline - 1.0:
+            due = set(self.repository.inactive_accounts(cut, BATCH)) - erased
+            if not due:  # none left, or only ones this run erased already
+                return
+            for user_id in due:
+                erased.add(user_id)
                 self.analytics.delete_profile(user_id)
                 self.repository.delete_user(user_id)
                 summary.accounts_erased += 1

@@ -166,7 +166,7 @@ def forgotten_profile() -> dict[str, Any]:
             for name in ("first_name", "last_name", "username", "language_code")}
 
 
-def row(doc: Mapping[str, Any]) -> dict[str, Any]:
+def user_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A user document as SQLite's ``users`` row: chat and lobby live in tables of their own."""
     return {k: v for k, v in doc.items() if k not in ("chat", "waiting_since")}
 

@@ -226,7 +226,7 @@ class SqliteRepository:
             conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
                          ("yes" if confirmed else "no", now, user_id))
             if not confirmed:  # an erased user's refusal leaves the marker
-                marker = docs.row(docs.refusal_marker_document(user_id, now)) | {"id": user_id}
+                marker = docs.user_row(docs.refusal_marker_document(user_id, now)) | {"id": user_id}
                 conn.execute(f"INSERT OR IGNORE INTO users ({', '.join(marker)})"
                              f" VALUES ({', '.join(':' + k for k in marker)})", marker)
 
