@@ -8,10 +8,12 @@ import time
 import pytest
 
 from messagine.domain.erasure import banned_remnant
+from messagine.domain.retention import cutoffs
 from messagine.models import (
     EndReason,
     MatchOutcome,
     MessageLink,
+    Periods,
     Profile,
     Retention,
     UserRecords,
@@ -460,3 +462,31 @@ def test_a_user_marked_blocked_who_searches_again_is_paired(repository: Reposito
     matched = find(repository, 1)
     assert matched.outcome is MatchOutcome.MATCHED and matched.chat is not None
     assert matched.chat.partner_id == 2
+
+
+def test_retention_selects_in_bounded_batches_and_claims_each_notice_once(
+        repository: Repository):
+    periods = Periods(idle_chat_hours=1, inactive_days=30, notice_days=7)
+    for user_id in (40, 41, 42, 43, 44):
+        register(repository, user_id)
+    find(repository, 40)
+    find(repository, 41)
+    find(repository, 42)
+    find(repository, 43)  # two chats: 40-41 and 42-43; 44 alone
+    cut = cutoffs(T0 + 2 * 3_600, periods)
+    first = repository.idle_chats(cut, 1)
+    assert len(first) == 1 and first[0][1] == "en"
+    assert {u for u, _ in repository.idle_chats(cut, 10)} in (
+        {40, 42}, {40, 43}, {41, 42}, {41, 43}), "one user of each chat"
+    assert repository.idle_chats(cutoffs(T0, periods), 10) == [], "seen since"
+
+    later = T0 + 25 * 86_400
+    cut = cutoffs(later, periods)
+    claimed = [repository.claim_inactivity_notices(cut, later, 2) for _ in range(4)]
+    assert [len(batch) for batch in claimed] == [2, 2, 1, 0]
+    assert {u for batch in claimed for u, _ in batch} == {40, 41, 42, 43, 44}
+    assert repository.inactive_accounts(cut, 10) == [], "told just now"
+    register(repository, 44, now=later + 86_400)  # back: kept
+    gone = cutoffs(later + 8 * 86_400, periods)
+    assert len(repository.inactive_accounts(gone, 3)) == 3
+    assert set(repository.inactive_accounts(gone, 10)) == {40, 41, 42, 43}
