@@ -47,11 +47,6 @@ class PrivacyTerms:
     periods: Periods = field(default_factory=Periods)
     """The periods of the scheduled job's retention (reports, exclusions, accounts...)."""
 
-    @property
-    def age_refusal_days(self) -> int:
-        """How long an age refusal's marker is kept."""
-        return self.periods.age_refusal_days
-
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
     """The full policy in one language (docs/privacy.md is the English one, on MongoDB).
@@ -258,7 +253,7 @@ class Privacy:
             self.repository.confirm_age(user.user_id, False, self.clock())
             outcome = "age:no"
         answer.send(t("age.refused_erased", min_age=self.terms.min_age,
-                      days=self.terms.age_refusal_days, contact=self.terms.contact))
+                      days=self.terms.periods.age_refusal_days, contact=self.terms.contact))
         return outcome
 
     def reminders_choice(self, user: UserState, argument: str, answer: Answer) -> str:
