@@ -142,3 +142,20 @@ def test_banned_users_and_age_refusals_are_left_to_their_own_rules(
     assert summary["inactivity_notices"] == 0 and summary["accounts_erased"] == 0
     state = bot.repository.get_user(banned.id)
     assert state is not None and state.banned
+
+
+def test_a_report_is_kept_for_its_period_then_deleted(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock):
+    anna, bernd = fake_api.user(941, "Anna"), fake_api.user(942, "Bernd")
+    pair(bot, anna, bernd)
+    post(bot, anna.command("report"))
+    post(bot, anna.press_button("Spam or ads"))
+    records = bot.repository.export_user(anna.id)
+    assert records is not None and len(records.reports) == 1
+    clock.advance(89 * DAY)
+    post(bot, anna.command("help"))  # active: no erasure in between
+    assert run_job(bot)["purged"]["reports"] == 0
+    clock.advance(2 * DAY)
+    assert run_job(bot)["purged"]["reports"] == 1
+    records = bot.repository.export_user(anna.id)
+    assert records is not None and records.reports == []
