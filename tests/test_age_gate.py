@@ -196,3 +196,25 @@ def test_deleteme_keeps_the_marker(bot: Runtime, fake_api: FakeBotApi, clock: Cl
     assert after.profile.age_answered_at == refused.profile.age_answered_at
     post(bot, young.command("find_chat"))
     assert "answer stands" in young.last()["text"]
+
+
+def test_a_redelivered_old_search_after_no_pairs_nobody(bot: Runtime, fake_api: FakeBotApi):
+    """MongoDB and Firestore keep the update ids with the user's document, which the
+    refusal erased: the old /find_chat then counts as new, and the gate stops it."""
+    young, adult = fake_api.user(861, "Young"), fake_api.user(862, "Adult")
+    search = young.command("find_chat")
+    post(bot, search)
+    post(bot, young.command("find_chat"))
+    answer_age(bot, young, yes=True)  # searching now
+    answer_age(bot, young, yes=False)  # on the first prompt
+    post(bot, adult.command("find_chat"))
+    answer_age(bot, adult, yes=True)
+    before = young.last()
+    post(bot, search)  # Telegram delivers the old search again
+    if bot.repository.backend == "sqlite":  # its claims live apart from the user
+        assert young.last() == before, "a duplicate: no work"
+    else:
+        assert "answer stands" in young.last()["text"], "the gate, not the question"
+    state = bot.repository.get_user(adult.id)
+    assert state is not None and state.waiting and state.chat is None
+    assert_only_the_marker(bot, young)
