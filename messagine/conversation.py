@@ -18,6 +18,7 @@ from messagine import keyboards
 from messagine.analytics import Analytics, now_iso
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
+from messagine.domain.age_gate import Gate, gate
 from messagine.languages import LANGUAGES, language_name
 from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
 from messagine.storage.port import Chats, Lobby, Users
@@ -40,9 +41,10 @@ class Conversation:
     def __init__(
         self, repository: ConversationStore, telegram: Telegram, catalog: Catalog,
         recent_partners: int, clock: Callable[[], float], analytics: Analytics,
-        min_age: int = 0,
+        min_age: int = 0, contact: str = "",
     ) -> None:
         self.min_age = min_age
+        self.contact = contact
         self.analytics = analytics
         self.repository = repository
         self.telegram = telegram
@@ -86,13 +88,26 @@ class Conversation:
 
     # -- the lobby -----------------------------------------------------------------------
 
-    def find_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
-        """Pair the user at once with a compatible waiting user, or put them in the lobby."""
+    def find_chat(self, user: UserState, answer: Answer, update_id: int, *,
+                  any_language: bool = False) -> str:
+        """Pair the user at once with a compatible waiting user, or put them in the lobby.
+
+        Past the age gate first, whatever the route; ``any_language``: the user accepted
+        the offer of the any-language pool, where their wait moves before the search.
+        """
         t = self.catalog.for_user(user)
-        if self.min_age and not user.age_confirmed and user.chat is None:
+        verdict = gate(user, self.min_age)  # every route to a partner comes through here
+        if verdict is Gate.CLOSED:
+            answer.send(t("age.closed", min_age=self.min_age, contact=self.contact),
+                        keyboards.idle(t))
+            return "find:age_refused"
+        if verdict is Gate.ASK:
             answer.send(t("age.question", min_age=self.min_age),
                         keyboards.age_question(t, self.min_age))
             return "find:age_asked"
+        if any_language and not self.repository.join_any_language(user.user_id):
+            answer.send(t("lobby.not_in"), keyboards.idle(t))
+            return "find:not_waiting"
         for _ in range(_MAX_MATCH_ATTEMPTS):
             result = self.repository.find_partner(
                 user.user_id, self.recent_partners, self.clock(), update_id)
@@ -140,22 +155,32 @@ class Conversation:
 
     def join_any_language(self, user: UserState, answer: Answer, update_id: int) -> str:
         """The user opted into the any-language pool: move their wait there and search."""
-        t = self.catalog.for_user(user)
-        if not self.repository.join_any_language(user.user_id):
-            answer.send(t("lobby.not_in"), keyboards.idle(t))
+        outcome = self.find_chat(user, answer, update_id, any_language=True)
+        if outcome == "find:not_waiting":
             return "any_language:not_waiting"
-        return "any_language+" + self.find_chat(user, answer, update_id).removeprefix("find:")
+        return "any_language+" + outcome.removeprefix("find:")
 
-    def answer_age(self, user: UserState, confirmed: bool, answer: Answer, update_id: int
-                   ) -> str:
-        """Record the age answer; a yes goes on to the search, a no is told why not."""
-        self.repository.confirm_age(user.user_id, confirmed, self.clock())
-        if confirmed:
-            return "age:yes+" + self.find_chat(
-                replace(user, age_confirmed=True), answer, update_id).removeprefix("find:")
-        t = self.catalog.for_user(user)
-        answer.send(t("age.refused", min_age=self.min_age), keyboards.idle(t))
-        return "age:no"
+    def confirm_age(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """A Yes to the age question: recorded, then the search; after a No it stands.
+
+        (A No is ``Privacy.refuse_age``: it erases the user.)
+        """
+        if not user.age_refused:
+            self.repository.confirm_age(user.user_id, True, self.clock())
+            user = replace(user, age_confirmed=True)
+        return "age:yes+" + self.find_chat(user, answer, update_id).removeprefix("find:")
+
+    def withdraw(self, user: UserState, update_id: int) -> None:
+        """Take the user out of the lobby and out of their chat, before their erasure.
+
+        The partner is told as when any chat ends; no analytics, the user is leaving.
+        The lobby first: once out of it, no search can pair them any more.
+        """
+        self.repository.leave_lobby(user.user_id)
+        ended = self.repository.end_chat(user.user_id, EndReason.DELETED, self.clock(),
+                                         update_id)
+        if ended is not None:
+            self._tell_partner(ended, "exit.closed_by_partner")
 
     def cancel_find(self, user: UserState, answer: Answer) -> str:
         """Leave the lobby."""
@@ -199,7 +224,9 @@ class Conversation:
     def next_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the current chat without confirmation and search again."""
         ended = self.end(user, EndReason.NEXT, update_id) if user.chat else False
-        outcome = self.find_chat(user, answer, update_id)
+        # The search sees the user as they are now: out of the chat just ended.
+        outcome = self.find_chat(replace(user, chat=None) if ended else user, answer,
+                                 update_id)
         return ("next:ended+" if ended else "next:") + outcome.removeprefix("find:")
 
     def end(self, user: UserState, reason: EndReason, update_id: int) -> bool:

@@ -48,6 +48,8 @@ class UserState:
     language_code: str | None = None
     """Telegram's language of the user's app: the interface falls back to it."""
     reminders_enabled: bool = True
+    age_refused: bool = False
+    """Answered No to the age question: the gate stays closed (``domain.age_gate``)."""
 
     @property
     def waiting(self) -> bool:
@@ -103,6 +105,8 @@ class MatchResult:
 class EndReason(enum.Enum):
     """How a chat ended."""
 
+    IDLE = "idle"
+    """Nobody wrote for IDLE_CHAT_HOURS: the scheduled job ended it."""
     EXIT = "exit"
     NEXT = "next"
     BLOCKED = "blocked"
@@ -193,6 +197,9 @@ class StoredProfile:
     nudge_pending: bool = True
     reminded_at: float | None = None
     lobby: LobbyEntry | None = None
+    notice_pending: bool = True
+    """Active since the last inactivity notice (``domain.retention``)."""
+    noticed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +222,10 @@ class Retention:
     messages_s: float
     chats_s: float
     claims_s: float = 86_400.0
+    age_refusals_s: float = 30 * 86_400.0
+    """An age refusal's marker (``domain.age_gate``)."""
+    reports_s: float = 365 * 86_400.0
+    exclusions_s: float = 365 * 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,3 +270,21 @@ class ReminderRules:
     lobby_timeout_s: float
     run_budget_s: float
     any_language_after_s: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Periods:
+    """Retention periods of the records the scheduled job ends or deletes."""
+
+    age_refusal_days: int = 30
+    """AGE_REFUSAL_DAYS: how long an age refusal's marker keeps the gate closed."""
+    idle_chat_hours: int = 72
+    """IDLE_CHAT_HOURS: a chat with no message either way this long is ended."""
+    report_days: int = 365
+    """REPORT_RETENTION_DAYS: how long reports are kept."""
+    exclusion_days: int = 365
+    """EXCLUSION_RETENTION_DAYS: how long blocks and report exclusions are kept."""
+    inactive_days: int = 365
+    """INACTIVE_ACCOUNT_DAYS: an account unused this long is erased."""
+    notice_days: int = 14
+    """INACTIVE_NOTICE_DAYS: how long before that erasure its one notice goes out."""

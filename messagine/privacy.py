@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.conversation import Conversation
-from messagine.models import EndReason, StoredProfile, UserRecords, UserState
+from messagine.models import EndReason, Periods, StoredProfile, UserRecords, UserState
 from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.storage.port import PersonalRecords, Users
 from messagine.storage.registry import backend
@@ -44,13 +44,30 @@ class PrivacyTerms:
     min_age: int
     storage: str = "mongo"
     """The backend (settings.storage): the policy names who stores the records."""
+    periods: Periods = field(default_factory=Periods)
+    """The periods of the scheduled job's retention (reports, exclusions, accounts...)."""
 
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
-    """The full policy in one language (docs/privacy.md is the English one, on MongoDB)."""
-    return texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
+    """The full policy in one language (docs/privacy.md is the English one, on MongoDB).
+
+    The sections on the periods the scheduled job keeps and on the age refusal come last,
+    before the closing contact paragraph.
+    """
+    periods = terms.periods
+    main = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
                  chat_days=terms.chat_days, min_age=terms.min_age,
-                 store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES)
+                 store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES,
+                 inactive_days=periods.inactive_days)
+    body, closing = main.rsplit("\n\n", 1)
+    return "\n\n".join((
+        body,
+        texts("privacy.age_marker", min_age=terms.min_age, age_days=periods.age_refusal_days,
+              contact=terms.contact),
+        texts("privacy.periods", idle_hours=periods.idle_chat_hours,
+              report_days=periods.report_days, exclusion_days=periods.exclusion_days,
+              inactive_days=periods.inactive_days, notice_days=periods.notice_days),
+        closing))
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
@@ -89,6 +106,7 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
                                           "language_code", "first_seen", "last_seen")),
                 "settings": {"language": None, "analytics": "on", "reminders": "on",
                              "age_confirmation": None, "age_confirmation_at": None,
+                             "inactivity_notice_at": None,
                              "blocked_the_bot": False, "banned": False},
                 "lobby": None}
     return {
@@ -104,6 +122,7 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
             "reminders": "on" if profile.reminders_enabled else "off",
             "age_confirmation": profile.age_answer,
             "age_confirmation_at": _iso(profile.age_answered_at),
+            "inactivity_notice_at": _iso(profile.noticed_at),
             "blocked_the_bot": profile.blocked,
             "banned": profile.banned,
         },
@@ -200,16 +219,42 @@ class Privacy:
         return "deleteme:cancelled"
 
     def delete(self, user: UserState, answer: Answer, update_id: int) -> str:
-        """End the chat (the partner learns only that it ended), then erase everything."""
+        """End the chat (the partner learns only that it ended), then erase everything.
+
+        An age refusal's marker survives, with its time: erasure must not reopen the gate.
+        """
         t = self.catalog.for_user(user)
         if user.chat is not None:
             self.conversation.end(user, EndReason.DELETED, update_id)
         self.analytics.delete_profile(user.user_id)
+        records = self.repository.export_user(user.user_id) if user.age_refused else None
         counts = self.repository.delete_user(user.user_id)
+        if records is not None and records.profile.age_answered_at is not None:
+            self.repository.confirm_age(user.user_id, False, records.profile.age_answered_at)
         answer.send(t("deleteme.done", messages=counts.get("messages", 0),
                       exclusions=counts.get("exclusions", 0),
                       chats=counts.get("chats_anonymised", 0)))
         return "deleteme:deleted"
+
+    def refuse_age(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """A No to the age question, from any prompt, old ones too: binding at once.
+
+        The user leaves the lobby and any chat (the partner told as on any end), and
+        everything stored about them is erased but the refusal marker, which keeps the
+        gate closed for the refusal period (``domain.age_gate``). The answer names the
+        contact address for a mistaken answer.
+        """
+        t = self.catalog.for_user(user)
+        outcome = "age:no:again"
+        if not user.age_refused:
+            self.conversation.withdraw(user, update_id)
+            self.analytics.delete_profile(user.user_id)
+            self.repository.delete_user(user.user_id)
+            self.repository.confirm_age(user.user_id, False, self.clock())
+            outcome = "age:no"
+        answer.send(t("age.refused_erased", min_age=self.terms.min_age,
+                      days=self.terms.periods.age_refusal_days, contact=self.terms.contact))
+        return outcome
 
     def reminders_choice(self, user: UserState, argument: str, answer: Answer) -> str:
         """/reminders off|on; without an argument, the current state."""

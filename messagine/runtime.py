@@ -59,12 +59,12 @@ def build_runtime(
     catalog = Catalog()
     analytics = open_analytics(settings)
     conversation = Conversation(repository, telegram, catalog, settings.recent_partners, clock,
-                                analytics, settings.min_age)
+                                analytics, settings.min_age, settings.privacy_contact)
     relay = Relay(repository, telegram, catalog, conversation, clock, analytics,
                   settings.hold_links_minutes)
     terms = PrivacyTerms(settings.privacy_contact, settings.privacy_policy_url,
                          settings.message_retention_days, settings.chat_retention_days,
-                         settings.min_age, settings.storage)
+                         settings.min_age, settings.storage, settings.periods)
     privacy = Privacy(repository, telegram, catalog, conversation, analytics, terms, clock)
     moderation = Moderation(repository, telegram, catalog, conversation, analytics,
                             ModerationSettings(settings.admin_ids, settings.admin_chat_id,
@@ -73,11 +73,14 @@ def build_runtime(
                       Reactions(repository, telegram)),
              telegram, catalog, analytics).register(bot)
     retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
-                          chats_s=settings.chat_retention_days * 86_400.0)
+                          chats_s=settings.chat_retention_days * 86_400.0,
+                          age_refusals_s=settings.periods.age_refusal_days * 86_400.0,
+                          reports_s=settings.periods.report_days * 86_400.0,
+                          exclusions_s=settings.periods.exclusion_days * 86_400.0)
     pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics,
                         settings.request_timeout_s)
     reminders = Reminders(repository, telegram, catalog, settings.reminder_rules, clock,
-                          retention)
+                          retention, settings.periods, analytics)
     return Runtime(settings, repository, telegram, catalog, pipeline, analytics, reminders)
 
 

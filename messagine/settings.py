@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from messagine.domain.claims import REQUEST_TIMEOUT_S
 from messagine.domain.flood import FloodRule
-from messagine.models import ReminderRules
+from messagine.models import Periods, ReminderRules
 from messagine.storage.registry import BY_NAME, choose_automatically, on_google_cloud
 
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -87,6 +87,8 @@ class Settings:
     """Links and usernames are held back this long after a chat starts (0: never)."""
     request_timeout_s: float = REQUEST_TIMEOUT_S
     """The function's request timeout: an update's claim lease and its 429 budget follow."""
+    periods: Periods = field(default_factory=Periods)
+    """How long the records without a period of their own above are kept."""
 
     @classmethod
     def from_env(
@@ -146,6 +148,15 @@ class Settings:
                                              problems))
         flood_window = _int(env, "FLOOD_WINDOW_SECONDS", 3, 1, 3600, problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
+        periods = Periods(
+            age_refusal_days=_int(env, "AGE_REFUSAL_DAYS", 30, 1, 3650, problems),
+            idle_chat_hours=_int(env, "IDLE_CHAT_HOURS", 72, 1, 24 * 365, problems),
+            report_days=_int(env, "REPORT_RETENTION_DAYS", 365, 1, 3650, problems),
+            exclusion_days=_int(env, "EXCLUSION_RETENTION_DAYS", 365, 1, 3650, problems),
+            inactive_days=_int(env, "INACTIVE_ACCOUNT_DAYS", 365, 2, 3650, problems),
+            notice_days=_int(env, "INACTIVE_NOTICE_DAYS", 14, 1, 3649, problems))
+        if periods.notice_days >= periods.inactive_days:
+            problems.append("INACTIVE_NOTICE_DAYS must be less than INACTIVE_ACCOUNT_DAYS")
 
         log_level = env.get("LOG_LEVEL", "INFO").strip().upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -193,6 +204,7 @@ class Settings:
                                  else None),
             mixpanel_deletion_url=mixpanel_urls["MIXPANEL_DELETION_URL"],
             hold_links_minutes=hold_links,
+            periods=periods,
         )
 
 

@@ -223,3 +223,37 @@ def test_deleteme_asks_mixpanel_to_delete_the_users_events(
     assert json.loads(body) == {"distinct_ids": [pseudonym(KEY, 901)], "compliance_type": "GDPR"}
     assert any(path == "/engage" for path, _, _ in capture.requests)  # the profile too
 
+
+
+def test_nothing_goes_out_about_a_user_who_answered_under_age(
+    fake_api: FakeBotApi, tmp_path: Path, capture: CaptureServer, clock: Clock
+):
+    env = {**bot_env(fake_api, tmp_path / "bot.sqlite3", MIN_AGE="16"),
+           "MIXPANEL_TOKEN": MIXPANEL_TOKEN, "ANALYTICS_PSEUDONYM_KEY": KEY,
+           "MIXPANEL_EVENTS_URL": capture.url + "/track",
+           "MIXPANEL_PEOPLE_URL": capture.url + "/engage"}
+    runtime = build_runtime(Settings.from_env(env), clock=clock)
+    young = fake_api.user(601, "Young")
+    runtime.pipeline.process(young.command("find_chat"))
+    runtime.pipeline.process(young.press_button("No"))
+    before = len(events_of(capture, young.id))
+    runtime.pipeline.process(young.command("help"))
+    runtime.pipeline.process(young.command("find_chat"))
+    runtime.pipeline.process(young.press_button("Find Chat"))
+    assert young.last()["text"].startswith("You told us you are under 16")
+    assert len(events_of(capture, young.id)) == before, "the marker is opted out"
+
+
+def test_an_inactive_account_erased_by_the_job_is_deleted_at_mixpanel_too(
+    tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer, clock: Clock
+):
+    alice = fake_api.user(1101, "Alice")
+    tracked_bot.pipeline.process(alice.command("start"))
+    clock.advance(360 * 86_400)
+    assert tracked_bot.reminders.run().inactivity_notices == 1
+    clock.advance(15 * 86_400)
+    capture.requests.clear()
+    assert tracked_bot.reminders.run().accounts_erased == 1
+    assert capture.events() == [], "no event about a user being erased"
+    deletions = [p for p in capture.people() if "$delete" in p]
+    assert [p["$distinct_id"] for p in deletions] == [pseudonym(KEY, 1101)]

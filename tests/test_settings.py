@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from messagine.models import Periods
 from messagine.settings import Settings, SettingsError
 from messagine.storage.registry import FirestoreOptions, MongoOptions, SqliteOptions, options
 
@@ -150,3 +153,33 @@ def test_the_request_timeout_bounds_the_bot_api_timeout():
         Settings.from_env(base | {"REQUEST_TIMEOUT_SECONDS": "8",
                                   "TELEGRAM_TIMEOUT_SECONDS": "10"})
     assert [p.split()[0] for p in caught.value.problems] == ["TELEGRAM_TIMEOUT_SECONDS"]
+PERIOD_NAMES = ("AGE_REFUSAL_DAYS", "IDLE_CHAT_HOURS", "REPORT_RETENTION_DAYS",
+                "EXCLUSION_RETENTION_DAYS", "INACTIVE_ACCOUNT_DAYS", "INACTIVE_NOTICE_DAYS")
+
+
+def test_the_retention_periods_are_read_and_checked():
+    settings = Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **dict(zip(
+        PERIOD_NAMES, ("7", "24", "90", "60", "200", "10"), strict=True))})
+    assert settings.periods == Periods(age_refusal_days=7, idle_chat_hours=24, report_days=90,
+                                       exclusion_days=60, inactive_days=200, notice_days=10)
+    assert Settings.from_env({"TELEGRAM_TOKEN": TOKEN}).periods == Periods()
+
+
+@given(value=st.one_of(st.text(max_size=12), st.integers(-10**30, 10**30).map(str)))
+def test_a_bad_period_is_a_clear_start_up_error(value: str):
+    for name in PERIOD_NAMES:
+        env = {"TELEGRAM_TOKEN": TOKEN, name: value}
+        try:
+            settings = Settings.from_env(env)
+        except SettingsError as error:
+            assert any(name in problem for problem in error.problems), (name, value)
+        else:
+            assert settings.periods.notice_days < settings.periods.inactive_days
+
+
+def test_the_notice_must_come_before_the_erasure():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"TELEGRAM_TOKEN": TOKEN, "INACTIVE_ACCOUNT_DAYS": "10",
+                           "INACTIVE_NOTICE_DAYS": "10"})
+    assert caught.value.problems == [
+        "INACTIVE_NOTICE_DAYS must be less than INACTIVE_ACCOUNT_DAYS"]

@@ -15,6 +15,7 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from messagine.domain.age_gate import refusal_marker
 from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
@@ -117,6 +118,7 @@ def user_state(user_id: int, doc: Mapping[str, Any], *, is_new: bool = False) ->
         analytics_opt_out=bool(doc.get("analytics_opt_out")),
         age_confirmed=doc.get("age_answer") == "yes", language_code=doc.get("language_code"),
         reminders_enabled=not doc.get("reminders_off"),
+        age_refused=doc.get("age_answer") == "no",
     )
 
 
@@ -134,6 +136,8 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
         reminders_enabled=not doc.get("reminders_off"),
         nudge_pending=bool(doc.get("nudge_pending")), reminded_at=doc.get("reminded_at"),
         lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"])) if lobby else None,
+        notice_pending=bool(doc.get("notice_pending", True)),  # absent: from before notices
+        noticed_at=doc.get("noticed_at"),
     )
 
 
@@ -150,11 +154,28 @@ def remnant_document(user_id: int) -> dict[str, Any]:
     return profile_document(banned_remnant(user_id))
 
 
+def refusal_marker_document(user_id: int, refused_at: float) -> dict[str, Any]:
+    """The document an age refusal leaves (``domain.age_gate.refusal_marker``)."""
+    return profile_document(refusal_marker(user_id, refused_at))
+
+
+def forgotten_profile() -> dict[str, Any]:
+    """The profile fields of a refusal's marker, which its user's later updates keep so."""
+    marker = refusal_marker(0, 0.0)
+    return {name: getattr(marker, name)
+            for name in ("first_name", "last_name", "username", "language_code")}
+
+
+def user_row(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A user document as SQLite's ``users`` row: chat and lobby live in tables of their own."""
+    return {k: v for k, v in doc.items() if k not in ("chat", "waiting_since")}
+
+
 def profile_fields(profile: Profile, now: float) -> dict[str, Any]:
     """What every update of the user refreshes: the profile, last seen, reminder due."""
     return {"first_name": profile.first_name, "last_name": profile.last_name,
             "username": profile.username, "language_code": profile.language_code,
-            "last_seen": now, "nudge_pending": True}
+            "last_seen": now, "nudge_pending": True, "notice_pending": True}
 
 
 def new_user_fields(default_language: str, now: float) -> dict[str, Any]:

@@ -31,10 +31,18 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from messagine.domain import matching
+from messagine.domain.age_gate import stores_profile
 from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
+from messagine.domain.retention import (
+    AccountStatus,
+    Cutoffs,
+    chat_idle,
+    erasure_due,
+    notice_due,
+)
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -70,6 +78,7 @@ from messagine.storage.port import wrap_public_methods
 
 _PAGE = 50
 _PURGE_BATCH = 400  # a commit takes at most 500 writes
+_IDLE_SCAN = 5  # users read per idle chat returned at most (see MongoRepository)
 
 
 @wrap_public_methods(unavailable_as_storage_error)
@@ -210,7 +219,8 @@ class FirestoreRepository:
         if not snap.exists:
             fields |= docs.new_user_fields(default_language, now)
         batch = self._guarded(snap)
-        batch.put(snap.reference, fields)
+        batch.put(snap.reference, fields if stores_profile(doc.get("age_answer"))
+                  else fields | docs.forgotten_profile())
         batch.commit()
         state = docs.user_state(profile.user_id, {**doc, **fields}, is_new=not snap.exists)
         return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
@@ -289,8 +299,10 @@ class FirestoreRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
-                                  "age_answered_at": now})
+        if not self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
+                                         "age_answered_at": now}) and not confirmed:
+            with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
+                self._user(user_id).create(docs.refusal_marker_document(user_id, now), **WRITE)
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
         """See ``Repository.set_reminders``."""
@@ -408,9 +420,63 @@ class FirestoreRepository:
             filter=FieldFilter("ended_at", "<", now - retention.chats_s)).limit(limit))
         claim_refs = [snap.reference for snap in claims]
         chat_refs = [snap.reference for snap in chats]
+        more = {kind: [s.reference for s in self._stream(query.limit(limit))]
+                for kind, query in self._expired(now, retention).items()}
         self._delete_refs([ref for pair in messages.values() for ref in pair]
-                          + claim_refs + chat_refs)
-        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs)}
+                          + claim_refs + chat_refs + [r for refs in more.values() for r in refs])
+        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs),
+                **{kind: len(refs) for kind, refs in more.items()}}
+
+    def _expired(self, now: float, retention: Retention) -> dict[str, Any]:
+        """The queries of the kinds deleted whole, by kind (``purge_expired``)."""
+        def older(collection: str, field: str, period_s: float) -> Any:
+            return self._col(collection).where(filter=FieldFilter(field, "<", now - period_s))
+        return {"reports": older("reports", "created_at", retention.reports_s),
+                "exclusions": older("exclusions", "created_at", retention.exclusions_s),
+                "age_refusals": older("users", "age_answered_at", retention.age_refusals_s)
+                .where(filter=FieldFilter("age_answer", "==", "no"))
+                .where(filter=FieldFilter("banned", "==", False))}
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
+        found: dict[int, tuple[int, str]] = {}
+        for snap in self._stream(self._col("users").where(filter=FieldFilter(
+                "last_seen", "<", cut.active_before)).where(filter=FieldFilter(
+                "chat.started_at", ">", 0)).order_by("last_seen").order_by("chat.started_at")
+                .limit(_IDLE_SCAN * limit)):
+            doc = snap.to_dict()
+            (partner,) = self._get(self._user(int(doc["chat"]["partner"])))
+            if partner.exists and chat_idle((doc["last_seen"], partner.get("last_seen")),
+                                            cut.active_before):
+                found.setdefault(int(doc["chat"]["id"]), (int(snap.id), doc["language"]))
+            if len(found) >= limit:
+                break
+        return list(found.values())
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_inactivity_notices``: each by one guarded commit."""
+        def claim(snap: Any) -> tuple[int, str] | None:
+            doc = snap.to_dict()
+            if not notice_due(AccountStatus.of(docs.stored_profile(int(snap.id), doc, None)),
+                              cut) or not commit_unless_beaten(
+                    self.client, snap, {"notice_pending": False, "noticed_at": now}):
+                return None
+            return int(snap.id), str(doc["language"])
+
+        return claim_each(self._col("users").where(filter=FieldFilter(
+            "notice_pending", "==", True)).where(filter=FieldFilter("banned", "==", False))
+            .where(filter=FieldFilter("last_seen", "<", cut.notice_seen_before))
+            .order_by("last_seen"), limit, claim)
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``."""
+        return [int(snap.id) for snap in self._stream(self._col("users").where(
+            filter=FieldFilter("notice_pending", "==", False)).where(
+            filter=FieldFilter("banned", "==", False)).where(
+            filter=FieldFilter("noticed_at", "<", cut.noticed_before)).order_by(
+            "noticed_at").limit(limit)) if erasure_due(AccountStatus.of(
+                docs.stored_profile(int(snap.id), snap.to_dict(), None)), cut)]
 
     def _delete_refs(self, refs: list[Any]) -> None:
         """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""

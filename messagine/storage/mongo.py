@@ -33,9 +33,11 @@ from pymongo.errors import (
 )
 
 from messagine.domain import matching
+from messagine.domain.age_gate import stores_profile
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
+from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -62,6 +64,10 @@ from messagine.storage.mongo_client import (
 from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
 from messagine.storage.port import wrap_public_methods
+
+_IDLE_SCAN = 5
+"""``idle_chats`` reads at most this many users per chat it may return: users long unseen
+whose partner is active are passed over, and must not keep the idle ones from the run."""
 
 
 def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
@@ -175,6 +181,8 @@ class MongoRepository:
             return self._open_known(update_id, profile, now, owner, lease_s)
         doc = {**(before or docs.new_user_fields(default_language, now)),
                **docs.profile_fields(profile, now)}
+        if not stores_profile(doc.get("age_answer")):  # the marker stays the marker
+            self.db.users.update_one({"_id": profile.user_id}, {"$set": docs.forgotten_profile()})
         _, verdict = admit(docs.flood_state(before or {}), now, album, self._flood_rule)
         return OpenedUpdate(duplicate=False,
                             user=docs.user_state(profile.user_id, doc, is_new=before is None),
@@ -197,6 +205,8 @@ class MongoRepository:
             projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
         if taken is None:  # another attempt took it over first, or finished it
             return OpenedUpdate(duplicate=False, busy=True)
+        if not stores_profile(taken.get("age_answer")):
+            self.db.users.update_one({"_id": profile.user_id}, {"$set": docs.forgotten_profile()})
         return OpenedUpdate(duplicate=False, user=docs.user_state(profile.user_id, taken),
                             resumed=True)
 
@@ -257,8 +267,10 @@ class MongoRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        self.db.users.update_one({"_id": user_id}, {"$set": {
-            "age_answer": "yes" if confirmed else "no", "age_answered_at": now}})
+        answer = {"age_answer": "yes" if confirmed else "no", "age_answered_at": now}
+        marker = docs.refusal_marker_document(user_id, now).items()  # if erased meanwhile
+        self.db.users.update_one({"_id": user_id}, {"$set": answer, "$setOnInsert": {
+            k: v for k, v in marker if k not in answer}}, upsert=not confirmed)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
@@ -313,7 +325,49 @@ class MongoRepository:
                                    limit),
             "chats": _delete_some(self.db.chats,
                                   {"ended_at": {"$lt": now - retention.chats_s}}, limit),
+            "reports": _delete_some(self.db.reports,
+                                    {"created_at": {"$lt": now - retention.reports_s}}, limit),
+            "exclusions": _delete_some(self.db.exclusions, {
+                "created_at": {"$lt": now - retention.exclusions_s}}, limit),
+            "age_refusals": _delete_some(self.db.users, {"age_answer": "no", "banned": False,
+                "age_answered_at": {"$lt": now - retention.age_refusals_s}}, limit),
         }
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
+        found: dict[int, tuple[int, str]] = {}
+        for doc in self.db.users.find(
+                {"chat": {"$ne": None}, "last_seen": {"$lt": cut.active_before}},
+                {"language": 1, "chat": 1, "last_seen": 1}).sort("last_seen", 1).limit(
+                    _IDLE_SCAN * limit):
+            partner = self.db.users.find_one({"_id": doc["chat"]["partner"]}, {"last_seen": 1})
+            if partner and chat_idle((doc["last_seen"], partner["last_seen"]), cut.active_before):
+                found.setdefault(int(doc["chat"]["id"]), (int(doc["_id"]), doc["language"]))
+            if len(found) >= limit:
+                break
+        return list(found.values())
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_inactivity_notices``: each by one conditional update."""
+        claimed: list[tuple[int, str]] = []
+        while len(claimed) < limit:
+            doc = self.db.users.find_one_and_update(
+                {"notice_pending": {"$ne": False}, "banned": False, "age_answer": {"$ne": "no"},
+                 "last_seen": {"$lt": cut.notice_seen_before}},
+                {"$set": {"notice_pending": False, "noticed_at": now}},
+                projection={"language": 1}, sort=[("last_seen", 1)])
+            if doc is None:
+                break
+            claimed.append((int(doc["_id"]), str(doc["language"])))
+        return claimed
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``."""
+        return [int(doc["_id"]) for doc in self.db.users.find(
+            {"notice_pending": False, "banned": False, "noticed_at": {"$lt": cut.noticed_before}},
+            {"recent_updates": 0, "claims": 0}).sort("noticed_at", 1).limit(limit)
+            if erasure_due(AccountStatus.of(docs.stored_profile(int(doc["_id"]), doc, None)), cut)]
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""

@@ -22,7 +22,7 @@ from messagine.storage.port import StorageUnavailable
 P = ParamSpec("P")
 R = TypeVar("R")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The version of the indexes below; an instance that finds an older one creates them."""
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
 
@@ -89,6 +89,12 @@ def create_indexes(db: Any, update_retention_s: int) -> None:
     db.reports.create_index("reporter_id", name="reports_by_reporter")
     db.users.create_index([("nudge_pending", 1), ("last_seen", 1)], name="users_due_for_nudge")
     db.lobby.create_index("since", name="lobby_by_since")
+    db.exclusions.create_index("created_at", name="exclusions_by_time")
+    db.users.create_index([("age_answer", 1), ("age_answered_at", 1)], name="users_by_age_answer")
+    db.users.create_index("last_seen", name="users_by_last_seen")
+    db.users.create_index([("notice_pending", 1), ("banned", 1), ("last_seen", 1)],
+                          name="users_due_for_notice")
+    db.users.create_index([("notice_pending", 1), ("noticed_at", 1)], name="users_noticed")
     db.claimed_updates.create_index(
         "claimed_at", name="claims_ttl", expireAfterSeconds=update_retention_s)
     db.meta.replace_one({"_id": "schema"}, {"version": SCHEMA_VERSION}, upsert=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from messagine.domain.claims import LEASE_S
+from messagine.domain.retention import Cutoffs
 from messagine.models import (
     ChatRecord,
     Counts,
@@ -121,7 +122,11 @@ class Users(Protocol):
         ...
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
-        """Record the user's answer to the minimum-age question, with its time."""
+        """Record the user's answer to the minimum-age question, with its time.
+
+        A No for a user with no record (erased just before, as a refusal does) creates
+        the refusal marker (``domain.age_gate.refusal_marker``) that keeps the gate closed.
+        """
         ...
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
@@ -266,12 +271,37 @@ class Jobs(Protocol):
         """Delete at most ``limit`` of each kind past its retention; the count per kind.
 
         The kinds are ``messages`` (links between a message and its copy), ``claims``
-        (claimed update ids) and ``chats`` (ended chats); every key is always present. A
+        (claimed update ids), ``chats`` (ended chats), ``reports``, ``exclusions`` and
+        ``age_refusals`` (the markers of ``domain.age_gate``; a banned user's stays with
+        the ban); every key is always present. A
         call's work is bounded by ``limit``, so a kind that counts ``limit`` may have more
         left: the scheduled job calls again within its time budget. Backends whose
         database also expires records (TTL) delete here too, so the retention the privacy
         policy states holds to the run, not to the TTL monitor's lag.
         """
+        ...
+
+
+class Retained(Protocol):
+    """What the scheduled job ends or erases for retention (``domain.retention``)."""
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` chats neither user of which was seen since ``cut.active_before``.
+
+        One user of each, with their language (``end_chat`` gives the other).
+        """
+        ...
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """Claim up to ``limit`` users due the notice before erasure (``notice_due``).
+
+        Each claim is atomic (two runs never notice the same user twice); (user, language).
+        """
+        ...
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """Up to ``limit`` users due erasure (``erasure_due``): noticed, and not back since."""
         ...
 
 
@@ -300,7 +330,7 @@ class Schema(Protocol):
 
 
 class Repository(UpdateClaims, Users, Lobby, Chats, MessageLog, ModerationRecords, Jobs,
-                 PersonalRecords, Schema, Protocol):
+                 Retained, PersonalRecords, Schema, Protocol):
     """The whole storage port, as each backend implements it in one class.
 
     Services depend on the slice they use (each service module names its own, from the

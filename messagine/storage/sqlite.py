@@ -20,6 +20,7 @@ from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import anonymise_chat, tombstone
 from messagine.domain.flood import FloodRule, FloodState, admit
 from messagine.domain.nudges import activity
+from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -108,6 +109,7 @@ class SqliteRepository:
             banned=bool(banned), chat=chat, waiting_since=since,
             analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
             language_code=language_code, reminders_enabled=not reminders_off,
+            age_refused=age_answer == "no",
         )
 
     def get_user(self, user_id: int) -> UserState | None:
@@ -161,13 +163,18 @@ class SqliteRepository:
                 ON CONFLICT (id) DO UPDATE SET
                     first_name = excluded.first_name, last_name = excluded.last_name,
                     username = excluded.username, language_code = excluded.language_code,
-                    last_seen = excluded.last_seen, flood = excluded.flood, nudge_pending = 1
+                    last_seen = excluded.last_seen, flood = excluded.flood, nudge_pending = 1,
+                    notice_pending = 1
                 """,
                 (profile.user_id, profile.first_name, profile.last_name, profile.username,
                  profile.language_code, default_language, now, now,
                  json.dumps(asdict(counters))),
             )
             state = self._state(conn, profile.user_id, is_new=known is None)
+            if state is not None and state.age_refused:  # domain.age_gate.stores_profile
+                forgotten = docs.forgotten_profile()
+                conn.execute(f"UPDATE users SET {', '.join(f'{k} = :{k}' for k in forgotten)}"
+                             " WHERE id = :id", {**forgotten, "id": profile.user_id})
             return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
                                 warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
 
@@ -218,6 +225,10 @@ class SqliteRepository:
         with self._transaction() as conn:
             conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
                          ("yes" if confirmed else "no", now, user_id))
+            if not confirmed:  # an erased user's refusal leaves the marker
+                marker = docs.user_row(docs.refusal_marker_document(user_id, now)) | {"id": user_id}
+                conn.execute(f"INSERT OR IGNORE INTO users ({', '.join(marker)})"
+                             f" VALUES ({', '.join(':' + k for k in marker)})", marker)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``: rows name their columns as the documents do."""
@@ -296,7 +307,45 @@ class SqliteRepository:
                                 now - retention.claims_s),
                 "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
                                now - retention.chats_s),
+                "reports": purge(conn, "reports", "created_at < ?", now - retention.reports_s),
+                "exclusions": purge(conn, "exclusions", "created_at < ?",
+                                    now - retention.exclusions_s),
+                "age_refusals": purge(conn, "users", "age_answer = 'no' AND banned = 0"
+                                      " AND age_answered_at < ?", now - retention.age_refusals_s),
             }
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.idle_chats``."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT m.user_id, u.language, u.last_seen, p.last_seen FROM memberships m"
+                " JOIN users u ON u.id = m.user_id JOIN users p ON p.id = m.partner_id"
+                " WHERE m.user_id < m.partner_id AND u.last_seen < :cut AND p.last_seen < :cut"
+                " LIMIT :limit", {"cut": cut.active_before, "limit": limit}).fetchall()
+        return [(int(r[0]), r[1]) for r in rows if chat_idle(r[2:], cut.active_before)]
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_inactivity_notices``: select and mark in one transaction."""
+        with self._transaction() as conn:
+            rows = [r for r in conn.execute(
+                "SELECT id, language, last_seen, age_answer FROM users WHERE notice_pending = 1"
+                " AND banned = 0 AND last_seen < ? ORDER BY last_seen LIMIT ?",
+                (cut.notice_seen_before, limit)) if notice_due(
+                    AccountStatus(r[2], True, None, False, r[3] == "no"), cut)]
+            conn.executemany("UPDATE users SET notice_pending = 0, noticed_at = ? WHERE id = ?",
+                             [(now, r[0]) for r in rows])
+        return [(int(r[0]), r[1]) for r in rows]
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT id, last_seen, noticed_at, age_answer FROM users WHERE notice_pending = 0"
+                " AND banned = 0 AND noticed_at < ? ORDER BY noticed_at LIMIT ?",
+                (cut.noticed_before, limit)).fetchall()
+        return [int(r[0]) for r in rows
+                if erasure_due(AccountStatus(r[1], False, r[2], False, r[3] == "no"), cut)]
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""

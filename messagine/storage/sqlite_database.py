@@ -105,6 +105,9 @@ CREATE INDEX IF NOT EXISTS lobby_by_since ON lobby (since);
 # Indexes on columns that _ADDED_COLUMNS may have just added.
 _LATE_INDEXES = """
 CREATE INDEX IF NOT EXISTS users_due_for_nudge ON users (nudge_pending, last_seen);
+CREATE INDEX IF NOT EXISTS users_due_for_notice ON users (notice_pending, last_seen);
+CREATE INDEX IF NOT EXISTS users_noticed ON users (notice_pending, noticed_at);
+CREATE INDEX IF NOT EXISTS users_by_last_seen ON users (last_seen);
 """
 
 # Columns added after a table was first created: (table, column, definition).
@@ -116,6 +119,8 @@ _ADDED_COLUMNS = (
     ("users", "reminders_off", "INTEGER NOT NULL DEFAULT 0"),
     ("users", "nudge_pending", "INTEGER NOT NULL DEFAULT 1"),
     ("users", "reminded_at", "REAL"),
+    ("users", "notice_pending", "INTEGER NOT NULL DEFAULT 1"),
+    ("users", "noticed_at", "REAL"),
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
     ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
     ("claimed_updates", "owner", "TEXT"),
