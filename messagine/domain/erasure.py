@@ -1,15 +1,22 @@
-"""Erasure (/deleteme): what is deleted, what is anonymised, and what a ban keeps.
+"""Erasure (/deleteme): what is deleted, what is anonymised, and what others' safety keeps.
 
-Deleted: the user's message links (sent and received), exclusions in either direction,
-their lobby entry, their profile. Anonymised: every chat they were in, and every report
-they made, where their id becomes a random negative tombstone id that nothing else links
-to (each record its own). Kept: reports about them, for safety; and for a banned user the
-banned remnant, the minimal record that keeps the ban in force (otherwise /deleteme would
-lift it), the same on every backend.
+Deleted: the user's message links (sent and received), the exclusions they made, their
+lobby entry, their profile. Anonymised: every chat they were in and every report they
+made, where their id becomes a random negative tombstone id (``Tombstones``: one per
+partner, so that a partner's records still name one person, and nothing links them to
+another partner's). Kept, for the safety of others: the exclusions and reports other users
+made about them, with the erased id replaced by that partner's tombstone and the
+``protection_key`` beside it, a keyed hash (HMAC-SHA256 under the operator's secret
+pepper) of the Telegram id, from which the id cannot be read back but which the same id
+gives again: a user who returns is still kept from those who excluded them. And for a
+banned user the banned remnant, the minimal record that keeps the ban in force (otherwise
+/deleteme would lift it), the same on every backend.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +33,39 @@ COUNTED = ("messages", "exclusions", "lobby", "chats_anonymised", "kept_for_ban"
 def tombstone(draw: Callable[[int], int] = secrets.randbits) -> int:
     """A fresh random tombstone id (``draw(bits)`` gives the random bits)."""
     return -draw(TOMBSTONE_BITS) - 1
+
+
+UNCONFIGURED_PEPPER = b"messagine: no pepper configured"
+"""The pepper of a repository opened without settings (tests, tools); the settings always
+give the configured one (ERASURE_PEPPER)."""
+
+
+def protection_key(pepper: bytes, user_id: int) -> str:
+    """The keyed hash that stands for an erased user in the protections kept for others.
+
+    HMAC-SHA256 of the Telegram id under the secret ``pepper``: the same id always gives
+    the same key, and without the pepper the key tells nothing about the id.
+    """
+    return hmac.new(pepper, b"user:%d" % user_id, hashlib.sha256).hexdigest()
+
+
+class Tombstones:
+    """The tombstone ids of one erasure: one per partner of the erased user.
+
+    A partner's chats, reports and exclusions then name the same person (their /mydata
+    shows one partner label per chat, as before the erasure), while different partners'
+    records get different ids, so nothing but the protection key links them.
+    """
+
+    def __init__(self, draw: Callable[[int], int] = secrets.randbits) -> None:
+        self._draw = draw
+        self._ids: dict[int, int] = {}
+
+    def of(self, partner_id: int) -> int:
+        """The tombstone that replaces the erased user in ``partner_id``'s records."""
+        if partner_id not in self._ids:
+            self._ids[partner_id] = tombstone(self._draw)
+        return self._ids[partner_id]
 
 
 @dataclass(frozen=True, slots=True)

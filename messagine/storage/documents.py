@@ -261,8 +261,23 @@ def message_link(doc: Mapping[str, Any]) -> MessageLink:
 
 def exclusion_document(user_id: int, other_id: int, reason: str,
                        now: float) -> dict[str, Any]:
-    """One user's exclusion of another (id ``"user:other"``)."""
+    """One user's exclusion of another (id ``exclusion_id``)."""
     return {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+
+
+def exclusion_id(doc: Mapping[str, Any]) -> str:
+    """An exclusion's document id: ``"user:other"``."""
+    return f"{doc['user_id']}:{doc['other_id']}"
+
+
+def kept_exclusion(doc: Mapping[str, Any], tombstone_id: int, key: str) -> dict[str, Any]:
+    """An exclusion of an erased user as erasure keeps it (``domain.erasure``)."""
+    return {**doc, "other_id": tombstone_id, "other_key": key}
+
+
+def kept_report(tombstone_id: int, key: str) -> dict[str, Any]:
+    """The fields that erase the reported user from a report about them (``domain.erasure``)."""
+    return {"reported_id": tombstone_id, "reported_key": key}
 
 
 def report_document(report: Report) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Decision, decide
-from messagine.domain.erasure import tombstone
+from messagine.domain.erasure import UNCONFIGURED_PEPPER, Tombstones, protection_key
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
 from messagine.models import (
@@ -83,7 +83,9 @@ class FirestoreRepository:
         message_retention_days: int = 30, chat_retention_days: int = 180,
         update_retention_s: int = 86_400, client_factory: Callable[..., Any] | None = None,
         flood_rule: FloodRule | None = None, emulator_host: str | None = None,
+        pepper: bytes = UNCONFIGURED_PEPPER,
     ) -> None:
+        self._pepper = pepper
         self._emulator_host = emulator_host
         self._project = project
         self._database = database
@@ -355,12 +357,21 @@ class FirestoreRepository:
         for field_name in ("sender_id", "recipient_id"):
             counts["messages"] += self._delete_all(self._col("links").where(
                 filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
-        for field_name in ("user_id", "other_id"):
-            counts["exclusions"] += self._delete_all(self._col("exclusions").where(
-                filter=FieldFilter(field_name, "==", user_id)))
+        stones, key = Tombstones(), protection_key(self._pepper, user_id)
+        counts["exclusions"] += self._delete_all(self._col("exclusions").where(
+            filter=FieldFilter("user_id", "==", user_id)))
+        for snap in self._stream(self._col("exclusions").where(
+                filter=FieldFilter("other_id", "==", user_id))):
+            # Others' protections stay (domain.erasure), under an id without the erased one.
+            kept = docs.kept_exclusion(snap.to_dict(), stones.of(int(snap.get("user_id"))), key)
+            batch = self.client.batch()
+            batch.set(self._col("exclusions").document(docs.exclusion_id(kept)), kept)
+            batch.delete(snap.reference)
+            batch.commit(**WRITE)
         for snap in self._chats_of(user_id):
-            counts["chats_anonymised"] += update_guarded(self.client,
-                snap.reference, lambda doc: docs.anonymised_chat(doc, user_id, tombstone()))
+            counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
+                lambda doc: docs.anonymised_chat(
+                    doc, user_id, stones.of(docs.partner_of(doc, user_id))))
         for snap in self._stream(self._col("users").where(
                 filter=FieldFilter("chat.partner", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
@@ -368,7 +379,17 @@ class FirestoreRepository:
         for snap in self._stream(self._col("reports").where(
                 filter=FieldFilter("reporter_id", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {
-                "reporter_id": tombstone()} if doc.get("reporter_id") == user_id else None)
+                "reporter_id": stones.of(int(doc["reported_id"]))}
+                if doc.get("reporter_id") == user_id else None)
+        for snap in self._stream(self._col("reports").where(
+                filter=FieldFilter("reported_id", "==", user_id))):
+            update_guarded(self.client, snap.reference, lambda doc: docs.kept_report(
+                stones.of(int(doc["reporter_id"])), key)
+                if doc.get("reported_id") == user_id else None)
+        for snap in self._stream(self._col("lobby").where(
+                filter=FieldFilter("avoid", "array_contains", user_id))):
+            with contextlib.suppress(gexc.NotFound):  # matched or left meanwhile
+                snap.reference.update({"avoid": firestore.ArrayRemove([user_id])}, **WRITE)
         return counts
 
     def _delete_all(self, query: Any, count_role: str | None = None) -> int:
@@ -563,9 +584,11 @@ class FirestoreRepository:
             user_id, matching.recent_partners(
                 user_id, ([int(u) for u in snap.get("users")] for snap in chats),
                 recent_partners),
-            ((int(d["user_id"]), int(d["other_id"])) for field_name in ("user_id", "other_id")
+            ((int(d["user_id"]), int(d["other_id"])) for field_name, value in (
+                ("user_id", user_id), ("other_id", user_id),
+                ("other_key", protection_key(self._pepper, user_id)))
              for d in self._docs(self._col("exclusions").where(
-                 filter=FieldFilter(field_name, "==", user_id)))))
+                 filter=FieldFilter(field_name, "==", value)))))
 
     def _candidates(self, seeker: matching.Seeker,
                     joined_before: tuple[datetime, str] | None = None) -> Iterator[Any]:

@@ -34,7 +34,7 @@ from pymongo.errors import (
 
 from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
-from messagine.domain.erasure import tombstone
+from messagine.domain.erasure import UNCONFIGURED_PEPPER, Tombstones, protection_key
 from messagine.domain.flood import FloodRule, admit
 from messagine.models import (
     ActiveChat,
@@ -82,8 +82,10 @@ class MongoRepository:
         self, uri: str, database: str = "messagine", *, message_retention_days: int = 30,
         chat_retention_days: int = 180, update_retention_s: int = 86_400,
         client_factory: Callable[..., Any] | None = None, flood_rule: FloodRule | None = None,
+        pepper: bytes = UNCONFIGURED_PEPPER,
     ) -> None:
         self._flood_rule = flood_rule or FloodRule()
+        self._pepper = pepper
         self._chat_retention = timedelta(days=chat_retention_days)
         self._uri = uri
         self._database_name = database
@@ -275,23 +277,32 @@ class MongoRepository:
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
-        db = self.db
+        db, stones, key = self.db, Tombstones(), protection_key(self._pepper, user_id)
         counts = {
             "messages": db.message_links.delete_many(
                 {"$or": [{"sender_id": user_id}, {"recipient_id": user_id}]}).deleted_count,
-            "exclusions": db.exclusions.delete_many(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id}]}).deleted_count,
+            "exclusions": db.exclusions.delete_many({"user_id": user_id}).deleted_count,
             "lobby": db.lobby.delete_many({"_id": user_id}).deleted_count,
             "chats_anonymised": 0,
         }
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
-            fields = docs.anonymised_chat(chat, user_id, tombstone())
+            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)))
             if fields is not None:
                 db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
                 counts["chats_anonymised"] += 1
         db.users.update_many({"chat.partner": user_id}, {"$set": {"chat": None}})
-        for report in db.reports.find({"reporter_id": user_id}, {"_id": 1}):
-            db.reports.update_one({"_id": report["_id"]}, {"$set": {"reporter_id": tombstone()}})
+        for report in db.reports.find({"reporter_id": user_id}, {"reported_id": 1}):
+            db.reports.update_one({"_id": report["_id"]},
+                                  {"$set": {"reporter_id": stones.of(report["reported_id"])}})
+        # Others' protections stay (domain.erasure): their exclusions and reports.
+        for found in db.exclusions.find({"other_id": user_id}, {"_id": 0}):
+            kept = docs.kept_exclusion(found, stones.of(found["user_id"]), key)
+            db.exclusions.replace_one({"_id": docs.exclusion_id(kept)}, kept, upsert=True)
+        db.exclusions.delete_many({"other_id": user_id})
+        for report in db.reports.find({"reported_id": user_id}, {"reporter_id": 1}):
+            db.reports.update_one({"_id": report["_id"]}, {"$set": docs.kept_report(
+                stones.of(report["reporter_id"]), key)})
+        db.lobby.update_many({"avoid": user_id}, {"$pull": {"avoid": user_id}})
         # A ban outlives erasure (domain.erasure): only the banned remnant stays.
         counts["kept_for_ban"] = db.users.replace_one(
             {"_id": user_id, "banned": True}, docs.remnant_document(user_id)).modified_count
@@ -447,7 +458,8 @@ class MongoRepository:
             user_id, matching.recent_partners(user_id, (c["users"] for c in chats),
                                               recent_partners),
             ((e["user_id"], e["other_id"]) for e in self.db.exclusions.find(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id}]},
+                {"$or": [{"user_id": user_id}, {"other_id": user_id},
+                         {"other_key": protection_key(self._pepper, user_id)}]},
                 {"user_id": 1, "other_id": 1})))
 
     def _apply_pairing(self, intent: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ from messagine.storage.port import StorageUnavailable
 P = ParamSpec("P")
 R = TypeVar("R")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The version of the indexes below; an instance that finds an older one creates them."""
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
 
@@ -78,6 +78,8 @@ def create_indexes(db: Any, update_retention_s: int) -> None:
     db.chats.create_index("closed_by_update", name="chats_by_closing_update", sparse=True)
     db.exclusions.create_index("other_id", name="exclusions_by_other")
     db.exclusions.create_index("user_id", name="exclusions_by_user")
+    db.exclusions.create_index("other_key", name="exclusions_by_key", sparse=True)
+    db.reports.create_index("reported_id", name="reports_by_reported")
     db.message_links.create_index(
         [("recipient_id", 1), ("copy_message_id", 1)], name="links_by_copy")
     db.message_links.create_index("expires_at", name="links_ttl", expireAfterSeconds=0)

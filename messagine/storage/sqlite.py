@@ -17,7 +17,12 @@ from typing import Any
 
 from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
-from messagine.domain.erasure import anonymise_chat, tombstone
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    anonymise_chat,
+    protection_key,
+)
 from messagine.domain.flood import FloodRule, FloodState, admit
 from messagine.domain.nudges import activity
 from messagine.models import (
@@ -76,8 +81,9 @@ class SqliteRepository:
     backend = "sqlite"
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 10.0,
-                 flood_rule: FloodRule | None = None) -> None:
+                 flood_rule: FloodRule | None = None, pepper: bytes = UNCONFIGURED_PEPPER) -> None:
         self._flood_rule = flood_rule or FloodRule()
+        self._pepper = pepper
         self._database = Database(path, busy_timeout_s)
         self._transaction = self._database.transaction
 
@@ -242,14 +248,14 @@ class SqliteRepository:
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        stones, key = Tombstones(), protection_key(self._pepper, user_id)
         with self._transaction() as conn:
             counts = {
                 "messages": conn.execute(
                     "DELETE FROM message_links WHERE sender_id = ? OR recipient_id = ?",
                     (user_id, user_id)).rowcount,
                 "exclusions": conn.execute(
-                    "DELETE FROM exclusions WHERE user_id = ? OR other_id = ?",
-                    (user_id, user_id)).rowcount,
+                    "DELETE FROM exclusions WHERE user_id = ?", (user_id,)).rowcount,
                 "lobby": conn.execute("DELETE FROM lobby WHERE user_id = ?",
                                       (user_id,)).rowcount,
             }
@@ -258,14 +264,31 @@ class SqliteRepository:
             chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
                                  " WHERE user_a = ? OR user_b = ?", (user_id, user_id)).fetchall()
             for chat_id, user_a, user_b, ended_by in chats:
-                changed = anonymise_chat((user_a, user_b), ended_by, user_id, tombstone())
+                changed = anonymise_chat((user_a, user_b), ended_by, user_id,
+                                         stones.of(user_b if user_a == user_id else user_a))
                 assert changed is not None  # noqa: S101 - the query selected their chats
                 conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
                              (*changed.users, changed.ended_by, chat_id))
             counts["chats_anonymised"] = len(chats)
             conn.executemany("UPDATE reports SET reporter_id = ? WHERE id = ?", [
-                (tombstone(), report_id) for (report_id,) in conn.execute(
-                    "SELECT id FROM reports WHERE reporter_id = ?", (user_id,)).fetchall()])
+                (stones.of(other), report_id) for report_id, other in conn.execute(
+                    "SELECT id, reported_id FROM reports WHERE reporter_id = ?",
+                    (user_id,)).fetchall()])
+            # Others' protections stay (domain.erasure): their exclusions and reports.
+            conn.executemany(
+                "UPDATE exclusions SET other_id = :other_id, other_key = :other_key"
+                " WHERE user_id = :user_id AND other_id = :erased", [
+                    {**docs.kept_exclusion({"user_id": other}, stones.of(other), key),
+                     "erased": user_id} for (other,) in conn.execute(
+                        "SELECT user_id FROM exclusions WHERE other_id = ?",
+                        (user_id,)).fetchall()])
+            conn.executemany(
+                "UPDATE reports SET reported_id = :reported_id, reported_key = :reported_key"
+                " WHERE id = :id", [
+                    {**docs.kept_report(stones.of(other), key), "id": report_id}
+                    for report_id, other in conn.execute(
+                        "SELECT id, reporter_id FROM reports WHERE reported_id = ?",
+                        (user_id,)).fetchall()])
             # A ban outlives erasure (domain.erasure): only the banned remnant stays. Its
             # columns are named as the documents' fields; the rest live in other tables.
             remnant = {k: v for k, v in docs.remnant_document(user_id).items()
@@ -443,11 +466,8 @@ class SqliteRepository:
             entry = conn.execute("SELECT language FROM lobby WHERE user_id = ?",
                                  (user_id,)).fetchone()
             pool = entry[0] if entry else state.language  # "*": the any-language pool
-            candidate = self._choose(conn, matching.Seeker(user_id, pool, matching.avoided(
-                user_id, self._recent_partners(conn, user_id, recent_partners),
-                conn.execute("SELECT user_id, other_id FROM exclusions"
-                             " WHERE user_id = :me OR other_id = :me", {"me": user_id}))),
-                recent_partners)
+            candidate = self._choose(conn, matching.Seeker(
+                user_id, pool, self._avoided(conn, user_id, recent_partners)), recent_partners)
             if candidate is None:
                 was_waiting = state.waiting
                 conn.execute(
@@ -481,13 +501,20 @@ class SqliteRepository:
         return [int(row[0]) for row in conn.execute(
             _RECENT_PARTNERS, {"me": user_id, "recent": recent})]
 
+    def _avoided(self, conn: sqlite3.Connection, user_id: int, recent: int) -> frozenset[int]:
+        """Whom the user must not meet: recent partners, exclusions either way, by key too."""
+        return matching.avoided(user_id, self._recent_partners(conn, user_id, recent), (
+            conn.execute("SELECT user_id, other_id FROM exclusions WHERE user_id = :me"
+                         " OR other_id = :me OR other_key = :key",
+                         {"me": user_id, "key": protection_key(self._pepper, user_id)})))
+
     def _choose(self, conn: sqlite3.Connection, seeker: matching.Seeker,
                 recent: int) -> matching.Candidate | None:
         """The matching rule's choice from the seeker's pool, read a page at a time."""
         for offset in itertools.count(0, _PAGE):
             rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
             chosen = matching.pick(seeker, (matching.Candidate(
-                other, pool, since, frozenset(self._recent_partners(conn, other, recent)),
+                other, pool, since, self._avoided(conn, other, recent),
                 banned=bool(banned)) for other, pool, since, banned in rows))
             if chosen is not None or len(rows) < _PAGE:
                 return chosen

@@ -105,6 +105,8 @@ CREATE INDEX IF NOT EXISTS lobby_by_since ON lobby (since);
 # Indexes on columns that _ADDED_COLUMNS may have just added.
 _LATE_INDEXES = """
 CREATE INDEX IF NOT EXISTS users_due_for_nudge ON users (nudge_pending, last_seen);
+CREATE INDEX IF NOT EXISTS exclusions_by_key ON exclusions (other_key);
+CREATE INDEX IF NOT EXISTS exclusions_by_other ON exclusions (other_id);
 """
 
 # Columns added after a table was first created: (table, column, definition).
@@ -117,6 +119,8 @@ _ADDED_COLUMNS = (
     ("users", "nudge_pending", "INTEGER NOT NULL DEFAULT 1"),
     ("users", "reminded_at", "REAL"),
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
+    ("exclusions", "other_key", "TEXT"),
+    ("reports", "reported_key", "TEXT"),
     ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
     ("claimed_updates", "owner", "TEXT"),
     ("claimed_updates", "lease_until", "REAL"),

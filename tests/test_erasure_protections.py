@@ -1,0 +1,112 @@
+"""Erasure keeps other people's protections, through the HTTP entry, on every backend.
+
+A user who was blocked or reported and then ran /deleteme comes back with the same
+Telegram id: they still never meet the one who excluded them, while nothing stored names
+them (the kept block or report carries a tombstone and a keyed hash, never the id), and
+the reporter's /mydata still names one partner per chat.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import BACKENDS, FunctionServer, backend_env, bot_env, drop_test_repository
+from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
+from messagine.settings import Settings
+from messagine.storage import open_repository
+from support.raw_store import dump, values
+
+pytestmark = [pytest.mark.slow]
+
+MODERATORS = -100_777_000
+VICTIM, OFFENDER, OTHER = 6_100_001, 6_100_002, 6_100_003
+
+
+class Bot:
+    """The function server, its fake Bot API and a repository on the same store."""
+
+    def __init__(self, server: FunctionServer, api: FakeBotApi, repository: Any,
+                 sqlite_path: str) -> None:
+        self.server, self.api, self.repository = server, api, repository
+        self.sqlite_path = sqlite_path
+
+    def send(self, *updates: dict[str, Any]) -> None:
+        for update in updates:
+            answer = self.server.post(update)
+            assert answer.status_code == 200, self.server.log()
+
+    def partner(self, user: FakeUser) -> int | None:
+        state = self.repository.get_user(user.id)
+        return None if state is None or state.chat is None else state.chat.partner_id
+
+    def stored(self) -> list[Any]:
+        return values(dump(self.repository, self.sqlite_path))
+
+
+@pytest.fixture(params=BACKENDS)
+def bot(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bot]:
+    with FakeBotApi() as api:
+        path = tmp_path / "erasure.sqlite3"
+        # RECENT_PARTNERS=0: only the kept exclusion can keep the two apart.
+        env = {**bot_env(api, path, RECENT_PARTNERS="0", ADMIN_CHAT_ID=str(MODERATORS)),
+               **backend_env(request, request.param)}
+        server = FunctionServer(env)
+        repository = open_repository(Settings.from_env(env))
+        try:
+            yield Bot(server, api, repository, str(path))
+        finally:
+            server.stop()
+            drop_test_repository(request, repository)
+
+
+def _erase_and_come_back(bot: Bot, victim: FakeUser, offender: FakeUser) -> None:
+    """The victim waits; the offender erases their data, returns and searches."""
+    bot.send(victim.command("find_chat"))
+    bot.send(offender.command("deleteme"))
+    bot.send(offender.press_button("Delete everything"))
+    assert "Done. Deleted" in offender.last()["text"]
+    stored = bot.stored()
+    assert OFFENDER not in stored, "the kept protection names the erased user"
+    assert not any(isinstance(v, str) and str(OFFENDER) in v for v in stored)
+    bot.send(offender.command("start"), offender.command("find_chat"))
+
+
+def _never_meet_again(bot: Bot, victim: FakeUser, offender: FakeUser) -> None:
+    """Neither as the one who searches nor as the one who waits; others still meet them."""
+    assert bot.partner(offender) is None and bot.partner(victim) is None
+    bot.send(victim.command("cancel_find"), victim.command("find_chat"))
+    assert bot.partner(offender) is None and bot.partner(victim) is None
+    newcomer = bot.api.user(OTHER, "Newcomer")
+    bot.send(newcomer.command("find_chat"))
+    assert bot.partner(newcomer) == OFFENDER, "the returning user meets everyone else"
+
+
+def test_a_block_survives_the_blocked_users_erasure(bot: Bot):
+    victim, offender = bot.api.user(VICTIM, "Vic"), bot.api.user(OFFENDER, "Off")
+    bot.send(victim.command("find_chat"), offender.command("find_chat"))
+    assert bot.partner(victim) == OFFENDER
+    bot.send(victim.command("block"))
+    _erase_and_come_back(bot, victim, offender)
+    _never_meet_again(bot, victim, offender)
+
+
+def test_a_report_survives_the_reported_users_erasure(bot: Bot):
+    victim, offender = bot.api.user(VICTIM, "Vic"), bot.api.user(OFFENDER, "Off")
+    bot.send(victim.command("find_chat"), offender.command("find_chat"),
+             offender.text("spam spam"), victim.command("report"))
+    bot.send(victim.press_button("Spam"))
+    assert any(str(OFFENDER) in m.get("text", "") for m in bot.api.messages(MODERATORS))
+    _erase_and_come_back(bot, victim, offender)
+    _never_meet_again(bot, victim, offender)
+
+    bot.send(victim.command("mydata"))
+    data = json.loads(victim.last()["document"]["content"])
+    partners = {c["partner"] for c in data["chats"]}
+    assert [r["about"] for r in data["reports"]] == [data["chats"][0]["partner"]], \
+        "the report names the partner of its chat, not someone else"
+    assert {b["user"] for b in data["blocked_users"]} <= partners
