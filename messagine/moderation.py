@@ -107,8 +107,12 @@ class Moderation:
         self.repository.exclude_pair(user.user_id, target.partner_id, "report", now)
         report = self.repository.add_report(user.user_id, target.partner_id, target.chat_id,
                                             reason, now)
-        answer.send(t("report.thanks"), keyboards.idle(t))
+        if report is None:  # pressed again, or re-delivered: the moderators have it
+            answer.send(t("report.already_sent"), keyboards.idle(t))
+            return "report:already_sent"
+        # The moderators first: a re-delivery after a failed answer finds the report made.
         self._send_to_moderators(report.report_id, target, reason)
+        answer.send(t("report.thanks"), keyboards.idle(t))
         return "report:sent"
 
     def _send_to_moderators(self, report_id: int, target: ChatRecord, reason: str) -> None:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import BACKENDS, FunctionServer, backend_env, bot_env, drop_test_repository
-from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
-from messagine.settings import Settings
-from messagine.storage import open_repository
-from support.raw_store import dump, values
+from conftest import BACKENDS
+from messagine.dev.fake_bot_api import FakeUser
+from support.served_bot import ServedBot as Bot
+from support.served_bot import served_bot
 
 pytestmark = [pytest.mark.slow]
 
@@ -27,41 +25,12 @@ MODERATORS = -100_777_000
 VICTIM, OFFENDER, OTHER = 6_100_001, 6_100_002, 6_100_003
 
 
-class Bot:
-    """The function server, its fake Bot API and a repository on the same store."""
-
-    def __init__(self, server: FunctionServer, api: FakeBotApi, repository: Any,
-                 sqlite_path: str) -> None:
-        self.server, self.api, self.repository = server, api, repository
-        self.sqlite_path = sqlite_path
-
-    def send(self, *updates: dict[str, Any]) -> None:
-        for update in updates:
-            answer = self.server.post(update)
-            assert answer.status_code == 200, self.server.log()
-
-    def partner(self, user: FakeUser) -> int | None:
-        state = self.repository.get_user(user.id)
-        return None if state is None or state.chat is None else state.chat.partner_id
-
-    def stored(self) -> list[Any]:
-        return values(dump(self.repository, self.sqlite_path))
-
-
 @pytest.fixture(params=BACKENDS)
 def bot(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bot]:
-    with FakeBotApi() as api:
-        path = tmp_path / "erasure.sqlite3"
-        # RECENT_PARTNERS=0: only the kept exclusion can keep the two apart.
-        env = {**bot_env(api, path, RECENT_PARTNERS="0", ADMIN_CHAT_ID=str(MODERATORS)),
-               **backend_env(request, request.param)}
-        server = FunctionServer(env)
-        repository = open_repository(Settings.from_env(env))
-        try:
-            yield Bot(server, api, repository, str(path))
-        finally:
-            server.stop()
-            drop_test_repository(request, repository)
+    # RECENT_PARTNERS=0: only the kept exclusion can keep the two apart.
+    with served_bot(request, request.param, tmp_path, RECENT_PARTNERS="0",
+                    ADMIN_CHAT_ID=str(MODERATORS)) as served:
+        yield served
 
 
 def _erase_and_come_back(bot: Bot, victim: FakeUser, offender: FakeUser) -> None:

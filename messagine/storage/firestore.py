@@ -459,8 +459,12 @@ class FirestoreRepository:
         return sorted(int(snap.get("sender_message_id")) for snap in self._stream(query))
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
+        for _ in self._stream(self._col("reports").where(
+                filter=FieldFilter("reporter_id", "==", reporter_id)).where(
+                filter=FieldFilter("chat_id", "==", chat_id)).limit(1)):
+            return None
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id,
                         reason, now, "open")
         self._col("reports").document(str(report.report_id)).create(

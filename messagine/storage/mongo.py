@@ -342,12 +342,15 @@ class MongoRepository:
         return sorted(int(d["sender_message_id"]) for d in docs)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason,
                         now, "open")
-        self.db.reports.insert_one({"_id": report.report_id, **docs.report_document(report)})
-        return report
+        earlier = self.db.reports.find_one_and_update(
+            {"reporter_id": reporter_id, "chat_id": chat_id},
+            {"$setOnInsert": {"_id": report.report_id, **docs.report_document(report)}},
+            projection={"_id": 1}, upsert=True)
+        return report if earlier is None else None
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """See ``Repository.resolve_report``: the open -> status change is won once."""

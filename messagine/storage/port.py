@@ -221,8 +221,13 @@ class ModerationRecords(Protocol):
     """Reports, exclusions and bans."""
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
-        """Store a report (status "open")."""
+                   now: float) -> Report | None:
+        """Store a report (status "open"); None if the reporter already reported that chat.
+
+        One report per reporter and chat: a second press of a reason button (a stale one
+        too) or a re-delivery stores nothing more. A user's updates reach the bot one at a
+        time, in order, so two reports of one reporter never race.
+        """
         ...
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:

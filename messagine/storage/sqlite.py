@@ -344,9 +344,12 @@ class SqliteRepository:
         return sorted(int(row[0]) for row in rows)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``."""
         with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM reports WHERE reporter_id = ? AND chat_id = ?",
+                            (reporter_id, chat_id)).fetchone():
+                return None
             report_id = conn.execute(
                 "INSERT INTO reports (reporter_id, reported_id, chat_id, reason, created_at,"
                 " status) VALUES (?, ?, ?, ?, ?, 'open')",
