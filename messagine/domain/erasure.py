@@ -90,7 +90,9 @@ def banned_remnant(user_id: int) -> StoredProfile:
     """The record kept for a banned user who erased their data: the id and the ban.
 
     Everything else is reset: no name, no dates, no settings, no lobby entry and no
-    reminder (nothing in it is about the person but the fact of the ban).
+    reminder (nothing in it is about the person but the fact of the ban). A banned user's
+    later updates leave it so: each is claimed alone, as an update without a user is, and
+    refreshes no profile, date or counter (every backend's ``open_update``).
     """
     return StoredProfile(
         user_id=user_id, first_name="", last_name=None, username=None, language_code=None,

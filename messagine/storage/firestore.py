@@ -23,6 +23,7 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -198,6 +199,9 @@ class FirestoreRepository:
                           ) -> OpenedUpdate:
         (snap,) = self._get(self._user(profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
+        if doc.get("banned"):  # claimed alone (domain.erasure)
+            opened = self.open_update(update_id, None, "", now)
+            return replace(opened, user=None if opened.duplicate else self._state(snap))
         decision, claim = decide(docs.stored_claim(doc, update_id), update_id, owner, now,
                                  lease_s)
         if claim is None:

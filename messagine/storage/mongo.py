@@ -23,6 +23,7 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -166,7 +167,8 @@ class MongoRepository:
             # The document as it was before: the pipeline applied flood.admit to it on the
             # server, and applying it here again gives the verdict without storing it.
             before = self.db.users.find_one_and_update(
-                {"_id": profile.user_id, "recent_updates": {"$ne": update_id}},
+                {"_id": profile.user_id, "recent_updates": {"$ne": update_id},
+                 "banned": {"$ne": True}},
                 open_update_pipeline(update_id, profile, default_language, now, album,
                                      self._flood_rule, Claim(update_id, ClaimState.IN_PROGRESS,
                                                              owner, now + lease_s)),
@@ -185,8 +187,10 @@ class MongoRepository:
     def _open_known(self, update_id: int, profile: Profile, now: float, owner: str,
                     lease_s: float) -> OpenedUpdate:
         """An update id the user's document holds: done, busy, or taken over."""
-        doc = self.db.users.find_one({"_id": profile.user_id}, {"claims": 1,
-                                                                 "recent_updates": 1})
+        doc = self.db.users.find_one({"_id": profile.user_id})
+        if doc and doc.get("banned"):  # claimed alone (domain.erasure)
+            opened = self.open_update(update_id, None, "", now)
+            return replace(opened, user=None if opened.duplicate else self._state(doc))
         decision, claim = decide(docs.stored_claim(doc or {}, update_id), update_id, owner,
                                  now, lease_s)
         if claim is None:

@@ -134,6 +134,12 @@ class SqliteRepository:
                     "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at) "
                     "VALUES (?, ?)", (update_id, now)).rowcount
                 return OpenedUpdate(duplicate=not claimed)
+            banned = self._state(conn, profile.user_id)
+            if banned is not None and banned.banned:  # claimed alone (domain.erasure)
+                claimed = conn.execute(
+                    "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at, owner) "
+                    "VALUES (?, ?, ?)", (update_id, now, owner)).rowcount
+                return OpenedUpdate(duplicate=not claimed, user=banned)
             row = conn.execute(
                 "SELECT state, owner, lease_until, attempts FROM claimed_updates "
                 "WHERE update_id = ?", (update_id,)).fetchone()
