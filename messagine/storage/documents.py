@@ -133,7 +133,9 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
         age_answer=doc.get("age_answer"), age_answered_at=doc.get("age_answered_at"),
         reminders_enabled=not doc.get("reminders_off"),
         nudge_pending=bool(doc.get("nudge_pending")), reminded_at=doc.get("reminded_at"),
-        lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"])) if lobby else None,
+        lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"]),
+                         bool(lobby.get("offered")),
+                         tuple(int(u) for u in lobby.get("avoid") or ())) if lobby else None,
     )
 
 
@@ -228,7 +230,8 @@ def chat_record(chat_id: int, doc: Mapping[str, Any], user_id: int) -> ChatRecor
     ended_by = doc.get("ended_by")
     return ChatRecord(chat_id, partner_of(doc, user_id), doc["language"], doc["started_at"],
                       doc.get("ended_at"), doc.get("end_reason"),
-                      None if ended_by is None else ended_by == user_id)
+                      None if ended_by is None else ended_by == user_id,
+                      doc.get("opened_by_update"), doc.get("closed_by_update"))
 
 
 def anonymised_chat(doc: Mapping[str, Any], user_id: int,
@@ -293,20 +296,34 @@ def report(report_id: int, doc: Mapping[str, Any]) -> Report:
                   doc["reason"], doc["created_at"], doc["status"])
 
 
-def user_records(profile: StoredProfile, chats: Iterable[tuple[int, Mapping[str, Any]]],
+def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] | None,
+                 chats: Iterable[tuple[int, Mapping[str, Any]]],
                  links: Iterable[Mapping[str, Any]], exclusions: Iterable[Mapping[str, Any]],
-                 reports: Iterable[Mapping[str, Any]]) -> UserRecords:
-    """Everything about a user, from their documents, each kind in time order.
+                 reports: Iterable[tuple[int, Mapping[str, Any]]]) -> UserRecords:
+    """Everything stored under a user, from their documents, each kind in time order.
 
-    ``chats``: (chat id, document) of every chat they were in; ``links``: the links of
-    the messages they sent; ``exclusions`` and ``reports``: those they made.
+    ``doc``: their user document (``flood`` as a map); ``chats``: (chat id, document) of
+    every chat they were in; ``links``: every link of a message they sent or received
+    (once each); ``exclusions``: those they made and those about them; ``reports``:
+    (report id, document) of those they made and those about them.
     """
-    user_id = profile.user_id
     ordered = sorted(chats, key=lambda c: (c[1]["started_at"], c[1]["opened_by_update"] or 0))
+    every_link = sorted((message_link(d) for d in links), key=lambda m: m.sent_at)
+    every_exclusion = [(int(d["user_id"]), int(d["other_id"]), str(d["reason"]),
+                        float(d["created_at"])) for d in exclusions]
+    every_report = sorted((report(i, d) for i, d in reports), key=lambda r: r.created_at)
     return UserRecords(
-        profile,
-        [chat_record(chat_id, doc, user_id) for chat_id, doc in ordered],
-        sorted((message_link(d) for d in links), key=lambda m: m.sent_at),
-        [(int(d["other_id"]), d["reason"], d["created_at"]) for d in exclusions],
-        sorted(((int(d["reported_id"]), d["reason"], d["created_at"], d["status"])
-                for d in reports), key=lambda r: r[2]))
+        stored_profile(user_id, doc, lobby),
+        [chat_record(chat_id, chat, user_id) for chat_id, chat in ordered],
+        [m for m in every_link if m.sender_id == user_id],
+        [(other, reason, at) for by, other, reason, at in every_exclusion if by == user_id],
+        [r for r in every_report if r.reporter_id == user_id],
+        received=[m for m in every_link if m.recipient_id == user_id],
+        excluded_by=[(by, reason, at) for by, other, reason, at in every_exclusion
+                     if other == user_id],
+        reports_about=[r for r in every_report if r.reported_id == user_id],
+        flood=dict(doc.get("flood") or {}),
+        recent_updates=[int(u) for u in doc.get("recent_updates") or ()],
+        claims={int(key.removeprefix("u")): dict(entry)
+                for key, entry in (doc.get("claims") or {}).items()},
+    )

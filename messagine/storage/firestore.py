@@ -313,16 +313,21 @@ class FirestoreRepository:
         user, entry = self._get(self._user(user_id), self._entry(user_id))
         if not user.exists:
             return None
+        def where(collection: str, *conditions: tuple[str, Any]) -> Any:
+            query = self._col(collection)
+            for field_name, value in conditions:
+                query = query.where(filter=FieldFilter(field_name, "==", value))
+            return self._stream(query)
+
         return docs.user_records(
-            docs.stored_profile(user_id, user.to_dict(),
-                                entry.to_dict() if entry.exists else None),
+            user_id, user.to_dict(), entry.to_dict() if entry.exists else None,
             ((int(snap.id), snap.to_dict()) for snap in self._chats_of(user_id)),
-            self._docs(self._col("links").where(filter=FieldFilter("sender_id", "==", user_id))
-                       .where(filter=FieldFilter("role", "==", "sent"))),
-            self._docs(self._col("exclusions").where(
-                filter=FieldFilter("user_id", "==", user_id))),
-            self._docs(self._col("reports").where(
-                filter=FieldFilter("reporter_id", "==", user_id))))
+            (snap.to_dict() for end, role in (("sender_id", "sent"), ("recipient_id", "copy"))
+             for snap in where("links", (end, user_id), ("role", role))),
+            (snap.to_dict() for end in ("user_id", "other_id")
+             for snap in where("exclusions", (end, user_id))),
+            ((int(snap.id), snap.to_dict()) for end in ("reporter_id", "reported_id")
+             for snap in where("reports", (end, user_id))))
 
     def _docs(self, query: Any) -> Iterator[dict[str, Any]]:
         return (snap.to_dict() for snap in self._stream(query))

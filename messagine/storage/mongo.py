@@ -268,16 +268,17 @@ class MongoRepository:
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
-        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        doc = self.db.users.find_one({"_id": user_id})
         if doc is None:
             return None
-        lobby = self.db.lobby.find_one({"_id": user_id}, {"language": 1, "since": 1})
         return docs.user_records(
-            docs.stored_profile(user_id, doc, lobby),
+            user_id, doc, self.db.lobby.find_one({"_id": user_id}),
             ((int(c["_id"]), c) for c in self.db.chats.find({"users": user_id})),
-            self.db.message_links.find({"sender_id": user_id}),
-            self.db.exclusions.find({"user_id": user_id}),
-            self.db.reports.find({"reporter_id": user_id}))
+            self.db.message_links.find({"$or": [{"sender_id": user_id},
+                                                {"recipient_id": user_id}]}),
+            self.db.exclusions.find({"$or": [{"user_id": user_id}, {"other_id": user_id}]}),
+            ((int(r["_id"]), r) for r in self.db.reports.find(
+                {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""

@@ -242,15 +242,17 @@ class SqliteRepository:
             user = rows("SELECT * FROM users WHERE id = :me")
             if not user:
                 return None
-            lobby = rows("SELECT language, since FROM lobby WHERE user_id = :me")
+            lobby = rows("SELECT * FROM lobby WHERE user_id = :me")
             chats = rows("SELECT *, json_array(user_a, user_b) AS users FROM chats"
                          " WHERE user_a = :me OR user_b = :me")
             return docs.user_records(
-                docs.stored_profile(user_id, user[0], lobby[0] if lobby else None),
+                user_id, {**user[0], "flood": json.loads(user[0]["flood"] or "{}")},
+                lobby[0] if lobby else None,
                 ((c["id"], {**c, "users": json.loads(c["users"])}) for c in chats),
-                rows("SELECT * FROM message_links WHERE sender_id = :me"),
-                rows("SELECT * FROM exclusions WHERE user_id = :me"),
-                rows("SELECT * FROM reports WHERE reporter_id = :me"))
+                rows("SELECT * FROM message_links WHERE sender_id = :me OR recipient_id = :me"),
+                rows("SELECT * FROM exclusions WHERE user_id = :me OR other_id = :me"),
+                ((r["id"], r) for r in rows(
+                    "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
