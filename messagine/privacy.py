@@ -48,9 +48,13 @@ class PrivacyTerms:
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
     """The full policy in one language (docs/privacy.md is the English one, on MongoDB)."""
-    return texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
-                 chat_days=terms.chat_days, min_age=terms.min_age,
-                 store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES)
+    sections = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
+                     chat_days=terms.chat_days, min_age=terms.min_age,
+                     store=backend(terms.storage).store_name,
+                     evidence=EVIDENCE_MESSAGES).split("\n\n")
+    # What erasure keeps follows the rights, before the last two: children and contact.
+    sections[-2:-2] = [texts("privacy.erasure_keeps")]
+    return "\n\n".join(sections)
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
@@ -186,9 +190,10 @@ def export_document(records: UserRecords | None, generated_at: float) -> dict[st
             {"report_id": r.report_id, "chat": chat_label(r.chat_id),
              "about": label(r.reported_id), "reason": r.reason, "at": _iso(r.created_at),
              "status": r.status} for r in held.reports],
+        # Neither who nor in which chat: that would point at the reporter.
         "reports_about_you": [
-            {"report_id": r.report_id, "chat": chat_label(r.chat_id), "reason": r.reason,
-             "at": _iso(r.created_at), "status": r.status} for r in held.reports_about],
+            {"report_id": r.report_id, "reason": r.reason, "at": _iso(r.created_at),
+             "status": r.status} for r in held.reports_about],
         **_processing(held),
     }
 
