@@ -18,7 +18,7 @@ from typing import Any
 from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
-from messagine.domain.matching import Candidate
+from messagine.domain.matching import Candidate, Exclusion
 from messagine.domain.nudges import NudgeStatus, activity
 from messagine.models import (
     ActiveChat,
@@ -266,6 +266,11 @@ def exclusion_document(user_id: int, other_id: int, reason: str,
                        now: float) -> dict[str, Any]:
     """One user's exclusion of another (id ``exclusion_id``)."""
     return {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+
+
+def exclusion(doc: Mapping[str, Any]) -> Exclusion:
+    """An exclusion document as the matching rule reads it."""
+    return int(doc["user_id"]), int(doc["other_id"]), doc.get("other_key")
 
 
 def exclusion_id(doc: Mapping[str, Any]) -> str:

@@ -593,15 +593,15 @@ class FirestoreRepository:
     def _avoided_by(self, user_id: int, recent_partners: int) -> frozenset[int]:
         """The user's recent partners and everyone excluded in either direction."""
         chats = self._latest_chats(user_id, recent_partners) if recent_partners > 0 else ()
+        key = protection_key(self._pepper, user_id)
         return matching.avoided(
             user_id, matching.recent_partners(
                 user_id, ([int(u) for u in snap.get("users")] for snap in chats),
                 recent_partners),
-            ((int(d["user_id"]), int(d["other_id"])) for field_name, value in (
-                ("user_id", user_id), ("other_id", user_id),
-                ("other_key", protection_key(self._pepper, user_id)))
+            (docs.exclusion(d) for field_name, value in (
+                ("user_id", user_id), ("other_id", user_id), ("other_key", key))
              for d in self._docs(self._col("exclusions").where(
-                 filter=FieldFilter(field_name, "==", value)))))
+                 filter=FieldFilter(field_name, "==", value)))), key)
 
     def _candidates(self, seeker: matching.Seeker,
                     joined_before: tuple[datetime, str] | None = None) -> Iterator[Any]:

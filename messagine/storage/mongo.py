@@ -462,13 +462,13 @@ class MongoRepository:
         """The user's recent partners and everyone excluded in either direction."""
         chats = self.db.chats.find({"users": user_id}, {"users": 1}).sort(
             "started_at", -1).limit(recent_partners) if recent_partners > 0 else []
+        key = protection_key(self._pepper, user_id)
         return matching.avoided(
             user_id, matching.recent_partners(user_id, (c["users"] for c in chats),
                                               recent_partners),
-            ((e["user_id"], e["other_id"]) for e in self.db.exclusions.find(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id},
-                         {"other_key": protection_key(self._pepper, user_id)}]},
-                {"user_id": 1, "other_id": 1})))
+            map(docs.exclusion, self.db.exclusions.find(
+                {"$or": [{"user_id": user_id}, {"other_id": user_id}, {"other_key": key}]})),
+            key)
 
     def _apply_pairing(self, intent: Mapping[str, Any]) -> None:
         """Write a pairing; every step is idempotent, so a crashed one is rolled forward."""

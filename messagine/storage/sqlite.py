@@ -514,10 +514,11 @@ class SqliteRepository:
 
     def _avoided(self, conn: sqlite3.Connection, user_id: int, recent: int) -> frozenset[int]:
         """Whom the user must not meet: recent partners, exclusions either way, by key too."""
+        key = protection_key(self._pepper, user_id)
         return matching.avoided(user_id, self._recent_partners(conn, user_id, recent), (
-            conn.execute("SELECT user_id, other_id FROM exclusions WHERE user_id = :me"
-                         " OR other_id = :me OR other_key = :key",
-                         {"me": user_id, "key": protection_key(self._pepper, user_id)})))
+            conn.execute("SELECT user_id, other_id, other_key FROM exclusions WHERE"
+                         " user_id = :me OR other_id = :me OR other_key = :key",
+                         {"me": user_id, "key": key})), key)
 
     def _choose(self, conn: sqlite3.Connection, seeker: matching.Seeker,
                 recent: int) -> matching.Candidate | None:
