@@ -42,6 +42,9 @@ def _erase_and_come_back(bot: Bot, victim: FakeUser, offender: FakeUser) -> None
     stored = bot.stored()
     assert OFFENDER not in stored, "the kept protection names the erased user"
     assert not any(isinstance(v, str) and str(OFFENDER) in v for v in stored)
+    kept = [e for e in bot.dump()["exclusions"] if e["user_id"] == VICTIM]
+    assert len(kept) == 1 and kept[0]["other_id"] < 0, "a tombstone in place of the id"
+    assert len(kept[0]["other_key"]) == 64, "and the keyed hash beside it"
     bot.send(offender.command("start"), offender.command("find_chat"))
 
 
@@ -73,6 +76,8 @@ def test_a_report_survives_the_reported_users_erasure(bot: Bot):
     _erase_and_come_back(bot, victim, offender)
     _never_meet_again(bot, victim, offender)
 
+    (report,) = bot.dump()["reports"]
+    assert report["reported_id"] < 0 and len(report["reported_key"]) == 64
     bot.send(victim.command("mydata"))
     data = json.loads(victim.last()["document"]["content"])
     partners = {c["partner"] for c in data["chats"]}
