@@ -345,7 +345,7 @@ class FirestoreRepository:
             .order_by("opened_by_update", direction=descending).limit(limit))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        """See ``Repository.delete_user``."""
         counts = {"messages": 0, "exclusions": 0, "lobby": 0, "chats_anonymised": 0}
 
         def erase() -> tuple[int, int, int]:

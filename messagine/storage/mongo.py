@@ -281,7 +281,7 @@ class MongoRepository:
                 {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        """See ``Repository.delete_user``."""
         db, stones, key = self.db, Tombstones(), protection_key(self._pepper, user_id)
         counts = {
             "messages": db.message_links.delete_many(

@@ -290,8 +290,10 @@ class PersonalRecords(Protocol):
     def delete_user(self, user_id: int) -> dict[str, int]:
         """Delete or irreversibly anonymise every record about the user; counts per kind.
 
-        The user's chats stay for their partners' history with the user's id replaced by a
-        random negative id that nothing else links to. Idempotent: a second call counts 0.
+        The user's chats stay for their partners' history, and the exclusions and reports
+        others made about them stay for others' safety, with the user's id replaced by a
+        tombstone (one per partner) and, in what is kept for safety, their protection key
+        (``messagine.domain.erasure``). Idempotent: a second call counts 0.
         """
         ...
 

@@ -255,7 +255,7 @@ class SqliteRepository:
                     "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        """See ``Repository.delete_user``."""
         stones, key = Tombstones(), protection_key(self._pepper, user_id)
         with self._transaction() as conn:
             counts = {
@@ -284,17 +284,13 @@ class SqliteRepository:
                     (user_id,)).fetchall()])
             # Others' protections stay (domain.erasure): their exclusions and reports.
             conn.executemany(
-                "UPDATE exclusions SET other_id = :other_id, other_key = :other_key"
-                " WHERE user_id = :user_id AND other_id = :erased", [
-                    {**docs.kept_exclusion({"user_id": other}, stones.of(other), key),
-                     "erased": user_id} for (other,) in conn.execute(
-                        "SELECT user_id FROM exclusions WHERE other_id = ?",
-                        (user_id,)).fetchall()])
+                "UPDATE exclusions SET other_id = ?, other_key = ? WHERE user_id = ?"
+                " AND other_id = ?", [(stones.of(other), key, other, user_id) for (other,) in
+                                      conn.execute("SELECT user_id FROM exclusions"
+                                                   " WHERE other_id = ?", (user_id,)).fetchall()])
             conn.executemany(
-                "UPDATE reports SET reported_id = :reported_id, reported_key = :reported_key"
-                " WHERE id = :id", [
-                    {**docs.kept_report(stones.of(other), key), "id": report_id}
-                    for report_id, other in conn.execute(
+                "UPDATE reports SET reported_id = ?, reported_key = ? WHERE id = ?", [
+                    (stones.of(other), key, report_id) for report_id, other in conn.execute(
                         "SELECT id, reporter_id FROM reports WHERE reported_id = ?",
                         (user_id,)).fetchall()])
             # A ban outlives erasure (domain.erasure): only the banned remnant stays. Its
