@@ -20,7 +20,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.languages import LANGUAGES, language_name
 from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
-from messagine.storage.port import Chats, Lobby, Users
+from messagine.storage.port import Chats, Lobby, ModerationRecords, Users
 from messagine.telegram import Telegram, TelegramBlocked
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 _MAX_MATCH_ATTEMPTS = 3
 
 
-class ConversationStore(Users, Lobby, Chats, Protocol):
-    """The storage roles a conversation uses: users, the lobby and chats."""
+class ConversationStore(Users, Lobby, Chats, ModerationRecords, Protocol):
+    """The storage roles a conversation uses: users, the lobby, chats and bans."""
 
 
 class Conversation:
@@ -93,6 +93,9 @@ class Conversation:
             answer.send(t("age.question", min_age=self.min_age),
                         keyboards.age_question(t, self.min_age))
             return "find:age_asked"
+        if self.repository.apply_erased_ban(user.user_id):  # banned while they were away
+            answer.send(t("banned.notice"))
+            return "find:banned"
         for _ in range(_MAX_MATCH_ATTEMPTS):
             result = self.repository.find_partner(
                 user.user_id, self.recent_partners, self.clock(), update_id)

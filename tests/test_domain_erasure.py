@@ -10,8 +10,10 @@ from messagine.domain.erasure import (
     Tombstones,
     anonymise_chat,
     banned_remnant,
+    is_tombstone,
     kept_after_erasure,
     protection_key,
+    returned,
     tombstone,
 )
 from messagine.storage import documents
@@ -85,3 +87,17 @@ def test_an_erasure_gives_each_partner_one_tombstone_of_their_own(partners: list
     assert all(stones.of(p) == first[p] for p in partners), "one per partner"
     assert len(set(first.values())) == len(first), "never shared between partners"
     assert all(stone < 0 for stone in first.values())
+
+
+@given(user=ids, others=st.lists(ids, max_size=20), pepper=st.binary(min_size=16))
+def test_a_returning_user_is_found_by_their_key_among_others(
+        user: int, others: list[int], pepper: bytes):
+    key = protection_key(pepper, user)
+    assert returned(pepper, key, [*others, user]) == [u for u in [*others, user] if u == user]
+    assert returned(pepper, key, [o for o in others if o != user]) == []
+    assert returned(pepper + b"?", key, [user]) == [], "another pepper finds nobody"
+
+
+@given(user=ids, stone=tombstones)
+def test_tombstones_and_telegram_ids_never_mix(user: int, stone: int):
+    assert is_tombstone(stone) and not is_tombstone(user)

@@ -34,6 +34,9 @@ SAME, SELF, PERSON, CHAT, REPORT_ID = "same", "self", "person", "chat", "report 
 DERIVED = "derived"
 """Computed from another field of the record (an expiry from a time, a document id from
 the fields it joins, a copy of the active chat)."""
+KEPT = "kept"
+"""Set only on what erasure keeps for others' safety, once the user it names erased their
+data (``messagine.domain.erasure``): there is then no user to export it to."""
 
 TABLES = {"users": "users", "lobby": "lobby", "chats": "chats", "memberships": "memberships",
           "exclusions": "exclusions", "message_links": "links", "links": "links",
@@ -56,13 +59,13 @@ FIELDS: dict[str, dict[str, str]] = {
               "closed_by_update": SAME, "expires_at": DERIVED},
     "memberships": {"user_id": SELF, "chat_id": CHAT, "partner_id": PERSON},
     "exclusions": {"_id": DERIVED, "user_id": PERSON, "other_id": PERSON, "reason": SAME,
-                   "created_at": SAME, "other_key": DERIVED},
+                   "created_at": SAME, "other_key": KEPT},
     "links": {"_id": DERIVED, "chat_id": CHAT, "sender_id": PERSON, "recipient_id": PERSON,
               "sender_message_id": SAME, "copy_message_id": SAME, "content_type": SAME,
               "sent_at": SAME, "expires_at": DERIVED, "role": DERIVED},
     "reports": {"id": REPORT_ID, "_id": REPORT_ID, "reporter_id": PERSON,
                 "reported_id": PERSON, "chat_id": CHAT, "reason": SAME, "created_at": SAME,
-                "status": SAME, "reported_key": DERIVED},
+                "status": SAME, "reported_key": KEPT, "ban_on_return": KEPT},
 }
 
 

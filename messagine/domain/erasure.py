@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from messagine.models import StoredProfile
@@ -28,6 +28,11 @@ TOMBSTONE_BITS = 62
 
 COUNTED = ("messages", "exclusions", "lobby", "chats_anonymised", "kept_for_ban", "profile")
 """The kinds ``Repository.delete_user`` counts."""
+
+
+def is_tombstone(user_id: int) -> bool:
+    """Whether ``user_id`` stands for an erased user (Telegram ids are positive)."""
+    return user_id < 0
 
 
 def tombstone(draw: Callable[[int], int] = secrets.randbits) -> int:
@@ -47,6 +52,11 @@ def protection_key(pepper: bytes, user_id: int) -> str:
     the same key, and without the pepper the key tells nothing about the id.
     """
     return hmac.new(pepper, b"user:%d" % user_id, hashlib.sha256).hexdigest()
+
+
+def returned(pepper: bytes, key: str, user_ids: Iterable[int]) -> list[int]:
+    """The users among ``user_ids`` whose protection key is ``key``: an erased user back."""
+    return [u for u in user_ids if hmac.compare_digest(protection_key(pepper, u), key)]
 
 
 class Tombstones:

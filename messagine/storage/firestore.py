@@ -33,7 +33,12 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Decision, decide
-from messagine.domain.erasure import UNCONFIGURED_PEPPER, Tombstones, protection_key
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
 from messagine.models import (
@@ -589,6 +594,25 @@ class FirestoreRepository:
             with contextlib.suppress(gexc.NotFound):
                 self._entry(waiting).update({"avoid": firestore.ArrayUnion([avoided])},
                                             **WRITE)
+
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        (report,) = self._get(self._col("reports").document(str(report_id)))
+        key = report.get("reported_key") if report.exists else None
+        if not key:
+            return None
+        report.reference.update({"ban_on_return": True}, **WRITE)
+        return [user_id for user_id in returned(
+            self._pepper, key, (int(e.id) for e in self._stream(self._col("lobby"))))
+            if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        for _ in self._stream(self._col("reports").where(filter=FieldFilter(
+                "reported_key", "==", protection_key(self._pepper, user_id))).where(
+                filter=FieldFilter("ban_on_return", "==", True)).limit(1)):
+            return self.set_banned(user_id, banned=True)
+        return False
 
     def _avoided_by(self, user_id: int, recent_partners: int) -> frozenset[int]:
         """The user's recent partners and everyone excluded in either direction."""

@@ -35,7 +35,12 @@ from pymongo.errors import (
 
 from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
-from messagine.domain.erasure import UNCONFIGURED_PEPPER, Tombstones, protection_key
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodRule, admit
 from messagine.models import (
     ActiveChat,
@@ -452,6 +457,24 @@ class MongoRepository:
             upsert=True)
         self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
         self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
+
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        report = self.db.reports.find_one_and_update(
+            {"_id": report_id, "reported_key": {"$ne": None}},
+            {"$set": {"ban_on_return": True}}, projection={"reported_key": 1})
+        if report is None:
+            return None
+        return [user_id for user_id in returned(
+            self._pepper, report["reported_key"],
+            (int(e["_id"]) for e in self.db.lobby.find({}, {"_id": 1})))
+            if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        return self.db.reports.find_one({"reported_key": protection_key(self._pepper, user_id),
+                                         "ban_on_return": True}, {"_id": 1}) is not None \
+            and self.set_banned(user_id, banned=True)
 
     # -- the pool lock -------------------------------------------------------------------
 

@@ -246,6 +246,23 @@ class ModerationRecords(Protocol):
         """Never match these two users again (a report or a block by ``user_id``)."""
         ...
 
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """Ban the erased user a kept report is about, by the protection key it holds.
+
+        If they come back, ``apply_erased_ban`` bans them; if they are back and waiting in
+        the lobby already, they are banned at once: the ids so banned. None if the report
+        names no erased user (``messagine.domain.erasure``).
+        """
+        ...
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """Ban the user if a moderator banned their protection key while they were erased.
+
+        That is, a kept report about them was decided "ban" (``ban_erased``); True if they
+        are banned by it now.
+        """
+        ...
+
 
 class Jobs(Protocol):
     """What the scheduled job claims and purges."""

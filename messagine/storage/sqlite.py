@@ -22,6 +22,7 @@ from messagine.domain.erasure import (
     Tombstones,
     anonymise_chat,
     protection_key,
+    returned,
 )
 from messagine.domain.flood import FloodRule, FloodState, admit
 from messagine.domain.nudges import activity
@@ -452,6 +453,26 @@ class SqliteRepository:
                 " VALUES (?, ?, ?, ?)",
                 (user_id, other_id, reason, now),
             )
+
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT reported_key FROM reports WHERE id = ?",
+                               (report_id,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            conn.execute("UPDATE reports SET ban_on_return = 1 WHERE id = ?", (report_id,))
+            back = returned(self._pepper, row[0], (u for (u,) in conn.execute(
+                "SELECT user_id FROM lobby")))
+        return [user_id for user_id in back if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM reports WHERE reported_key = ? AND ban_on_return = 1",
+                            (protection_key(self._pepper, user_id),)).fetchone() is None:
+                return False
+        return self.set_banned(user_id, banned=True)
 
     # -- lobby and chats -----------------------------------------------------------------
 

@@ -107,6 +107,8 @@ _LATE_INDEXES = """
 CREATE INDEX IF NOT EXISTS users_due_for_nudge ON users (nudge_pending, last_seen);
 CREATE INDEX IF NOT EXISTS exclusions_by_key ON exclusions (other_key);
 CREATE INDEX IF NOT EXISTS exclusions_by_other ON exclusions (other_id);
+CREATE INDEX IF NOT EXISTS reports_by_key ON reports (reported_key);
+CREATE INDEX IF NOT EXISTS reports_by_reported ON reports (reported_id);
 """
 
 # Columns added after a table was first created: (table, column, definition).
@@ -121,6 +123,7 @@ _ADDED_COLUMNS = (
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
     ("exclusions", "other_key", "TEXT"),
     ("reports", "reported_key", "TEXT"),
+    ("reports", "ban_on_return", "INTEGER NOT NULL DEFAULT 0"),
     ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
     ("claimed_updates", "owner", "TEXT"),
     ("claimed_updates", "lease_until", "REAL"),
