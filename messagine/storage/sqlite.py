@@ -468,7 +468,7 @@ class SqliteRepository:
 
     def apply_erased_ban(self, user_id: int) -> bool:
         """See ``Repository.apply_erased_ban``."""
-        with self._transaction() as conn:
+        with self._transaction(write=False) as conn:
             if conn.execute("SELECT 1 FROM reports WHERE reported_key = ? AND ban_on_return = 1",
                             (protection_key(self._pepper, user_id),)).fetchone() is None:
                 return False
