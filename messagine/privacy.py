@@ -166,8 +166,7 @@ def export_document(records: UserRecords | None, generated_at: float) -> dict[st
             "opened_by_update": chat.opened_by_update,
             "closed_by_update": chat.closed_by_update,
         })
-    empty = UserRecords(StoredProfile(0, "", None, None, None, "", 0.0, 0.0))
-    held = records or empty
+    held = records or UserRecords(StoredProfile(0, "", None, None, None, "", 0.0, 0.0))
     return {
         "format": EXPORT_FORMAT,
         "generated_at": _iso(generated_at),
