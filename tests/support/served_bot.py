@@ -55,10 +55,12 @@ def served_bot(request: pytest.FixtureRequest, backend: str, tmp_path: Path,
     with FakeBotApi() as api:
         path = tmp_path / "served.sqlite3"
         env = {**bot_env(api, path, **extra), **backend_env(request, backend)}
-        server = FunctionServer(env)
         repository = open_repository(Settings.from_env(env))
         try:
-            yield ServedBot(server, api, repository, str(path))
+            server = FunctionServer(env)
+            try:
+                yield ServedBot(server, api, repository, str(path))
+            finally:
+                server.stop()
         finally:
-            server.stop()
             drop_test_repository(request, repository)
