@@ -21,7 +21,7 @@ from messagine.catalog import Catalog, Texts
 from messagine.domain.age_gate import Gate, gate
 from messagine.languages import LANGUAGES, language_name
 from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
-from messagine.storage.port import Chats, Lobby, Users
+from messagine.storage.port import Chats, Lobby, ModerationRecords, Users
 from messagine.telegram import Telegram, TelegramBlocked
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 _MAX_MATCH_ATTEMPTS = 3
 
 
-class ConversationStore(Users, Lobby, Chats, Protocol):
-    """The storage roles a conversation uses: users, the lobby and chats."""
+class ConversationStore(Users, Lobby, Chats, ModerationRecords, Protocol):
+    """The storage roles a conversation uses: users, the lobby, chats and bans."""
 
 
 class Conversation:
@@ -105,6 +105,9 @@ class Conversation:
             answer.send(t("age.question", min_age=self.min_age),
                         keyboards.age_question(t, self.min_age))
             return "find:age_asked"
+        if self.repository.apply_erased_ban(user.user_id):  # banned while they were away
+            answer.send(t("banned.notice"))
+            return "find:banned"
         if any_language and not self.repository.join_any_language(user.user_id):
             answer.send(t("lobby.not_in"), keyboards.idle(t))
             return "find:not_waiting"

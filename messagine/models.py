@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,10 @@ class ChatRecord:
     ended_at: float | None
     end_reason: str | None
     ended_by_user: bool | None
+    opened_by_update: int | None = None
+    """The update that made the chat (a re-delivered search resumes it)."""
+    closed_by_update: int | None = None
+    """The update that ended it (a re-delivered ending resumes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,10 @@ class LobbyEntry:
 
     language: str
     since: float
+    offered: bool = False
+    """Whether the any-language pool was offered during this wait."""
+    avoid: tuple[int, ...] = ()
+    """Whom the entry must not be paired with (the document stores keep it in the entry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +220,20 @@ class UserRecords:
     messages: list[MessageLink] = field(default_factory=list)
     exclusions: list[tuple[int, str, float]] = field(default_factory=list)
     """(other user, reason, time) for each pair this user excluded (block or report)."""
-    reports: list[tuple[int, str, float, str]] = field(default_factory=list)
-    """(reported user, reason, time, status) for each report this user made."""
+    reports: list[Report] = field(default_factory=list)
+    """The reports this user made."""
+    received: list[MessageLink] = field(default_factory=list)
+    """The links of the messages relayed to this user."""
+    excluded_by: list[tuple[int, str, float]] = field(default_factory=list)
+    """(other user, reason, time) for each exclusion of this user by someone else."""
+    reports_about: list[Report] = field(default_factory=list)
+    """The reports others made about this user (the reporter is never exported)."""
+    flood: dict[str, Any] = field(default_factory=dict)
+    """The flood counters as stored (``messagine.domain.flood.FloodState``)."""
+    recent_updates: list[int] = field(default_factory=list)
+    """The update ids the document stores keep with the user, to recognise re-deliveries."""
+    claims: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Updates of this user being processed: update id -> owner, lease and attempts."""
 
 
 @dataclass(frozen=True, slots=True)

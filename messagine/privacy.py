@@ -51,23 +51,23 @@ class PrivacyTerms:
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
     """The full policy in one language (docs/privacy.md is the English one, on MongoDB).
 
-    The sections on the periods the scheduled job keeps and on the age refusal come last,
-    before the closing contact paragraph.
+    What erasure keeps follows the rights, before the sections on children and contact;
+    the periods the scheduled job keeps and the age refusal come last, before the closing
+    contact paragraph.
     """
     periods = terms.periods
-    main = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
-                 chat_days=terms.chat_days, min_age=terms.min_age,
-                 store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES,
-                 inactive_days=periods.inactive_days)
-    body, closing = main.rsplit("\n\n", 1)
-    return "\n\n".join((
-        body,
+    sections = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
+                     chat_days=terms.chat_days, min_age=terms.min_age,
+                     store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES,
+                     inactive_days=periods.inactive_days).split("\n\n")
+    sections[-2:-2] = [texts("privacy.erasure_keeps")]
+    sections[-1:-1] = [
         texts("privacy.age_marker", min_age=terms.min_age, age_days=periods.age_refusal_days,
               contact=terms.contact),
         texts("privacy.periods", idle_hours=periods.idle_chat_hours,
               report_days=periods.report_days, exclusion_days=periods.exclusion_days,
-              inactive_days=periods.inactive_days, notice_days=periods.notice_days),
-        closing))
+              inactive_days=periods.inactive_days, notice_days=periods.notice_days)]
+    return "\n\n".join(sections)
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
@@ -99,15 +99,16 @@ def _iso(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
-def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
+def _own_record(profile: StoredProfile | None, label: Callable[[int], str]) -> dict[str, Any]:
     """The profile, settings and lobby parts of /mydata (empty for an unknown user)."""
     if profile is None:
         return {"profile": dict.fromkeys(("telegram_id", "first_name", "last_name", "username",
                                           "language_code", "first_seen", "last_seen")),
                 "settings": {"language": None, "analytics": "on", "reminders": "on",
                              "age_confirmation": None, "age_confirmation_at": None,
-                             "inactivity_notice_at": None,
-                             "blocked_the_bot": False, "banned": False},
+                             "inactivity_notice_due": False, "inactivity_notice_at": None,
+                             "blocked_the_bot": False, "banned": False,
+                             "reminder_due": False, "last_reminder_at": None},
                 "lobby": None}
     return {
         "profile": {
@@ -122,19 +123,42 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
             "reminders": "on" if profile.reminders_enabled else "off",
             "age_confirmation": profile.age_answer,
             "age_confirmation_at": _iso(profile.age_answered_at),
+            "inactivity_notice_due": profile.notice_pending,
             "inactivity_notice_at": _iso(profile.noticed_at),
             "blocked_the_bot": profile.blocked,
             "banned": profile.banned,
+            "reminder_due": profile.nudge_pending,
+            "last_reminder_at": _iso(profile.reminded_at),
         },
         "lobby": None if profile.lobby is None else {
-            "language": profile.lobby.language, "since": _iso(profile.lobby.since)},
+            "language": profile.lobby.language, "since": _iso(profile.lobby.since),
+            "offered_any_language": profile.lobby.offered,
+            "not_to_meet": [label(other) for other in profile.lobby.avoid]},
+    }
+
+
+_FLOOD_TIMES = ("window_start", "last_strike", "cooldown_until")
+
+
+def _processing(records: UserRecords) -> dict[str, Any]:
+    """What the bot keeps to process the user's updates: flood counters and update ids."""
+    return {
+        "flood_counters": {name: _iso(value) if name in _FLOOD_TIMES and value else value
+                           for name, value in records.flood.items()},
+        "recent_update_ids": records.recent_updates,
+        "updates_in_progress": [
+            {"update_id": update_id, "attempt": claim.get("owner"),
+             "lease_until": _iso(claim.get("lease_until")), "attempts": claim.get("attempts")}
+            for update_id, claim in records.claims.items()],
     }
 
 
 def export_document(records: UserRecords | None, generated_at: float) -> dict[str, Any]:
-    """The /mydata document: the user's data, partners only as anonymous labels.
+    """The /mydata document: everything stored under the user, partners only as labels.
 
-    ``records`` is None for a user erased meanwhile: the document then holds nothing.
+    Another person never appears but as a label (partner-1...); who reported or blocked
+    the user is not even labelled. ``records`` is None for a user erased meanwhile: the
+    document then holds nothing.
     """
     labels: dict[int, str] = {}
 
@@ -142,6 +166,10 @@ def export_document(records: UserRecords | None, generated_at: float) -> dict[st
         return labels.setdefault(user_id, f"partner-{len(labels) + 1}")
 
     chat_labels: dict[int, str] = {}
+
+    def chat_label(chat_id: int) -> str:
+        return chat_labels.get(chat_id, "chat-deleted")
+
     chats = []
     for chat in records.chats if records else []:
         chat_labels[chat.chat_id] = f"chat-{len(chat_labels) + 1}"
@@ -151,22 +179,37 @@ def export_document(records: UserRecords | None, generated_at: float) -> dict[st
             "ended_at": _iso(chat.ended_at), "how_it_ended": chat.end_reason,
             "ended_by": None if chat.ended_by_user is None else (
                 "you" if chat.ended_by_user else "partner"),
+            "opened_by_update": chat.opened_by_update,
+            "closed_by_update": chat.closed_by_update,
         })
+    held = records or UserRecords(StoredProfile(0, "", None, None, None, "", 0.0, 0.0))
     return {
         "format": EXPORT_FORMAT,
         "generated_at": _iso(generated_at),
-        **_own_record(records.profile if records else None),
+        **_own_record(records.profile if records else None, label),
         "chats": chats,
         "messages_sent": [
-            {"chat": chat_labels.get(m.chat_id, "chat-deleted"), "message_id": m.sender_message_id,
-             "content_type": m.content_type, "sent_at": _iso(m.sent_at)}
-            for m in (records.messages if records else [])],
+            {"chat": chat_label(m.chat_id), "message_id": m.sender_message_id,
+             "copy_message_id": m.copy_message_id, "content_type": m.content_type,
+             "sent_at": _iso(m.sent_at)} for m in held.messages],
+        "messages_received": [
+            {"chat": chat_label(m.chat_id), "message_id": m.copy_message_id,
+             "original_message_id": m.sender_message_id, "content_type": m.content_type,
+             "received_at": _iso(m.sent_at)} for m in held.received],
         "blocked_users": [
             {"user": label(other), "reason": reason, "at": _iso(at)}
-            for other, reason, at in (records.exclusions if records else [])],
+            for other, reason, at in held.exclusions],
+        "excluded_by_others": [
+            {"reason": reason, "at": _iso(at)} for _, reason, at in held.excluded_by],
         "reports": [
-            {"about": label(reported), "reason": reason, "at": _iso(at), "status": status}
-            for reported, reason, at, status in (records.reports if records else [])],
+            {"report_id": r.report_id, "chat": chat_label(r.chat_id),
+             "about": label(r.reported_id), "reason": r.reason, "at": _iso(r.created_at),
+             "status": r.status} for r in held.reports],
+        # Neither who nor in which chat: that would point at the reporter.
+        "reports_about_you": [
+            {"report_id": r.report_id, "reason": r.reason, "at": _iso(r.created_at),
+             "status": r.status} for r in held.reports_about],
+        **_processing(held),
     }
 
 

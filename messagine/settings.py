@@ -7,6 +7,8 @@ wrapped in ``Secret`` so that no repr, log line or traceback shows them.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Mapping
@@ -89,6 +91,9 @@ class Settings:
     """The function's request timeout: an update's claim lease and its 429 budget follow."""
     periods: Periods = field(default_factory=Periods)
     """How long the records without a period of their own above are kept."""
+    erasure_pepper: Secret | None = None
+    """The secret that keys the hash standing for an erased user in the blocks and reports
+    kept for others' safety (``messagine.domain.erasure.protection_key``)."""
 
     @classmethod
     def from_env(
@@ -163,6 +168,7 @@ class Settings:
             problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
 
         mixpanel_token, analytics_key, mixpanel_urls = _analytics(env, problems)
+        pepper = _erasure_pepper(env, token_text, problems)
 
         log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
         if log_format not in ("auto", "json", "text"):
@@ -205,6 +211,7 @@ class Settings:
             mixpanel_deletion_url=mixpanel_urls["MIXPANEL_DELETION_URL"],
             hold_links_minutes=hold_links,
             periods=periods,
+            erasure_pepper=Secret(pepper),
         )
 
 
@@ -237,6 +244,26 @@ def _analytics(
             problems.append(f"{name} is not an http(s) URL: {url!r}")
         urls[name] = url or None
     return mixpanel_token, analytics_key, urls
+
+
+def _erasure_pepper(env: Mapping[str, str], token: str, problems: list[str]) -> str:
+    """ERASURE_PEPPER: required on Google Cloud; elsewhere derived from the bot token.
+
+    It must never change (a new one would free every erased user from the blocks and
+    reports against them), so production sets it once; the token, which BotFather may
+    revoke, is good enough only for a bot on one's own machine.
+    """
+    pepper = env.get("ERASURE_PEPPER", "").strip()
+    if pepper and len(pepper) < 16:
+        problems.append("ERASURE_PEPPER must be 16+ characters")
+    elif not pepper and on_google_cloud(env):
+        problems.append(
+            "ERASURE_PEPPER is not set: on Google Cloud it is required (16+ characters, kept "
+            "for good: it keys the hash that keeps blocks and reports against a user who "
+            "erased their data; generate one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')")
+    return pepper or hmac.new(token.encode(), b"messagine erasure pepper",
+                              hashlib.sha256).hexdigest()
 
 
 def _min_age(env: Mapping[str, str], problems: list[str]) -> int:

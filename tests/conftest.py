@@ -31,6 +31,7 @@ from messagine.storage.registry import backend as registry_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-webhook-secret_0123456789"
+PEPPER = "test-erasure-pepper-0123456789"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _real_connect = socket.socket.connect
 
@@ -227,7 +228,7 @@ class FunctionServer:
 def backend_env(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
     """The settings that select ``backend`` (a server-based one in a database of its own)."""
     if backend == "sqlite-cloud-logging":  # as on Google Cloud: JSON logs on stdout
-        return {"STORAGE": "sqlite", "K_SERVICE": "messagine",
+        return {"STORAGE": "sqlite", "K_SERVICE": "messagine", "ERASURE_PEPPER": PEPPER,
                 "GOOGLE_CLOUD_PROJECT": "demo-project"}
     return store_of(request, backend).env()
 

@@ -32,8 +32,9 @@ def test_sqlite_loads_no_other_driver():
 
 
 def test_cloud_logging_loads_only_on_google_cloud():
-    assert loaded("K_SERVICE=messagine", "STORAGE=sqlite") == "google.cloud.logging_v2"
-    assert loaded("K_SERVICE=messagine", "STORAGE=sqlite", "LOG_FORMAT=text") == ""
+    cloud = ("K_SERVICE=messagine", "ERASURE_PEPPER=test-erasure-pepper-0123456789")
+    assert loaded(*cloud, "STORAGE=sqlite") == "google.cloud.logging_v2"
+    assert loaded(*cloud, "STORAGE=sqlite", "LOG_FORMAT=text") == ""
 
 
 def test_mixpanel_loads_only_when_an_event_is_sent():

@@ -383,7 +383,7 @@ def test_purge_deletes_at_most_limit_of_each_kind_per_call(repository: Repositor
         repository.exclude_pair(first, second, "report", T0)
         repository.confirm_age(900 + number, False, T0)  # nobody: the refusal marker
     repository.record_message(MessageLink(1, 10, 999, 11, 998, "text", now - 10))  # fresh
-    repository.add_report(20, 21, 1, "spam", now - 10)
+    repository.add_report(20, 21, 999_999, "spam", now - 10)  # another chat: one per chat
     repository.exclude_pair(21, 20, "block", now - 10)
     repository.confirm_age(999, False, now - 10)
     retention = Retention(messages_s=86_400, chats_s=86_400, claims_s=86_400,
@@ -395,7 +395,7 @@ def test_purge_deletes_at_most_limit_of_each_kind_per_call(repository: Repositor
     assert calls == [dict.fromkeys(kinds, 2)] * 2 + [dict.fromkeys(kinds, 1),
                                                     dict.fromkeys(kinds, 0)]
     assert [u for u in (900, 901, 999) if repository.get_user(u)] == [999], "fresh stays"
-    assert [r[0] for r in export(repository, 20).reports] == [21]
+    assert [r.reported_id for r in export(repository, 20).reports] == [21]
     assert [e[0] for e in export(repository, 21).exclusions] == [20]
     assert repository.find_message(1, 10, 100) is None
     assert repository.find_message(1, 11, 200) is None, "both ends of a message go"

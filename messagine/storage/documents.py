@@ -19,7 +19,7 @@ from messagine.domain.age_gate import refusal_marker
 from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
-from messagine.domain.matching import Candidate
+from messagine.domain.matching import Candidate, Exclusion
 from messagine.domain.nudges import NudgeStatus, activity
 from messagine.models import (
     ActiveChat,
@@ -135,7 +135,9 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
         age_answer=doc.get("age_answer"), age_answered_at=doc.get("age_answered_at"),
         reminders_enabled=not doc.get("reminders_off"),
         nudge_pending=bool(doc.get("nudge_pending")), reminded_at=doc.get("reminded_at"),
-        lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"])) if lobby else None,
+        lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"]),
+                         bool(lobby.get("offered")),
+                         tuple(int(u) for u in lobby.get("avoid") or ())) if lobby else None,
         notice_pending=bool(doc.get("notice_pending", True)),  # absent: from before notices
         noticed_at=doc.get("noticed_at"),
     )
@@ -249,7 +251,8 @@ def chat_record(chat_id: int, doc: Mapping[str, Any], user_id: int) -> ChatRecor
     ended_by = doc.get("ended_by")
     return ChatRecord(chat_id, partner_of(doc, user_id), doc["language"], doc["started_at"],
                       doc.get("ended_at"), doc.get("end_reason"),
-                      None if ended_by is None else ended_by == user_id)
+                      None if ended_by is None else ended_by == user_id,
+                      doc.get("opened_by_update"), doc.get("closed_by_update"))
 
 
 def anonymised_chat(doc: Mapping[str, Any], user_id: int,
@@ -282,8 +285,28 @@ def message_link(doc: Mapping[str, Any]) -> MessageLink:
 
 def exclusion_document(user_id: int, other_id: int, reason: str,
                        now: float) -> dict[str, Any]:
-    """One user's exclusion of another (id ``"user:other"``)."""
+    """One user's exclusion of another (id ``exclusion_id``)."""
     return {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+
+
+def exclusion(doc: Mapping[str, Any]) -> Exclusion:
+    """An exclusion document as the matching rule reads it."""
+    return int(doc["user_id"]), int(doc["other_id"]), doc.get("other_key")
+
+
+def exclusion_id(doc: Mapping[str, Any]) -> str:
+    """An exclusion's document id: ``"user:other"``."""
+    return f"{doc['user_id']}:{doc['other_id']}"
+
+
+def kept_exclusion(doc: Mapping[str, Any], tombstone_id: int, key: str) -> dict[str, Any]:
+    """An exclusion of an erased user as erasure keeps it (``domain.erasure``)."""
+    return {**doc, "other_id": tombstone_id, "other_key": key}
+
+
+def kept_report(tombstone_id: int, key: str) -> dict[str, Any]:
+    """The fields that erase the reported user from a report about them (``domain.erasure``)."""
+    return {"reported_id": tombstone_id, "reported_key": key}
 
 
 def report_document(report: Report) -> dict[str, Any]:
@@ -299,20 +322,34 @@ def report(report_id: int, doc: Mapping[str, Any]) -> Report:
                   doc["reason"], doc["created_at"], doc["status"])
 
 
-def user_records(profile: StoredProfile, chats: Iterable[tuple[int, Mapping[str, Any]]],
+def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] | None,
+                 chats: Iterable[tuple[int, Mapping[str, Any]]],
                  links: Iterable[Mapping[str, Any]], exclusions: Iterable[Mapping[str, Any]],
-                 reports: Iterable[Mapping[str, Any]]) -> UserRecords:
-    """Everything about a user, from their documents, each kind in time order.
+                 reports: Iterable[tuple[int, Mapping[str, Any]]]) -> UserRecords:
+    """Everything stored under a user, from their documents, each kind in time order.
 
-    ``chats``: (chat id, document) of every chat they were in; ``links``: the links of
-    the messages they sent; ``exclusions`` and ``reports``: those they made.
+    ``doc``: their user document (``flood`` as a map); ``chats``: (chat id, document) of
+    every chat they were in; ``links``: every link of a message they sent or received
+    (once each); ``exclusions``: those they made and those about them; ``reports``:
+    (report id, document) of those they made and those about them.
     """
-    user_id = profile.user_id
     ordered = sorted(chats, key=lambda c: (c[1]["started_at"], c[1]["opened_by_update"] or 0))
+    every_link = sorted((message_link(d) for d in links), key=lambda m: m.sent_at)
+    every_exclusion = [(int(d["user_id"]), int(d["other_id"]), str(d["reason"]),
+                        float(d["created_at"])) for d in exclusions]
+    every_report = sorted((report(i, d) for i, d in reports), key=lambda r: r.created_at)
     return UserRecords(
-        profile,
-        [chat_record(chat_id, doc, user_id) for chat_id, doc in ordered],
-        sorted((message_link(d) for d in links), key=lambda m: m.sent_at),
-        [(int(d["other_id"]), d["reason"], d["created_at"]) for d in exclusions],
-        sorted(((int(d["reported_id"]), d["reason"], d["created_at"], d["status"])
-                for d in reports), key=lambda r: r[2]))
+        stored_profile(user_id, doc, lobby),
+        [chat_record(chat_id, chat, user_id) for chat_id, chat in ordered],
+        [m for m in every_link if m.sender_id == user_id],
+        [(other, reason, at) for by, other, reason, at in every_exclusion if by == user_id],
+        [r for r in every_report if r.reporter_id == user_id],
+        received=[m for m in every_link if m.recipient_id == user_id],
+        excluded_by=[(by, reason, at) for by, other, reason, at in every_exclusion
+                     if other == user_id],
+        reports_about=[r for r in every_report if r.reported_id == user_id],
+        flood=dict(doc.get("flood") or {}),
+        recent_updates=[int(u) for u in doc.get("recent_updates") or ()],
+        claims={int(key.removeprefix("u")): dict(entry)
+                for key, entry in (doc.get("claims") or {}).items()},
+    )

@@ -23,6 +23,7 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +34,12 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from messagine.domain import matching
 from messagine.domain.age_gate import stores_profile
 from messagine.domain.claims import LEASE_S, Decision, decide
-from messagine.domain.erasure import tombstone
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
 from messagine.domain.retention import (
@@ -92,7 +98,9 @@ class FirestoreRepository:
         message_retention_days: int = 30, chat_retention_days: int = 180,
         update_retention_s: int = 86_400, client_factory: Callable[..., Any] | None = None,
         flood_rule: FloodRule | None = None, emulator_host: str | None = None,
+        pepper: bytes = UNCONFIGURED_PEPPER,
     ) -> None:
+        self._pepper = pepper
         self._emulator_host = emulator_host
         self._project = project
         self._database = database
@@ -205,6 +213,9 @@ class FirestoreRepository:
                           ) -> OpenedUpdate:
         (snap,) = self._get(self._user(profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
+        if doc.get("banned"):  # claimed alone (domain.erasure)
+            opened = self.open_update(update_id, None, "", now)
+            return replace(opened, user=None if opened.duplicate else self._state(snap))
         decision, claim = decide(docs.stored_claim(doc, update_id), update_id, owner, now,
                                  lease_s)
         if claim is None:
@@ -319,16 +330,21 @@ class FirestoreRepository:
         user, entry = self._get(self._user(user_id), self._entry(user_id))
         if not user.exists:
             return None
+        def where(collection: str, *conditions: tuple[str, Any]) -> Any:
+            query = self._col(collection)
+            for field_name, value in conditions:
+                query = query.where(filter=FieldFilter(field_name, "==", value))
+            return self._stream(query)
+
         return docs.user_records(
-            docs.stored_profile(user_id, user.to_dict(),
-                                entry.to_dict() if entry.exists else None),
+            user_id, user.to_dict(), entry.to_dict() if entry.exists else None,
             ((int(snap.id), snap.to_dict()) for snap in self._chats_of(user_id)),
-            self._docs(self._col("links").where(filter=FieldFilter("sender_id", "==", user_id))
-                       .where(filter=FieldFilter("role", "==", "sent"))),
-            self._docs(self._col("exclusions").where(
-                filter=FieldFilter("user_id", "==", user_id))),
-            self._docs(self._col("reports").where(
-                filter=FieldFilter("reporter_id", "==", user_id))))
+            (snap.to_dict() for end, role in (("sender_id", "sent"), ("recipient_id", "copy"))
+             for snap in where("links", (end, user_id), ("role", role))),
+            (snap.to_dict() for end in ("user_id", "other_id")
+             for snap in where("exclusions", (end, user_id))),
+            ((int(snap.id), snap.to_dict()) for end in ("reporter_id", "reported_id")
+             for snap in where("reports", (end, user_id))))
 
     def _docs(self, query: Any) -> Iterator[dict[str, Any]]:
         return (snap.to_dict() for snap in self._stream(query))
@@ -346,7 +362,7 @@ class FirestoreRepository:
             .order_by("opened_by_update", direction=descending).limit(limit))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        """See ``Repository.delete_user``."""
         counts = {"messages": 0, "exclusions": 0, "lobby": 0, "chats_anonymised": 0}
 
         def erase() -> tuple[int, int, int]:
@@ -367,12 +383,21 @@ class FirestoreRepository:
         for field_name in ("sender_id", "recipient_id"):
             counts["messages"] += self._delete_all(self._col("links").where(
                 filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
-        for field_name in ("user_id", "other_id"):
-            counts["exclusions"] += self._delete_all(self._col("exclusions").where(
-                filter=FieldFilter(field_name, "==", user_id)))
+        stones, key = Tombstones(), protection_key(self._pepper, user_id)
+        counts["exclusions"] += self._delete_all(self._col("exclusions").where(
+            filter=FieldFilter("user_id", "==", user_id)))
+        for snap in self._stream(self._col("exclusions").where(
+                filter=FieldFilter("other_id", "==", user_id))):
+            # Others' protections stay (domain.erasure), under an id without the erased one.
+            kept = docs.kept_exclusion(snap.to_dict(), stones.of(int(snap.get("user_id"))), key)
+            batch = self.client.batch()
+            batch.set(self._col("exclusions").document(docs.exclusion_id(kept)), kept)
+            batch.delete(snap.reference)
+            batch.commit(**WRITE)
         for snap in self._chats_of(user_id):
-            counts["chats_anonymised"] += update_guarded(self.client,
-                snap.reference, lambda doc: docs.anonymised_chat(doc, user_id, tombstone()))
+            counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
+                lambda doc: docs.anonymised_chat(
+                    doc, user_id, stones.of(docs.partner_of(doc, user_id))))
         for snap in self._stream(self._col("users").where(
                 filter=FieldFilter("chat.partner", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
@@ -380,7 +405,17 @@ class FirestoreRepository:
         for snap in self._stream(self._col("reports").where(
                 filter=FieldFilter("reporter_id", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {
-                "reporter_id": tombstone()} if doc.get("reporter_id") == user_id else None)
+                "reporter_id": stones.of(int(doc["reported_id"]))}
+                if doc.get("reporter_id") == user_id else None)
+        for snap in self._stream(self._col("reports").where(
+                filter=FieldFilter("reported_id", "==", user_id))):
+            update_guarded(self.client, snap.reference, lambda doc: docs.kept_report(
+                stones.of(int(doc["reporter_id"])), key)
+                if doc.get("reported_id") == user_id else None)
+        for snap in self._stream(self._col("lobby").where(
+                filter=FieldFilter("avoid", "array_contains", user_id))):
+            with contextlib.suppress(gexc.NotFound):  # matched or left meanwhile
+                snap.reference.update({"avoid": firestore.ArrayRemove([user_id])}, **WRITE)
         return counts
 
     def _delete_all(self, query: Any, count_role: str | None = None) -> int:
@@ -504,8 +539,12 @@ class FirestoreRepository:
         return sorted(int(snap.get("sender_message_id")) for snap in self._stream(query))
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
+        for _ in self._stream(self._col("reports").where(
+                filter=FieldFilter("reporter_id", "==", reporter_id)).where(
+                filter=FieldFilter("chat_id", "==", chat_id)).limit(1)):
+            return None
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id,
                         reason, now, "open")
         self._col("reports").document(str(report.report_id)).create(
@@ -622,16 +661,37 @@ class FirestoreRepository:
                 self._entry(waiting).update({"avoid": firestore.ArrayUnion([avoided])},
                                             **WRITE)
 
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        (report,) = self._get(self._col("reports").document(str(report_id)))
+        key = report.get("reported_key") if report.exists else None
+        if not key:
+            return None
+        report.reference.update({"ban_on_return": True}, **WRITE)
+        return [user_id for user_id in returned(
+            self._pepper, key, (int(e.id) for e in self._stream(self._col("lobby"))))
+            if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        for _ in self._stream(self._col("reports").where(filter=FieldFilter(
+                "reported_key", "==", protection_key(self._pepper, user_id))).where(
+                filter=FieldFilter("ban_on_return", "==", True)).limit(1)):
+            return self.set_banned(user_id, banned=True)
+        return False
+
     def _avoided_by(self, user_id: int, recent_partners: int) -> frozenset[int]:
         """The user's recent partners and everyone excluded in either direction."""
         chats = self._latest_chats(user_id, recent_partners) if recent_partners > 0 else ()
+        key = protection_key(self._pepper, user_id)
         return matching.avoided(
             user_id, matching.recent_partners(
                 user_id, ([int(u) for u in snap.get("users")] for snap in chats),
                 recent_partners),
-            ((int(d["user_id"]), int(d["other_id"])) for field_name in ("user_id", "other_id")
+            (docs.exclusion(d) for field_name, value in (
+                ("user_id", user_id), ("other_id", user_id), ("other_key", key))
              for d in self._docs(self._col("exclusions").where(
-                 filter=FieldFilter(field_name, "==", user_id)))))
+                 filter=FieldFilter(field_name, "==", value)))), key)
 
     def _candidates(self, seeker: matching.Seeker,
                     joined_before: tuple[datetime, str] | None = None) -> Iterator[Any]:

@@ -23,6 +23,7 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +36,12 @@ from pymongo.errors import (
 from messagine.domain import matching
 from messagine.domain.age_gate import stores_profile
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
-from messagine.domain.erasure import tombstone
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due
 from messagine.models import (
@@ -88,8 +94,10 @@ class MongoRepository:
         self, uri: str, database: str = "messagine", *, message_retention_days: int = 30,
         chat_retention_days: int = 180, update_retention_s: int = 86_400,
         client_factory: Callable[..., Any] | None = None, flood_rule: FloodRule | None = None,
+        pepper: bytes = UNCONFIGURED_PEPPER,
     ) -> None:
         self._flood_rule = flood_rule or FloodRule()
+        self._pepper = pepper
         self._chat_retention = timedelta(days=chat_retention_days)
         self._uri = uri
         self._database_name = database
@@ -170,7 +178,8 @@ class MongoRepository:
             # The document as it was before: the pipeline applied flood.admit to it on the
             # server, and applying it here again gives the verdict without storing it.
             before = self.db.users.find_one_and_update(
-                {"_id": profile.user_id, "recent_updates": {"$ne": update_id}},
+                {"_id": profile.user_id, "recent_updates": {"$ne": update_id},
+                 "banned": {"$ne": True}},
                 open_update_pipeline(update_id, profile, default_language, now, album,
                                      self._flood_rule, Claim(update_id, ClaimState.IN_PROGRESS,
                                                              owner, now + lease_s)),
@@ -191,8 +200,10 @@ class MongoRepository:
     def _open_known(self, update_id: int, profile: Profile, now: float, owner: str,
                     lease_s: float) -> OpenedUpdate:
         """An update id the user's document holds: done, busy, or taken over."""
-        doc = self.db.users.find_one({"_id": profile.user_id}, {"claims": 1,
-                                                                 "recent_updates": 1})
+        doc = self.db.users.find_one({"_id": profile.user_id})
+        if doc and doc.get("banned"):  # claimed alone (domain.erasure)
+            opened = self.open_update(update_id, None, "", now)
+            return replace(opened, user=None if opened.duplicate else self._state(doc))
         decision, claim = decide(docs.stored_claim(doc or {}, update_id), update_id, owner,
                                  now, lease_s)
         if claim is None:
@@ -274,36 +285,46 @@ class MongoRepository:
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
-        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        doc = self.db.users.find_one({"_id": user_id})
         if doc is None:
             return None
-        lobby = self.db.lobby.find_one({"_id": user_id}, {"language": 1, "since": 1})
         return docs.user_records(
-            docs.stored_profile(user_id, doc, lobby),
+            user_id, doc, self.db.lobby.find_one({"_id": user_id}),
             ((int(c["_id"]), c) for c in self.db.chats.find({"users": user_id})),
-            self.db.message_links.find({"sender_id": user_id}),
-            self.db.exclusions.find({"user_id": user_id}),
-            self.db.reports.find({"reporter_id": user_id}))
+            self.db.message_links.find({"$or": [{"sender_id": user_id},
+                                                {"recipient_id": user_id}]}),
+            self.db.exclusions.find({"$or": [{"user_id": user_id}, {"other_id": user_id}]}),
+            ((int(r["_id"]), r) for r in self.db.reports.find(
+                {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
-        db = self.db
+        """See ``Repository.delete_user``."""
+        db, stones, key = self.db, Tombstones(), protection_key(self._pepper, user_id)
         counts = {
             "messages": db.message_links.delete_many(
                 {"$or": [{"sender_id": user_id}, {"recipient_id": user_id}]}).deleted_count,
-            "exclusions": db.exclusions.delete_many(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id}]}).deleted_count,
+            "exclusions": db.exclusions.delete_many({"user_id": user_id}).deleted_count,
             "lobby": db.lobby.delete_many({"_id": user_id}).deleted_count,
             "chats_anonymised": 0,
         }
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
-            fields = docs.anonymised_chat(chat, user_id, tombstone())
+            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)))
             if fields is not None:
                 db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
                 counts["chats_anonymised"] += 1
         db.users.update_many({"chat.partner": user_id}, {"$set": {"chat": None}})
-        for report in db.reports.find({"reporter_id": user_id}, {"_id": 1}):
-            db.reports.update_one({"_id": report["_id"]}, {"$set": {"reporter_id": tombstone()}})
+        for report in db.reports.find({"reporter_id": user_id}, {"reported_id": 1}):
+            db.reports.update_one({"_id": report["_id"]},
+                                  {"$set": {"reporter_id": stones.of(report["reported_id"])}})
+        # Others' protections stay (domain.erasure): their exclusions and reports.
+        for found in db.exclusions.find({"other_id": user_id}, {"_id": 0}):
+            kept = docs.kept_exclusion(found, stones.of(found["user_id"]), key)
+            db.exclusions.replace_one({"_id": docs.exclusion_id(kept)}, kept, upsert=True)
+        db.exclusions.delete_many({"other_id": user_id})
+        for report in db.reports.find({"reported_id": user_id}, {"reporter_id": 1}):
+            db.reports.update_one({"_id": report["_id"]}, {"$set": docs.kept_report(
+                stones.of(report["reporter_id"]), key)})
+        db.lobby.update_many({"avoid": user_id}, {"$pull": {"avoid": user_id}})
         # A ban outlives erasure (domain.erasure): only the banned remnant stays.
         counts["kept_for_ban"] = db.users.replace_one(
             {"_id": user_id, "banned": True}, docs.remnant_document(user_id)).modified_count
@@ -385,12 +406,15 @@ class MongoRepository:
         return sorted(int(d["sender_message_id"]) for d in docs)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason,
                         now, "open")
-        self.db.reports.insert_one({"_id": report.report_id, **docs.report_document(report)})
-        return report
+        earlier = self.db.reports.find_one_and_update(
+            {"reporter_id": reporter_id, "chat_id": chat_id},
+            {"$setOnInsert": {"_id": report.report_id, **docs.report_document(report)}},
+            projection={"_id": 1}, upsert=True)
+        return report if earlier is None else None
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """See ``Repository.resolve_report``: the open -> status change is won once."""
@@ -488,6 +512,24 @@ class MongoRepository:
         self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
         self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
 
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        report = self.db.reports.find_one_and_update(
+            {"_id": report_id, "reported_key": {"$ne": None}},
+            {"$set": {"ban_on_return": True}}, projection={"reported_key": 1})
+        if report is None:
+            return None
+        return [user_id for user_id in returned(
+            self._pepper, report["reported_key"],
+            (int(e["_id"]) for e in self.db.lobby.find({}, {"_id": 1})))
+            if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        return self.db.reports.find_one({"reported_key": protection_key(self._pepper, user_id),
+                                         "ban_on_return": True}, {"_id": 1}) is not None \
+            and self.set_banned(user_id, banned=True)
+
     # -- the pool lock -------------------------------------------------------------------
 
     def _pool_lock(self, language: str) -> PoolLease:
@@ -497,12 +539,13 @@ class MongoRepository:
         """The user's recent partners and everyone excluded in either direction."""
         chats = self.db.chats.find({"users": user_id}, {"users": 1}).sort(
             "started_at", -1).limit(recent_partners) if recent_partners > 0 else []
+        key = protection_key(self._pepper, user_id)
         return matching.avoided(
             user_id, matching.recent_partners(user_id, (c["users"] for c in chats),
                                               recent_partners),
-            ((e["user_id"], e["other_id"]) for e in self.db.exclusions.find(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id}]},
-                {"user_id": 1, "other_id": 1})))
+            map(docs.exclusion, self.db.exclusions.find(
+                {"$or": [{"user_id": user_id}, {"other_id": user_id}, {"other_key": key}]})),
+            key)
 
     def _apply_pairing(self, intent: Mapping[str, Any]) -> None:
         """Write a pairing; every step is idempotent, so a crashed one is rolled forward."""

@@ -78,6 +78,9 @@ def create_indexes(db: Any, update_retention_s: int) -> None:
     db.chats.create_index("closed_by_update", name="chats_by_closing_update", sparse=True)
     db.exclusions.create_index("other_id", name="exclusions_by_other")
     db.exclusions.create_index("user_id", name="exclusions_by_user")
+    db.exclusions.create_index("other_key", name="exclusions_by_key", sparse=True)
+    db.reports.create_index("reported_id", name="reports_by_reported")
+    db.reports.create_index("reported_key", name="reports_by_key", sparse=True)
     db.message_links.create_index(
         [("recipient_id", 1), ("copy_message_id", 1)], name="links_by_copy")
     db.message_links.create_index("expires_at", name="links_ttl", expireAfterSeconds=0)

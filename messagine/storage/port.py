@@ -226,8 +226,13 @@ class ModerationRecords(Protocol):
     """Reports, exclusions and bans."""
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
-        """Store a report (status "open")."""
+                   now: float) -> Report | None:
+        """Store a report (status "open"); None if the reporter already reported that chat.
+
+        One report per reporter and chat: a second press of a reason button (a stale one
+        too) or a re-delivery stores nothing more. A user's updates reach the bot one at a
+        time, in order, so two reports of one reporter never race.
+        """
         ...
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
@@ -244,6 +249,23 @@ class ModerationRecords(Protocol):
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """Never match these two users again (a report or a block by ``user_id``)."""
+        ...
+
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """Ban the erased user a kept report is about, by the protection key it holds.
+
+        If they come back, ``apply_erased_ban`` bans them; if they are back and waiting in
+        the lobby already, they are banned at once: the ids so banned. None if the report
+        names no erased user (``messagine.domain.erasure``).
+        """
+        ...
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """Ban the user if a moderator banned their protection key while they were erased.
+
+        That is, a kept report about them was decided "ban" (``ban_erased``); True if they
+        are banned by it now.
+        """
         ...
 
 
@@ -315,8 +337,10 @@ class PersonalRecords(Protocol):
     def delete_user(self, user_id: int) -> dict[str, int]:
         """Delete or irreversibly anonymise every record about the user; counts per kind.
 
-        The user's chats stay for their partners' history with the user's id replaced by a
-        random negative id that nothing else links to. Idempotent: a second call counts 0.
+        The user's chats stay for their partners' history, and the exclusions and reports
+        others made about them stay for others' safety, with the user's id replaced by a
+        tombstone (one per partner) and, in what is kept for safety, their protection key
+        (``messagine.domain.erasure``). Idempotent: a second call counts 0.
         """
         ...
 

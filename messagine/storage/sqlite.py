@@ -17,7 +17,13 @@ from typing import Any
 
 from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
-from messagine.domain.erasure import anonymise_chat, tombstone
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    anonymise_chat,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodRule, FloodState, admit
 from messagine.domain.nudges import activity
 from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due, notice_due
@@ -77,8 +83,9 @@ class SqliteRepository:
     backend = "sqlite"
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 10.0,
-                 flood_rule: FloodRule | None = None) -> None:
+                 flood_rule: FloodRule | None = None, pepper: bytes = UNCONFIGURED_PEPPER) -> None:
         self._flood_rule = flood_rule or FloodRule()
+        self._pepper = pepper
         self._database = Database(path, busy_timeout_s)
         self._transaction = self._database.transaction
 
@@ -130,6 +137,12 @@ class SqliteRepository:
                     "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at) "
                     "VALUES (?, ?)", (update_id, now)).rowcount
                 return OpenedUpdate(duplicate=not claimed)
+            banned = self._state(conn, profile.user_id)
+            if banned is not None and banned.banned:  # claimed alone (domain.erasure)
+                claimed = conn.execute(
+                    "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at, owner) "
+                    "VALUES (?, ?, ?)", (update_id, now, owner)).rowcount
+                return OpenedUpdate(duplicate=not claimed, user=banned)
             row = conn.execute(
                 "SELECT state, owner, lease_until, attempts FROM claimed_updates "
                 "WHERE update_id = ?", (update_id,)).fetchone()
@@ -241,26 +254,28 @@ class SqliteRepository:
             user = rows("SELECT * FROM users WHERE id = :me")
             if not user:
                 return None
-            lobby = rows("SELECT language, since FROM lobby WHERE user_id = :me")
+            lobby = rows("SELECT * FROM lobby WHERE user_id = :me")
             chats = rows("SELECT *, json_array(user_a, user_b) AS users FROM chats"
                          " WHERE user_a = :me OR user_b = :me")
             return docs.user_records(
-                docs.stored_profile(user_id, user[0], lobby[0] if lobby else None),
+                user_id, {**user[0], "flood": json.loads(user[0]["flood"] or "{}")},
+                lobby[0] if lobby else None,
                 ((c["id"], {**c, "users": json.loads(c["users"])}) for c in chats),
-                rows("SELECT * FROM message_links WHERE sender_id = :me"),
-                rows("SELECT * FROM exclusions WHERE user_id = :me"),
-                rows("SELECT * FROM reports WHERE reporter_id = :me"))
+                rows("SELECT * FROM message_links WHERE sender_id = :me OR recipient_id = :me"),
+                rows("SELECT * FROM exclusions WHERE user_id = :me OR other_id = :me"),
+                ((r["id"], r) for r in rows(
+                    "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        """See ``Repository.delete_user``."""
+        stones, key = Tombstones(), protection_key(self._pepper, user_id)
         with self._transaction() as conn:
             counts = {
                 "messages": conn.execute(
                     "DELETE FROM message_links WHERE sender_id = ? OR recipient_id = ?",
                     (user_id, user_id)).rowcount,
                 "exclusions": conn.execute(
-                    "DELETE FROM exclusions WHERE user_id = ? OR other_id = ?",
-                    (user_id, user_id)).rowcount,
+                    "DELETE FROM exclusions WHERE user_id = ?", (user_id,)).rowcount,
                 "lobby": conn.execute("DELETE FROM lobby WHERE user_id = ?",
                                       (user_id,)).rowcount,
             }
@@ -269,14 +284,27 @@ class SqliteRepository:
             chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
                                  " WHERE user_a = ? OR user_b = ?", (user_id, user_id)).fetchall()
             for chat_id, user_a, user_b, ended_by in chats:
-                changed = anonymise_chat((user_a, user_b), ended_by, user_id, tombstone())
+                changed = anonymise_chat((user_a, user_b), ended_by, user_id,
+                                         stones.of(user_b if user_a == user_id else user_a))
                 assert changed is not None  # noqa: S101 - the query selected their chats
                 conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
                              (*changed.users, changed.ended_by, chat_id))
             counts["chats_anonymised"] = len(chats)
             conn.executemany("UPDATE reports SET reporter_id = ? WHERE id = ?", [
-                (tombstone(), report_id) for (report_id,) in conn.execute(
-                    "SELECT id FROM reports WHERE reporter_id = ?", (user_id,)).fetchall()])
+                (stones.of(other), report_id) for report_id, other in conn.execute(
+                    "SELECT id, reported_id FROM reports WHERE reporter_id = ?",
+                    (user_id,)).fetchall()])
+            # Others' protections stay (domain.erasure): their exclusions and reports.
+            conn.executemany(
+                "UPDATE exclusions SET other_id = ?, other_key = ? WHERE user_id = ?"
+                " AND other_id = ?", [(stones.of(other), key, other, user_id) for (other,) in
+                                      conn.execute("SELECT user_id FROM exclusions"
+                                                   " WHERE other_id = ?", (user_id,)).fetchall()])
+            conn.executemany(
+                "UPDATE reports SET reported_id = ?, reported_key = ? WHERE id = ?", [
+                    (stones.of(other), key, report_id) for report_id, other in conn.execute(
+                        "SELECT id, reporter_id FROM reports WHERE reported_id = ?",
+                        (user_id,)).fetchall()])
             # A ban outlives erasure (domain.erasure): only the banned remnant stays. Its
             # columns are named as the documents' fields; the rest live in other tables.
             remnant = {k: v for k, v in docs.remnant_document(user_id).items()
@@ -370,9 +398,12 @@ class SqliteRepository:
         return sorted(int(row[0]) for row in rows)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``."""
         with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM reports WHERE reporter_id = ? AND chat_id = ?",
+                            (reporter_id, chat_id)).fetchone():
+                return None
             report_id = conn.execute(
                 "INSERT INTO reports (reporter_id, reported_id, chat_id, reason, created_at,"
                 " status) VALUES (?, ?, ?, ?, ?, 'open')",
@@ -472,6 +503,26 @@ class SqliteRepository:
                 (user_id, other_id, reason, now),
             )
 
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT reported_key FROM reports WHERE id = ?",
+                               (report_id,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            conn.execute("UPDATE reports SET ban_on_return = 1 WHERE id = ?", (report_id,))
+            back = returned(self._pepper, row[0], (u for (u,) in conn.execute(
+                "SELECT user_id FROM lobby")))
+        return [user_id for user_id in back if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        with self._transaction(write=False) as conn:
+            if conn.execute("SELECT 1 FROM reports WHERE reported_key = ? AND ban_on_return = 1",
+                            (protection_key(self._pepper, user_id),)).fetchone() is None:
+                return False
+        return self.set_banned(user_id, banned=True)
+
     # -- lobby and chats -----------------------------------------------------------------
 
     def find_partner(
@@ -492,11 +543,8 @@ class SqliteRepository:
             entry = conn.execute("SELECT language FROM lobby WHERE user_id = ?",
                                  (user_id,)).fetchone()
             pool = entry[0] if entry else state.language  # "*": the any-language pool
-            candidate = self._choose(conn, matching.Seeker(user_id, pool, matching.avoided(
-                user_id, self._recent_partners(conn, user_id, recent_partners),
-                conn.execute("SELECT user_id, other_id FROM exclusions"
-                             " WHERE user_id = :me OR other_id = :me", {"me": user_id}))),
-                recent_partners)
+            candidate = self._choose(conn, matching.Seeker(
+                user_id, pool, self._avoided(conn, user_id, recent_partners)), recent_partners)
             if candidate is None:
                 was_waiting = state.waiting
                 conn.execute(
@@ -530,13 +578,21 @@ class SqliteRepository:
         return [int(row[0]) for row in conn.execute(
             _RECENT_PARTNERS, {"me": user_id, "recent": recent})]
 
+    def _avoided(self, conn: sqlite3.Connection, user_id: int, recent: int) -> frozenset[int]:
+        """Whom the user must not meet: recent partners, exclusions either way, by key too."""
+        key = protection_key(self._pepper, user_id)
+        return matching.avoided(user_id, self._recent_partners(conn, user_id, recent), (
+            conn.execute("SELECT user_id, other_id, other_key FROM exclusions WHERE"
+                         " user_id = :me OR other_id = :me OR other_key = :key",
+                         {"me": user_id, "key": key})), key)
+
     def _choose(self, conn: sqlite3.Connection, seeker: matching.Seeker,
                 recent: int) -> matching.Candidate | None:
         """The matching rule's choice from the seeker's pool, read a page at a time."""
         for offset in itertools.count(0, _PAGE):
             rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
             chosen = matching.pick(seeker, (matching.Candidate(
-                other, pool, since, frozenset(self._recent_partners(conn, other, recent)),
+                other, pool, since, self._avoided(conn, other, recent),
                 banned=bool(banned)) for other, pool, since, banned in rows))
             if chosen is not None or len(rows) < _PAGE:
                 return chosen

@@ -108,6 +108,10 @@ CREATE INDEX IF NOT EXISTS users_due_for_nudge ON users (nudge_pending, last_see
 CREATE INDEX IF NOT EXISTS users_due_for_notice ON users (notice_pending, last_seen);
 CREATE INDEX IF NOT EXISTS users_noticed ON users (notice_pending, noticed_at);
 CREATE INDEX IF NOT EXISTS users_by_last_seen ON users (last_seen);
+CREATE INDEX IF NOT EXISTS exclusions_by_key ON exclusions (other_key);
+CREATE INDEX IF NOT EXISTS exclusions_by_other ON exclusions (other_id);
+CREATE INDEX IF NOT EXISTS reports_by_key ON reports (reported_key);
+CREATE INDEX IF NOT EXISTS reports_by_reported ON reports (reported_id);
 """
 
 # Columns added after a table was first created: (table, column, definition).
@@ -122,6 +126,9 @@ _ADDED_COLUMNS = (
     ("users", "notice_pending", "INTEGER NOT NULL DEFAULT 1"),
     ("users", "noticed_at", "REAL"),
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
+    ("exclusions", "other_key", "TEXT"),
+    ("reports", "reported_key", "TEXT"),
+    ("reports", "ban_on_return", "INTEGER NOT NULL DEFAULT 0"),
     ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
     ("claimed_updates", "owner", "TEXT"),
     ("claimed_updates", "lease_until", "REAL"),
