@@ -24,13 +24,14 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from messagine.domain import matching
+from messagine.domain import albums, matching
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
@@ -69,6 +70,7 @@ from messagine.storage.firestore_commit import (
 from messagine.storage.port import wrap_public_methods
 
 _PAGE = 50
+T = TypeVar("T")
 _PURGE_BATCH = 400  # a commit takes at most 500 writes
 
 
@@ -801,6 +803,22 @@ class FirestoreRepository:
         if not snap.exists or snap.get("chat_id") != chat_id:
             return None
         return docs.message_link(snap.to_dict())
+
+    def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
+                     ) -> T:
+        """See ``Repository.change_album``: one read, one commit guarded by it."""
+        ref = self._col("albums").document(key)
+
+        def attempt() -> T:
+            (snap,) = self._get(ref)
+            album, answer = rule(docs.album(key, snap.to_dict()) if snap.exists else None)
+            if album is not None:
+                batch = Guarded(self.client, [snap])
+                batch.put(ref, docs.album_document(album, docs.utc(albums.expires_at(album))))
+                batch.commit()
+            return answer
+
+        return retrying("album", attempt)
 
     # -- statistics ----------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from messagine.storage.port import StorageUnavailable
 P = ParamSpec("P")
 R = TypeVar("R")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The version of the indexes below; an instance that finds an older one creates them."""
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
 
@@ -91,4 +91,5 @@ def create_indexes(db: Any, update_retention_s: int) -> None:
     db.lobby.create_index("since", name="lobby_by_since")
     db.claimed_updates.create_index(
         "claimed_at", name="claims_ttl", expireAfterSeconds=update_retention_s)
+    db.albums.create_index("expires_at", name="albums_ttl", expireAfterSeconds=0)
     db.meta.replace_one({"_id": "schema"}, {"version": SCHEMA_VERSION}, upsert=True)
