@@ -17,8 +17,8 @@ import requests
 
 from conftest import BACKENDS, SECRET, FunctionServer, backend_env, bot_env, free_port
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
+from messagine.dev.fake_cloud_tasks import FakeCloudTasks
 from messagine.schedule import ALBUM_TASK, TASK_HEADER
-from support.fake_cloud_tasks import FakeCloudTasks
 
 pytestmark = pytest.mark.slow
 on_every_backend = pytest.mark.parametrize("served", BACKENDS, indirect=True)

@@ -762,11 +762,12 @@ class FakeUser:
         return self.send(content, reply_to)
 
     def album(self, content_type: str, count: int, caption: str | None = None,
-              caption_entities: list[JsonObject] | None = None) -> list[JsonObject]:
+              caption_entities: list[JsonObject] | None = None,
+              captions: list[str] | None = None) -> list[JsonObject]:
         """The updates of an album of ``count`` sample items, one per item as Telegram sends.
 
         Each item's file id ends in ``#<n>`` (1, 2, ...) so order can be checked; the first
-        item carries the caption, as a client puts it.
+        item carries ``caption``, as a client puts it, or each item its own ``captions``.
         """
         group = f"{self.id}{time.time_ns()}"
         updates = []
@@ -781,6 +782,8 @@ class FakeUser:
                 content["caption"] = caption
                 if caption_entities:
                     content["caption_entities"] = caption_entities
+            if captions is not None:
+                content["caption"] = captions[n - 1]
             updates.append(self.send(content))
         return updates
 

@@ -4,7 +4,8 @@ A real HTTP server on 127.0.0.1 that google-cloud-tasks' own REST transport talk
 (``client_options={"api_endpoint": ...}``). ``CreateTask`` stores a task by name and
 answers 409 ALREADY_EXISTS for a name it has seen, as Cloud Tasks does; a dispatcher
 thread then sends each task's HTTP request at its schedule time and retries it (with a
-short backoff) while the answer is not 2xx, as a queue with a retry config does.
+short backoff) while the answer is not 2xx, as a queue with a retry config does. Tests
+and the delivery simulator use it; it is never deployed.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class FakeTask:
 class FakeCloudTasks:
     """The fake server; ``tasks`` by name, ``creates`` counts every CreateTask call."""
 
-    def __init__(self, backoff_s: float = 0.5, max_attempts: int = 30) -> None:
+    def __init__(self, backoff_s: float = 0.5, max_attempts: int = 200) -> None:
         self.tasks: dict[str, FakeTask] = {}
         self.creates = 0
         self.fail_creates = 0
@@ -70,10 +71,25 @@ class FakeCloudTasks:
 
     @property
     def url(self) -> str:
+        """The endpoint to give the client (CLOUD_TASKS_ENDPOINT)."""
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    def wait_idle(self, seconds: float) -> bool:
+        """Wait until every task succeeded or ran out of attempts; False if time ran out."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = [t for t in self.tasks.values()
+                        if (not t.statuses or t.statuses[-1] >= 300)
+                        and len(t.statuses) < self.max_attempts]
+            if not busy:
+                return True
+            time.sleep(0.1)
+        return False
+
     def stop(self) -> None:
+        """Stop serving and running tasks."""
         self._stop.set()
         self._server.shutdown()
         self._server.server_close()
