@@ -38,7 +38,7 @@ MESSAGE_META = frozenset({
     "has_protected_content", "is_from_offline", "media_group_id", "author_signature",
     "reply_markup", "business_connection_id", "sender_business_bot", "effect_id",
     "forward_from", "forward_from_chat", "forward_from_message_id", "forward_signature",
-    "forward_sender_name", "forward_date",
+    "forward_sender_name", "forward_date", "bot_reaction", "user_reaction",
 })
 """What describes a message rather than being its content: never part of a copy."""
 
@@ -830,6 +830,13 @@ class FakeUser:
         """The update for setting (or, with None, removing) a reaction on a message."""
         def reactions(value: str | None) -> list[JsonObject]:
             return [] if value is None else [{"type": "emoji", "emoji": value}]
+
+        with self.api._lock:  # the user's app shows their own reaction under the message
+            target = self.api.chats.get(self.id, {}).get(message_id)
+            if target is not None and emoji is not None:
+                target["user_reaction"] = [emoji]
+            elif target is not None:
+                target.pop("user_reaction", None)
 
         return self._update("message_reaction", {
             "chat": self.chat, "message_id": message_id, "user": self.profile,
