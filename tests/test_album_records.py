@@ -68,3 +68,14 @@ def test_concurrent_items_all_land_and_one_of_two_claims_wins(repository: Reposi
     for thread in claimers:
         thread.join()
     assert sorted(v.value for v in verdicts) == ["busy", "busy", "send"]
+
+
+def test_erasure_deletes_the_albums_on_their_way(repository: Repository):
+    key = albums.album_key(7, 8, "g3")
+    _add(repository, key, 21)
+    other = albums.album_key(7, 9, "g3")
+    repository.change_album(other, lambda a: albums.add_item(
+        a, other, 7, 9, Item(22, "photo"), T0, 1))
+    repository.delete_user(8)
+    assert repository.change_album(key, lambda a: (None, a)) is None
+    assert repository.change_album(other, lambda a: (None, a)) is not None

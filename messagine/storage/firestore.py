@@ -357,6 +357,8 @@ class FirestoreRepository:
         for field_name in ("sender_id", "recipient_id"):
             counts["messages"] += self._delete_all(self._col("links").where(
                 filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
+        counts["messages"] += self._delete_all(self._col("albums").where(  # on their way
+            filter=FieldFilter("sender_id", "==", user_id)))
         for field_name in ("user_id", "other_id"):
             counts["exclusions"] += self._delete_all(self._col("exclusions").where(
                 filter=FieldFilter(field_name, "==", user_id)))

@@ -288,6 +288,8 @@ class MongoRepository:
             "lobby": db.lobby.delete_many({"_id": user_id}).deleted_count,
             "chats_anonymised": 0,
         }
+        # An album on its way: message ids too.
+        counts["messages"] += db.albums.delete_many({"sender_id": user_id}).deleted_count
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
             fields = docs.anonymised_chat(chat, user_id, tombstone())
             if fields is not None:

@@ -256,6 +256,9 @@ class SqliteRepository:
                 "lobby": conn.execute("DELETE FROM lobby WHERE user_id = ?",
                                       (user_id,)).rowcount,
             }
+            counts["messages"] += conn.execute(  # an album on its way: message ids too
+                "DELETE FROM albums WHERE json_extract(doc, '$.sender_id') = ?",
+                (user_id,)).rowcount
             conn.execute("DELETE FROM memberships WHERE user_id = ? OR partner_id = ?",
                          (user_id, user_id))
             chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
