@@ -74,6 +74,7 @@ def test_every_text_arrives_once_and_in_order(store: SimulatedStore, tmp_path: P
     # Albums among the texts: each arrived once, whole, in order, as one album.
     assert report.albums_sent > 0 and report.albums_whole == report.albums_sent, \
         report.summary()
+    assert not report.albums_split, report.summary()
     # No fault, no error answer (a kept-alive connection the server closed while idle
     # can still be refused, and is re-delivered like any broken connection). On mongoeco,
     # an emulation at ~10 ms a write, a search that waits over 8 s for its language's
