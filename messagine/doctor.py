@@ -55,6 +55,7 @@ MONGO_INDEXES: dict[str, dict[str, bool]] = {
                       "links_by_sender": False},
     "reports": {"reports_by_time": False, "reports_by_reporter": False},
     "claimed_updates": {"claims_ttl": True},
+    "albums": {"albums_ttl": True},
 }
 
 

@@ -94,6 +94,13 @@ class Settings:
     erasure_pepper: Secret | None = None
     """The secret that keys the hash standing for an erased user in the blocks and reports
     kept for others' safety (``messagine.domain.erasure.protection_key``)."""
+    album_queue: str | None = None
+    """The Cloud Tasks queue that flushes albums (``projects/P/locations/L/queues/Q``);
+    None: an in-process timer flushes them (a process that lives on, not a function)."""
+    album_flush_url: str | None = None
+    """The function's own URL, which the album tasks call."""
+    cloud_tasks_endpoint: str | None = None
+    """Another Cloud Tasks endpoint (a test's fake), reached over plain REST."""
 
     @classmethod
     def from_env(
@@ -174,6 +181,8 @@ class Settings:
         if log_format not in ("auto", "json", "text"):
             problems.append(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
 
+        album_queue, album_url, tasks_endpoint = _album_tasks(env, problems)
+
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -212,7 +221,30 @@ class Settings:
             hold_links_minutes=hold_links,
             periods=periods,
             erasure_pepper=Secret(pepper),
+            album_queue=album_queue,
+            album_flush_url=album_url,
+            cloud_tasks_endpoint=tasks_endpoint,
         )
+
+
+_QUEUE_RE = re.compile(r"^projects/[a-z0-9:.-]+/locations/[a-z0-9-]+/queues/[A-Za-z0-9-]{1,100}$")
+
+
+def _album_tasks(env: Mapping[str, str],
+                 problems: list[str]) -> tuple[str | None, str | None, str | None]:
+    """ALBUM_QUEUE, ALBUM_FLUSH_URL (required with it) and CLOUD_TASKS_ENDPOINT."""
+    queue = env.get("ALBUM_QUEUE", "").strip() or None
+    url = env.get("ALBUM_FLUSH_URL", "").strip() or None
+    endpoint = env.get("CLOUD_TASKS_ENDPOINT", "").strip() or None
+    if queue is not None and not _QUEUE_RE.match(queue):
+        problems.append("ALBUM_QUEUE must be projects/PROJECT/locations/LOCATION/queues/QUEUE,"
+                        f" not {queue!r}")
+    if queue is not None and url is None:
+        problems.append("ALBUM_FLUSH_URL must be set with ALBUM_QUEUE (the function's URL)")
+    for name, value in (("ALBUM_FLUSH_URL", url), ("CLOUD_TASKS_ENDPOINT", endpoint)):
+        if value is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            problems.append(f"{name} is not an http(s) URL: {value!r}")
+    return queue, url, endpoint
 
 
 def _storage(env: Mapping[str, str], problems: list[str]) -> tuple[str, object]:

@@ -165,10 +165,12 @@ class FunctionServer:
     """``functions-framework --target webhook`` serving main.py in a subprocess."""
 
     def __init__(self, env: dict[str, str], workers: int = 1, target: str = "webhook", *,
-                 program: list[str] | None = None, inherit_env: bool = True) -> None:
+                 program: list[str] | None = None, inherit_env: bool = True,
+                 port: int | None = None) -> None:
         """Start the server; ``program`` replaces ``python -m functions_framework`` and
-        ``inherit_env=False`` passes ``env`` alone (with PATH), as a fresh shell would."""
-        self.port = free_port()
+        ``inherit_env=False`` passes ``env`` alone (with PATH), as a fresh shell would;
+        ``port``: a port chosen before (when ``env`` must name the server's own URL)."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         base = dict(os.environ) if inherit_env else {"PATH": os.environ.get("PATH", "")}
         full_env = {**base, **env, "WORKERS": str(workers), "THREADS": "8",

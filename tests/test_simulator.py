@@ -73,6 +73,10 @@ def test_every_text_arrives_once_and_in_order(store: SimulatedStore, tmp_path: P
     assert report.ok, report.summary()
     assert report.texts_sent > 0 and report.texts_delivered_once == report.texts_sent
     assert report.pairs_made == QUICK.users  # 8 pairs a round, 2 rounds
+    # Albums among the texts: each arrived once, whole, in order, as one album.
+    assert report.albums_sent > 0 and report.albums_whole == report.albums_sent, \
+        report.summary()
+    assert not report.albums_split, report.summary()
     # No fault, no error answer (a kept-alive connection the server closed while idle
     # can still be refused, and is re-delivered like any broken connection). On mongoeco,
     # an emulation at ~10 ms a write, a search that waits over 8 s for its language's
@@ -88,6 +92,9 @@ def test_faults_lose_and_double_nothing(store: SimulatedStore, tmp_path: Path):
     assert report.texts_sent == (report.texts_delivered_once + report.texts_cut_by_403
                                  + len(report.duplicates_in_send_record_window)), \
         report.summary()
+    assert report.albums_sent > 0 and report.albums_sent == (
+        report.albums_whole + report.albums_not_delivered_told
+        + report.albums_doubled_by_a_kill), report.summary()
     # The faults did happen, and were answered so that Telegram re-delivered.
     assert report.kills and report.outages == 1, report.summary()
     assert report.attempts > report.updates

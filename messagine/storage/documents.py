@@ -2,7 +2,7 @@
 
 Both stores keep the same fields under the same names, so each mapping between a
 document and a record (UserState, StoredProfile, ChatRecord, MessageLink, Report, the
-flood counters, a lobby entry) is written here once. A document is a plain mapping;
+flood counters, a lobby entry, an album) is written here once. A document is a plain mapping;
 the id, which MongoDB keeps in ``_id`` and Firestore in the document's name, is passed
 beside it. SQLite's rows name their columns the same way, so its data export reads
 through the same mappings. No driver is imported here.
@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from messagine.domain.age_gate import refusal_marker
+from messagine.domain.albums import Album, Batch, BatchState, Item
 from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
@@ -353,3 +354,31 @@ def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] 
         claims={int(key.removeprefix("u")): dict(entry)
                 for key, entry in (doc.get("claims") or {}).items()},
     )
+
+
+# -- albums --------------------------------------------------------------------------------
+
+def album_document(album: Album, expires: datetime | None = None) -> dict[str, Any]:
+    """An album record (``domain.albums``); ``expires``: its TTL field, where the store has one.
+
+    Items are maps, not pairs: Firestore holds no array inside an array.
+    """
+    doc: dict[str, Any] = {
+        "chat_id": album.chat_id, "sender_id": album.sender_id, "version": album.version,
+        "batches": [{"number": b.number, "state": b.state.value,
+                     "last_item_at": b.last_item_at, "update_id": b.update_id,
+                     "owner": b.owner, "lease_until": b.lease_until,
+                     "items": [{"id": i.message_id, "type": i.content_type} for i in b.items]}
+                    for b in album.batches]}
+    if expires is not None:
+        doc["expires_at"] = expires
+    return doc
+
+
+def album(key: str, doc: Mapping[str, Any]) -> Album:
+    """The album record of a document."""
+    return Album(key, int(doc["chat_id"]), int(doc["sender_id"]), tuple(
+        Batch(int(b["number"]), tuple(Item(int(i["id"]), str(i["type"])) for i in b["items"]),
+              BatchState(b["state"]), float(b["last_item_at"]), int(b["update_id"]),
+              str(b.get("owner", "")), float(b.get("lease_until", 0.0)))
+        for b in doc.get("batches") or ()), int(doc.get("version", 0)))

@@ -25,14 +25,15 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from messagine.domain import matching
+from messagine.domain import albums, matching
 from messagine.domain.age_gate import stores_profile
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
@@ -83,6 +84,7 @@ from messagine.storage.firestore_commit import (
 from messagine.storage.port import wrap_public_methods
 
 _PAGE = 50
+T = TypeVar("T")
 _PURGE_BATCH = 400  # a commit takes at most 500 writes
 _IDLE_SCAN = 5  # users read per idle chat returned at most (see MongoRepository)
 
@@ -383,6 +385,8 @@ class FirestoreRepository:
         for field_name in ("sender_id", "recipient_id"):
             counts["messages"] += self._delete_all(self._col("links").where(
                 filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
+        counts["messages"] += self._delete_all(self._col("albums").where(  # on their way
+            filter=FieldFilter("sender_id", "==", user_id)))
         stones, key = Tombstones(), protection_key(self._pepper, user_id)
         counts["exclusions"] += self._delete_all(self._col("exclusions").where(
             filter=FieldFilter("user_id", "==", user_id)))
@@ -927,6 +931,22 @@ class FirestoreRepository:
         if not snap.exists or snap.get("chat_id") != chat_id:
             return None
         return docs.message_link(snap.to_dict())
+
+    def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
+                     ) -> T:
+        """See ``Repository.change_album``: one read, one commit guarded by it."""
+        ref = self._col("albums").document(key)
+
+        def attempt() -> T:
+            (snap,) = self._get(ref)
+            album, answer = rule(docs.album(key, snap.to_dict()) if snap.exists else None)
+            if album is not None:
+                batch = Guarded(self.client, [snap])
+                batch.put(ref, docs.album_document(album, docs.utc(albums.expires_at(album))))
+                batch.commit()
+            return answer
+
+        return retrying("album", attempt)
 
     # -- statistics ----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pymongo
 from pymongo import ReturnDocument
@@ -33,8 +33,9 @@ from pymongo.errors import (
     DuplicateKeyError,
 )
 
-from messagine.domain import matching
+from messagine.domain import albums, matching
 from messagine.domain.age_gate import stores_profile
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
@@ -82,6 +83,9 @@ def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
     if not ids:
         return 0
     return int(collection.delete_many({"_id": {"$in": ids}, **query}).deleted_count)
+
+
+T = TypeVar("T")
 
 
 @wrap_public_methods(_unavailable_as_storage_error)
@@ -307,6 +311,8 @@ class MongoRepository:
             "lobby": db.lobby.delete_many({"_id": user_id}).deleted_count,
             "chats_anonymised": 0,
         }
+        # An album on its way: message ids too.
+        counts["messages"] += db.albums.delete_many({"sender_id": user_id}).deleted_count
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
             fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)))
             if fields is not None:
@@ -710,6 +716,23 @@ class MongoRepository:
             {"_id": f"{link.sender_id}:{link.sender_message_id}"},
             docs.link_document(link, docs.utc(link.sent_at) + self._message_retention),
             upsert=True)
+
+    def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
+                     ) -> T:
+        """See ``Repository.change_album``: written only if its version is still the one read."""
+        while True:  # another instance's write in between: read and decide again
+            doc = self.db.albums.find_one({"_id": key})
+            album, answer = rule(None if doc is None else docs.album(key, doc))
+            if album is None:
+                return answer
+            new = docs.album_document(album, docs.utc(albums.expires_at(album)))
+            with contextlib.suppress(DuplicateKeyError):
+                if doc is None:
+                    self.db.albums.insert_one({"_id": key, **new})
+                    return answer
+                if self.db.albums.replace_one({"_id": key, "version": doc["version"]},
+                                              new).matched_count:
+                    return answer
 
     def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
         """See ``Repository.find_message``."""

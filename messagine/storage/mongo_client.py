@@ -100,4 +100,5 @@ def create_indexes(db: Any, update_retention_s: int) -> None:
     db.users.create_index([("notice_pending", 1), ("noticed_at", 1)], name="users_noticed")
     db.claimed_updates.create_index(
         "claimed_at", name="claims_ttl", expireAfterSeconds=update_retention_s)
+    db.albums.create_index("expires_at", name="albums_ttl", expireAfterSeconds=0)
     db.meta.replace_one({"_id": "schema"}, {"version": SCHEMA_VERSION}, upsert=True)

@@ -1,6 +1,6 @@
 """The repository port: every storage operation the services use, in roles.
 
-Each role is a small protocol (claims, users, lobby, chats, message log, moderation, jobs,
+Each role is a small protocol (claims, users, lobby, chats, message log, albums, moderation, jobs,
 personal records); ``Repository`` is all of them, which each backend implements in one
 class, and each service depends only on the roles it uses.
 
@@ -16,6 +16,7 @@ import types
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S
 from messagine.domain.retention import Cutoffs
 from messagine.models import (
@@ -41,6 +42,7 @@ class StorageUnavailable(Exception):  # noqa: N818 - the name says what the call
 
 
 C = TypeVar("C", bound=type)
+T = TypeVar("T")
 
 
 def wrap_public_methods(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -222,6 +224,20 @@ class MessageLog(Protocol):
         ...
 
 
+class AlbumRecords(Protocol):
+    """The albums being collected (messagine.domain.albums)."""
+
+    def change_album(self, key: str,
+                     rule: Callable[[Album | None], tuple[Album | None, T]]) -> T:
+        """Apply ``rule`` to album ``key`` atomically and return what it says.
+
+        ``rule`` gets the record as stored (None: absent) and returns the record to store
+        (None: leave it as it is) and its answer. It may run more than once, when another
+        instance changed the record in between; only its last run's record is stored.
+        """
+        ...
+
+
 class ModerationRecords(Protocol):
     """Reports, exclusions and bans."""
 
@@ -353,8 +369,8 @@ class Schema(Protocol):
         ...
 
 
-class Repository(UpdateClaims, Users, Lobby, Chats, MessageLog, ModerationRecords, Jobs,
-                 Retained, PersonalRecords, Schema, Protocol):
+class Repository(UpdateClaims, Users, Lobby, Chats, MessageLog, AlbumRecords, ModerationRecords,
+                 Jobs, Retained, PersonalRecords, Schema, Protocol):
     """The whole storage port, as each backend implements it in one class.
 
     Services depend on the slice they use (each service module names its own, from the

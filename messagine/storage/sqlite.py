@@ -11,11 +11,13 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from messagine.domain import matching
+from messagine.domain import albums, matching
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
@@ -75,6 +77,7 @@ FROM lobby l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
 _PAGE = 50
+T = TypeVar("T")
 
 
 class SqliteRepository:
@@ -279,6 +282,9 @@ class SqliteRepository:
                 "lobby": conn.execute("DELETE FROM lobby WHERE user_id = ?",
                                       (user_id,)).rowcount,
             }
+            counts["messages"] += conn.execute(  # an album on its way: message ids too
+                "DELETE FROM albums WHERE json_extract(doc, '$.sender_id') = ?",
+                (user_id,)).rowcount
             conn.execute("DELETE FROM memberships WHERE user_id = ? OR partner_id = ?",
                          (user_id, user_id))
             chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
@@ -332,7 +338,8 @@ class SqliteRepository:
                 "messages": purge(conn, "message_links", "sent_at < ?",
                                   now - retention.messages_s),
                 "claims": purge(conn, "claimed_updates", "claimed_at < ?",
-                                now - retention.claims_s),
+                                now - retention.claims_s)
+                + purge(conn, "albums", "expires_at < ?", now),  # an album is a claim too
                 "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
                                now - retention.chats_s),
                 "reports": purge(conn, "reports", "created_at < ?", now - retention.reports_s),
@@ -665,6 +672,18 @@ class SqliteRepository:
                 (link.chat_id, link.sender_id, link.sender_message_id, link.recipient_id,
                  link.copy_message_id, link.content_type, link.sent_at),
             )
+
+    def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
+                     ) -> T:
+        """See ``Repository.change_album``: read, apply and write in one transaction."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT doc FROM albums WHERE key = ?", (key,)).fetchone()
+            album, answer = rule(docs.album(key, json.loads(row[0])) if row else None)
+            if album is not None:
+                conn.execute("INSERT OR REPLACE INTO albums (key, doc, expires_at) VALUES"
+                             " (?, ?, ?)", (key, json.dumps(docs.album_document(album)),
+                                            albums.expires_at(album)))
+            return answer
 
     def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
         """See ``Repository.find_message``."""

@@ -100,6 +100,11 @@ CREATE INDEX IF NOT EXISTS reports_by_time ON reports (created_at);
 CREATE INDEX IF NOT EXISTS reports_by_reporter ON reports (reporter_id);
 CREATE INDEX IF NOT EXISTS chats_by_start ON chats (started_at);
 CREATE INDEX IF NOT EXISTS lobby_by_since ON lobby (since);
+CREATE TABLE IF NOT EXISTS albums (
+    key TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 # Indexes on columns that _ADDED_COLUMNS may have just added.
