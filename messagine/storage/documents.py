@@ -295,3 +295,46 @@ def user_records(profile: StoredProfile, chats: Iterable[tuple[int, Mapping[str,
         [(int(d["other_id"]), d["reason"], d["created_at"]) for d in exclusions],
         sorted(((int(d["reported_id"]), d["reason"], d["created_at"], d["status"])
                 for d in reports), key=lambda r: r[2]))
+
+
+# -- counting ------------------------------------------------------------------------------
+
+Filter = tuple[str, str, Any]
+"""A condition on one field: (field, operator, value), in Firestore's operators ("==",
+"!=", "<", ">=", "array_contains"), which the MongoDB adapter translates."""
+
+Query = tuple[str, tuple[Filter, ...]]
+"""A collection and the filters that select from it."""
+
+_ACTIVE: Filter = ("ended_at", "==", None)
+_ENDED: Filter = ("ended_at", "!=", None)
+
+
+def count_queries(user_id: int) -> dict[str, Query]:
+    """What /about counts (``Counts``), by its fields."""
+    return {"users": ("users", ()), "active_chats": ("chats", (_ACTIVE,)),
+            "previous_chats": ("chats", (_ENDED,)),
+            "my_previous_chats": ("chats", (("users", "array_contains", user_id), _ENDED)),
+            "waiting": ("lobby", ())}
+
+
+def moderation_queries(since: float) -> dict[str, Query]:
+    """What /stats counts (``ModerationStats``), by its fields; "today" is from ``since``."""
+    return {"users": ("users", ()), "waiting": ("lobby", ()),
+            "active_chats": ("chats", (_ACTIVE,)),
+            "chats_today": ("chats", (("started_at", ">=", since),)),
+            "reports_today": ("reports", (("created_at", ">=", since),))}
+
+
+def nudge_due(idle_before: float) -> tuple[Filter, ...]:
+    """The users a reminder is due to, before the reasons that exclude some of them."""
+    return ("nudge_pending", "==", True), ("last_seen", "<", idle_before)
+
+
+def idle_excluded_queries(idle_before: float) -> dict[str, Query]:
+    """The due users no reminder goes to, by reason; each reason leaves out the ones before."""
+    due = nudge_due(idle_before)
+    return {"blocked": ("users", (*due, ("blocked", "==", True))),
+            "banned": ("users", (*due, ("blocked", "==", False), ("banned", "==", True))),
+            "opted_out": ("users", (*due, ("blocked", "==", False), ("banned", "==", False),
+                                    ("reminders_off", "==", True)))}

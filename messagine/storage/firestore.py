@@ -62,7 +62,7 @@ from messagine.storage.firestore_commit import (
     Guarded,
     claim_each,
     commit_unless_beaten,
-    retrying,
+    optimistic,
     unavailable_as_storage_error,
     update_guarded,
 )
@@ -139,8 +139,19 @@ class FirestoreRepository:
     def _stream(self, query: Any) -> Iterator[Any]:
         return query.stream(**CALL)  # type: ignore[no-any-return]
 
-    def _count(self, query: Any) -> int:
-        return int(query.count().get(**CALL)[0][0].value)
+    def _where(self, query: Any, *filters: docs.Filter) -> Any:
+        """``query`` (or the collection of that name) narrowed by ``filters``."""
+        query = self._col(query) if isinstance(query, str) else query
+        for field_name, operator, value in filters:
+            query = query.where(filter=FieldFilter(field_name, operator, value))
+        return query
+
+    def _count(self, query: Any, *filters: docs.Filter) -> int:
+        return int(self._where(query, *filters).count().get(**CALL)[0][0].value)
+
+    def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
+        return {name: self._count(collection, *filters)
+                for name, (collection, filters) in queries.items()}
 
     def _guarded(self, *read: Any) -> Guarded:
         return Guarded(self.client, read)
@@ -170,6 +181,7 @@ class FirestoreRepository:
 
     # -- updates and users ---------------------------------------------------------------
 
+    @optimistic
     def open_update(
         self, update_id: int, profile: Profile | None, default_language: str, now: float,
         album: str | None = None, owner: str = "", lease_s: float = LEASE_S,
@@ -188,12 +200,6 @@ class FirestoreRepository:
             except gexc.AlreadyExists:
                 return OpenedUpdate(duplicate=True)
             return OpenedUpdate(duplicate=False)
-        return retrying("open_update", lambda: self._open_update_once(
-            update_id, profile, default_language, now, album, owner, lease_s))
-
-    def _open_update_once(self, update_id: int, profile: Profile, default_language: str,
-                          now: float, album: str | None, owner: str, lease_s: float
-                          ) -> OpenedUpdate:
         (snap,) = self._get(self._user(profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
         decision, claim = decide(docs.stored_claim(doc, update_id), update_id, owner, now,
@@ -232,8 +238,8 @@ class FirestoreRepository:
 
     def release_update(self, update_id: int, owner: str | None = None) -> None:
         """See ``Repository.release_update``."""
-        for snap in self._stream(self._col("users").where(
-                filter=FieldFilter("recent_updates", "array_contains", update_id))):
+        for snap in self._stream(self._where("users",
+                                             ("recent_updates", "array_contains", update_id))):
             entry = (snap.to_dict().get("claims") or {}).get(docs.claim_key(update_id)) or {}
             if owner is not None and entry.get("owner") not in (None, owner):
                 continue  # taken over by another attempt since: theirs now
@@ -242,42 +248,40 @@ class FirestoreRepository:
                                   **WRITE)
         self._col("claims").document(str(update_id)).delete(**WRITE)
 
+    @optimistic
     def set_language(self, user_id: int, language: str) -> UserState:
         """See ``Repository.set_language``: the user and their lobby entry change together."""
-        def attempt() -> UserState:
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
-            if not user.exists:
-                raise LookupError(f"unknown user {user_id}")
-            doc = user.to_dict()
-            if doc.get("chat") or doc["language"] == language:
-                return self._state(user)
-            batch = self._guarded(user, entry)
-            batch.put(user.reference, {"language": language})
-            if entry.exists:
-                batch.put(entry.reference, {"language": language})
-            batch.commit()
-            return docs.user_state(user_id, {**doc, "language": language})
+        user, entry = self._get(self._user(user_id), self._entry(user_id))
+        if not user.exists:
+            raise LookupError(f"unknown user {user_id}")
+        doc = user.to_dict()
+        if doc.get("chat") or doc["language"] == language:
+            return self._state(user)
+        batch = self._guarded(user, entry)
+        batch.put(user.reference, {"language": language})
+        if entry.exists:
+            batch.put(entry.reference, {"language": language})
+        batch.commit()
+        return docs.user_state(user_id, {**doc, "language": language})
 
-        return retrying("set_language", attempt)
-
+    @optimistic
     def _set_flags(self, user_id: int, fields: Mapping[str, Any], *,
-                   leave_lobby: bool = False) -> bool:
-        """Set fields of a user (False for an unknown user), optionally leaving the lobby."""
-        def attempt() -> bool:
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
-            if not user.exists:
-                return False
-            batch = self._guarded(user, entry)
-            changes = dict(fields)
-            if leave_lobby and entry.exists:
-                batch.delete(entry.reference)
-                if not user.to_dict().get("chat"):
-                    changes["waiting_since"] = None
-            batch.put(user.reference, changes)
-            batch.commit()
-            return True
+                   leave_lobby: bool = False) -> tuple[bool, bool]:
+        """Set fields of a user, optionally leaving the lobby; whether user and entry were.
 
-        return retrying("user update", attempt)
+        An unknown user's fields are not set.
+        """
+        user, entry = self._get(self._user(user_id), self._entry(user_id))
+        batch = self._guarded(user, entry)
+        changes = dict(fields)
+        if leave_lobby and entry.exists:
+            batch.delete(entry.reference)
+            if user.exists and not user.to_dict().get("chat"):
+                changes["waiting_since"] = None
+        if user.exists and changes:
+            batch.put(user.reference, changes)
+        batch.commit()
+        return user.exists, entry.exists
 
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """See ``Repository.set_blocked``."""
@@ -298,7 +302,7 @@ class FirestoreRepository:
 
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
-        return self._set_flags(user_id, {"banned": banned}, leave_lobby=banned)
+        return self._set_flags(user_id, {"banned": banned}, leave_lobby=banned)[0]
 
     # -- privacy -------------------------------------------------------------------------
 
@@ -310,80 +314,68 @@ class FirestoreRepository:
         return docs.user_records(
             docs.stored_profile(user_id, user.to_dict(),
                                 entry.to_dict() if entry.exists else None),
-            ((int(snap.id), snap.to_dict()) for snap in self._chats_of(user_id)),
-            self._docs(self._col("links").where(filter=FieldFilter("sender_id", "==", user_id))
-                       .where(filter=FieldFilter("role", "==", "sent"))),
-            self._docs(self._col("exclusions").where(
-                filter=FieldFilter("user_id", "==", user_id))),
-            self._docs(self._col("reports").where(
-                filter=FieldFilter("reporter_id", "==", user_id))))
+            ((int(snap.id), snap.to_dict()) for snap in self._stream(self._chats_of(user_id))),
+            self._docs("links", ("sender_id", "==", user_id), ("role", "==", "sent")),
+            self._docs("exclusions", ("user_id", "==", user_id)),
+            self._docs("reports", ("reporter_id", "==", user_id)))
 
-    def _docs(self, query: Any) -> Iterator[dict[str, Any]]:
-        return (snap.to_dict() for snap in self._stream(query))
+    def _docs(self, collection: str, *filters: docs.Filter) -> Iterator[dict[str, Any]]:
+        return (snap.to_dict() for snap in self._stream(self._where(collection, *filters)))
 
-    def _chats_of(self, user_id: int) -> Iterator[Any]:
-        return self._stream(self._col("chats").where(
-            filter=FieldFilter("users", "array_contains", user_id)))
+    def _chats_of(self, user_id: int) -> Any:
+        return self._where("chats", ("users", "array_contains", user_id))
 
     def _latest_chats(self, user_id: int, limit: int) -> Iterator[Any]:
         """The user's chats, newest first (a chat made by a later update is newer)."""
         descending = firestore.Query.DESCENDING
-        return self._stream(self._col("chats").where(
-            filter=FieldFilter("users", "array_contains", user_id))
-            .order_by("started_at", direction=descending)
-            .order_by("opened_by_update", direction=descending).limit(limit))
+        return self._stream(self._chats_of(user_id).order_by("started_at", direction=descending)
+                            .order_by("opened_by_update", direction=descending).limit(limit))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
-        counts = {"messages": 0, "exclusions": 0, "lobby": 0, "chats_anonymised": 0}
-
-        def erase() -> tuple[int, int, int]:
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
-            batch = self._guarded(user, entry)
-            batch.delete(entry.reference)
-            banned = user.exists and bool(user.to_dict().get("banned"))
-            if banned:  # a ban outlives erasure (domain.erasure): only the remnant stays
-                batch.replace(user.reference, docs.remnant_document(user_id))
-            else:
-                batch.delete(user.reference)
-            batch.commit()
-            return int(entry.exists), int(banned), int(user.exists and not banned)
-
         # First out of the lobby and the users, in one guarded commit: from then on no
         # search can pair them, so the chats below are all there will ever be.
-        counts["lobby"], counts["kept_for_ban"], counts["profile"] = retrying("erase", erase)
-        for field_name in ("sender_id", "recipient_id"):
-            counts["messages"] += self._delete_all(self._col("links").where(
-                filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
-        for field_name in ("user_id", "other_id"):
-            counts["exclusions"] += self._delete_all(self._col("exclusions").where(
-                filter=FieldFilter(field_name, "==", user_id)))
-        for snap in self._chats_of(user_id):
-            counts["chats_anonymised"] += update_guarded(self.client,
-                snap.reference, lambda doc: docs.anonymised_chat(doc, user_id, tombstone()))
-        for snap in self._stream(self._col("users").where(
-                filter=FieldFilter("chat.partner", "==", user_id))):
+        counts = self._erase_profile(user_id)
+        counts["messages"] = sum(self._delete_all(self._where("links", (name, "==", user_id)),
+                                                  count_role="sent")
+                                 for name in ("sender_id", "recipient_id"))
+        counts["exclusions"] = sum(self._delete_all(self._where("exclusions",
+                                                                (name, "==", user_id)))
+                                   for name in ("user_id", "other_id"))
+        counts["chats_anonymised"] = 0
+        for snap in self._stream(self._chats_of(user_id)):
+            counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
+                lambda doc: docs.anonymised_chat(doc, user_id, tombstone()))
+        for snap in self._stream(self._where("users", ("chat.partner", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
                 doc.get("chat") or {}).get("partner") == user_id else None)
-        for snap in self._stream(self._col("reports").where(
-                filter=FieldFilter("reporter_id", "==", user_id))):
+        for snap in self._stream(self._where("reports", ("reporter_id", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {
                 "reporter_id": tombstone()} if doc.get("reporter_id") == user_id else None)
         return counts
 
+    @optimistic
+    def _erase_profile(self, user_id: int) -> dict[str, int]:
+        """Take the user out of the lobby and delete their document (a ban keeps a remnant)."""
+        user, entry = self._get(self._user(user_id), self._entry(user_id))
+        batch = self._guarded(user, entry)
+        batch.delete(entry.reference)
+        banned = user.exists and bool(user.to_dict().get("banned"))
+        if banned:  # a ban outlives erasure (domain.erasure): only the remnant stays
+            batch.replace(user.reference, docs.remnant_document(user_id))
+        else:
+            batch.delete(user.reference)
+        batch.commit()
+        return {"lobby": int(entry.exists), "kept_for_ban": int(banned),
+                "profile": int(user.exists and not banned)}
+
     def _delete_all(self, query: Any, count_role: str | None = None) -> int:
         """Delete what ``query`` finds, in batches; counts documents (of ``count_role``)."""
         deleted = 0
-        while True:
-            snaps = list(self._stream(query.limit(_PURGE_BATCH)))
-            if not snaps:
-                return deleted
-            batch = self.client.batch()
-            for snap in snaps:
-                batch.delete(snap.reference)
-                if count_role is None or snap.to_dict().get("role") == count_role:
-                    deleted += 1
-            batch.commit(**WRITE)
+        while snaps := list(self._stream(query.limit(_PURGE_BATCH))):
+            self._delete_refs([snap.reference for snap in snaps])
+            deleted += sum(count_role in (None, snap.to_dict().get("role")) for snap in snaps)
+        return deleted
 
     @unavailable_as_storage_error
     def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
@@ -393,24 +385,22 @@ class FirestoreRepository:
         about a day of expiry; this keeps the published retention. A message is two
         documents (one per end) with the same ``sent_at``; both go, and count once.
         """
-        links = self._stream(self._col("links").where(
-            filter=FieldFilter("sent_at", "<", now - retention.messages_s)).limit(2 * limit))
+        links = self._where("links", ("sent_at", "<", now - retention.messages_s))
         messages: dict[tuple[int, int], list[Any]] = {}
-        for snap in links:
+        for snap in self._stream(links.limit(2 * limit)):
             doc = snap.to_dict()
             key = (int(doc["sender_id"]), int(doc["sender_message_id"]))
             if key not in messages and len(messages) < limit:
                 messages[key] = [self._link_ref(*key), self._link_ref(
                     int(doc["recipient_id"]), int(doc["copy_message_id"]))]
-        claims = self._stream(self._col("claims").where(
-            filter=FieldFilter("claimed_at", "<", now - retention.claims_s)).limit(limit))
-        chats = self._stream(self._col("chats").where(
-            filter=FieldFilter("ended_at", "<", now - retention.chats_s)).limit(limit))
-        claim_refs = [snap.reference for snap in claims]
-        chat_refs = [snap.reference for snap in chats]
-        self._delete_refs([ref for pair in messages.values() for ref in pair]
-                          + claim_refs + chat_refs)
-        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs)}
+        claims = self._refs(self._where("claims", ("claimed_at", "<", now - retention.claims_s)),
+                            limit)
+        chats = self._refs(self._where("chats", ("ended_at", "<", now - retention.chats_s)), limit)
+        self._delete_refs([ref for pair in messages.values() for ref in pair] + claims + chats)
+        return {"messages": len(messages), "claims": len(claims), "chats": len(chats)}
+
+    def _refs(self, query: Any, limit: int) -> list[Any]:
+        return [snap.reference for snap in self._stream(query.limit(limit))]
 
     def _delete_refs(self, refs: list[Any]) -> None:
         """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""
@@ -430,11 +420,9 @@ class FirestoreRepository:
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
-        query = (self._col("links").where(filter=FieldFilter("chat_id", "==", chat_id))
-                 .where(filter=FieldFilter("sender_id", "==", sender_id))
-                 .where(filter=FieldFilter("role", "==", "sent"))
-                 .order_by("sender_message_id", direction=firestore.Query.DESCENDING)
-                 .limit(limit))
+        query = self._where("links", ("chat_id", "==", chat_id), ("sender_id", "==", sender_id),
+                            ("role", "==", "sent")).order_by(
+            "sender_message_id", direction=firestore.Query.DESCENDING).limit(limit)
         return sorted(int(snap.get("sender_message_id")) for snap in self._stream(query))
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
@@ -446,43 +434,28 @@ class FirestoreRepository:
             docs.report_document(report), **WRITE)
         return report
 
+    @optimistic
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """See ``Repository.resolve_report``: the open -> status change is won once."""
-        def attempt() -> Report | None:
-            (snap,) = self._get(self._col("reports").document(str(report_id)))
-            if not snap.exists or snap.get("status") != "open":
-                return None
-            batch = self._guarded(snap)
-            batch.put(snap.reference, {"status": status})
-            batch.commit()
-            return docs.report(report_id, {**snap.to_dict(), "status": status})
-
-        return retrying("resolve_report", attempt)
+        (snap,) = self._get(self._col("reports").document(str(report_id)))
+        if not snap.exists or snap.get("status") != "open":
+            return None
+        batch = self._guarded(snap)
+        batch.put(snap.reference, {"status": status})
+        batch.commit()
+        return docs.report(report_id, {**snap.to_dict(), "status": status})
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats`` (count aggregations: no document is read)."""
-        chats = self._col("chats")
-        return ModerationStats(
-            users=self._count(self._col("users")),
-            waiting=self._count(self._col("lobby")),
-            active_chats=self._count(chats.where(filter=FieldFilter("ended_at", "==", None))),
-            chats_today=self._count(chats.where(filter=FieldFilter("started_at", ">=", since))),
-            reports_today=self._count(self._col("reports").where(
-                filter=FieldFilter("created_at", ">=", since))),
-        )
+        return ModerationStats(**self._count_each(docs.moderation_queries(since)))
 
     # -- reminders -----------------------------------------------------------------------
 
-    def _due(self, idle_before: float) -> Any:
-        return (self._col("users").where(filter=FieldFilter("nudge_pending", "==", True))
-                .where(filter=FieldFilter("last_seen", "<", idle_before)))
-
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """See ``Repository.claim_nudges``: each user claimed by one guarded commit."""
-        query = (self._due(idle_before).where(filter=FieldFilter("blocked", "==", False))
-                 .where(filter=FieldFilter("banned", "==", False))
-                 .where(filter=FieldFilter("reminders_off", "==", False))
-                 .order_by("last_seen"))
+        query = self._where("users", *docs.nudge_due(idle_before), ("blocked", "==", False),
+                            ("banned", "==", False), ("reminders_off", "==", False)
+                            ).order_by("last_seen")
         return claim_each(query, limit,
                           lambda snap: self._claim_nudge(snap, idle_before, now))
 
@@ -501,24 +474,13 @@ class FirestoreRepository:
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
-        due = self._due(idle_before)
-        blocked = FieldFilter("blocked", "==", True)
-        not_blocked = FieldFilter("blocked", "==", False)
-        return {
-            "blocked": self._count(due.where(filter=blocked)),
-            "banned": self._count(due.where(filter=not_blocked).where(
-                filter=FieldFilter("banned", "==", True))),
-            "opted_out": self._count(due.where(filter=not_blocked).where(
-                filter=FieldFilter("banned", "==", False)).where(
-                filter=FieldFilter("reminders_off", "==", True))),
-        }
+        return self._count_each(docs.idle_excluded_queries(idle_before))
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``: each entry removed by one guarded commit."""
         expired: list[tuple[int, str]] = []
-        for entry in list(self._stream(self._col("lobby").where(
-                filter=FieldFilter("since", "<", waiting_before)).order_by("since")
-                .limit(limit))):
+        for entry in list(self._stream(self._where("lobby", ("since", "<", waiting_before))
+                                       .order_by("since").limit(limit))):
             user_id = int(entry.id)
             (user,) = self._get(self._user(user_id))
             batch = self._guarded(entry, user)
@@ -537,11 +499,8 @@ class FirestoreRepository:
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
         counts: dict[int, int] = {}
-        for snap in self._stream(self._col("links").where(
-                filter=FieldFilter("chat_id", "==", chat_id)).where(
-                filter=FieldFilter("role", "==", "sent"))):
-            sender = int(snap.get("sender_id"))
-            counts[sender] = counts.get(sender, 0) + 1
+        for doc in self._docs("links", ("chat_id", "==", chat_id), ("role", "==", "sent")):
+            counts[int(doc["sender_id"])] = counts.get(int(doc["sender_id"]), 0) + 1
         return counts
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
@@ -564,8 +523,7 @@ class FirestoreRepository:
                 user_id, ([int(u) for u in snap.get("users")] for snap in chats),
                 recent_partners),
             ((int(d["user_id"]), int(d["other_id"])) for field_name in ("user_id", "other_id")
-             for d in self._docs(self._col("exclusions").where(
-                 filter=FieldFilter(field_name, "==", user_id)))))
+             for d in self._docs("exclusions", (field_name, "==", user_id))))
 
     def _candidates(self, seeker: matching.Seeker,
                     joined_before: tuple[datetime, str] | None = None) -> Iterator[Any]:
@@ -574,9 +532,8 @@ class FirestoreRepository:
         Read a page at a time, longest waiting first; ``joined_before``: only entries
         created before this (time, id).
         """
-        query = self._col("lobby").where(
-            filter=FieldFilter("language", "==", seeker.pool)).order_by("since").order_by(
-            "__name__")
+        query = self._where("lobby", ("language", "==", seeker.pool)).order_by(
+            "since").order_by("__name__")
         last = None
         while True:
             page = list(self._stream((query.start_after(last) if last else query)
@@ -638,10 +595,10 @@ class FirestoreRepository:
                                          own_entry=joined_at)
                     if matched is not None:
                         return matched
-            return matching.queued(bool(was_waiting), self._count(self._col("lobby").where(
-                filter=FieldFilter("language", "==", pool))))
+            return matching.queued(bool(was_waiting),
+                                   self._count("lobby", ("language", "==", pool)))
 
-        return retrying("find_partner", attempt)
+        return optimistic(attempt)()
 
     def _pair(self, seeker: matching.Seeker, candidate: Any, now: float, update_id: int,
               own_entry: datetime | None) -> MatchResult | None:
@@ -689,52 +646,35 @@ class FirestoreRepository:
         return matching.resume_search(
             chat, record.get("opened_by_update") if record.exists else None, update_id)
 
+    @optimistic
     def join_any_language(self, user_id: int) -> bool:
         """See ``Repository.join_any_language``."""
-        def attempt() -> bool:
-            (entry,) = self._get(self._entry(user_id))
-            if not entry.exists:
-                return False
-            if entry.get("language") != "*":
-                batch = self._guarded(entry)
-                batch.put(entry.reference, {"language": "*", "offered": True})
-                batch.commit()
-            return True
-
-        return retrying("join_any_language", attempt)
+        (entry,) = self._get(self._entry(user_id))
+        if not entry.exists:
+            return False
+        if entry.get("language") != "*":
+            batch = self._guarded(entry)
+            batch.put(entry.reference, {"language": "*", "offered": True})
+            batch.commit()
+        return True
 
     def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.claim_language_offers``: each entry claimed by a guarded commit."""
-        query = (self._col("lobby").where(filter=FieldFilter("offered", "==", False))
-                 .where(filter=FieldFilter("since", "<", waiting_before)).order_by("since"))
+        query = self._where("lobby", ("offered", "==", False),
+                            ("since", "<", waiting_before)).order_by("since")
         return claim_each(query, limit, lambda entry: (
             (int(entry.id), str(entry.get("language")))
             if commit_unless_beaten(self.client, entry, {"offered": True}) else None))
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""
-        def attempt() -> bool:
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
-            if not entry.exists:
-                return False
-            batch = self._guarded(user, entry)
-            batch.delete(entry.reference)
-            if user.exists and not user.to_dict().get("chat"):
-                batch.put(user.reference, {"waiting_since": None})
-            batch.commit()
-            return True
+        return self._set_flags(user_id, {}, leave_lobby=True)[1]
 
-        return retrying("leave_lobby", attempt)
-
+    @optimistic
     def end_chat(
         self, user_id: int, reason: EndReason, now: float, update_id: int
     ) -> EndedChat | None:
         """See ``Repository.end_chat``: the chat's null ``ended_at`` is won once."""
-        return retrying("end_chat", lambda: self._end_chat_once(user_id, reason, now,
-                                                                 update_id))
-
-    def _end_chat_once(self, user_id: int, reason: EndReason, now: float,
-                       update_id: int) -> EndedChat | None:
         (user,) = self._get(self._user(user_id))
         chat = user.to_dict().get("chat") if user.exists else None
         if not chat:
@@ -763,8 +703,7 @@ class FirestoreRepository:
 
     def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
         """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
-        for snap in self._stream(self._col("chats").where(
-                filter=FieldFilter("closed_by_update", "==", update_id))):
+        for snap in self._stream(self._where("chats", ("closed_by_update", "==", update_id))):
             users = [int(u) for u in snap.get("users")]
             if user_id in users:
                 partner_id = next(u for u in users if u != user_id)
@@ -806,13 +745,4 @@ class FirestoreRepository:
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts`` (count aggregations)."""
-        chats = self._col("chats")
-        return Counts(
-            users=self._count(self._col("users")),
-            active_chats=self._count(chats.where(filter=FieldFilter("ended_at", "==", None))),
-            previous_chats=self._count(chats.where(filter=FieldFilter("ended_at", "!=", None))),
-            my_previous_chats=self._count(chats.where(
-                filter=FieldFilter("users", "array_contains", user_id)).where(
-                filter=FieldFilter("ended_at", "!=", None))),
-            waiting=self._count(self._col("lobby")),
-        )
+        return Counts(**self._count_each(docs.count_queries(user_id)))
