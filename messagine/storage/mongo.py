@@ -22,15 +22,13 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import (
-    DuplicateKeyError,
-)
+from pymongo.errors import DuplicateKeyError
 
 from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
@@ -62,6 +60,24 @@ from messagine.storage.mongo_client import (
 from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
 from messagine.storage.port import wrap_public_methods
+
+_OPERATORS = {"!=": "$ne", "<": "$lt", ">=": "$gte"}
+
+
+def _match(filters: Iterable[docs.Filter]) -> dict[str, Any]:
+    """``filters`` as a MongoDB query ("==" and "array_contains" are plain equality here)."""
+    return {name: {_OPERATORS[op]: value} if op in _OPERATORS else value
+            for name, op, value in filters}
+
+
+def _claim_each(collection: Any, query: dict[str, Any], claimed: dict[str, Any], limit: int,
+                **options: Any) -> list[dict[str, Any]]:
+    """Set ``claimed`` in up to ``limit`` documents matching ``query``, one at a time."""
+    found: list[dict[str, Any]] = []
+    while len(found) < limit and (doc := collection.find_one_and_update(
+            query, {"$set": claimed}, **options)) is not None:
+        found.append(doc)
+    return found
 
 
 def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
@@ -228,14 +244,11 @@ class MongoRepository:
             raise LookupError(f"unknown user {user_id}")
         if doc.get("chat") or doc["language"] == language:
             return self._state(doc)
-        if doc.get("waiting_since") is None:
-            doc = self.db.users.find_one_and_update(
-                {"_id": user_id, "chat": None}, {"$set": {"language": language}},
-                projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
-            return self._state(doc or self.db.users.find_one({"_id": user_id}))
-        with self._pool_lock(self._pool_of(user_id, doc["language"])):
-            entry = self.db.lobby.find_one_and_delete({"_id": user_id})
-        with self._pool_lock(language):
+        waiting, entry = doc.get("waiting_since") is not None, None
+        if waiting:
+            with self._pool_lock(self._pool_of(user_id, doc["language"])):
+                entry = self.db.lobby.find_one_and_delete({"_id": user_id})
+        with self._pool_lock(language) if waiting else contextlib.nullcontext():
             doc = self.db.users.find_one_and_update(
                 {"_id": user_id, "chat": None}, {"$set": {"language": language}},
                 projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
@@ -246,10 +259,15 @@ class MongoRepository:
 
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """See ``Repository.set_blocked``."""
+        self._set_flag(user_id, "blocked", blocked)
+
+    def _set_flag(self, user_id: int, flag: str, value: bool) -> bool:
+        """Set the user's blocked or banned flag (False: unknown user); set, it leaves the lobby."""
         doc = self.db.users.find_one_and_update(
-            {"_id": user_id}, {"$set": {"blocked": blocked}}, projection={"language": 1})
-        if blocked and doc is not None:
+            {"_id": user_id}, {"$set": {flag: value}}, projection={"language": 1})
+        if value and doc is not None:
             self._leave_lobby(user_id, doc["language"])
+        return doc is not None
 
     def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
         """See ``Repository.set_analytics_opt_out``."""
@@ -347,42 +365,25 @@ class MongoRepository:
 
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
-        doc = self.db.users.find_one_and_update(
-            {"_id": user_id}, {"$set": {"banned": banned}}, projection={"language": 1})
-        if doc is None:
-            return False
-        if banned:
-            self._leave_lobby(user_id, doc["language"])
-        return True
+        return self._set_flag(user_id, "banned", banned)
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats``."""
-        db = self.db
-        return ModerationStats(
-            users=db.users.estimated_document_count(),
-            waiting=db.lobby.estimated_document_count(),
-            active_chats=db.chats.count_documents({"ended_at": None}),
-            chats_today=db.chats.count_documents({"started_at": {"$gte": since}}),
-            reports_today=db.reports.count_documents({"created_at": {"$gte": since}}),
-        )
+        return ModerationStats(**self._count_each(docs.moderation_queries(since)))
 
-    def _due(self, idle_before: float) -> dict[str, Any]:
-        return {"nudge_pending": True, "last_seen": {"$lt": idle_before}}
+    def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
+        """Each query's count; a whole collection's is the cheap estimate."""
+        return {name: self.db[collection].count_documents(_match(filters)) if filters
+                else self.db[collection].estimated_document_count()
+                for name, (collection, filters) in queries.items()}
 
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """See ``Repository.claim_nudges``: each user claimed by one conditional update."""
-        claimed: list[Nudge] = []
-        while len(claimed) < limit:
-            doc = self.db.users.find_one_and_update(
-                {**self._due(idle_before), "blocked": False, "banned": False,
-                 "reminders_off": {"$ne": True}},
-                {"$set": {"nudge_pending": False, "reminded_at": now}},
-                projection={"language": 1, "chat": 1, "waiting_since": 1},
-                sort=[("last_seen", 1)])
-            if doc is None:
-                break
-            claimed.append(docs.nudge(int(doc["_id"]), doc))
-        return claimed
+        return [docs.nudge(int(doc["_id"]), doc) for doc in _claim_each(
+            self.db.users, {**_match(docs.nudge_due(idle_before)), "blocked": False,
+                            "banned": False, "reminders_off": {"$ne": True}},
+            {"nudge_pending": False, "reminded_at": now}, limit,
+            projection={"language": 1, "chat": 1, "waiting_since": 1}, sort=[("last_seen", 1)])]
 
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
@@ -390,14 +391,7 @@ class MongoRepository:
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
-        users = self.db.users
-        due = self._due(idle_before)
-        return {
-            "blocked": users.count_documents({**due, "blocked": True}),
-            "banned": users.count_documents({**due, "blocked": False, "banned": True}),
-            "opted_out": users.count_documents({**due, "blocked": False, "banned": False,
-                                                "reminders_off": True}),
-        }
+        return self._count_each(docs.idle_excluded_queries(idle_before))
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``: each removal under its pool's lease."""
@@ -531,16 +525,10 @@ class MongoRepository:
 
     def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.claim_language_offers``: one conditional update per user."""
-        claimed: list[tuple[int, str]] = []
-        while len(claimed) < limit:
-            entry = self.db.lobby.find_one_and_update(
-                {"since": {"$lt": waiting_before}, "language": {"$ne": "*"},
-                 "offered": {"$ne": True}}, {"$set": {"offered": True}},
-                projection={"language": 1}, sort=[("since", 1)])
-            if entry is None:
-                break
-            claimed.append((int(entry["_id"]), str(entry["language"])))
-        return claimed
+        return [(int(entry["_id"]), str(entry["language"])) for entry in _claim_each(
+            self.db.lobby, {"since": {"$lt": waiting_before}, "language": {"$ne": "*"},
+                            "offered": {"$ne": True}}, {"offered": True}, limit,
+            projection={"language": 1}, sort=[("since", 1)])]
 
     def _resumed_chat(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
         chat = docs.active_chat(doc)
@@ -573,33 +561,26 @@ class MongoRepository:
             if not matching.may_end(reason, opened.get("opened_by_update"), update_id):
                 chat = None  # this update opened it: a re-delivered /next resumes instead
         if chat:
+            chat_id, partner_id = int(chat["id"]), int(chat["partner"])
             ended = self.db.chats.find_one_and_update(
-                {"_id": chat["id"], "ended_at": None},
+                {"_id": chat_id, "ended_at": None},
                 {"$set": docs.ended_fields(user_id, reason, now, update_id,
                                            docs.utc(now) + self._chat_retention)},
-                projection={"users": 1})
-            if ended is None:
-                # The partner ended it first; tidy our side if they have not yet.
-                closed = self.db.chats.find_one({"_id": chat["id"]}, {"closed_by_update": 1})
-                self._clear_chat(chat["id"], [user_id, int(chat["partner"])])
-                if closed is None or closed.get("closed_by_update") != update_id:
-                    return None
-                return EndedChat(int(chat["id"]), int(chat["partner"]),
-                                 self._language(int(chat["partner"])), resumed=True)
-            self._clear_chat(chat["id"], ended["users"])
-            partner_id = int(chat["partner"])
-            return EndedChat(int(chat["id"]), partner_id, self._language(partner_id),
-                             resumed=False)
+                projection={"_id": 1})
+            # None: the partner ended it first, and our side is tidied here if not yet.
+            closed = ended or self.db.chats.find_one({"_id": chat_id}, {"closed_by_update": 1})
+            self.db.users.update_many({"_id": {"$in": [user_id, partner_id]}, "chat.id": chat_id},
+                                      {"$set": {"chat": None}})
+            if ended is None and (closed or {}).get("closed_by_update") != update_id:
+                return None
+            return EndedChat(chat_id, partner_id, self._language(partner_id),
+                             resumed=ended is None)
         earlier = self.db.chats.find_one({"closed_by_update": update_id, "users": user_id},
                                          {"users": 1})
         if earlier is None:
             return None
-        partner_id = next(int(u) for u in earlier["users"] if u != user_id)
+        partner_id = docs.partner_of(earlier, user_id)
         return EndedChat(int(earlier["_id"]), partner_id, self._language(partner_id), True)
-
-    def _clear_chat(self, chat_id: int, users: list[int]) -> None:
-        self.db.users.update_many({"_id": {"$in": users}, "chat.id": chat_id},
-                                  {"$set": {"chat": None}})
 
     def _language(self, user_id: int) -> str:
         doc = self.db.users.find_one({"_id": user_id}, {"language": 1})
@@ -626,12 +607,4 @@ class MongoRepository:
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts``."""
-        db = self.db
-        return Counts(
-            users=db.users.estimated_document_count(),
-            active_chats=db.chats.count_documents({"ended_at": None}),
-            previous_chats=db.chats.count_documents({"ended_at": {"$ne": None}}),
-            my_previous_chats=db.chats.count_documents(
-                {"users": user_id, "ended_at": {"$ne": None}}),
-            waiting=db.lobby.estimated_document_count(),
-        )
+        return Counts(**self._count_each(docs.count_queries(user_id)))
