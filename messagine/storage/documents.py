@@ -278,6 +278,17 @@ def report(report_id: int, doc: Mapping[str, Any]) -> Report:
                   doc["reason"], doc["created_at"], doc["status"])
 
 
+EXPORTED = (("message_links", "sender_id"), ("exclusions", "user_id"),
+            ("reports", "reporter_id"))
+"""The records a user made besides chats, for ``user_records``, in its order: (the
+collection or table, the field that names the user)."""
+
+ERASED = (("messages", "message_links", ("sender_id", "recipient_id")),
+          ("exclusions", "exclusions", ("user_id", "other_id")))
+"""What erasure deletes besides the lobby entry and the profile: (the kind it is counted
+as, the collection or table, the fields that name the user)."""
+
+
 def user_records(profile: StoredProfile, chats: Iterable[tuple[int, Mapping[str, Any]]],
                  links: Iterable[Mapping[str, Any]], exclusions: Iterable[Mapping[str, Any]],
                  reports: Iterable[Mapping[str, Any]]) -> UserRecords:

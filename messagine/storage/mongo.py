@@ -287,21 +287,15 @@ class MongoRepository:
         return docs.user_records(
             docs.stored_profile(user_id, doc, lobby),
             ((int(c["_id"]), c) for c in self.db.chats.find({"users": user_id})),
-            self.db.message_links.find({"sender_id": user_id}),
-            self.db.exclusions.find({"user_id": user_id}),
-            self.db.reports.find({"reporter_id": user_id}))
+            *(self.db[collection].find({name: user_id}) for collection, name in docs.EXPORTED))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
         db = self.db
-        counts = {
-            "messages": db.message_links.delete_many(
-                {"$or": [{"sender_id": user_id}, {"recipient_id": user_id}]}).deleted_count,
-            "exclusions": db.exclusions.delete_many(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id}]}).deleted_count,
-            "lobby": db.lobby.delete_many({"_id": user_id}).deleted_count,
-            "chats_anonymised": 0,
-        }
+        counts = {kind: db[collection].delete_many({"$or": [{name: user_id} for name in names]})
+                  .deleted_count for kind, collection, names in docs.ERASED}
+        counts["lobby"] = db.lobby.delete_many({"_id": user_id}).deleted_count
+        counts["chats_anonymised"] = 0
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
             fields = docs.anonymised_chat(chat, user_id, tombstone())
             if fields is not None:

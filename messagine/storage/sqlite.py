@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,12 @@ from messagine.models import (
 from messagine.storage import documents as docs
 from messagine.storage.sqlite_database import Database
 
-# The state of one user: profile flags, their chat (seen from their side) and lobby entry.
+# The state of one user, named as a user document's fields: their profile and flags,
+# their chat (seen from their side) and since when they wait in the lobby.
 _STATE_QUERY = """
-SELECT u.id, u.language, u.blocked, u.banned, u.analytics_opt_out, u.age_answer,
-       u.language_code, u.reminders_off,
-       m.chat_id, m.partner_id, p.language, c.started_at, l.since
+SELECT u.*, l.since AS waiting_since, CASE WHEN m.chat_id IS NOT NULL THEN json_object(
+    'id', m.chat_id, 'partner', m.partner_id,
+    'partner_language', coalesce(p.language, u.language), 'started_at', c.started_at) END AS chat
 FROM users u
 LEFT JOIN memberships m ON m.user_id = u.id
 LEFT JOIN chats c ON c.id = m.chat_id
@@ -68,6 +70,32 @@ FROM lobby l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
 _PAGE = 50
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    """A query's rows as mappings of column name to value."""
+    cursor = conn.execute(sql, params)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _chats(conn: sqlite3.Connection, user_id: int,
+           rest: str = "") -> list[tuple[int, dict[str, Any]]]:
+    """The user's chats as (id, chat document); ``rest`` orders or limits them."""
+    return [(c["id"], {**c, "users": json.loads(c["users"])}) for c in _rows(
+        conn, "SELECT *, json_array(user_a, user_b) AS users FROM chats"
+        " WHERE user_a = :me OR user_b = :me " + rest, {"me": user_id})]
+
+
+def _assignments(columns: Iterable[str]) -> str:
+    """An UPDATE's SET list binding each column to its named parameter (the names are ours)."""
+    return ", ".join(f"{name} = :{name}" for name in columns)
+
+
+def _language(conn: sqlite3.Connection, user_id: int) -> str:
+    """The user's language ("en" for a user who is gone)."""
+    row = conn.execute("SELECT language FROM users WHERE id = ?", (user_id,)).fetchone()
+    return str(row[0]) if row else "en"
 
 
 class SqliteRepository:
@@ -95,20 +123,12 @@ class SqliteRepository:
     def _state(
         conn: sqlite3.Connection, user_id: int, *, is_new: bool = False
     ) -> UserState | None:
-        row = conn.execute(_STATE_QUERY, (user_id,)).fetchone()
-        if row is None:
+        found = _rows(conn, _STATE_QUERY, (user_id,))
+        if not found:
             return None
-        (uid, language, blocked, banned, opt_out, age_answer, language_code, reminders_off,
-         chat_id, partner_id, partner_language, started_at, since) = row
-        chat = None
-        if chat_id is not None:
-            chat = ActiveChat(chat_id, partner_id, partner_language or language, started_at)
-        return UserState(
-            user_id=uid, language=language, is_new=is_new, blocked=bool(blocked),
-            banned=bool(banned), chat=chat, waiting_since=since,
-            analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
-            language_code=language_code, reminders_enabled=not reminders_off,
-        )
+        chat = found[0]["chat"]
+        return docs.user_state(user_id, {**found[0], "chat": chat and json.loads(chat)},
+                               is_new=is_new)
 
     def get_user(self, user_id: int) -> UserState | None:
         """See ``Repository.get_user``."""
@@ -200,61 +220,47 @@ class SqliteRepository:
             assert new_state is not None  # noqa: S101 - the row was read in this transaction
             return new_state
 
+    def _set(self, user_id: int, *, leave_lobby: bool = False, **columns: object) -> bool:
+        """Set columns of the user's row (False for an unknown user), or leave the lobby too."""
+        with self._transaction() as conn:
+            if leave_lobby:
+                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
+            return conn.execute(f"UPDATE users SET {_assignments(columns)} WHERE id = :user",
+                                {**columns, "user": user_id}).rowcount > 0
+
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """See ``Repository.set_blocked``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET blocked = ? WHERE id = ?", (int(blocked), user_id))
-            if blocked:
-                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
+        self._set(user_id, blocked=int(blocked), leave_lobby=blocked)
 
     def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
         """See ``Repository.set_analytics_opt_out``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET analytics_opt_out = ? WHERE id = ?",
-                         (int(opt_out), user_id))
+        self._set(user_id, analytics_opt_out=int(opt_out))
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
-                         ("yes" if confirmed else "no", now, user_id))
+        self._set(user_id, age_answer="yes" if confirmed else "no", age_answered_at=now)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``: rows name their columns as the documents do."""
         with self._transaction(write=False) as conn:
-            def rows(sql: str) -> list[dict[str, Any]]:
-                cursor = conn.execute(sql, {"me": user_id})
-                names = [column[0] for column in cursor.description]
-                return [dict(zip(names, row, strict=True)) for row in cursor]
-
-            user = rows("SELECT * FROM users WHERE id = :me")
+            user = _rows(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
             if not user:
                 return None
-            lobby = rows("SELECT language, since FROM lobby WHERE user_id = :me")
-            chats = rows("SELECT *, json_array(user_a, user_b) AS users FROM chats"
-                         " WHERE user_a = :me OR user_b = :me")
+            lobby = _rows(conn, "SELECT language, since FROM lobby WHERE user_id = ?", (user_id,))
             return docs.user_records(
                 docs.stored_profile(user_id, user[0], lobby[0] if lobby else None),
-                ((c["id"], {**c, "users": json.loads(c["users"])}) for c in chats),
-                rows("SELECT * FROM message_links WHERE sender_id = :me"),
-                rows("SELECT * FROM exclusions WHERE user_id = :me"),
-                rows("SELECT * FROM reports WHERE reporter_id = :me"))
+                _chats(conn, user_id), *(_rows(conn, f"SELECT * FROM {table} WHERE {column} = ?",
+                                               (user_id,)) for table, column in docs.EXPORTED))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
         with self._transaction() as conn:
-            counts = {
-                "messages": conn.execute(
-                    "DELETE FROM message_links WHERE sender_id = ? OR recipient_id = ?",
-                    (user_id, user_id)).rowcount,
-                "exclusions": conn.execute(
-                    "DELETE FROM exclusions WHERE user_id = ? OR other_id = ?",
-                    (user_id, user_id)).rowcount,
-                "lobby": conn.execute("DELETE FROM lobby WHERE user_id = ?",
-                                      (user_id,)).rowcount,
-            }
-            conn.execute("DELETE FROM memberships WHERE user_id = ? OR partner_id = ?",
-                         (user_id, user_id))
+            counts = {kind: conn.execute(
+                f"DELETE FROM {table} WHERE {' OR '.join(f'{name} = :me' for name in names)}",
+                {"me": user_id}).rowcount for kind, table, names in (
+                    *docs.ERASED, ("lobby", "lobby", ("user_id",)),
+                    ("memberships", "memberships", ("user_id", "partner_id")))}
+            del counts["memberships"]
             chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
                                  " WHERE user_a = ? OR user_b = ?", (user_id, user_id)).fetchall()
             for chat_id, user_a, user_b, ended_by in chats:
@@ -271,8 +277,8 @@ class SqliteRepository:
             remnant = {k: v for k, v in docs.remnant_document(user_id).items()
                        if k not in ("chat", "waiting_since")} | {"flood": None}
             counts["kept_for_ban"] = conn.execute(
-                f"UPDATE users SET {', '.join(f'{k} = :{k}' for k in remnant)}"
-                " WHERE id = :user AND banned = 1", {**remnant, "user": user_id}).rowcount
+                f"UPDATE users SET {_assignments(remnant)} WHERE id = :user AND banned = 1",
+                {**remnant, "user": user_id}).rowcount
             counts["profile"] = conn.execute("DELETE FROM users WHERE id = ? AND banned = 0",
                                              (user_id,)).rowcount
         return counts
@@ -282,35 +288,20 @@ class SqliteRepository:
 
         One short write transaction, at most ``limit`` rows of each table.
         """
-        def purge(conn: sqlite3.Connection, table: str, expired: str, cutoff: float) -> int:
-            return conn.execute(
-                f"DELETE FROM {table} WHERE rowid IN"  # the names are ours, the values bound
-                f" (SELECT rowid FROM {table} WHERE {expired} LIMIT ?)",
-                (cutoff, limit)).rowcount
-
         with self._transaction() as conn:
-            return {
-                "messages": purge(conn, "message_links", "sent_at < ?",
-                                  now - retention.messages_s),
-                "claims": purge(conn, "claimed_updates", "claimed_at < ?",
-                                now - retention.claims_s),
-                "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
-                               now - retention.chats_s),
-            }
+            return {kind: conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN"  # the names are ours, the values bound
+                f" (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",  # NULL is never <
+                (now - age_s, limit)).rowcount for kind, table, column, age_s in (
+                    ("messages", "message_links", "sent_at", retention.messages_s),
+                    ("claims", "claimed_updates", "claimed_at", retention.claims_s),
+                    ("chats", "chats", "ended_at", retention.chats_s))}
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
         with self._transaction(write=False) as conn:
-            row = conn.execute(
-                "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END, language,"
-                " started_at, ended_at, end_reason, ended_by FROM chats"
-                " WHERE user_a = :me OR user_b = :me ORDER BY started_at DESC, id DESC LIMIT 1",
-                {"me": user_id}).fetchone()
-        if row is None:
-            return None
-        chat_id, partner, language, started, ended, reason, ended_by = row
-        return ChatRecord(chat_id, partner, language, started, ended, reason,
-                          None if ended_by is None else ended_by == user_id)
+            chats = _chats(conn, user_id, "ORDER BY started_at DESC, id DESC LIMIT 1")
+        return docs.chat_record(*chats[0], user_id) if chats else None
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
@@ -342,12 +333,7 @@ class SqliteRepository:
 
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
-        with self._transaction() as conn:
-            found = conn.execute("UPDATE users SET banned = ? WHERE id = ?",
-                                 (int(banned), user_id)).rowcount > 0
-            if banned:
-                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
-        return found
+        return self._set(user_id, banned=int(banned), leave_lobby=banned)
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats``."""
@@ -378,8 +364,7 @@ class SqliteRepository:
 
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET nudge_pending = 1 WHERE id = ?", (user_id,))
+        self._set(user_id, nudge_pending=1)
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
@@ -402,9 +387,7 @@ class SqliteRepository:
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
         """See ``Repository.set_reminders``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET reminders_off = ? WHERE id = ?",
-                         (int(not enabled), user_id))
+        self._set(user_id, reminders_off=int(not enabled))
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
@@ -467,14 +450,10 @@ class SqliteRepository:
                 "INSERT INTO memberships (user_id, chat_id, partner_id) VALUES (?, ?, ?)",
                 [(user_id, chat_id, partner_id), (partner_id, chat_id, user_id)],
             )
-            partner_language = conn.execute(
-                "SELECT language FROM users WHERE id = ?", (partner_id,)
-            ).fetchone()[0]
             assert chat_id is not None  # noqa: S101 - an INSERT always sets lastrowid
             return MatchResult(
-                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, partner_language, now),
-                partner_waiting_since=partner_since,
-            )
+                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, _language(conn, partner_id),
+                                                 now), partner_waiting_since=partner_since)
 
     @staticmethod
     def _recent_partners(conn: sqlite3.Connection, user_id: int, recent: int) -> list[int]:
@@ -541,12 +520,7 @@ class SqliteRepository:
                     (now, user_id, reason.value, update_id, chat_id),
                 )
                 conn.execute("DELETE FROM memberships WHERE chat_id = ?", (chat_id,))
-            partner_language = conn.execute(
-                "SELECT language FROM users WHERE id = ?", (partner_id,)
-            ).fetchone()
-            return EndedChat(
-                chat_id, partner_id, partner_language[0] if partner_language else "en", resumed
-            )
+            return EndedChat(chat_id, partner_id, _language(conn, partner_id), resumed)
 
     # -- message links -------------------------------------------------------------------
 
@@ -564,14 +538,12 @@ class SqliteRepository:
     def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
         """See ``Repository.find_message``."""
         with self._transaction(write=False) as conn:
-            row = conn.execute(
-                "SELECT chat_id, sender_id, sender_message_id, recipient_id, copy_message_id,"
-                " content_type, sent_at FROM message_links"
+            found = _rows(
+                conn, "SELECT * FROM message_links"
                 " WHERE chat_id = :chat AND ((sender_id = :user AND sender_message_id = :msg)"
                 "  OR (recipient_id = :user AND copy_message_id = :msg))",
-                {"chat": chat_id, "user": user_id, "msg": message_id},
-            ).fetchone()
-        return MessageLink(*row) if row else None
+                {"chat": chat_id, "user": user_id, "msg": message_id})
+        return docs.message_link(found[0]) if found else None
 
     # -- statistics ----------------------------------------------------------------------
 
