@@ -121,14 +121,8 @@ class FirestoreRepository:
     def _col(self, name: str) -> Any:
         return self.client.collection(name)
 
-    def _user(self, user_id: int) -> Any:
-        return self._col("users").document(str(user_id))
-
-    def _entry(self, user_id: int) -> Any:
-        return self._col("lobby").document(str(user_id))
-
-    def _chat(self, chat_id: int) -> Any:
-        return self._col("chats").document(str(chat_id))
+    def _doc(self, collection: str, key: object) -> Any:
+        return self._col(collection).document(str(key))
 
     def _get(self, *refs: Any) -> list[Any]:
         """Read documents in one round trip, in the order asked."""
@@ -170,14 +164,10 @@ class FirestoreRepository:
 
     # -- reading state -------------------------------------------------------------------
 
-    @staticmethod
-    def _state(snap: Any) -> UserState:
-        return docs.user_state(int(snap.id), snap.to_dict())
-
     def get_user(self, user_id: int) -> UserState | None:
         """See ``Repository.get_user``."""
-        snap = self._user(user_id).get(**CALL)
-        return self._state(snap) if snap.exists else None
+        snap = self._doc("users", user_id).get(**CALL)
+        return docs.user_state(user_id, snap.to_dict()) if snap.exists else None
 
     # -- updates and users ---------------------------------------------------------------
 
@@ -193,14 +183,14 @@ class FirestoreRepository:
         updates write.
         """
         if profile is None:
-            claim = self._col("claims").document(str(update_id))
+            claim = self._doc("claims", update_id)
             try:
                 claim.create({"claimed_at": now,
                               "expires_at": docs.utc(now) + self._update_retention}, **WRITE)
             except gexc.AlreadyExists:
                 return OpenedUpdate(duplicate=True)
             return OpenedUpdate(duplicate=False)
-        (snap,) = self._get(self._user(profile.user_id))
+        (snap,) = self._get(self._doc("users", profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
         decision, claim = decide(docs.stored_claim(doc, update_id), update_id, owner, now,
                                  lease_s)
@@ -233,7 +223,7 @@ class FirestoreRepository:
             return
         # The user's document is gone when this update was their /deleteme: nothing to mark.
         with contextlib.suppress(gexc.NotFound):
-            self._user(user_id).update(
+            self._doc("users", user_id).update(
                 {"claims." + docs.claim_key(update_id): firestore.DELETE_FIELD}, **WRITE)
 
     def release_update(self, update_id: int, owner: str | None = None) -> None:
@@ -246,17 +236,17 @@ class FirestoreRepository:
             snap.reference.update({"recent_updates": firestore.ArrayRemove([update_id]),
                                    "claims." + docs.claim_key(update_id): firestore.DELETE_FIELD},
                                   **WRITE)
-        self._col("claims").document(str(update_id)).delete(**WRITE)
+        self._doc("claims", update_id).delete(**WRITE)
 
     @optimistic
     def set_language(self, user_id: int, language: str) -> UserState:
         """See ``Repository.set_language``: the user and their lobby entry change together."""
-        user, entry = self._get(self._user(user_id), self._entry(user_id))
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
         if not user.exists:
             raise LookupError(f"unknown user {user_id}")
         doc = user.to_dict()
         if doc.get("chat") or doc["language"] == language:
-            return self._state(user)
+            return docs.user_state(user_id, doc)
         batch = self._guarded(user, entry)
         batch.put(user.reference, {"language": language})
         if entry.exists:
@@ -271,7 +261,7 @@ class FirestoreRepository:
 
         An unknown user's fields are not set.
         """
-        user, entry = self._get(self._user(user_id), self._entry(user_id))
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
         batch = self._guarded(user, entry)
         changes = dict(fields)
         if leave_lobby and entry.exists:
@@ -308,7 +298,7 @@ class FirestoreRepository:
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
-        user, entry = self._get(self._user(user_id), self._entry(user_id))
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
         if not user.exists:
             return None
         return docs.user_records(
@@ -357,7 +347,7 @@ class FirestoreRepository:
     @optimistic
     def _erase_profile(self, user_id: int) -> dict[str, int]:
         """Take the user out of the lobby and delete their document (a ban keeps a remnant)."""
-        user, entry = self._get(self._user(user_id), self._entry(user_id))
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
         batch = self._guarded(user, entry)
         batch.delete(entry.reference)
         banned = user.exists and bool(user.to_dict().get("banned"))
@@ -430,14 +420,14 @@ class FirestoreRepository:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id,
                         reason, now, "open")
-        self._col("reports").document(str(report.report_id)).create(
+        self._doc("reports", report.report_id).create(
             docs.report_document(report), **WRITE)
         return report
 
     @optimistic
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """See ``Repository.resolve_report``: the open -> status change is won once."""
-        (snap,) = self._get(self._col("reports").document(str(report_id)))
+        (snap,) = self._get(self._doc("reports", report_id))
         if not snap.exists or snap.get("status") != "open":
             return None
         batch = self._guarded(snap)
@@ -482,7 +472,7 @@ class FirestoreRepository:
         for entry in list(self._stream(self._where("lobby", ("since", "<", waiting_before))
                                        .order_by("since").limit(limit))):
             user_id = int(entry.id)
-            (user,) = self._get(self._user(user_id))
+            (user,) = self._get(self._doc("users", user_id))
             batch = self._guarded(entry, user)
             batch.delete(entry.reference)
             if user.exists and not user.to_dict().get("chat"):
@@ -512,7 +502,7 @@ class FirestoreRepository:
             # ArrayUnion is applied by the server: no read, no lost update. NotFound: the
             # user is not waiting.
             with contextlib.suppress(gexc.NotFound):
-                self._entry(waiting).update({"avoid": firestore.ArrayUnion([avoided])},
+                self._doc("lobby", waiting).update({"avoid": firestore.ArrayUnion([avoided])},
                                             **WRITE)
 
     def _avoided_by(self, user_id: int, recent_partners: int) -> frozenset[int]:
@@ -563,7 +553,7 @@ class FirestoreRepository:
 
         def attempt() -> MatchResult:
             nonlocal was_waiting, joined
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
+            user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
             if not user.exists:
                 raise LookupError(f"unknown user {user_id}")
             in_chat = self._in_chat(user, update_id)
@@ -609,8 +599,8 @@ class FirestoreRepository:
         """
         user_id, partner_id = seeker.user_id, int(candidate.id)
         me, them, their_entry, my_entry = self._get(
-            self._user(user_id), self._user(partner_id), self._entry(partner_id),
-            self._entry(user_id))
+            self._doc("users", user_id), self._doc("users", partner_id),
+            self._doc("lobby", partner_id), self._doc("lobby", user_id))
         if own_entry is not None and not my_entry.exists:
             # Someone took the searcher from the lobby after they joined; the instance
             # that did announces the chat to both.
@@ -625,7 +615,7 @@ class FirestoreRepository:
         partner_language = str(them.get("language"))
         my_language = str(me.get("language"))
         batch = self._guarded(me, them, their_entry, my_entry)
-        batch.put(self._chat(chat_id), docs.chat_document(
+        batch.put(self._doc("chats", chat_id), docs.chat_document(
             [partner_id, user_id], seeker.pool, now, update_id))
         for ref, partner, language in ((me.reference, partner_id, partner_language),
                                        (them.reference, user_id, my_language)):
@@ -642,14 +632,14 @@ class FirestoreRepository:
         chat = docs.active_chat(user.to_dict())
         if chat is None:
             return None
-        (record,) = self._get(self._chat(chat.chat_id))
+        (record,) = self._get(self._doc("chats", chat.chat_id))
         return matching.resume_search(
             chat, record.get("opened_by_update") if record.exists else None, update_id)
 
     @optimistic
     def join_any_language(self, user_id: int) -> bool:
         """See ``Repository.join_any_language``."""
-        (entry,) = self._get(self._entry(user_id))
+        (entry,) = self._get(self._doc("lobby", user_id))
         if not entry.exists:
             return False
         if entry.get("language") != "*":
@@ -675,44 +665,41 @@ class FirestoreRepository:
         self, user_id: int, reason: EndReason, now: float, update_id: int
     ) -> EndedChat | None:
         """See ``Repository.end_chat``: the chat's null ``ended_at`` is won once."""
-        (user,) = self._get(self._user(user_id))
+        (user,) = self._get(self._doc("users", user_id))
         chat = user.to_dict().get("chat") if user.exists else None
         if not chat:
             return self._ended_by(user_id, update_id)
         chat_id, partner_id = int(chat["id"]), int(chat["partner"])
-        record, partner = self._get(self._chat(chat_id), self._user(partner_id))
+        record, partner = self._get(self._doc("chats", chat_id), self._doc("users", partner_id))
         if record.exists and record.get("ended_at") is None and not matching.may_end(
                 reason, record.get("opened_by_update"), update_id):
             return self._ended_by(user_id, update_id)  # this update opened it: resume
         batch = self._guarded(user, record, partner)
         batch.put(user.reference, {"chat": None})
-        partner_in_it = partner.exists and (partner.get("chat") or {}).get("id") == chat_id
-        if partner_in_it:
+        if partner.exists and (partner.get("chat") or {}).get("id") == chat_id:
             batch.put(partner.reference, {"chat": None})
-        partner_language = str(partner.get("language")) if partner.exists else "en"
-        if record.exists and record.get("ended_at") is None:
+        ends = record.exists and record.get("ended_at") is None
+        if ends:  # else the partner ended it first, and this tidies our side
             batch.put(record.reference, docs.ended_fields(
                 user_id, reason, now, update_id, docs.utc(now) + self._chat_retention))
-            batch.commit()
-            return EndedChat(chat_id, partner_id, partner_language, resumed=False)
-        # The partner ended it first; tidy our side.
         batch.commit()
-        if record.exists and record.get("closed_by_update") == update_id:
-            return EndedChat(chat_id, partner_id, partner_language, resumed=True)
-        return None
+        if not ends and not (record.exists and record.get("closed_by_update") == update_id):
+            return None
+        return EndedChat(chat_id, partner_id,
+                         str(partner.get("language")) if partner.exists else "en",
+                         resumed=not ends)
 
     def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
         """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
         for snap in self._stream(self._where("chats", ("closed_by_update", "==", update_id))):
-            users = [int(u) for u in snap.get("users")]
-            if user_id in users:
-                partner_id = next(u for u in users if u != user_id)
+            if user_id in snap.get("users"):
+                partner_id = docs.partner_of(snap.to_dict(), user_id)
                 return EndedChat(int(snap.id), partner_id, self._language(partner_id),
                                  resumed=True)
         return None
 
     def _language(self, user_id: int) -> str:
-        (snap,) = self._get(self._user(user_id))
+        (snap,) = self._get(self._doc("users", user_id))
         return str(snap.get("language")) if snap.exists else "en"
 
     # -- message links -------------------------------------------------------------------

@@ -148,14 +148,10 @@ class MongoRepository:
 
     # -- reading state -------------------------------------------------------------------
 
-    @staticmethod
-    def _state(doc: Mapping[str, Any]) -> UserState:
-        return docs.user_state(int(doc["_id"]), doc)
-
     def get_user(self, user_id: int) -> UserState | None:
         """See ``Repository.get_user``."""
         doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-        return self._state(doc) if doc else None
+        return docs.user_state(user_id, doc) if doc else None
 
     # -- updates and users ---------------------------------------------------------------
 
@@ -243,7 +239,7 @@ class MongoRepository:
         if doc is None:
             raise LookupError(f"unknown user {user_id}")
         if doc.get("chat") or doc["language"] == language:
-            return self._state(doc)
+            return docs.user_state(user_id, doc)
         waiting, entry = doc.get("waiting_since") is not None, None
         if waiting:
             with self._pool_lock(self._pool_of(user_id, doc["language"])):
@@ -255,7 +251,7 @@ class MongoRepository:
             if doc is not None and entry is not None:
                 entry["language"] = language
                 self.db.lobby.replace_one({"_id": user_id}, entry, upsert=True)
-        return self._state(doc or self.db.users.find_one({"_id": user_id}))
+        return docs.user_state(user_id, doc or self.db.users.find_one({"_id": user_id}))
 
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """See ``Repository.set_blocked``."""
