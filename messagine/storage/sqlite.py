@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import asdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,11 @@ def _chats(conn: sqlite3.Connection, user_id: int,
     return [(c["id"], {**c, "users": json.loads(c["users"])}) for c in _rows(
         conn, "SELECT *, json_array(user_a, user_b) AS users FROM chats"
         " WHERE user_a = :me OR user_b = :me " + rest, {"me": user_id})]
+
+
+def _columns(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A user document's fields that are columns of ``users`` (the chat and lobby are not)."""
+    return {name: value for name, value in doc.items() if name not in ("chat", "waiting_since")}
 
 
 def _assignments(columns: Iterable[str]) -> str:
@@ -173,20 +178,13 @@ class SqliteRepository:
             ).fetchone()
             counters = FloodState(**json.loads(known[0])) if known and known[0] else FloodState()
             counters, verdict = admit(counters, now, album, self._flood_rule)
+            refreshed = {**docs.profile_fields(profile, now), "flood": json.dumps(asdict(counters))}
+            row = {"id": profile.user_id,
+                   **_columns(docs.new_user_fields(default_language, now)), **refreshed}
             conn.execute(
-                """
-                INSERT INTO users (id, first_name, last_name, username, language_code,
-                                   language, first_seen, last_seen, flood)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (id) DO UPDATE SET
-                    first_name = excluded.first_name, last_name = excluded.last_name,
-                    username = excluded.username, language_code = excluded.language_code,
-                    last_seen = excluded.last_seen, flood = excluded.flood, nudge_pending = 1
-                """,
-                (profile.user_id, profile.first_name, profile.last_name, profile.username,
-                 profile.language_code, default_language, now, now,
-                 json.dumps(asdict(counters))),
-            )
+                f"INSERT INTO users ({', '.join(row)}) VALUES ({', '.join(f':{k}' for k in row)})"
+                " ON CONFLICT (id) DO UPDATE SET"
+                f" {', '.join(f'{k} = excluded.{k}' for k in refreshed)}", row)
             state = self._state(conn, profile.user_id, is_new=known is None)
             return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
                                 warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
@@ -216,9 +214,7 @@ class SqliteRepository:
                 return state
             conn.execute("UPDATE users SET language = ? WHERE id = ?", (language, user_id))
             conn.execute("UPDATE lobby SET language = ? WHERE user_id = ?", (language, user_id))
-            new_state = self._state(conn, user_id)
-            assert new_state is not None  # noqa: S101 - the row was read in this transaction
-            return new_state
+            return replace(state, language=language)
 
     def _set(self, user_id: int, *, leave_lobby: bool = False, **columns: object) -> bool:
         """Set columns of the user's row (False for an unknown user), or leave the lobby too."""
@@ -274,8 +270,7 @@ class SqliteRepository:
                     "SELECT id FROM reports WHERE reporter_id = ?", (user_id,)).fetchall()])
             # A ban outlives erasure (domain.erasure): only the banned remnant stays. Its
             # columns are named as the documents' fields; the rest live in other tables.
-            remnant = {k: v for k, v in docs.remnant_document(user_id).items()
-                       if k not in ("chat", "waiting_since")} | {"flood": None}
+            remnant = _columns(docs.remnant_document(user_id)) | {"flood": None}
             counts["kept_for_ban"] = conn.execute(
                 f"UPDATE users SET {_assignments(remnant)} WHERE id = :user AND banned = 1",
                 {**remnant, "user": user_id}).rowcount
