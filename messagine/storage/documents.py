@@ -10,7 +10,7 @@ through the same mappings. No driver is imported here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -316,6 +316,12 @@ Filter = tuple[str, str, Any]
 
 Query = tuple[str, tuple[Filter, ...]]
 """A collection and the filters that select from it."""
+
+def count_each(queries: Mapping[str, Query],
+               count: Callable[[str, tuple[Filter, ...]], int]) -> dict[str, int]:
+    """Each query's count, by its name; ``count`` is the store's (collection, filters)."""
+    return {name: count(collection, filters) for name, (collection, filters) in queries.items()}
+
 
 _ACTIVE: Filter = ("ended_at", "==", None)
 _ENDED: Filter = ("ended_at", "!=", None)

@@ -140,12 +140,8 @@ class FirestoreRepository:
             query = query.where(filter=FieldFilter(field_name, operator, value))
         return query
 
-    def _count(self, query: Any, *filters: docs.Filter) -> int:
+    def _count(self, query: Any, filters: tuple[docs.Filter, ...]) -> int:
         return int(self._where(query, *filters).count().get(**CALL)[0][0].value)
-
-    def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
-        return {name: self._count(collection, *filters)
-                for name, (collection, filters) in queries.items()}
 
     def _guarded(self, *read: Any) -> Guarded:
         return Guarded(self.client, read)
@@ -437,7 +433,7 @@ class FirestoreRepository:
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats`` (count aggregations: no document is read)."""
-        return ModerationStats(**self._count_each(docs.moderation_queries(since)))
+        return ModerationStats(**docs.count_each(docs.moderation_queries(since), self._count))
 
     # -- reminders -----------------------------------------------------------------------
 
@@ -464,7 +460,7 @@ class FirestoreRepository:
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
-        return self._count_each(docs.idle_excluded_queries(idle_before))
+        return docs.count_each(docs.idle_excluded_queries(idle_before), self._count)
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``: each entry removed by one guarded commit."""
@@ -515,12 +511,12 @@ class FirestoreRepository:
             ((int(d["user_id"]), int(d["other_id"])) for field_name in ("user_id", "other_id")
              for d in self._docs("exclusions", (field_name, "==", user_id))))
 
-    def _candidates(self, seeker: matching.Seeker,
-                    joined_before: tuple[datetime, str] | None = None) -> Iterator[Any]:
-        """Compatible lobby entries of the seeker's pool, in the order to take them.
+    def _take(self, seeker: matching.Seeker, now: float, update_id: int,
+              joined_before: tuple[datetime, str] | None = None) -> MatchResult | None:
+        """Pair the seeker with the first compatible lobby entry of their pool still there.
 
-        Read a page at a time, longest waiting first; ``joined_before``: only entries
-        created before this (time, id).
+        Read a page at a time, longest waiting first; ``joined_before``: the seeker's own
+        entry (time, id), which must still be there: only entries created before it count.
         """
         query = self._where("lobby", ("language", "==", seeker.pool)).order_by(
             "since").order_by("__name__")
@@ -532,9 +528,12 @@ class FirestoreRepository:
                        or (e.create_time, e.id) < joined_before}
             for chosen in matching.ranked(seeker, (docs.candidate(user_id, e.to_dict())
                                                    for user_id, e in entries.items())):
-                yield entries[chosen.user_id]
+                matched = self._pair(seeker, entries[chosen.user_id], now, update_id,
+                                     joined_before and joined_before[0])
+                if matched is not None:
+                    return matched
             if len(page) < _PAGE:
-                return
+                return None
             last = page[-1]
 
     def find_partner(
@@ -569,24 +568,17 @@ class FirestoreRepository:
             pool = str(entry.get("language")) if entry.exists else language
             avoid = self._avoided_by(user_id, recent_partners)
             seeker = matching.Seeker(user_id, pool, avoid)
-            for candidate in self._candidates(seeker):
-                matched = self._pair(seeker, candidate, now, update_id, own_entry=None)
-                if matched is not None:
-                    return matched
-            if not entry.exists:
+            matched = self._take(seeker, now, update_id)
+            if matched is None and not entry.exists:
                 batch = self._guarded(user, entry)
                 batch.put(entry.reference, docs.lobby_document(
                     pool, now, avoid, offered=pool == matching.ANY_LANGUAGE))
                 batch.put(user.reference, {"waiting_since": now})
                 joined_at = batch.commit()[0].update_time
                 joined = True
-                for candidate in self._candidates(seeker, joined_before=(joined_at, entry.id)):
-                    matched = self._pair(seeker, candidate, now, update_id,
-                                         own_entry=joined_at)
-                    if matched is not None:
-                        return matched
-            return matching.queued(bool(was_waiting),
-                                   self._count("lobby", ("language", "==", pool)))
+                matched = self._take(seeker, now, update_id, joined_before=(joined_at, entry.id))
+            return matched or matching.queued(bool(was_waiting),
+                                              self._count("lobby", (("language", "==", pool),)))
 
         return optimistic(attempt)()
 
@@ -732,4 +724,4 @@ class FirestoreRepository:
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts`` (count aggregations)."""
-        return Counts(**self._count_each(docs.count_queries(user_id)))
+        return Counts(**docs.count_each(docs.count_queries(user_id), self._count))

@@ -359,13 +359,13 @@ class MongoRepository:
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats``."""
-        return ModerationStats(**self._count_each(docs.moderation_queries(since)))
+        return ModerationStats(**docs.count_each(docs.moderation_queries(since), self._count))
 
-    def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
-        """Each query's count; a whole collection's is the cheap estimate."""
-        return {name: self.db[collection].count_documents(_match(filters)) if filters
-                else self.db[collection].estimated_document_count()
-                for name, (collection, filters) in queries.items()}
+    def _count(self, collection: str, filters: tuple[docs.Filter, ...]) -> int:
+        """How many documents match; a whole collection's count is the cheap estimate."""
+        if not filters:
+            return int(self.db[collection].estimated_document_count())
+        return int(self.db[collection].count_documents(_match(filters)))
 
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """See ``Repository.claim_nudges``: each user claimed by one conditional update."""
@@ -381,7 +381,7 @@ class MongoRepository:
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
-        return self._count_each(docs.idle_excluded_queries(idle_before))
+        return docs.count_each(docs.idle_excluded_queries(idle_before), self._count)
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``: each removal under its pool's lease."""
@@ -597,4 +597,4 @@ class MongoRepository:
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts``."""
-        return Counts(**self._count_each(docs.count_queries(user_id)))
+        return Counts(**docs.count_each(docs.count_queries(user_id), self._count))

@@ -20,7 +20,6 @@ from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import anonymise_chat, tombstone
 from messagine.domain.flood import FloodRule, FloodState, admit
-from messagine.domain.nudges import activity
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -90,6 +89,25 @@ def _chats(conn: sqlite3.Connection, user_id: int,
 def _columns(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A user document's fields that are columns of ``users`` (the chat and lobby are not)."""
     return {name: value for name, value in doc.items() if name not in ("chat", "waiting_since")}
+
+
+def _count(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter]) -> int:
+    """How many rows of ``table`` the document stores' ``filters`` select.
+
+    A chat's users are two columns here, so "users array_contains" asks for either.
+    """
+    clauses, params = ["1"], []
+    for name, operator, value in filters:
+        if operator == "array_contains":
+            clauses.append("(user_a = ? OR user_b = ?)")
+            params += [value, value]
+        elif value is None:
+            clauses.append(f"{name} IS {'NOT ' if operator == '!=' else ''}NULL")
+        else:
+            clauses.append(f"{name} {'=' if operator == '==' else operator} ?")
+            params.append(value)
+    return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {' AND '.join(clauses)}",
+                            params).fetchone()[0])
 
 
 def _assignments(columns: Iterable[str]) -> str:
@@ -332,30 +350,26 @@ class SqliteRepository:
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats``."""
+        return ModerationStats(**self._count_each(docs.moderation_queries(since)))
+
+    def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
         with self._transaction(write=False) as conn:
-            row = conn.execute(
-                """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM lobby),
-                          (SELECT count(*) FROM chats WHERE ended_at IS NULL),
-                          (SELECT count(*) FROM chats WHERE started_at >= :since),
-                          (SELECT count(*) FROM reports WHERE created_at >= :since)""",
-                {"since": since}).fetchone()
-        return ModerationStats(*row)
+            return docs.count_each(queries, lambda table, filters: _count(conn, table, filters))
 
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """See ``Repository.claim_nudges``: select and mark in one IMMEDIATE transaction."""
         with self._transaction() as conn:
-            rows = conn.execute(
-                """SELECT u.id, u.language, m.user_id IS NOT NULL, l.user_id IS NOT NULL
-                   FROM users u
-                   LEFT JOIN memberships m ON m.user_id = u.id
-                   LEFT JOIN lobby l ON l.user_id = u.id
-                   WHERE u.nudge_pending = 1 AND u.last_seen < ? AND u.blocked = 0
-                     AND u.banned = 0 AND u.reminders_off = 0
-                   ORDER BY u.last_seen LIMIT ?""", (idle_before, limit)).fetchall()
+            rows = _rows(conn, """
+                SELECT u.id, u.language, m.chat_id AS chat, l.since AS waiting_since
+                FROM users u
+                LEFT JOIN memberships m ON m.user_id = u.id
+                LEFT JOIN lobby l ON l.user_id = u.id
+                WHERE u.nudge_pending = 1 AND u.last_seen < ? AND u.blocked = 0
+                  AND u.banned = 0 AND u.reminders_off = 0
+                ORDER BY u.last_seen LIMIT ?""", (idle_before, limit))
             conn.executemany("UPDATE users SET nudge_pending = 0, reminded_at = ? WHERE id = ?",
-                             [(now, row[0]) for row in rows])
-        return [Nudge(int(uid), language, activity(bool(chatting), bool(waiting)))
-                for uid, language, chatting, waiting in rows]
+                             [(now, row["id"]) for row in rows])
+        return [docs.nudge(row["id"], row) for row in rows]
 
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
@@ -363,14 +377,7 @@ class SqliteRepository:
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
-        with self._transaction(write=False) as conn:
-            row = conn.execute(
-                """SELECT coalesce(sum(blocked), 0),
-                          coalesce(sum(banned AND NOT blocked), 0),
-                          coalesce(sum(reminders_off AND NOT blocked AND NOT banned), 0)
-                   FROM users WHERE nudge_pending = 1 AND last_seen < ?""",
-                (idle_before,)).fetchone()
-        return {"blocked": int(row[0]), "banned": int(row[1]), "opted_out": int(row[2])}
+        return self._count_each(docs.idle_excluded_queries(idle_before))
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``."""
@@ -544,16 +551,4 @@ class SqliteRepository:
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts``."""
-        with self._transaction(write=False) as conn:
-            row = conn.execute(
-                """
-                SELECT (SELECT count(*) FROM users),
-                       (SELECT count(*) FROM chats WHERE ended_at IS NULL),
-                       (SELECT count(*) FROM chats WHERE ended_at IS NOT NULL),
-                       (SELECT count(*) FROM chats WHERE ended_at IS NOT NULL
-                            AND (user_a = :me OR user_b = :me)),
-                       (SELECT count(*) FROM lobby)
-                """,
-                {"me": user_id},
-            ).fetchone()
-        return Counts(*row)
+        return Counts(**self._count_each(docs.count_queries(user_id)))
