@@ -10,6 +10,7 @@ through the same mappings. No driver is imported here.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
@@ -270,6 +271,13 @@ def report_document(report: Report) -> dict[str, Any]:
     doc = asdict(report)
     del doc["report_id"]
     return doc
+
+
+def new_report(reporter_id: int, reported_id: int, chat_id: int, reason: str,
+               now: float) -> Report:
+    """An open report; its id is random, so no counter document is hot."""
+    return Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason, now,
+                  "open")
 
 
 def report(report_id: int, doc: Mapping[str, Any]) -> Report:

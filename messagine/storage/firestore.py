@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -363,7 +364,6 @@ class FirestoreRepository:
             deleted += sum(count_role in (None, snap.to_dict().get("role")) for snap in snaps)
         return deleted
 
-    @unavailable_as_storage_error
     def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
         """See ``Repository.purge_expired``.
 
@@ -413,9 +413,8 @@ class FirestoreRepository:
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
                    now: float) -> Report:
-        """See ``Repository.add_report``; ids are random, so no counter document is hot."""
-        report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id,
-                        reason, now, "open")
+        """See ``Repository.add_report``: one create."""
+        report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
         self._doc("reports", report.report_id).create(
             docs.report_document(report), **WRITE)
         return report
@@ -484,10 +483,8 @@ class FirestoreRepository:
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
-        counts: dict[int, int] = {}
-        for doc in self._docs("links", ("chat_id", "==", chat_id), ("role", "==", "sent")):
-            counts[int(doc["sender_id"])] = counts.get(int(doc["sender_id"]), 0) + 1
-        return counts
+        return dict(Counter(int(doc["sender_id"]) for doc in self._docs(
+            "links", ("chat_id", "==", chat_id), ("role", "==", "sent"))))
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -306,7 +307,6 @@ class MongoRepository:
         counts["profile"] = db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
         return counts
 
-    @_unavailable_as_storage_error
     def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
         """See ``Repository.purge_expired``.
 
@@ -340,9 +340,8 @@ class MongoRepository:
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
                    now: float) -> Report:
-        """See ``Repository.add_report``; ids are random, so no counter document is hot."""
-        report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason,
-                        now, "open")
+        """See ``Repository.add_report``: one insert."""
+        report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
         self.db.reports.insert_one({"_id": report.report_id, **docs.report_document(report)})
         return report
 
@@ -404,10 +403,8 @@ class MongoRepository:
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
-        counts: dict[int, int] = {}
-        for doc in self.db.message_links.find({"chat_id": chat_id}, {"sender_id": 1}):
-            counts[int(doc["sender_id"])] = counts.get(int(doc["sender_id"]), 0) + 1
-        return counts
+        return dict(Counter(int(doc["sender_id"]) for doc in self.db.message_links.find(
+            {"chat_id": chat_id}, {"sender_id": 1})))
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
@@ -455,16 +452,12 @@ class MongoRepository:
         self, user_id: int, recent_partners: int, now: float, update_id: int
     ) -> MatchResult:
         """See ``Repository.find_partner``: decided and written under the pool's lease."""
-        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-        if doc is None:
-            raise LookupError(f"unknown user {user_id}")
-        resumed = self._resumed_chat(doc, update_id)
+        doc, resumed = self._searcher(user_id, update_id)
         if resumed is not None:
             return resumed
         language = self._pool_of(user_id, doc["language"])  # "*": the any-language pool
         with self._pool_lock(language) as lock:
-            doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-            resumed = self._resumed_chat(doc, update_id)
+            doc, resumed = self._searcher(user_id, update_id)
             if resumed is not None:
                 return resumed
             avoid = self._avoided_by(user_id, recent_partners)
@@ -520,12 +513,17 @@ class MongoRepository:
                             "offered": {"$ne": True}}, {"offered": True}, limit,
             projection={"language": 1}, sort=[("since", 1)])]
 
-    def _resumed_chat(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
+    def _searcher(self, user_id: int, update_id: int) -> tuple[dict[str, Any], MatchResult | None]:
+        """The searcher's document, and what the search answers if they are in a chat."""
+        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        if doc is None:
+            raise LookupError(f"unknown user {user_id}")
         chat = docs.active_chat(doc)
         if chat is None:
-            return None
+            return doc, None
         opened = self.db.chats.find_one({"_id": chat.chat_id}, {"opened_by_update": 1})
-        return matching.resume_search(chat, (opened or {}).get("opened_by_update"), update_id)
+        return doc, matching.resume_search(chat, (opened or {}).get("opened_by_update"),
+                                           update_id)
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""

@@ -83,7 +83,7 @@ def _chats(conn: sqlite3.Connection, user_id: int,
     """The user's chats as (id, chat document); ``rest`` orders or limits them."""
     return [(c["id"], {**c, "users": json.loads(c["users"])}) for c in _rows(
         conn, "SELECT *, json_array(user_a, user_b) AS users FROM chats"
-        " WHERE user_a = :me OR user_b = :me " + rest, {"me": user_id})]
+        " WHERE (user_a = :me OR user_b = :me) " + rest, {"me": user_id})]
 
 
 def _columns(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,6 +108,20 @@ def _count(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter])
             params.append(value)
     return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {' AND '.join(clauses)}",
                             params).fetchone()[0])
+
+
+def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any], how: str = "",
+            then: str = "") -> sqlite3.Cursor:
+    """Insert ``row`` (column name to value); ``how``: "OR IGNORE" and the like."""
+    return conn.execute(f"INSERT {how} INTO {table} ({', '.join(row)})"
+                        f" VALUES ({', '.join(f':{name}' for name in row)}) {then}", row)
+
+
+def _upsert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any], key: str,
+            updated: Iterable[str]) -> None:
+    """Insert ``row``, or where ``key`` is taken already, set the ``updated`` columns from it."""
+    _insert(conn, table, row, then=f"ON CONFLICT ({key}) DO UPDATE SET "
+            + ", ".join(f"{name} = excluded.{name}" for name in updated))
 
 
 def _assignments(columns: Iterable[str]) -> str:
@@ -167,9 +181,8 @@ class SqliteRepository:
         """See ``Repository.open_update``: claim, profile upsert and state in one transaction."""
         with self._transaction() as conn:
             if profile is None:
-                claimed = conn.execute(
-                    "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at) "
-                    "VALUES (?, ?)", (update_id, now)).rowcount
+                claimed = _insert(conn, "claimed_updates",
+                                  {"update_id": update_id, "claimed_at": now}, "OR IGNORE").rowcount
                 return OpenedUpdate(duplicate=not claimed)
             row = conn.execute(
                 "SELECT state, owner, lease_until, attempts FROM claimed_updates "
@@ -180,17 +193,9 @@ class SqliteRepository:
             if claim is None:
                 return OpenedUpdate(duplicate=decision is Decision.DONE,
                                     busy=decision is Decision.BUSY)
-            conn.execute(
-                """
-                INSERT INTO claimed_updates (update_id, claimed_at, state, owner, lease_until,
-                                             attempts)
-                VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT (update_id) DO UPDATE SET
-                    state = excluded.state, owner = excluded.owner,
-                    lease_until = excluded.lease_until, attempts = excluded.attempts
-                """,
-                (update_id, now, claim.state.value, claim.owner, claim.lease_until,
-                 claim.attempts))
+            entry = {**docs.claim_entry(claim), "state": claim.state.value}
+            _upsert(conn, "claimed_updates", {"update_id": update_id, "claimed_at": now, **entry},
+                    "update_id", entry)
             known = conn.execute(
                 "SELECT flood FROM users WHERE id = ?", (profile.user_id,)
             ).fetchone()
@@ -199,10 +204,7 @@ class SqliteRepository:
             refreshed = {**docs.profile_fields(profile, now), "flood": json.dumps(asdict(counters))}
             row = {"id": profile.user_id,
                    **_columns(docs.new_user_fields(default_language, now)), **refreshed}
-            conn.execute(
-                f"INSERT INTO users ({', '.join(row)}) VALUES ({', '.join(f':{k}' for k in row)})"
-                " ON CONFLICT (id) DO UPDATE SET"
-                f" {', '.join(f'{k} = excluded.{k}' for k in refreshed)}", row)
+            _upsert(conn, "users", row, "id", refreshed)
             state = self._state(conn, profile.user_id, is_new=known is None)
             return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
                                 warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
@@ -340,9 +342,8 @@ class SqliteRepository:
         with self._transaction() as conn:
             changed = conn.execute("UPDATE reports SET status = ? WHERE id = ? AND status = 'open'",
                                    (status, report_id)).rowcount
-            row = conn.execute("SELECT id, reporter_id, reported_id, chat_id, reason, created_at,"
-                               " status FROM reports WHERE id = ?", (report_id,)).fetchone()
-        return Report(*row) if changed and row else None
+            found = _rows(conn, "SELECT * FROM reports WHERE id = ?", (report_id,))
+        return docs.report(report_id, found[0]) if changed and found else None
 
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
@@ -402,11 +403,8 @@ class SqliteRepository:
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``."""
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO exclusions (user_id, other_id, reason, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (user_id, other_id, reason, now),
-            )
+            _insert(conn, "exclusions", docs.exclusion_document(user_id, other_id, reason, now),
+                    "OR IGNORE")
 
     # -- lobby and chats -----------------------------------------------------------------
 
@@ -435,19 +433,15 @@ class SqliteRepository:
                 recent_partners)
             if candidate is None:
                 was_waiting = state.waiting
-                conn.execute(
-                    "INSERT OR IGNORE INTO lobby (user_id, language, since) VALUES (?, ?, ?)",
-                    (user_id, pool, now),
-                )
+                _insert(conn, "lobby", {"user_id": user_id, "language": pool, "since": now},
+                        "OR IGNORE")
                 return matching.queued(was_waiting, conn.execute(
                     "SELECT count(*) FROM lobby WHERE language = ?", (pool,)).fetchone()[0])
             partner_id, partner_since = candidate.user_id, candidate.since
             conn.execute("DELETE FROM lobby WHERE user_id IN (?, ?)", (user_id, partner_id))
-            chat_id = conn.execute(
-                "INSERT INTO chats (user_a, user_b, language, started_at, opened_by_update)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (partner_id, user_id, pool, now, update_id),
-            ).lastrowid
+            chat_id = _insert(conn, "chats", {"user_a": partner_id, "user_b": user_id,
+                                              "language": pool, "started_at": now,
+                                              "opened_by_update": update_id}).lastrowid
             conn.executemany(
                 "INSERT INTO memberships (user_id, chat_id, partner_id) VALUES (?, ?, ?)",
                 [(user_id, chat_id, partner_id), (partner_id, chat_id, user_id)],
@@ -529,13 +523,7 @@ class SqliteRepository:
     def record_message(self, link: MessageLink) -> None:
         """See ``Repository.record_message``."""
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO message_links (chat_id, sender_id, sender_message_id,"
-                " recipient_id, copy_message_id, content_type, sent_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (link.chat_id, link.sender_id, link.sender_message_id, link.recipient_id,
-                 link.copy_message_id, link.content_type, link.sent_at),
-            )
+            _insert(conn, "message_links", asdict(link), "OR REPLACE")
 
     def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
         """See ``Repository.find_message``."""
