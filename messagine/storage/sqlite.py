@@ -55,12 +55,8 @@ LEFT JOIN lobby l ON l.user_id = u.id
 WHERE u.id = ?
 """
 
-# The last N partners of a user, newest first.
-_RECENT_PARTNERS = """
-SELECT CASE WHEN user_a = :me THEN user_b ELSE user_a END
-FROM chats WHERE user_a = :me OR user_b = :me
-ORDER BY started_at DESC, id DESC LIMIT :recent
-"""
+# A user's latest chats (a chat made later has the larger id).
+_NEWEST_FIRST = "ORDER BY started_at DESC, id DESC LIMIT :limit"
 
 # One page of a pool's lobby in waiting order, for the matching rule to choose from.
 _LOBBY_PAGE = """
@@ -78,12 +74,12 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def _chats(conn: sqlite3.Connection, user_id: int,
-           rest: str = "") -> list[tuple[int, dict[str, Any]]]:
-    """The user's chats as (id, chat document); ``rest`` orders or limits them."""
+def _chats(conn: sqlite3.Connection, user_id: int, rest: str = "",
+           **params: object) -> list[tuple[int, dict[str, Any]]]:
+    """The user's chats as (id, chat document); ``rest`` narrows, orders or limits them."""
     return [(c["id"], {**c, "users": json.loads(c["users"])}) for c in _rows(
         conn, "SELECT *, json_array(user_a, user_b) AS users FROM chats"
-        " WHERE (user_a = :me OR user_b = :me) " + rest, {"me": user_id})]
+        " WHERE (user_a = :me OR user_b = :me) " + rest, {"me": user_id, **params})]
 
 
 def _columns(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -277,10 +273,9 @@ class SqliteRepository:
                     *docs.ERASED, ("lobby", "lobby", ("user_id",)),
                     ("memberships", "memberships", ("user_id", "partner_id")))}
             del counts["memberships"]
-            chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
-                                 " WHERE user_a = ? OR user_b = ?", (user_id, user_id)).fetchall()
-            for chat_id, user_a, user_b, ended_by in chats:
-                changed = anonymise_chat((user_a, user_b), ended_by, user_id, tombstone())
+            chats = _chats(conn, user_id)
+            for chat_id, chat in chats:
+                changed = anonymise_chat(chat["users"], chat["ended_by"], user_id, tombstone())
                 assert changed is not None  # noqa: S101 - the query selected their chats
                 conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
                              (*changed.users, changed.ended_by, chat_id))
@@ -315,7 +310,7 @@ class SqliteRepository:
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
         with self._transaction(write=False) as conn:
-            chats = _chats(conn, user_id, "ORDER BY started_at DESC, id DESC LIMIT 1")
+            chats = _chats(conn, user_id, _NEWEST_FIRST, limit=1)
         return docs.chat_record(*chats[0], user_id) if chats else None
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
@@ -453,8 +448,8 @@ class SqliteRepository:
 
     @staticmethod
     def _recent_partners(conn: sqlite3.Connection, user_id: int, recent: int) -> list[int]:
-        return [int(row[0]) for row in conn.execute(
-            _RECENT_PARTNERS, {"me": user_id, "recent": recent})]
+        return matching.recent_partners(user_id, (chat["users"] for _, chat in _chats(
+            conn, user_id, _NEWEST_FIRST, limit=recent)), recent)
 
     def _choose(self, conn: sqlite3.Connection, seeker: matching.Seeker,
                 recent: int) -> matching.Candidate | None:
@@ -498,14 +493,10 @@ class SqliteRepository:
                 "SELECT m.chat_id, m.partner_id, c.opened_by_update FROM memberships m"
                 " JOIN chats c ON c.id = m.chat_id WHERE m.user_id = ?", (user_id,)).fetchone()
             if member is None or not matching.may_end(reason, member[2], update_id):
-                earlier = conn.execute(
-                    "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END FROM chats"
-                    " WHERE (user_a = :me OR user_b = :me) AND closed_by_update = :update",
-                    {"me": user_id, "update": update_id},
-                ).fetchone()
-                if earlier is None:
+                earlier = _chats(conn, user_id, "AND closed_by_update = :update", update=update_id)
+                if not earlier:
                     return None
-                chat_id, partner_id = earlier
+                chat_id, partner_id = earlier[0][0], docs.partner_of(earlier[0][1], user_id)
                 resumed = True
             else:
                 chat_id, partner_id, _ = member
