@@ -30,6 +30,7 @@ from messagine.models import (
     Nudge,
     Profile,
     Report,
+    Retention,
     StoredProfile,
     UserRecords,
     UserState,
@@ -284,6 +285,17 @@ def report(report_id: int, doc: Mapping[str, Any]) -> Report:
     """The report of a document."""
     return Report(report_id, doc["reporter_id"], doc["reported_id"], doc["chat_id"],
                   doc["reason"], doc["created_at"], doc["status"])
+
+
+def expired(now: float, retention: Retention) -> tuple[tuple[str, str, str, float], ...]:
+    """What the purge deletes, as (kind, collection or table, time field, cutoff).
+
+    Each kind goes where its time field is before the cutoff; the kinds are those that
+    ``Repository.purge_expired`` counts.
+    """
+    return (("messages", "message_links", "sent_at", now - retention.messages_s),
+            ("claims", "claimed_updates", "claimed_at", now - retention.claims_s),
+            ("chats", "chats", "ended_at", now - retention.chats_s))
 
 
 EXPORTED = (("message_links", "sender_id"), ("exclusions", "user_id"),

@@ -561,8 +561,7 @@ class FirestoreRepository:
                 return in_chat
             if was_waiting is None:
                 was_waiting = entry.exists
-            language = str(user.get("language"))
-            pool = str(entry.get("language")) if entry.exists else language
+            pool = str(entry.get("language") if entry.exists else user.get("language"))
             avoid = self._avoided_by(user_id, recent_partners)
             seeker = matching.Seeker(user_id, pool, avoid)
             matched = self._take(seeker, now, update_id)
@@ -602,12 +601,11 @@ class FirestoreRepository:
             return None
         chat_id = secrets.randbits(62)
         partner_language = str(them.get("language"))
-        my_language = str(me.get("language"))
         batch = self._guarded(me, them, their_entry, my_entry)
         batch.put(self._doc("chats", chat_id), docs.chat_document(
             [partner_id, user_id], seeker.pool, now, update_id))
         for ref, partner, language in ((me.reference, partner_id, partner_language),
-                                       (them.reference, user_id, my_language)):
+                                       (them.reference, user_id, str(me.get("language")))):
             batch.put(ref, {"chat": docs.chat_field(chat_id, partner, language, now),
                             "waiting_since": None})
         batch.delete(their_entry.reference)

@@ -313,15 +313,10 @@ class MongoRepository:
         TTL indexes expire the same documents, but the TTL monitor runs only once a
         minute and may fall behind under load; this keeps the published retention.
         """
-        return {
-            "messages": _delete_some(self.db.message_links,
-                                     {"sent_at": {"$lt": now - retention.messages_s}}, limit),
-            "claims": _delete_some(self.db.claimed_updates,
-                                   {"claimed_at": {"$lt": docs.utc(now - retention.claims_s)}},
-                                   limit),
-            "chats": _delete_some(self.db.chats,
-                                  {"ended_at": {"$lt": now - retention.chats_s}}, limit),
-        }
+        # A claim's time is a datetime here, for its TTL index.
+        return {kind: _delete_some(self.db[collection], {field_name: {
+                    "$lt": docs.utc(cutoff) if kind == "claims" else cutoff}}, limit)
+                for kind, collection, field_name, cutoff in docs.expired(now, retention)}
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
@@ -333,10 +328,10 @@ class MongoRepository:
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
-        docs = self.db.message_links.find(
+        found = self.db.message_links.find(
             {"chat_id": chat_id, "sender_id": sender_id}, {"sender_message_id": 1}).sort(
             "sender_message_id", -1).limit(limit)
-        return sorted(int(d["sender_message_id"]) for d in docs)
+        return sorted(int(d["sender_message_id"]) for d in found)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
                    now: float) -> Report:
@@ -388,13 +383,11 @@ class MongoRepository:
         for entry in list(self.db.lobby.find({"since": {"$lt": waiting_before}},
                                              {"language": 1}).sort("since", 1).limit(limit)):
             with self._pool_lock(entry["language"]):
-                removed = self.db.lobby.delete_one(
-                    {"_id": entry["_id"], "since": {"$lt": waiting_before}}).deleted_count
-                if removed:
+                if self.db.lobby.delete_one(
+                        {"_id": entry["_id"], "since": {"$lt": waiting_before}}).deleted_count:
                     self.db.users.update_one({"_id": entry["_id"], "chat": None},
                                              {"$set": {"waiting_since": None}})
-            if removed:
-                expired.append((int(entry["_id"]), entry["language"]))
+                    expired.append((int(entry["_id"]), entry["language"]))
         return expired
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:

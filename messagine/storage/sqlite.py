@@ -82,6 +82,16 @@ def _chats(conn: sqlite3.Connection, user_id: int, rest: str = "",
         " WHERE (user_a = :me OR user_b = :me) " + rest, {"me": user_id, **params})]
 
 
+def _state(conn: sqlite3.Connection, user_id: int, *, is_new: bool = False) -> UserState | None:
+    """The user's state (None for an unknown user)."""
+    found = _rows(conn, _STATE_QUERY, (user_id,))
+    if not found:
+        return None
+    chat = found[0]["chat"]
+    return docs.user_state(user_id, {**found[0], "chat": chat and json.loads(chat)},
+                           is_new=is_new)
+
+
 def _columns(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A user document's fields that are columns of ``users`` (the chat and lobby are not)."""
     return {name: value for name, value in doc.items() if name not in ("chat", "waiting_since")}
@@ -152,21 +162,10 @@ class SqliteRepository:
 
     # -- reading state -------------------------------------------------------------------
 
-    @staticmethod
-    def _state(
-        conn: sqlite3.Connection, user_id: int, *, is_new: bool = False
-    ) -> UserState | None:
-        found = _rows(conn, _STATE_QUERY, (user_id,))
-        if not found:
-            return None
-        chat = found[0]["chat"]
-        return docs.user_state(user_id, {**found[0], "chat": chat and json.loads(chat)},
-                               is_new=is_new)
-
     def get_user(self, user_id: int) -> UserState | None:
         """See ``Repository.get_user``."""
         with self._transaction(write=False) as conn:
-            return self._state(conn, user_id)
+            return _state(conn, user_id)
 
     # -- updates and users ---------------------------------------------------------------
 
@@ -201,7 +200,7 @@ class SqliteRepository:
             row = {"id": profile.user_id,
                    **_columns(docs.new_user_fields(default_language, now)), **refreshed}
             _upsert(conn, "users", row, "id", refreshed)
-            state = self._state(conn, profile.user_id, is_new=known is None)
+            state = _state(conn, profile.user_id, is_new=known is None)
             return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
                                 warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
 
@@ -223,7 +222,7 @@ class SqliteRepository:
     def set_language(self, user_id: int, language: str) -> UserState:
         """See ``Repository.set_language``."""
         with self._transaction() as conn:
-            state = self._state(conn, user_id)
+            state = _state(conn, user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
             if state.chat is not None:
@@ -302,10 +301,8 @@ class SqliteRepository:
             return {kind: conn.execute(
                 f"DELETE FROM {table} WHERE rowid IN"  # the names are ours, the values bound
                 f" (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",  # NULL is never <
-                (now - age_s, limit)).rowcount for kind, table, column, age_s in (
-                    ("messages", "message_links", "sent_at", retention.messages_s),
-                    ("claims", "claimed_updates", "claimed_at", retention.claims_s),
-                    ("chats", "chats", "ended_at", retention.chats_s))}
+                (cutoff, limit)).rowcount
+                for kind, table, column, cutoff in docs.expired(now, retention)}
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
@@ -324,13 +321,11 @@ class SqliteRepository:
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
                    now: float) -> Report:
         """See ``Repository.add_report``."""
+        report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
         with self._transaction() as conn:
-            report_id = conn.execute(
-                "INSERT INTO reports (reporter_id, reported_id, chat_id, reason, created_at,"
-                " status) VALUES (?, ?, ?, ?, ?, 'open')",
-                (reporter_id, reported_id, chat_id, reason, now)).lastrowid
+            report_id = _insert(conn, "reports", docs.report_document(report)).lastrowid
         assert report_id is not None  # noqa: S101 - an INSERT always sets lastrowid
-        return Report(report_id, reporter_id, reported_id, chat_id, reason, now, "open")
+        return replace(report, report_id=report_id)
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """See ``Repository.resolve_report``."""
@@ -408,7 +403,7 @@ class SqliteRepository:
     ) -> MatchResult:
         """See ``Repository.find_partner``; serialised by the IMMEDIATE write lock."""
         with self._transaction() as conn:
-            state = self._state(conn, user_id)
+            state = _state(conn, user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
             if state.chat is not None:
@@ -427,10 +422,9 @@ class SqliteRepository:
                              " WHERE user_id = :me OR other_id = :me", {"me": user_id}))),
                 recent_partners)
             if candidate is None:
-                was_waiting = state.waiting
                 _insert(conn, "lobby", {"user_id": user_id, "language": pool, "since": now},
                         "OR IGNORE")
-                return matching.queued(was_waiting, conn.execute(
+                return matching.queued(state.waiting, conn.execute(
                     "SELECT count(*) FROM lobby WHERE language = ?", (pool,)).fetchone()[0])
             partner_id, partner_since = candidate.user_id, candidate.since
             conn.execute("DELETE FROM lobby WHERE user_id IN (?, ?)", (user_id, partner_id))
