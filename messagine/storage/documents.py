@@ -5,7 +5,10 @@ document and a record (UserState, StoredProfile, ChatRecord, MessageLink, Report
 flood counters, a lobby entry) is written here once. A document is a plain mapping;
 the id, which MongoDB keeps in ``_id`` and Firestore in the document's name, is passed
 beside it. SQLite's rows name their columns the same way, so its data export reads
-through the same mappings. No driver is imported here.
+through the same mappings. What the stores select is declared here as data too: the
+collections (tables) and fields that the export, erasure and the purge go through, and
+the filters of what /about, /stats and the reminders count, which each adapter turns
+into its own queries. No driver is imported here.
 """
 
 from __future__ import annotations
@@ -276,7 +279,7 @@ def report_document(report: Report) -> dict[str, Any]:
 
 def new_report(reporter_id: int, reported_id: int, chat_id: int, reason: str,
                now: float) -> Report:
-    """An open report; its id is random, so no counter document is hot."""
+    """An open report; its id is random, so no counter document is hot (SQLite numbers its own)."""
     return Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason, now,
                   "open")
 
@@ -286,6 +289,8 @@ def report(report_id: int, doc: Mapping[str, Any]) -> Report:
     return Report(report_id, doc["reporter_id"], doc["reported_id"], doc["chat_id"],
                   doc["reason"], doc["created_at"], doc["status"])
 
+
+# -- what the purge, the export and erasure go through ------------------------------------
 
 def expired(now: float, retention: Retention) -> tuple[tuple[str, str, str, float], ...]:
     """What the purge deletes, as (kind, collection or table, time field, cutoff).
@@ -336,6 +341,7 @@ Filter = tuple[str, str, Any]
 
 Query = tuple[str, tuple[Filter, ...]]
 """A collection and the filters that select from it."""
+
 
 def count_each(queries: Mapping[str, Query],
                count: Callable[[str, tuple[Filter, ...]], int]) -> dict[str, int]:
