@@ -5,12 +5,16 @@ document and a record (UserState, StoredProfile, ChatRecord, MessageLink, Report
 flood counters, a lobby entry, an album) is written here once. A document is a plain mapping;
 the id, which MongoDB keeps in ``_id`` and Firestore in the document's name, is passed
 beside it. SQLite's rows name their columns the same way, so its data export reads
-through the same mappings. No driver is imported here.
+through the same mappings. What the stores select is declared here as data too: the
+collections (tables) and fields that the export, erasure and the purge go through, and
+the filters of what /about, /stats and the reminders count, which each adapter turns
+into its own queries. No driver is imported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -18,10 +22,11 @@ from typing import Any
 from messagine.domain.age_gate import refusal_marker
 from messagine.domain.albums import Album, Batch, BatchState, Item
 from messagine.domain.claims import Claim, ClaimState
-from messagine.domain.erasure import anonymise_chat, banned_remnant
+from messagine.domain.erasure import Tombstones, anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
 from messagine.domain.matching import Candidate, Exclusion
 from messagine.domain.nudges import NudgeStatus, activity
+from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -31,6 +36,7 @@ from messagine.models import (
     Nudge,
     Profile,
     Report,
+    Retention,
     StoredProfile,
     UserRecords,
     UserState,
@@ -41,6 +47,10 @@ RECENT_UPDATES = 50
 one pending update of a chat, so a re-delivery is always among a user's newest few."""
 
 _FLOOD_FIELDS = tuple(f.name for f in fields(FloodState))
+
+IDLE_SCAN = 5
+"""``idle_chats`` reads at most this many users per chat it may return: users long unseen
+whose partner is active are passed over, and must not keep the idle ones from the run."""
 
 STALE_CLAIM_S = 86_400.0
 """An in-progress claim whose lease ended this long ago is dropped from the document:
@@ -300,14 +310,25 @@ def exclusion_id(doc: Mapping[str, Any]) -> str:
     return f"{doc['user_id']}:{doc['other_id']}"
 
 
-def kept_exclusion(doc: Mapping[str, Any], tombstone_id: int, key: str) -> dict[str, Any]:
-    """An exclusion of an erased user as erasure keeps it (``domain.erasure``)."""
-    return {**doc, "other_id": tombstone_id, "other_key": key}
+KEPT = (("reports", "reporter_id", "reported_id", None),
+        ("reports", "reported_id", "reporter_id", "reported_key"),
+        ("exclusions", "other_id", "user_id", "other_key"))
+"""What erasure keeps of the records that name the user (``domain.erasure``): the reports
+they made, and others' protections from them (the reports and exclusions about them):
+(collection or table, the field naming the user, the field naming the partner, the field
+of the keyed hash or None). An exclusion's id names both users, so it moves."""
 
 
-def kept_report(tombstone_id: int, key: str) -> dict[str, Any]:
-    """The fields that erase the reported user from a report about them (``domain.erasure``)."""
-    return {"reported_id": tombstone_id, "reported_key": key}
+def kept(doc: Mapping[str, Any], field: str, partner: str, key_field: str | None,
+         stones: Tombstones, key: str) -> dict[str, Any]:
+    """The fields that erase the user from a record that ``KEPT`` names.
+
+    The tombstone of its partner goes in ``field``, the keyed hash in ``key_field`` if any.
+    """
+    fields: dict[str, Any] = {field: stones.of(int(doc[partner]))}
+    if key_field is not None:
+        fields[key_field] = key
+    return fields
 
 
 def report_document(report: Report) -> dict[str, Any]:
@@ -317,10 +338,54 @@ def report_document(report: Report) -> dict[str, Any]:
     return doc
 
 
+def new_report(reporter_id: int, reported_id: int, chat_id: int, reason: str,
+               now: float) -> Report:
+    """An open report; its id is random, so no counter document is hot (SQLite numbers its own)."""
+    return Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason, now,
+                  "open")
+
+
 def report(report_id: int, doc: Mapping[str, Any]) -> Report:
     """The report of a document."""
     return Report(report_id, doc["reporter_id"], doc["reported_id"], doc["chat_id"],
                   doc["reason"], doc["created_at"], doc["status"])
+
+
+# -- what the purge, the export and erasure go through ------------------------------------
+
+Filter = tuple[str, str, Any]
+"""A condition on one field: (field, operator, value), in Firestore's operators ("==",
+"!=", "<", ">=", "array_contains"), which the MongoDB and SQLite adapters translate."""
+
+Query = tuple[str, tuple[Filter, ...]]
+"""A collection and the filters that select from it."""
+
+
+def expired(now: float, retention: Retention) -> tuple[tuple[str, str, tuple[Filter, ...]], ...]:
+    """What the purge deletes, as (kind, collection or table, filters).
+
+    The first filter is the time field before its cutoff; the kinds are those that
+    ``Repository.purge_expired`` counts.
+    """
+    return (("messages", "message_links", (("sent_at", "<", now - retention.messages_s),)),
+            ("claims", "claimed_updates", (("claimed_at", "<", now - retention.claims_s),)),
+            ("chats", "chats", (("ended_at", "<", now - retention.chats_s),)),
+            ("reports", "reports", (("created_at", "<", now - retention.reports_s),)),
+            ("exclusions", "exclusions", (("created_at", "<", now - retention.exclusions_s),)),
+            ("age_refusals", "users", (("age_answered_at", "<", now - retention.age_refusals_s),
+                                       ("age_answer", "==", "no"), ("banned", "==", False))))
+
+
+EXPORTED = (("message_links", ("sender_id", "recipient_id")),
+            ("exclusions", ("user_id", "other_id")), ("reports", ("reporter_id", "reported_id")))
+"""The records about a user besides chats, for ``user_records``, in its order: (the
+collection or table, the fields of which either names the user)."""
+
+ERASED = (("messages", "message_links", ("sender_id", "recipient_id")),
+          ("exclusions", "exclusions", ("user_id",)), ("messages", "albums", ("sender_id",)))
+"""What erasure deletes besides the lobby entry and the profile: (the kind it is counted
+as, the collection or table, the fields of which either names the user). An album on its
+way holds message ids; the exclusions and reports about the user are kept (``KEPT``)."""
 
 
 def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] | None,
@@ -382,3 +447,82 @@ def album(key: str, doc: Mapping[str, Any]) -> Album:
               BatchState(b["state"]), float(b["last_item_at"]), int(b["update_id"]),
               str(b.get("owner", "")), float(b.get("lease_until", 0.0)))
         for b in doc.get("batches") or ()), int(doc.get("version", 0)))
+
+
+# -- counting ------------------------------------------------------------------------------
+
+def count_each(queries: Mapping[str, Query],
+               count: Callable[[str, tuple[Filter, ...]], int]) -> dict[str, int]:
+    """Each query's count, by its name; ``count`` is the store's (collection, filters)."""
+    return {name: count(collection, filters) for name, (collection, filters) in queries.items()}
+
+
+_ACTIVE: Filter = ("ended_at", "==", None)
+_ENDED: Filter = ("ended_at", "!=", None)
+
+
+def count_queries(user_id: int) -> dict[str, Query]:
+    """What /about counts (``Counts``), by its fields."""
+    return {"users": ("users", ()), "active_chats": ("chats", (_ACTIVE,)),
+            "previous_chats": ("chats", (_ENDED,)),
+            "my_previous_chats": ("chats", (("users", "array_contains", user_id), _ENDED)),
+            "waiting": ("lobby", ())}
+
+
+def moderation_queries(since: float) -> dict[str, Query]:
+    """What /stats counts (``ModerationStats``), by its fields; "today" is from ``since``."""
+    return {"users": ("users", ()), "waiting": ("lobby", ()),
+            "active_chats": ("chats", (_ACTIVE,)),
+            "chats_today": ("chats", (("started_at", ">=", since),)),
+            "reports_today": ("reports", (("created_at", ">=", since),))}
+
+
+def nudge_due(idle_before: float) -> tuple[Filter, ...]:
+    """The users a reminder is due to, before the reasons that exclude some of them."""
+    return ("nudge_pending", "==", True), ("last_seen", "<", idle_before)
+
+
+def idle_excluded_queries(idle_before: float) -> dict[str, Query]:
+    """The due users no reminder goes to, by reason; each reason leaves out the ones before."""
+    due = nudge_due(idle_before)
+    return {"blocked": ("users", (*due, ("blocked", "==", True))),
+            "banned": ("users", (*due, ("blocked", "==", False), ("banned", "==", True))),
+            "opted_out": ("users", (*due, ("blocked", "==", False), ("banned", "==", False),
+                                    ("reminders_off", "==", True)))}
+
+
+# -- retention -----------------------------------------------------------------------------
+
+def account(user_id: int, doc: Mapping[str, Any]) -> AccountStatus:
+    """What the retention rules read of a user document (or ``users`` row)."""
+    return AccountStatus.of(stored_profile(user_id, doc, None))
+
+
+def notice_candidates(cut: Cutoffs) -> tuple[Filter, ...]:
+    """The users an inactivity notice may be due to, before ``notice_due`` (by last seen)."""
+    return (("notice_pending", "==", True), ("banned", "==", False),
+            ("last_seen", "<", cut.notice_seen_before))
+
+
+def noticed(cut: Cutoffs) -> tuple[Filter, ...]:
+    """The users noticed long enough ago, before ``erasure_due`` (by the notice's time)."""
+    return (("notice_pending", "==", False), ("banned", "==", False),
+            ("noticed_at", "<", cut.noticed_before))
+
+
+def idle_chats(users: Iterable[tuple[int, Mapping[str, Any]]],
+               last_seen: Callable[[int], float | None], cut: Cutoffs,
+               limit: int) -> list[tuple[int, str]]:
+    """The idle chats (``Repository.idle_chats``) among ``users`` long unseen in a chat.
+
+    ``users``: (id, document), longest unseen first, at most ``IDLE_SCAN`` per chat wanted;
+    ``last_seen``: when a partner was last seen (None: they are gone).
+    """
+    found: dict[int, tuple[int, str]] = {}
+    for user_id, doc in users:
+        seen = last_seen(int(doc["chat"]["partner"]))
+        if seen is not None and chat_idle((doc["last_seen"], seen), cut.active_before):
+            found.setdefault(int(doc["chat"]["id"]), (user_id, doc["language"]))
+        if len(found) >= limit:
+            break
+    return list(found.values())

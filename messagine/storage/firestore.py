@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -43,13 +44,7 @@ from messagine.domain.erasure import (
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
-from messagine.domain.retention import (
-    AccountStatus,
-    Cutoffs,
-    chat_idle,
-    erasure_due,
-    notice_due,
-)
+from messagine.domain.retention import Cutoffs, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -77,7 +72,7 @@ from messagine.storage.firestore_commit import (
     Guarded,
     claim_each,
     commit_unless_beaten,
-    retrying,
+    optimistic,
     unavailable_as_storage_error,
     update_guarded,
 )
@@ -86,7 +81,8 @@ from messagine.storage.port import wrap_public_methods
 _PAGE = 50
 T = TypeVar("T")
 _PURGE_BATCH = 400  # a commit takes at most 500 writes
-_IDLE_SCAN = 5  # users read per idle chat returned at most (see MongoRepository)
+_NAMES = {"message_links": "links", "claimed_updates": "claims"}
+"""The collections named otherwise here than in the shared declarations (``documents``)."""
 
 
 @wrap_public_methods(unavailable_as_storage_error)
@@ -138,16 +134,10 @@ class FirestoreRepository:
         return client
 
     def _col(self, name: str) -> Any:
-        return self.client.collection(name)
+        return self.client.collection(_NAMES.get(name, name))
 
-    def _user(self, user_id: int) -> Any:
-        return self._col("users").document(str(user_id))
-
-    def _entry(self, user_id: int) -> Any:
-        return self._col("lobby").document(str(user_id))
-
-    def _chat(self, chat_id: int) -> Any:
-        return self._col("chats").document(str(chat_id))
+    def _doc(self, collection: str, key: object) -> Any:
+        return self._col(collection).document(str(key))
 
     def _get(self, *refs: Any) -> list[Any]:
         """Read documents in one round trip, in the order asked."""
@@ -158,8 +148,15 @@ class FirestoreRepository:
     def _stream(self, query: Any) -> Iterator[Any]:
         return query.stream(**CALL)  # type: ignore[no-any-return]
 
-    def _count(self, query: Any) -> int:
-        return int(query.count().get(**CALL)[0][0].value)
+    def _where(self, query: Any, *filters: docs.Filter) -> Any:
+        """``query`` (or the collection of that name) narrowed by ``filters``."""
+        query = self._col(query) if isinstance(query, str) else query
+        for field_name, operator, value in filters:
+            query = query.where(filter=FieldFilter(field_name, operator, value))
+        return query
+
+    def _count(self, query: Any, filters: tuple[docs.Filter, ...]) -> int:
+        return int(self._where(query, *filters).count().get(**CALL)[0][0].value)
 
     def _guarded(self, *read: Any) -> Guarded:
         return Guarded(self.client, read)
@@ -178,17 +175,14 @@ class FirestoreRepository:
 
     # -- reading state -------------------------------------------------------------------
 
-    @staticmethod
-    def _state(snap: Any) -> UserState:
-        return docs.user_state(int(snap.id), snap.to_dict())
-
     def get_user(self, user_id: int) -> UserState | None:
         """See ``Repository.get_user``."""
-        snap = self._user(user_id).get(**CALL)
-        return self._state(snap) if snap.exists else None
+        snap = self._doc("users", user_id).get(**CALL)
+        return docs.user_state(user_id, snap.to_dict()) if snap.exists else None
 
     # -- updates and users ---------------------------------------------------------------
 
+    @optimistic
     def open_update(
         self, update_id: int, profile: Profile | None, default_language: str, now: float,
         album: str | None = None, owner: str = "", lease_s: float = LEASE_S,
@@ -200,24 +194,19 @@ class FirestoreRepository:
         updates write.
         """
         if profile is None:
-            claim = self._col("claims").document(str(update_id))
+            claim = self._doc("claims", update_id)
             try:
                 claim.create({"claimed_at": now,
                               "expires_at": docs.utc(now) + self._update_retention}, **WRITE)
             except gexc.AlreadyExists:
                 return OpenedUpdate(duplicate=True)
             return OpenedUpdate(duplicate=False)
-        return retrying("open_update", lambda: self._open_update_once(
-            update_id, profile, default_language, now, album, owner, lease_s))
-
-    def _open_update_once(self, update_id: int, profile: Profile, default_language: str,
-                          now: float, album: str | None, owner: str, lease_s: float
-                          ) -> OpenedUpdate:
-        (snap,) = self._get(self._user(profile.user_id))
+        (snap,) = self._get(self._doc("users", profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
         if doc.get("banned"):  # claimed alone (domain.erasure)
             opened = self.open_update(update_id, None, "", now)
-            return replace(opened, user=None if opened.duplicate else self._state(snap))
+            return replace(opened, user=None if opened.duplicate else docs.user_state(
+                profile.user_id, doc))
         decision, claim = decide(docs.stored_claim(doc, update_id), update_id, owner, now,
                                  lease_s)
         if claim is None:
@@ -250,57 +239,55 @@ class FirestoreRepository:
             return
         # The user's document is gone when this update was their /deleteme: nothing to mark.
         with contextlib.suppress(gexc.NotFound):
-            self._user(user_id).update(
+            self._doc("users", user_id).update(
                 {"claims." + docs.claim_key(update_id): firestore.DELETE_FIELD}, **WRITE)
 
     def release_update(self, update_id: int, owner: str | None = None) -> None:
         """See ``Repository.release_update``."""
-        for snap in self._stream(self._col("users").where(
-                filter=FieldFilter("recent_updates", "array_contains", update_id))):
+        for snap in self._stream(self._where("users",
+                                             ("recent_updates", "array_contains", update_id))):
             entry = (snap.to_dict().get("claims") or {}).get(docs.claim_key(update_id)) or {}
             if owner is not None and entry.get("owner") not in (None, owner):
                 continue  # taken over by another attempt since: theirs now
             snap.reference.update({"recent_updates": firestore.ArrayRemove([update_id]),
                                    "claims." + docs.claim_key(update_id): firestore.DELETE_FIELD},
                                   **WRITE)
-        self._col("claims").document(str(update_id)).delete(**WRITE)
+        self._doc("claims", update_id).delete(**WRITE)
 
+    @optimistic
     def set_language(self, user_id: int, language: str) -> UserState:
         """See ``Repository.set_language``: the user and their lobby entry change together."""
-        def attempt() -> UserState:
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
-            if not user.exists:
-                raise LookupError(f"unknown user {user_id}")
-            doc = user.to_dict()
-            if doc.get("chat") or doc["language"] == language:
-                return self._state(user)
-            batch = self._guarded(user, entry)
-            batch.put(user.reference, {"language": language})
-            if entry.exists:
-                batch.put(entry.reference, {"language": language})
-            batch.commit()
-            return docs.user_state(user_id, {**doc, "language": language})
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
+        if not user.exists:
+            raise LookupError(f"unknown user {user_id}")
+        doc = user.to_dict()
+        if doc.get("chat") or doc["language"] == language:
+            return docs.user_state(user_id, doc)
+        batch = self._guarded(user, entry)
+        batch.put(user.reference, {"language": language})
+        if entry.exists:
+            batch.put(entry.reference, {"language": language})
+        batch.commit()
+        return docs.user_state(user_id, {**doc, "language": language})
 
-        return retrying("set_language", attempt)
-
+    @optimistic
     def _set_flags(self, user_id: int, fields: Mapping[str, Any], *,
-                   leave_lobby: bool = False) -> bool:
-        """Set fields of a user (False for an unknown user), optionally leaving the lobby."""
-        def attempt() -> bool:
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
-            if not user.exists:
-                return False
-            batch = self._guarded(user, entry)
-            changes = dict(fields)
-            if leave_lobby and entry.exists:
-                batch.delete(entry.reference)
-                if not user.to_dict().get("chat"):
-                    changes["waiting_since"] = None
-            batch.put(user.reference, changes)
-            batch.commit()
-            return True
+                   leave_lobby: bool = False) -> tuple[bool, bool]:
+        """Set fields of a user, optionally leaving the lobby; whether user and entry were.
 
-        return retrying("user update", attempt)
+        An unknown user's fields are not set.
+        """
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
+        batch = self._guarded(user, entry)
+        changes = dict(fields)
+        if leave_lobby and entry.exists:
+            batch.delete(entry.reference)
+            if user.exists and not user.to_dict().get("chat"):
+                changes["waiting_since"] = None
+        if user.exists and changes:
+            batch.put(user.reference, changes)
+        batch.commit()
+        return user.exists, entry.exists
 
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """See ``Repository.set_blocked``."""
@@ -313,9 +300,10 @@ class FirestoreRepository:
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
         if not self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
-                                         "age_answered_at": now}) and not confirmed:
+                                         "age_answered_at": now})[0] and not confirmed:
             with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
-                self._user(user_id).create(docs.refusal_marker_document(user_id, now), **WRITE)
+                self._doc("users", user_id).create(docs.refusal_marker_document(user_id, now),
+                                                   **WRITE)
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
         """See ``Repository.set_reminders``."""
@@ -323,120 +311,98 @@ class FirestoreRepository:
 
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
-        return self._set_flags(user_id, {"banned": banned}, leave_lobby=banned)
+        return self._set_flags(user_id, {"banned": banned}, leave_lobby=banned)[0]
 
     # -- privacy -------------------------------------------------------------------------
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
-        user, entry = self._get(self._user(user_id), self._entry(user_id))
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
         if not user.exists:
             return None
-        def where(collection: str, *conditions: tuple[str, Any]) -> Any:
-            query = self._col(collection)
-            for field_name, value in conditions:
-                query = query.where(filter=FieldFilter(field_name, "==", value))
-            return self._stream(query)
-
+        links, exclusions, reports = ([(snap.id, snap.to_dict()) for name in names
+                                       for snap in self._stream(self._where(
+                                           collection, (name, "==", user_id)))]
+                                      for collection, names in docs.EXPORTED)
         return docs.user_records(
             user_id, user.to_dict(), entry.to_dict() if entry.exists else None,
-            ((int(snap.id), snap.to_dict()) for snap in self._chats_of(user_id)),
-            (snap.to_dict() for end, role in (("sender_id", "sent"), ("recipient_id", "copy"))
-             for snap in where("links", (end, user_id), ("role", role))),
-            (snap.to_dict() for end in ("user_id", "other_id")
-             for snap in where("exclusions", (end, user_id))),
-            ((int(snap.id), snap.to_dict()) for end in ("reporter_id", "reported_id")
-             for snap in where("reports", (end, user_id))))
+            ((int(snap.id), snap.to_dict()) for snap in self._stream(self._chats_of(user_id))),
+            (doc for _, doc in links if doc["role"] == "sent"),  # each message has a copy too
+            (doc for _, doc in exclusions), ((int(key), doc) for key, doc in reports))
 
-    def _docs(self, query: Any) -> Iterator[dict[str, Any]]:
-        return (snap.to_dict() for snap in self._stream(query))
+    def _docs(self, collection: str, *filters: docs.Filter) -> Iterator[dict[str, Any]]:
+        return (snap.to_dict() for snap in self._stream(self._where(collection, *filters)))
 
-    def _chats_of(self, user_id: int) -> Iterator[Any]:
-        return self._stream(self._col("chats").where(
-            filter=FieldFilter("users", "array_contains", user_id)))
+    def _chats_of(self, user_id: int) -> Any:
+        return self._where("chats", ("users", "array_contains", user_id))
 
     def _latest_chats(self, user_id: int, limit: int) -> Iterator[Any]:
         """The user's chats, newest first (a chat made by a later update is newer)."""
         descending = firestore.Query.DESCENDING
-        return self._stream(self._col("chats").where(
-            filter=FieldFilter("users", "array_contains", user_id))
-            .order_by("started_at", direction=descending)
-            .order_by("opened_by_update", direction=descending).limit(limit))
+        return self._stream(self._chats_of(user_id).order_by("started_at", direction=descending)
+                            .order_by("opened_by_update", direction=descending).limit(limit))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
-        counts = {"messages": 0, "exclusions": 0, "lobby": 0, "chats_anonymised": 0}
-
-        def erase() -> tuple[int, int, int]:
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
-            batch = self._guarded(user, entry)
-            batch.delete(entry.reference)
-            banned = user.exists and bool(user.to_dict().get("banned"))
-            if banned:  # a ban outlives erasure (domain.erasure): only the remnant stays
-                batch.replace(user.reference, docs.remnant_document(user_id))
-            else:
-                batch.delete(user.reference)
-            batch.commit()
-            return int(entry.exists), int(banned), int(user.exists and not banned)
-
         # First out of the lobby and the users, in one guarded commit: from then on no
         # search can pair them, so the chats below are all there will ever be.
-        counts["lobby"], counts["kept_for_ban"], counts["profile"] = retrying("erase", erase)
-        for field_name in ("sender_id", "recipient_id"):
-            counts["messages"] += self._delete_all(self._col("links").where(
-                filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
-        counts["messages"] += self._delete_all(self._col("albums").where(  # on their way
-            filter=FieldFilter("sender_id", "==", user_id)))
+        counts: Counter[str] = Counter(self._erase_profile(user_id))
+        for kind, collection, names in docs.ERASED:
+            for name in names:
+                counts[kind] += self._delete_all(self._where(collection, (name, "==", user_id)))
         stones, key = Tombstones(), protection_key(self._pepper, user_id)
-        counts["exclusions"] += self._delete_all(self._col("exclusions").where(
-            filter=FieldFilter("user_id", "==", user_id)))
-        for snap in self._stream(self._col("exclusions").where(
-                filter=FieldFilter("other_id", "==", user_id))):
-            # Others' protections stay (domain.erasure), under an id without the erased one.
-            kept = docs.kept_exclusion(snap.to_dict(), stones.of(int(snap.get("user_id"))), key)
-            batch = self.client.batch()
-            batch.set(self._col("exclusions").document(docs.exclusion_id(kept)), kept)
-            batch.delete(snap.reference)
-            batch.commit(**WRITE)
-        for snap in self._chats_of(user_id):
+        counts["chats_anonymised"] = 0
+        for snap in self._stream(self._chats_of(user_id)):
             counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
                 lambda doc: docs.anonymised_chat(
                     doc, user_id, stones.of(docs.partner_of(doc, user_id))))
-        for snap in self._stream(self._col("users").where(
-                filter=FieldFilter("chat.partner", "==", user_id))):
+        for snap in self._stream(self._where("users", ("chat.partner", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
                 doc.get("chat") or {}).get("partner") == user_id else None)
-        for snap in self._stream(self._col("reports").where(
-                filter=FieldFilter("reporter_id", "==", user_id))):
-            update_guarded(self.client, snap.reference, lambda doc: {
-                "reporter_id": stones.of(int(doc["reported_id"]))}
-                if doc.get("reporter_id") == user_id else None)
-        for snap in self._stream(self._col("reports").where(
-                filter=FieldFilter("reported_id", "==", user_id))):
-            update_guarded(self.client, snap.reference, lambda doc: docs.kept_report(
-                stones.of(int(doc["reporter_id"])), key)
-                if doc.get("reported_id") == user_id else None)
-        for snap in self._stream(self._col("lobby").where(
-                filter=FieldFilter("avoid", "array_contains", user_id))):
+        for collection, name, partner, key_field in docs.KEPT:  # others' protections stay
+            for snap in self._stream(self._where(collection, (name, "==", user_id))):
+                self._keep(snap, name, user_id, docs.kept(snap.to_dict(), name, partner,
+                                                          key_field, stones, key))
+        for snap in self._stream(self._where("lobby", ("avoid", "array_contains", user_id))):
             with contextlib.suppress(gexc.NotFound):  # matched or left meanwhile
                 snap.reference.update({"avoid": firestore.ArrayRemove([user_id])}, **WRITE)
         return counts
 
-    def _delete_all(self, query: Any, count_role: str | None = None) -> int:
-        """Delete what ``query`` finds, in batches; counts documents (of ``count_role``)."""
-        deleted = 0
-        while True:
-            snaps = list(self._stream(query.limit(_PURGE_BATCH)))
-            if not snaps:
-                return deleted
+    def _keep(self, snap: Any, name: str, user_id: int, kept: dict[str, Any]) -> None:
+        """Write ``kept`` into a record whose ``name`` is the erased user (``docs.KEPT``)."""
+        if snap.reference.parent.id == "exclusions":  # its id names both users: it moves
             batch = self.client.batch()
-            for snap in snaps:
-                batch.delete(snap.reference)
-                if count_role is None or snap.to_dict().get("role") == count_role:
-                    deleted += 1
+            batch.set(self._doc("exclusions", docs.exclusion_id(snap.to_dict() | kept)),
+                      snap.to_dict() | kept)
+            batch.delete(snap.reference)
             batch.commit(**WRITE)
+        else:
+            update_guarded(self.client, snap.reference,
+                           lambda doc: kept if doc.get(name) == user_id else None)
 
-    @unavailable_as_storage_error
+    @optimistic
+    def _erase_profile(self, user_id: int) -> dict[str, int]:
+        """Take the user out of the lobby and delete their document (a ban keeps a remnant)."""
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
+        batch = self._guarded(user, entry)
+        batch.delete(entry.reference)
+        banned = user.exists and bool(user.to_dict().get("banned"))
+        if banned:  # a ban outlives erasure (domain.erasure): only the remnant stays
+            batch.replace(user.reference, docs.remnant_document(user_id))
+        else:
+            batch.delete(user.reference)
+        batch.commit()
+        return {"lobby": int(entry.exists), "kept_for_ban": int(banned),
+                "profile": int(user.exists and not banned)}
+
+    def _delete_all(self, query: Any) -> int:
+        """Delete what ``query`` finds, in batches; counts documents (a message's copy not)."""
+        deleted = 0
+        while snaps := list(self._stream(query.limit(_PURGE_BATCH))):
+            self._delete_refs([snap.reference for snap in snaps])
+            deleted += sum(snap.to_dict().get("role") != "copy" for snap in snaps)
+        return deleted
+
     def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
         """See ``Repository.purge_expired``.
 
@@ -444,78 +410,51 @@ class FirestoreRepository:
         about a day of expiry; this keeps the published retention. A message is two
         documents (one per end) with the same ``sent_at``; both go, and count once.
         """
-        links = self._stream(self._col("links").where(
-            filter=FieldFilter("sent_at", "<", now - retention.messages_s)).limit(2 * limit))
+        links = self._where("links", ("sent_at", "<", now - retention.messages_s))
         messages: dict[tuple[int, int], list[Any]] = {}
-        for snap in links:
+        for snap in self._stream(links.limit(2 * limit)):
             doc = snap.to_dict()
             key = (int(doc["sender_id"]), int(doc["sender_message_id"]))
             if key not in messages and len(messages) < limit:
                 messages[key] = [self._link_ref(*key), self._link_ref(
                     int(doc["recipient_id"]), int(doc["copy_message_id"]))]
-        claims = self._stream(self._col("claims").where(
-            filter=FieldFilter("claimed_at", "<", now - retention.claims_s)).limit(limit))
-        chats = self._stream(self._col("chats").where(
-            filter=FieldFilter("ended_at", "<", now - retention.chats_s)).limit(limit))
-        claim_refs = [snap.reference for snap in claims]
-        chat_refs = [snap.reference for snap in chats]
-        more = {kind: [s.reference for s in self._stream(query.limit(limit))]
-                for kind, query in self._expired(now, retention).items()}
+        more = {kind: self._refs(self._where(collection, *filters), limit)
+                for kind, collection, filters in docs.expired(now, retention)
+                if kind != "messages"}
         self._delete_refs([ref for pair in messages.values() for ref in pair]
-                          + claim_refs + chat_refs + [r for refs in more.values() for r in refs])
-        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs),
-                **{kind: len(refs) for kind, refs in more.items()}}
+                          + [ref for refs in more.values() for ref in refs])
+        return {"messages": len(messages), **{kind: len(refs) for kind, refs in more.items()}}
 
-    def _expired(self, now: float, retention: Retention) -> dict[str, Any]:
-        """The queries of the kinds deleted whole, by kind (``purge_expired``)."""
-        def older(collection: str, field: str, period_s: float) -> Any:
-            return self._col(collection).where(filter=FieldFilter(field, "<", now - period_s))
-        return {"reports": older("reports", "created_at", retention.reports_s),
-                "exclusions": older("exclusions", "created_at", retention.exclusions_s),
-                "age_refusals": older("users", "age_answered_at", retention.age_refusals_s)
-                .where(filter=FieldFilter("age_answer", "==", "no"))
-                .where(filter=FieldFilter("banned", "==", False))}
+    def _refs(self, query: Any, limit: int) -> list[Any]:
+        return [snap.reference for snap in self._stream(query.limit(limit))]
 
     def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
-        found: dict[int, tuple[int, str]] = {}
-        for snap in self._stream(self._col("users").where(filter=FieldFilter(
-                "last_seen", "<", cut.active_before)).where(filter=FieldFilter(
-                "chat.started_at", ">", 0)).order_by("last_seen").order_by("chat.started_at")
-                .limit(_IDLE_SCAN * limit)):
-            doc = snap.to_dict()
-            (partner,) = self._get(self._user(int(doc["chat"]["partner"])))
-            if partner.exists and chat_idle((doc["last_seen"], partner.get("last_seen")),
-                                            cut.active_before):
-                found.setdefault(int(doc["chat"]["id"]), (int(snap.id), doc["language"]))
-            if len(found) >= limit:
-                break
-        return list(found.values())
+        users = self._where("users", ("last_seen", "<", cut.active_before),
+                            ("chat.started_at", ">", 0)).order_by("last_seen").order_by(
+                                "chat.started_at").limit(docs.IDLE_SCAN * limit)
+        return docs.idle_chats(((int(snap.id), snap.to_dict()) for snap in self._stream(users)),
+                               lambda partner: (self._get(self._doc("users", partner))[0]
+                                                .to_dict() or {}).get("last_seen"), cut, limit)
 
     def claim_inactivity_notices(self, cut: Cutoffs, now: float,
                                  limit: int) -> list[tuple[int, str]]:
         """See ``Repository.claim_inactivity_notices``: each by one guarded commit."""
         def claim(snap: Any) -> tuple[int, str] | None:
             doc = snap.to_dict()
-            if not notice_due(AccountStatus.of(docs.stored_profile(int(snap.id), doc, None)),
-                              cut) or not commit_unless_beaten(
+            if not notice_due(docs.account(int(snap.id), doc), cut) or not commit_unless_beaten(
                     self.client, snap, {"notice_pending": False, "noticed_at": now}):
                 return None
             return int(snap.id), str(doc["language"])
 
-        return claim_each(self._col("users").where(filter=FieldFilter(
-            "notice_pending", "==", True)).where(filter=FieldFilter("banned", "==", False))
-            .where(filter=FieldFilter("last_seen", "<", cut.notice_seen_before))
-            .order_by("last_seen"), limit, claim)
+        return claim_each(self._where("users", *docs.notice_candidates(cut)).order_by(
+            "last_seen"), limit, claim)
 
     def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
         """See ``Repository.inactive_accounts``."""
-        return [int(snap.id) for snap in self._stream(self._col("users").where(
-            filter=FieldFilter("notice_pending", "==", False)).where(
-            filter=FieldFilter("banned", "==", False)).where(
-            filter=FieldFilter("noticed_at", "<", cut.noticed_before)).order_by(
-            "noticed_at").limit(limit)) if erasure_due(AccountStatus.of(
-                docs.stored_profile(int(snap.id), snap.to_dict(), None)), cut)]
+        return [int(snap.id) for snap in self._stream(self._where(
+            "users", *docs.noticed(cut)).order_by("noticed_at").limit(limit))
+            if erasure_due(docs.account(int(snap.id), snap.to_dict()), cut)]
 
     def _delete_refs(self, refs: list[Any]) -> None:
         """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""
@@ -535,63 +474,44 @@ class FirestoreRepository:
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
-        query = (self._col("links").where(filter=FieldFilter("chat_id", "==", chat_id))
-                 .where(filter=FieldFilter("sender_id", "==", sender_id))
-                 .where(filter=FieldFilter("role", "==", "sent"))
-                 .order_by("sender_message_id", direction=firestore.Query.DESCENDING)
-                 .limit(limit))
+        query = self._where("links", ("chat_id", "==", chat_id), ("sender_id", "==", sender_id),
+                            ("role", "==", "sent")).order_by(
+            "sender_message_id", direction=firestore.Query.DESCENDING).limit(limit)
         return sorted(int(snap.get("sender_message_id")) for snap in self._stream(query))
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
                    now: float) -> Report | None:
-        """See ``Repository.add_report``; ids are random, so no counter document is hot."""
-        for _ in self._stream(self._col("reports").where(
-                filter=FieldFilter("reporter_id", "==", reporter_id)).where(
-                filter=FieldFilter("chat_id", "==", chat_id)).limit(1)):
+        """See ``Repository.add_report``: one create, once per reporter and chat."""
+        for _ in self._stream(self._where("reports", ("reporter_id", "==", reporter_id),
+                                          ("chat_id", "==", chat_id)).limit(1)):
             return None
-        report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id,
-                        reason, now, "open")
-        self._col("reports").document(str(report.report_id)).create(
+        report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
+        self._doc("reports", report.report_id).create(
             docs.report_document(report), **WRITE)
         return report
 
+    @optimistic
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """See ``Repository.resolve_report``: the open -> status change is won once."""
-        def attempt() -> Report | None:
-            (snap,) = self._get(self._col("reports").document(str(report_id)))
-            if not snap.exists or snap.get("status") != "open":
-                return None
-            batch = self._guarded(snap)
-            batch.put(snap.reference, {"status": status})
-            batch.commit()
-            return docs.report(report_id, {**snap.to_dict(), "status": status})
-
-        return retrying("resolve_report", attempt)
+        (snap,) = self._get(self._doc("reports", report_id))
+        if not snap.exists or snap.get("status") != "open":
+            return None
+        batch = self._guarded(snap)
+        batch.put(snap.reference, {"status": status})
+        batch.commit()
+        return docs.report(report_id, {**snap.to_dict(), "status": status})
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats`` (count aggregations: no document is read)."""
-        chats = self._col("chats")
-        return ModerationStats(
-            users=self._count(self._col("users")),
-            waiting=self._count(self._col("lobby")),
-            active_chats=self._count(chats.where(filter=FieldFilter("ended_at", "==", None))),
-            chats_today=self._count(chats.where(filter=FieldFilter("started_at", ">=", since))),
-            reports_today=self._count(self._col("reports").where(
-                filter=FieldFilter("created_at", ">=", since))),
-        )
+        return ModerationStats(**docs.count_each(docs.moderation_queries(since), self._count))
 
     # -- reminders -----------------------------------------------------------------------
 
-    def _due(self, idle_before: float) -> Any:
-        return (self._col("users").where(filter=FieldFilter("nudge_pending", "==", True))
-                .where(filter=FieldFilter("last_seen", "<", idle_before)))
-
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """See ``Repository.claim_nudges``: each user claimed by one guarded commit."""
-        query = (self._due(idle_before).where(filter=FieldFilter("blocked", "==", False))
-                 .where(filter=FieldFilter("banned", "==", False))
-                 .where(filter=FieldFilter("reminders_off", "==", False))
-                 .order_by("last_seen"))
+        query = self._where("users", *docs.nudge_due(idle_before), ("blocked", "==", False),
+                            ("banned", "==", False), ("reminders_off", "==", False)
+                            ).order_by("last_seen")
         return claim_each(query, limit,
                           lambda snap: self._claim_nudge(snap, idle_before, now))
 
@@ -610,26 +530,15 @@ class FirestoreRepository:
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
-        due = self._due(idle_before)
-        blocked = FieldFilter("blocked", "==", True)
-        not_blocked = FieldFilter("blocked", "==", False)
-        return {
-            "blocked": self._count(due.where(filter=blocked)),
-            "banned": self._count(due.where(filter=not_blocked).where(
-                filter=FieldFilter("banned", "==", True))),
-            "opted_out": self._count(due.where(filter=not_blocked).where(
-                filter=FieldFilter("banned", "==", False)).where(
-                filter=FieldFilter("reminders_off", "==", True))),
-        }
+        return docs.count_each(docs.idle_excluded_queries(idle_before), self._count)
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``: each entry removed by one guarded commit."""
         expired: list[tuple[int, str]] = []
-        for entry in list(self._stream(self._col("lobby").where(
-                filter=FieldFilter("since", "<", waiting_before)).order_by("since")
-                .limit(limit))):
+        for entry in list(self._stream(self._where("lobby", ("since", "<", waiting_before))
+                                       .order_by("since").limit(limit))):
             user_id = int(entry.id)
-            (user,) = self._get(self._user(user_id))
+            (user,) = self._get(self._doc("users", user_id))
             batch = self._guarded(entry, user)
             batch.delete(entry.reference)
             if user.exists and not user.to_dict().get("chat"):
@@ -645,13 +554,8 @@ class FirestoreRepository:
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
-        counts: dict[int, int] = {}
-        for snap in self._stream(self._col("links").where(
-                filter=FieldFilter("chat_id", "==", chat_id)).where(
-                filter=FieldFilter("role", "==", "sent"))):
-            sender = int(snap.get("sender_id"))
-            counts[sender] = counts.get(sender, 0) + 1
-        return counts
+        return dict(Counter(int(doc["sender_id"]) for doc in self._docs(
+            "links", ("chat_id", "==", chat_id), ("role", "==", "sent"))))
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
@@ -662,7 +566,7 @@ class FirestoreRepository:
             # ArrayUnion is applied by the server: no read, no lost update. NotFound: the
             # user is not waiting.
             with contextlib.suppress(gexc.NotFound):
-                self._entry(waiting).update({"avoid": firestore.ArrayUnion([avoided])},
+                self._doc("lobby", waiting).update({"avoid": firestore.ArrayUnion([avoided])},
                                             **WRITE)
 
     def ban_erased(self, report_id: int) -> list[int] | None:
@@ -692,21 +596,19 @@ class FirestoreRepository:
             user_id, matching.recent_partners(
                 user_id, ([int(u) for u in snap.get("users")] for snap in chats),
                 recent_partners),
-            (docs.exclusion(d) for field_name, value in (
+            (docs.exclusion(d) for name, value in (
                 ("user_id", user_id), ("other_id", user_id), ("other_key", key))
-             for d in self._docs(self._col("exclusions").where(
-                 filter=FieldFilter(field_name, "==", value)))), key)
+             for d in self._docs("exclusions", (name, "==", value))), key)
 
-    def _candidates(self, seeker: matching.Seeker,
-                    joined_before: tuple[datetime, str] | None = None) -> Iterator[Any]:
-        """Compatible lobby entries of the seeker's pool, in the order to take them.
+    def _take(self, seeker: matching.Seeker, now: float, update_id: int,
+              joined_before: tuple[datetime, str] | None = None) -> MatchResult | None:
+        """Pair the seeker with the first compatible lobby entry of their pool still there.
 
-        Read a page at a time, longest waiting first; ``joined_before``: only entries
-        created before this (time, id).
+        Read a page at a time, longest waiting first; ``joined_before``: the seeker's own
+        entry (time, id), which must still be there: only entries created before it count.
         """
-        query = self._col("lobby").where(
-            filter=FieldFilter("language", "==", seeker.pool)).order_by("since").order_by(
-            "__name__")
+        query = self._where("lobby", ("language", "==", seeker.pool)).order_by(
+            "since").order_by("__name__")
         last = None
         while True:
             page = list(self._stream((query.start_after(last) if last else query)
@@ -715,9 +617,12 @@ class FirestoreRepository:
                        or (e.create_time, e.id) < joined_before}
             for chosen in matching.ranked(seeker, (docs.candidate(user_id, e.to_dict())
                                                    for user_id, e in entries.items())):
-                yield entries[chosen.user_id]
+                matched = self._pair(seeker, entries[chosen.user_id], now, update_id,
+                                     joined_before and joined_before[0])
+                if matched is not None:
+                    return matched
             if len(page) < _PAGE:
-                return
+                return None
             last = page[-1]
 
     def find_partner(
@@ -736,7 +641,7 @@ class FirestoreRepository:
 
         def attempt() -> MatchResult:
             nonlocal was_waiting, joined
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
+            user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
             if not user.exists:
                 raise LookupError(f"unknown user {user_id}")
             in_chat = self._in_chat(user, update_id)
@@ -748,30 +653,22 @@ class FirestoreRepository:
                 return in_chat
             if was_waiting is None:
                 was_waiting = entry.exists
-            language = str(user.get("language"))
-            pool = str(entry.get("language")) if entry.exists else language
+            pool = str(entry.get("language") if entry.exists else user.get("language"))
             avoid = self._avoided_by(user_id, recent_partners)
             seeker = matching.Seeker(user_id, pool, avoid)
-            for candidate in self._candidates(seeker):
-                matched = self._pair(seeker, candidate, now, update_id, own_entry=None)
-                if matched is not None:
-                    return matched
-            if not entry.exists:
+            matched = self._take(seeker, now, update_id)
+            if matched is None and not entry.exists:
                 batch = self._guarded(user, entry)
                 batch.put(entry.reference, docs.lobby_document(
                     pool, now, avoid, offered=pool == matching.ANY_LANGUAGE))
                 batch.put(user.reference, {"waiting_since": now})
                 joined_at = batch.commit()[0].update_time
                 joined = True
-                for candidate in self._candidates(seeker, joined_before=(joined_at, entry.id)):
-                    matched = self._pair(seeker, candidate, now, update_id,
-                                         own_entry=joined_at)
-                    if matched is not None:
-                        return matched
-            return matching.queued(bool(was_waiting), self._count(self._col("lobby").where(
-                filter=FieldFilter("language", "==", pool))))
+                matched = self._take(seeker, now, update_id, joined_before=(joined_at, entry.id))
+            return matched or matching.queued(bool(was_waiting),
+                                              self._count("lobby", (("language", "==", pool),)))
 
-        return retrying("find_partner", attempt)
+        return optimistic(attempt)()
 
     def _pair(self, seeker: matching.Seeker, candidate: Any, now: float, update_id: int,
               own_entry: datetime | None) -> MatchResult | None:
@@ -782,8 +679,8 @@ class FirestoreRepository:
         """
         user_id, partner_id = seeker.user_id, int(candidate.id)
         me, them, their_entry, my_entry = self._get(
-            self._user(user_id), self._user(partner_id), self._entry(partner_id),
-            self._entry(user_id))
+            self._doc("users", user_id), self._doc("users", partner_id),
+            self._doc("lobby", partner_id), self._doc("lobby", user_id))
         if own_entry is not None and not my_entry.exists:
             # Someone took the searcher from the lobby after they joined; the instance
             # that did announces the chat to both.
@@ -796,12 +693,11 @@ class FirestoreRepository:
             return None
         chat_id = secrets.randbits(62)
         partner_language = str(them.get("language"))
-        my_language = str(me.get("language"))
         batch = self._guarded(me, them, their_entry, my_entry)
-        batch.put(self._chat(chat_id), docs.chat_document(
+        batch.put(self._doc("chats", chat_id), docs.chat_document(
             [partner_id, user_id], seeker.pool, now, update_id))
         for ref, partner, language in ((me.reference, partner_id, partner_language),
-                                       (them.reference, user_id, my_language)):
+                                       (them.reference, user_id, str(me.get("language")))):
             batch.put(ref, {"chat": docs.chat_field(chat_id, partner, language, now),
                             "waiting_since": None})
         batch.delete(their_entry.reference)
@@ -815,95 +711,74 @@ class FirestoreRepository:
         chat = docs.active_chat(user.to_dict())
         if chat is None:
             return None
-        (record,) = self._get(self._chat(chat.chat_id))
+        (record,) = self._get(self._doc("chats", chat.chat_id))
         return matching.resume_search(
             chat, record.get("opened_by_update") if record.exists else None, update_id)
 
+    @optimistic
     def join_any_language(self, user_id: int) -> bool:
         """See ``Repository.join_any_language``."""
-        def attempt() -> bool:
-            (entry,) = self._get(self._entry(user_id))
-            if not entry.exists:
-                return False
-            if entry.get("language") != "*":
-                batch = self._guarded(entry)
-                batch.put(entry.reference, {"language": "*", "offered": True})
-                batch.commit()
-            return True
-
-        return retrying("join_any_language", attempt)
+        (entry,) = self._get(self._doc("lobby", user_id))
+        if not entry.exists:
+            return False
+        if entry.get("language") != "*":
+            batch = self._guarded(entry)
+            batch.put(entry.reference, {"language": "*", "offered": True})
+            batch.commit()
+        return True
 
     def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.claim_language_offers``: each entry claimed by a guarded commit."""
-        query = (self._col("lobby").where(filter=FieldFilter("offered", "==", False))
-                 .where(filter=FieldFilter("since", "<", waiting_before)).order_by("since"))
+        query = self._where("lobby", ("offered", "==", False),
+                            ("since", "<", waiting_before)).order_by("since")
         return claim_each(query, limit, lambda entry: (
             (int(entry.id), str(entry.get("language")))
             if commit_unless_beaten(self.client, entry, {"offered": True}) else None))
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""
-        def attempt() -> bool:
-            user, entry = self._get(self._user(user_id), self._entry(user_id))
-            if not entry.exists:
-                return False
-            batch = self._guarded(user, entry)
-            batch.delete(entry.reference)
-            if user.exists and not user.to_dict().get("chat"):
-                batch.put(user.reference, {"waiting_since": None})
-            batch.commit()
-            return True
+        return self._set_flags(user_id, {}, leave_lobby=True)[1]
 
-        return retrying("leave_lobby", attempt)
-
+    @optimistic
     def end_chat(
         self, user_id: int, reason: EndReason, now: float, update_id: int
     ) -> EndedChat | None:
         """See ``Repository.end_chat``: the chat's null ``ended_at`` is won once."""
-        return retrying("end_chat", lambda: self._end_chat_once(user_id, reason, now,
-                                                                 update_id))
-
-    def _end_chat_once(self, user_id: int, reason: EndReason, now: float,
-                       update_id: int) -> EndedChat | None:
-        (user,) = self._get(self._user(user_id))
+        (user,) = self._get(self._doc("users", user_id))
         chat = user.to_dict().get("chat") if user.exists else None
         if not chat:
             return self._ended_by(user_id, update_id)
         chat_id, partner_id = int(chat["id"]), int(chat["partner"])
-        record, partner = self._get(self._chat(chat_id), self._user(partner_id))
+        record, partner = self._get(self._doc("chats", chat_id), self._doc("users", partner_id))
         if record.exists and record.get("ended_at") is None and not matching.may_end(
                 reason, record.get("opened_by_update"), update_id):
             return self._ended_by(user_id, update_id)  # this update opened it: resume
         batch = self._guarded(user, record, partner)
         batch.put(user.reference, {"chat": None})
-        partner_in_it = partner.exists and (partner.get("chat") or {}).get("id") == chat_id
-        if partner_in_it:
+        if partner.exists and (partner.get("chat") or {}).get("id") == chat_id:
             batch.put(partner.reference, {"chat": None})
-        partner_language = str(partner.get("language")) if partner.exists else "en"
-        if record.exists and record.get("ended_at") is None:
+        ends = record.exists and record.get("ended_at") is None
+        if ends:  # else the partner ended it first, and this tidies our side
             batch.put(record.reference, docs.ended_fields(
                 user_id, reason, now, update_id, docs.utc(now) + self._chat_retention))
-            batch.commit()
-            return EndedChat(chat_id, partner_id, partner_language, resumed=False)
-        # The partner ended it first; tidy our side.
         batch.commit()
-        if record.exists and record.get("closed_by_update") == update_id:
-            return EndedChat(chat_id, partner_id, partner_language, resumed=True)
-        return None
+        if not ends and not (record.exists and record.get("closed_by_update") == update_id):
+            return None
+        return EndedChat(chat_id, partner_id,
+                         str(partner.get("language")) if partner.exists else "en",
+                         resumed=not ends)
 
     def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
         """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
-        for snap in self._stream(self._col("chats").where(
-                filter=FieldFilter("closed_by_update", "==", update_id))):
-            users = [int(u) for u in snap.get("users")]
-            if user_id in users:
-                partner_id = next(u for u in users if u != user_id)
+        for snap in self._stream(self._where("chats", ("closed_by_update", "==", update_id))):
+            if user_id in snap.get("users"):
+                partner_id = docs.partner_of(snap.to_dict(), user_id)
                 return EndedChat(int(snap.id), partner_id, self._language(partner_id),
                                  resumed=True)
         return None
 
     def _language(self, user_id: int) -> str:
-        (snap,) = self._get(self._user(user_id))
+        (snap,) = self._get(self._doc("users", user_id))
         return str(snap.get("language")) if snap.exists else "en"
 
     # -- message links -------------------------------------------------------------------
@@ -932,33 +807,21 @@ class FirestoreRepository:
             return None
         return docs.message_link(snap.to_dict())
 
+    @optimistic
     def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
                      ) -> T:
         """See ``Repository.change_album``: one read, one commit guarded by it."""
-        ref = self._col("albums").document(key)
-
-        def attempt() -> T:
-            (snap,) = self._get(ref)
-            album, answer = rule(docs.album(key, snap.to_dict()) if snap.exists else None)
-            if album is not None:
-                batch = Guarded(self.client, [snap])
-                batch.put(ref, docs.album_document(album, docs.utc(albums.expires_at(album))))
-                batch.commit()
-            return answer
-
-        return retrying("album", attempt)
+        (snap,) = self._get(self._doc("albums", key))
+        album, answer = rule(docs.album(key, snap.to_dict()) if snap.exists else None)
+        if album is not None:
+            batch = self._guarded(snap)
+            batch.put(snap.reference,
+                      docs.album_document(album, docs.utc(albums.expires_at(album))))
+            batch.commit()
+        return answer
 
     # -- statistics ----------------------------------------------------------------------
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts`` (count aggregations)."""
-        chats = self._col("chats")
-        return Counts(
-            users=self._count(self._col("users")),
-            active_chats=self._count(chats.where(filter=FieldFilter("ended_at", "==", None))),
-            previous_chats=self._count(chats.where(filter=FieldFilter("ended_at", "!=", None))),
-            my_previous_chats=self._count(chats.where(
-                filter=FieldFilter("users", "array_contains", user_id)).where(
-                filter=FieldFilter("ended_at", "!=", None))),
-            waiting=self._count(self._col("lobby")),
-        )
+        return Counts(**docs.count_each(docs.count_queries(user_id), self._count))

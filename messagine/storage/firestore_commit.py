@@ -1,7 +1,7 @@
 """Firestore's optimistic commits: read, decide, and commit only if nothing changed since.
 
 ``Guarded`` is a batch whose writes carry preconditions ("unchanged since read", or
-"still absent" for a create); ``retrying`` runs an operation again when another instance
+"still absent" for a create); ``optimistic`` runs an operation again when another instance
 beat its commit. Deadlines and the errors that mean "not now" are set here too.
 """
 
@@ -56,16 +56,21 @@ def unavailable_as_storage_error(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def retrying(what: str, attempt: Callable[[], R]) -> R:
-    """Run ``attempt`` until its optimistic commit is not beaten by another instance."""
-    pause = 0.005
-    for _ in range(ATTEMPTS):
-        try:
-            return attempt()
-        except (ConflictError, *CONFLICTS):
-            time.sleep(random.uniform(0, pause))  # noqa: S311 - jitter, not a secret
-            pause = min(pause * 2, 0.2)
-    raise StorageUnavailable(f"firestore: {what} kept conflicting with other instances")
+def optimistic(operation: Callable[P, R]) -> Callable[P, R]:
+    """Run ``operation`` again while its optimistic commit is beaten by another instance."""
+    @functools.wraps(operation)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        pause = 0.005
+        for _ in range(ATTEMPTS):
+            try:
+                return operation(*args, **kwargs)
+            except (ConflictError, *CONFLICTS):
+                time.sleep(random.uniform(0, pause))  # noqa: S311 - jitter, not a secret
+                pause = min(pause * 2, 0.2)
+        raise StorageUnavailable(
+            f"firestore: {operation.__name__} kept conflicting with other instances")
+
+    return wrapper
 
 
 class Guarded:
@@ -118,20 +123,18 @@ def commit_unless_beaten(client: Any, snap: Any, fields: Mapping[str, Any]) -> b
     return True
 
 
+@optimistic
 def update_guarded(client: Any, ref: Any,
                    change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
     """Apply ``change`` to the document as it is now (1), or nothing if it says None (0)."""
-    def attempt() -> int:
-        (snap,) = client.get_all([ref], **CALL)
-        fields = change(snap.to_dict()) if snap.exists else None
-        if fields is None:
-            return 0
-        batch = Guarded(client, [snap])
-        batch.put(ref, fields)
-        batch.commit()
-        return 1
-
-    return retrying("update", attempt)
+    (snap,) = client.get_all([ref], **CALL)
+    fields = change(snap.to_dict()) if snap.exists else None
+    if fields is None:
+        return 0
+    batch = Guarded(client, [snap])
+    batch.put(ref, fields)
+    batch.commit()
+    return 1
 
 
 def claim_each(query: Any, limit: int, claim: Callable[[Any], R | None]) -> list[R]:

@@ -22,16 +22,15 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import (
-    DuplicateKeyError,
-)
+from pymongo.errors import DuplicateKeyError
 
 from messagine.domain import albums, matching
 from messagine.domain.age_gate import stores_profile
@@ -44,7 +43,7 @@ from messagine.domain.erasure import (
     returned,
 )
 from messagine.domain.flood import FloodRule, admit
-from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due
+from messagine.domain.retention import Cutoffs, erasure_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -72,9 +71,30 @@ from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
 from messagine.storage.port import wrap_public_methods
 
-_IDLE_SCAN = 5
-"""``idle_chats`` reads at most this many users per chat it may return: users long unseen
-whose partner is active are passed over, and must not keep the idle ones from the run."""
+_OPERATORS = {"!=": "$ne", "<": "$lt", ">=": "$gte"}
+
+
+_DATETIMES = frozenset({"claimed_at"})
+"""Fields kept as datetimes here, for their TTL index; the filters give them in seconds."""
+
+
+def _match(filters: Iterable[docs.Filter]) -> dict[str, Any]:
+    """``filters`` as a MongoDB query ("==" and "array_contains" are plain equality here)."""
+    query: dict[str, Any] = {}
+    for name, operator, value in filters:
+        bound = docs.utc(value) if name in _DATETIMES else value
+        query[name] = {_OPERATORS[operator]: bound} if operator in _OPERATORS else bound
+    return query
+
+
+def _claim_each(collection: Any, query: dict[str, Any], claimed: dict[str, Any], limit: int,
+                **options: Any) -> list[dict[str, Any]]:
+    """Set ``claimed`` in up to ``limit`` documents matching ``query``, one at a time."""
+    found: list[dict[str, Any]] = []
+    while len(found) < limit and (doc := collection.find_one_and_update(
+            query, {"$set": claimed}, **options)) is not None:
+        found.append(doc)
+    return found
 
 
 def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
@@ -150,14 +170,10 @@ class MongoRepository:
 
     # -- reading state -------------------------------------------------------------------
 
-    @staticmethod
-    def _state(doc: Mapping[str, Any]) -> UserState:
-        return docs.user_state(int(doc["_id"]), doc)
-
     def get_user(self, user_id: int) -> UserState | None:
         """See ``Repository.get_user``."""
         doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-        return self._state(doc) if doc else None
+        return docs.user_state(user_id, doc) if doc else None
 
     # -- updates and users ---------------------------------------------------------------
 
@@ -207,7 +223,8 @@ class MongoRepository:
         doc = self.db.users.find_one({"_id": profile.user_id})
         if doc and doc.get("banned"):  # claimed alone (domain.erasure)
             opened = self.open_update(update_id, None, "", now)
-            return replace(opened, user=None if opened.duplicate else self._state(doc))
+            return replace(opened, user=None if opened.duplicate else docs.user_state(
+                profile.user_id, doc))
         decision, claim = decide(docs.stored_claim(doc or {}, update_id), update_id, owner,
                                  now, lease_s)
         if claim is None:
@@ -252,29 +269,31 @@ class MongoRepository:
         if doc is None:
             raise LookupError(f"unknown user {user_id}")
         if doc.get("chat") or doc["language"] == language:
-            return self._state(doc)
-        if doc.get("waiting_since") is None:
-            doc = self.db.users.find_one_and_update(
-                {"_id": user_id, "chat": None}, {"$set": {"language": language}},
-                projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
-            return self._state(doc or self.db.users.find_one({"_id": user_id}))
-        with self._pool_lock(self._pool_of(user_id, doc["language"])):
-            entry = self.db.lobby.find_one_and_delete({"_id": user_id})
-        with self._pool_lock(language):
+            return docs.user_state(user_id, doc)
+        waiting, entry = doc.get("waiting_since") is not None, None
+        if waiting:
+            with self._pool_lock(self._pool_of(user_id, doc["language"])):
+                entry = self.db.lobby.find_one_and_delete({"_id": user_id})
+        with self._pool_lock(language) if waiting else contextlib.nullcontext():
             doc = self.db.users.find_one_and_update(
                 {"_id": user_id, "chat": None}, {"$set": {"language": language}},
                 projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
             if doc is not None and entry is not None:
                 entry["language"] = language
                 self.db.lobby.replace_one({"_id": user_id}, entry, upsert=True)
-        return self._state(doc or self.db.users.find_one({"_id": user_id}))
+        return docs.user_state(user_id, doc or self.db.users.find_one({"_id": user_id}))
 
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """See ``Repository.set_blocked``."""
+        self._set_flag(user_id, "blocked", blocked)
+
+    def _set_flag(self, user_id: int, flag: str, value: bool) -> bool:
+        """Set the user's blocked or banned flag (False: unknown user); set, it leaves the lobby."""
         doc = self.db.users.find_one_and_update(
-            {"_id": user_id}, {"$set": {"blocked": blocked}}, projection={"language": 1})
-        if blocked and doc is not None:
+            {"_id": user_id}, {"$set": {flag: value}}, projection={"language": 1})
+        if value and doc is not None:
             self._leave_lobby(user_id, doc["language"])
+        return doc is not None
 
     def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
         """See ``Repository.set_analytics_opt_out``."""
@@ -292,44 +311,36 @@ class MongoRepository:
         doc = self.db.users.find_one({"_id": user_id})
         if doc is None:
             return None
+        links, exclusions, reports = (self.db[collection].find(
+            {"$or": [{name: user_id} for name in names]}) for collection, names in docs.EXPORTED)
         return docs.user_records(
             user_id, doc, self.db.lobby.find_one({"_id": user_id}),
             ((int(c["_id"]), c) for c in self.db.chats.find({"users": user_id})),
-            self.db.message_links.find({"$or": [{"sender_id": user_id},
-                                                {"recipient_id": user_id}]}),
-            self.db.exclusions.find({"$or": [{"user_id": user_id}, {"other_id": user_id}]}),
-            ((int(r["_id"]), r) for r in self.db.reports.find(
-                {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})))
+            links, exclusions, ((int(r["_id"]), r) for r in reports))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
         db, stones, key = self.db, Tombstones(), protection_key(self._pepper, user_id)
-        counts = {
-            "messages": db.message_links.delete_many(
-                {"$or": [{"sender_id": user_id}, {"recipient_id": user_id}]}).deleted_count,
-            "exclusions": db.exclusions.delete_many({"user_id": user_id}).deleted_count,
-            "lobby": db.lobby.delete_many({"_id": user_id}).deleted_count,
-            "chats_anonymised": 0,
-        }
-        # An album on its way: message ids too.
-        counts["messages"] += db.albums.delete_many({"sender_id": user_id}).deleted_count
+        counts: Counter[str] = Counter()
+        for kind, collection, names in (*docs.ERASED, ("lobby", "lobby", ("_id",))):
+            counts[kind] += db[collection].delete_many(
+                {"$or": [{name: user_id} for name in names]}).deleted_count
+        counts["chats_anonymised"] = 0
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
             fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)))
             if fields is not None:
                 db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
                 counts["chats_anonymised"] += 1
         db.users.update_many({"chat.partner": user_id}, {"$set": {"chat": None}})
-        for report in db.reports.find({"reporter_id": user_id}, {"reported_id": 1}):
-            db.reports.update_one({"_id": report["_id"]},
-                                  {"$set": {"reporter_id": stones.of(report["reported_id"])}})
-        # Others' protections stay (domain.erasure): their exclusions and reports.
-        for found in db.exclusions.find({"other_id": user_id}, {"_id": 0}):
-            kept = docs.kept_exclusion(found, stones.of(found["user_id"]), key)
-            db.exclusions.replace_one({"_id": docs.exclusion_id(kept)}, kept, upsert=True)
-        db.exclusions.delete_many({"other_id": user_id})
-        for report in db.reports.find({"reported_id": user_id}, {"reporter_id": 1}):
-            db.reports.update_one({"_id": report["_id"]}, {"$set": docs.kept_report(
-                stones.of(report["reporter_id"]), key)})
+        for collection, name, partner, key_field in docs.KEPT:  # others' protections stay
+            for found in db[collection].find({name: user_id}):
+                fields = docs.kept(found, name, partner, key_field, stones, key)
+                if collection == "exclusions":  # its id names both users: it moves
+                    moved = {k: v for k, v in found.items() if k != "_id"} | fields
+                    db.exclusions.replace_one({"_id": docs.exclusion_id(moved)}, moved, upsert=True)
+                    db.exclusions.delete_one({"_id": found["_id"]})
+                else:
+                    db[collection].update_one({"_id": found["_id"]}, {"$set": fields})
         db.lobby.update_many({"avoid": user_id}, {"$pull": {"avoid": user_id}})
         # A ban outlives erasure (domain.erasure): only the banned remnant stays.
         counts["kept_for_ban"] = db.users.replace_one(
@@ -337,42 +348,23 @@ class MongoRepository:
         counts["profile"] = db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
         return counts
 
-    @_unavailable_as_storage_error
     def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
         """See ``Repository.purge_expired``.
 
         TTL indexes expire the same documents, but the TTL monitor runs only once a
         minute and may fall behind under load; this keeps the published retention.
         """
-        return {
-            "messages": _delete_some(self.db.message_links,
-                                     {"sent_at": {"$lt": now - retention.messages_s}}, limit),
-            "claims": _delete_some(self.db.claimed_updates,
-                                   {"claimed_at": {"$lt": docs.utc(now - retention.claims_s)}},
-                                   limit),
-            "chats": _delete_some(self.db.chats,
-                                  {"ended_at": {"$lt": now - retention.chats_s}}, limit),
-            "reports": _delete_some(self.db.reports,
-                                    {"created_at": {"$lt": now - retention.reports_s}}, limit),
-            "exclusions": _delete_some(self.db.exclusions, {
-                "created_at": {"$lt": now - retention.exclusions_s}}, limit),
-            "age_refusals": _delete_some(self.db.users, {"age_answer": "no", "banned": False,
-                "age_answered_at": {"$lt": now - retention.age_refusals_s}}, limit),
-        }
+        return {kind: _delete_some(self.db[collection], _match(filters), limit)
+                for kind, collection, filters in docs.expired(now, retention)}
 
     def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
-        found: dict[int, tuple[int, str]] = {}
-        for doc in self.db.users.find(
-                {"chat": {"$ne": None}, "last_seen": {"$lt": cut.active_before}},
-                {"language": 1, "chat": 1, "last_seen": 1}).sort("last_seen", 1).limit(
-                    _IDLE_SCAN * limit):
-            partner = self.db.users.find_one({"_id": doc["chat"]["partner"]}, {"last_seen": 1})
-            if partner and chat_idle((doc["last_seen"], partner["last_seen"]), cut.active_before):
-                found.setdefault(int(doc["chat"]["id"]), (int(doc["_id"]), doc["language"]))
-            if len(found) >= limit:
-                break
-        return list(found.values())
+        users = self.db.users.find({"chat": {"$ne": None}, "last_seen": {"$lt": cut.active_before}},
+                                   {"language": 1, "chat": 1, "last_seen": 1}).sort(
+                                       "last_seen", 1).limit(docs.IDLE_SCAN * limit)
+        return docs.idle_chats(((int(doc["_id"]), doc) for doc in users), lambda partner: (
+            self.db.users.find_one({"_id": partner}, {"last_seen": 1}) or {}).get("last_seen"),
+            cut, limit)
 
     def claim_inactivity_notices(self, cut: Cutoffs, now: float,
                                  limit: int) -> list[tuple[int, str]]:
@@ -392,9 +384,9 @@ class MongoRepository:
     def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
         """See ``Repository.inactive_accounts``."""
         return [int(doc["_id"]) for doc in self.db.users.find(
-            {"notice_pending": False, "banned": False, "noticed_at": {"$lt": cut.noticed_before}},
-            {"recent_updates": 0, "claims": 0}).sort("noticed_at", 1).limit(limit)
-            if erasure_due(AccountStatus.of(docs.stored_profile(int(doc["_id"]), doc, None)), cut)]
+            _match(docs.noticed(cut)), {"recent_updates": 0, "claims": 0}).sort(
+                "noticed_at", 1).limit(limit)
+            if erasure_due(docs.account(int(doc["_id"]), doc), cut)]
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
@@ -406,16 +398,15 @@ class MongoRepository:
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
-        docs = self.db.message_links.find(
+        found = self.db.message_links.find(
             {"chat_id": chat_id, "sender_id": sender_id}, {"sender_message_id": 1}).sort(
             "sender_message_id", -1).limit(limit)
-        return sorted(int(d["sender_message_id"]) for d in docs)
+        return sorted(int(d["sender_message_id"]) for d in found)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
                    now: float) -> Report | None:
-        """See ``Repository.add_report``; ids are random, so no counter document is hot."""
-        report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason,
-                        now, "open")
+        """See ``Repository.add_report``: one upsert, once per reporter and chat."""
+        report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
         earlier = self.db.reports.find_one_and_update(
             {"reporter_id": reporter_id, "chat_id": chat_id},
             {"$setOnInsert": {"_id": report.report_id, **docs.report_document(report)}},
@@ -431,42 +422,25 @@ class MongoRepository:
 
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
-        doc = self.db.users.find_one_and_update(
-            {"_id": user_id}, {"$set": {"banned": banned}}, projection={"language": 1})
-        if doc is None:
-            return False
-        if banned:
-            self._leave_lobby(user_id, doc["language"])
-        return True
+        return self._set_flag(user_id, "banned", banned)
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats``."""
-        db = self.db
-        return ModerationStats(
-            users=db.users.estimated_document_count(),
-            waiting=db.lobby.estimated_document_count(),
-            active_chats=db.chats.count_documents({"ended_at": None}),
-            chats_today=db.chats.count_documents({"started_at": {"$gte": since}}),
-            reports_today=db.reports.count_documents({"created_at": {"$gte": since}}),
-        )
+        return ModerationStats(**docs.count_each(docs.moderation_queries(since), self._count))
 
-    def _due(self, idle_before: float) -> dict[str, Any]:
-        return {"nudge_pending": True, "last_seen": {"$lt": idle_before}}
+    def _count(self, collection: str, filters: tuple[docs.Filter, ...]) -> int:
+        """How many documents match; a whole collection's count is the cheap estimate."""
+        if not filters:
+            return int(self.db[collection].estimated_document_count())
+        return int(self.db[collection].count_documents(_match(filters)))
 
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """See ``Repository.claim_nudges``: each user claimed by one conditional update."""
-        claimed: list[Nudge] = []
-        while len(claimed) < limit:
-            doc = self.db.users.find_one_and_update(
-                {**self._due(idle_before), "blocked": False, "banned": False,
-                 "reminders_off": {"$ne": True}},
-                {"$set": {"nudge_pending": False, "reminded_at": now}},
-                projection={"language": 1, "chat": 1, "waiting_since": 1},
-                sort=[("last_seen", 1)])
-            if doc is None:
-                break
-            claimed.append(docs.nudge(int(doc["_id"]), doc))
-        return claimed
+        return [docs.nudge(int(doc["_id"]), doc) for doc in _claim_each(
+            self.db.users, {**_match(docs.nudge_due(idle_before)), "blocked": False,
+                            "banned": False, "reminders_off": {"$ne": True}},
+            {"nudge_pending": False, "reminded_at": now}, limit,
+            projection={"language": 1, "chat": 1, "waiting_since": 1}, sort=[("last_seen", 1)])]
 
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
@@ -474,14 +448,7 @@ class MongoRepository:
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
-        users = self.db.users
-        due = self._due(idle_before)
-        return {
-            "blocked": users.count_documents({**due, "blocked": True}),
-            "banned": users.count_documents({**due, "blocked": False, "banned": True}),
-            "opted_out": users.count_documents({**due, "blocked": False, "banned": False,
-                                                "reminders_off": True}),
-        }
+        return docs.count_each(docs.idle_excluded_queries(idle_before), self._count)
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``: each removal under its pool's lease."""
@@ -489,13 +456,11 @@ class MongoRepository:
         for entry in list(self.db.lobby.find({"since": {"$lt": waiting_before}},
                                              {"language": 1}).sort("since", 1).limit(limit)):
             with self._pool_lock(entry["language"]):
-                removed = self.db.lobby.delete_one(
-                    {"_id": entry["_id"], "since": {"$lt": waiting_before}}).deleted_count
-                if removed:
+                if self.db.lobby.delete_one(
+                        {"_id": entry["_id"], "since": {"$lt": waiting_before}}).deleted_count:
                     self.db.users.update_one({"_id": entry["_id"], "chat": None},
                                              {"$set": {"waiting_since": None}})
-            if removed:
-                expired.append((int(entry["_id"]), entry["language"]))
+                    expired.append((int(entry["_id"]), entry["language"]))
         return expired
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
@@ -504,10 +469,8 @@ class MongoRepository:
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
-        counts: dict[int, int] = {}
-        for doc in self.db.message_links.find({"chat_id": chat_id}, {"sender_id": 1}):
-            counts[int(doc["sender_id"])] = counts.get(int(doc["sender_id"]), 0) + 1
-        return counts
+        return dict(Counter(int(doc["sender_id"]) for doc in self.db.message_links.find(
+            {"chat_id": chat_id}, {"sender_id": 1})))
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
@@ -574,16 +537,12 @@ class MongoRepository:
         self, user_id: int, recent_partners: int, now: float, update_id: int
     ) -> MatchResult:
         """See ``Repository.find_partner``: decided and written under the pool's lease."""
-        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-        if doc is None:
-            raise LookupError(f"unknown user {user_id}")
-        resumed = self._resumed_chat(doc, update_id)
+        doc, resumed = self._searcher(user_id, update_id)
         if resumed is not None:
             return resumed
         language = self._pool_of(user_id, doc["language"])  # "*": the any-language pool
         with self._pool_lock(language) as lock:
-            doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-            resumed = self._resumed_chat(doc, update_id)
+            doc, resumed = self._searcher(user_id, update_id)
             if resumed is not None:
                 return resumed
             avoid = self._avoided_by(user_id, recent_partners)
@@ -634,23 +593,22 @@ class MongoRepository:
 
     def claim_language_offers(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.claim_language_offers``: one conditional update per user."""
-        claimed: list[tuple[int, str]] = []
-        while len(claimed) < limit:
-            entry = self.db.lobby.find_one_and_update(
-                {"since": {"$lt": waiting_before}, "language": {"$ne": "*"},
-                 "offered": {"$ne": True}}, {"$set": {"offered": True}},
-                projection={"language": 1}, sort=[("since", 1)])
-            if entry is None:
-                break
-            claimed.append((int(entry["_id"]), str(entry["language"])))
-        return claimed
+        return [(int(entry["_id"]), str(entry["language"])) for entry in _claim_each(
+            self.db.lobby, {"since": {"$lt": waiting_before}, "language": {"$ne": "*"},
+                            "offered": {"$ne": True}}, {"offered": True}, limit,
+            projection={"language": 1}, sort=[("since", 1)])]
 
-    def _resumed_chat(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
+    def _searcher(self, user_id: int, update_id: int) -> tuple[dict[str, Any], MatchResult | None]:
+        """The searcher's document, and what the search answers if they are in a chat."""
+        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        if doc is None:
+            raise LookupError(f"unknown user {user_id}")
         chat = docs.active_chat(doc)
         if chat is None:
-            return None
+            return doc, None
         opened = self.db.chats.find_one({"_id": chat.chat_id}, {"opened_by_update": 1})
-        return matching.resume_search(chat, (opened or {}).get("opened_by_update"), update_id)
+        return doc, matching.resume_search(chat, (opened or {}).get("opened_by_update"),
+                                           update_id)
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""
@@ -676,33 +634,26 @@ class MongoRepository:
             if not matching.may_end(reason, opened.get("opened_by_update"), update_id):
                 chat = None  # this update opened it: a re-delivered /next resumes instead
         if chat:
+            chat_id, partner_id = int(chat["id"]), int(chat["partner"])
             ended = self.db.chats.find_one_and_update(
-                {"_id": chat["id"], "ended_at": None},
+                {"_id": chat_id, "ended_at": None},
                 {"$set": docs.ended_fields(user_id, reason, now, update_id,
                                            docs.utc(now) + self._chat_retention)},
-                projection={"users": 1})
-            if ended is None:
-                # The partner ended it first; tidy our side if they have not yet.
-                closed = self.db.chats.find_one({"_id": chat["id"]}, {"closed_by_update": 1})
-                self._clear_chat(chat["id"], [user_id, int(chat["partner"])])
-                if closed is None or closed.get("closed_by_update") != update_id:
-                    return None
-                return EndedChat(int(chat["id"]), int(chat["partner"]),
-                                 self._language(int(chat["partner"])), resumed=True)
-            self._clear_chat(chat["id"], ended["users"])
-            partner_id = int(chat["partner"])
-            return EndedChat(int(chat["id"]), partner_id, self._language(partner_id),
-                             resumed=False)
+                projection={"_id": 1})
+            # None: the partner ended it first, and our side is tidied here if not yet.
+            closed = ended or self.db.chats.find_one({"_id": chat_id}, {"closed_by_update": 1})
+            self.db.users.update_many({"_id": {"$in": [user_id, partner_id]}, "chat.id": chat_id},
+                                      {"$set": {"chat": None}})
+            if ended is None and (closed or {}).get("closed_by_update") != update_id:
+                return None
+            return EndedChat(chat_id, partner_id, self._language(partner_id),
+                             resumed=ended is None)
         earlier = self.db.chats.find_one({"closed_by_update": update_id, "users": user_id},
                                          {"users": 1})
         if earlier is None:
             return None
-        partner_id = next(int(u) for u in earlier["users"] if u != user_id)
+        partner_id = docs.partner_of(earlier, user_id)
         return EndedChat(int(earlier["_id"]), partner_id, self._language(partner_id), True)
-
-    def _clear_chat(self, chat_id: int, users: list[int]) -> None:
-        self.db.users.update_many({"_id": {"$in": users}, "chat.id": chat_id},
-                                  {"$set": {"chat": None}})
 
     def _language(self, user_id: int) -> str:
         doc = self.db.users.find_one({"_id": user_id}, {"language": 1})
@@ -746,12 +697,4 @@ class MongoRepository:
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts``."""
-        db = self.db
-        return Counts(
-            users=db.users.estimated_document_count(),
-            active_chats=db.chats.count_documents({"ended_at": None}),
-            previous_chats=db.chats.count_documents({"ended_at": {"$ne": None}}),
-            my_previous_chats=db.chats.count_documents(
-                {"users": user_id, "ended_at": {"$ne": None}}),
-            waiting=db.lobby.estimated_document_count(),
-        )
+        return Counts(**docs.count_each(docs.count_queries(user_id), self._count))

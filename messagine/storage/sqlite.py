@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
-from collections.abc import Callable
-from dataclasses import asdict
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +28,6 @@ from messagine.domain.erasure import (
     returned,
 )
 from messagine.domain.flood import FloodRule, FloodState, admit
-from messagine.domain.nudges import activity
 from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
@@ -50,11 +50,12 @@ from messagine.models import (
 from messagine.storage import documents as docs
 from messagine.storage.sqlite_database import Database
 
-# The state of one user: profile flags, their chat (seen from their side) and lobby entry.
+# The state of one user, named as a user document's fields: their profile and flags,
+# their chat (seen from their side) and since when they wait in the lobby.
 _STATE_QUERY = """
-SELECT u.id, u.language, u.blocked, u.banned, u.analytics_opt_out, u.age_answer,
-       u.language_code, u.reminders_off,
-       m.chat_id, m.partner_id, p.language, c.started_at, l.since
+SELECT u.*, l.since AS waiting_since, CASE WHEN m.chat_id IS NOT NULL THEN json_object(
+    'id', m.chat_id, 'partner', m.partner_id,
+    'partner_language', coalesce(p.language, u.language), 'started_at', c.started_at) END AS chat
 FROM users u
 LEFT JOIN memberships m ON m.user_id = u.id
 LEFT JOIN chats c ON c.id = m.chat_id
@@ -63,12 +64,8 @@ LEFT JOIN lobby l ON l.user_id = u.id
 WHERE u.id = ?
 """
 
-# The last N partners of a user, newest first.
-_RECENT_PARTNERS = """
-SELECT CASE WHEN user_a = :me THEN user_b ELSE user_a END
-FROM chats WHERE user_a = :me OR user_b = :me
-ORDER BY started_at DESC, id DESC LIMIT :recent
-"""
+# A user's latest chats (a chat made later has the larger id).
+_NEWEST_FIRST = "ORDER BY started_at DESC, id DESC LIMIT :limit"
 
 # One page of a pool's lobby in waiting order, for the matching rule to choose from.
 _LOBBY_PAGE = """
@@ -78,6 +75,99 @@ WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
 _PAGE = 50
 T = TypeVar("T")
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    """A query's rows as mappings of column name to value."""
+    cursor = conn.execute(sql, params)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _chats(conn: sqlite3.Connection, user_id: int, rest: str = "",
+           **params: object) -> list[tuple[int, dict[str, Any]]]:
+    """The user's chats as (id, chat document); ``rest`` narrows, orders or limits them."""
+    return [(c["id"], {**c, "users": json.loads(c["users"])}) for c in _rows(
+        conn, "SELECT *, json_array(user_a, user_b) AS users FROM chats"
+        " WHERE (user_a = :me OR user_b = :me) " + rest, {"me": user_id, **params})]
+
+
+def _state(conn: sqlite3.Connection, user_id: int, *, is_new: bool = False) -> UserState | None:
+    """The user's state (None for an unknown user)."""
+    found = _rows(conn, _STATE_QUERY, (user_id,))
+    if not found:
+        return None
+    chat = found[0]["chat"]
+    return docs.user_state(user_id, {**found[0], "chat": chat and json.loads(chat)},
+                           is_new=is_new)
+
+
+def _where(filters: Iterable[docs.Filter]) -> tuple[str, list[Any]]:
+    """The document stores' ``filters`` as an SQL condition and its parameters.
+
+    A chat's users are two columns here, so "users array_contains" asks for either.
+    """
+    clauses, params = ["1"], []
+    for name, operator, value in filters:
+        if operator == "array_contains":
+            clauses.append("(user_a = ? OR user_b = ?)")
+            params += [value, value]
+        elif value is None:
+            clauses.append(f"{name} IS {'NOT ' if operator == '!=' else ''}NULL")
+        else:
+            clauses.append(f"{name} {'=' if operator == '==' else operator} ?")
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
+def _count(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter]) -> int:
+    """How many rows of ``table`` the ``filters`` select."""
+    condition, params = _where(filters)
+    return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {condition}",
+                            params).fetchone()[0])
+
+
+def _delete_some(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter],
+                 limit: int) -> int:
+    """Delete at most ``limit`` rows of ``table`` that the ``filters`` select."""
+    condition, params = _where(filters)
+    return conn.execute(f"DELETE FROM {table} WHERE rowid IN"  # the names are ours, values bound
+                        f" (SELECT rowid FROM {table} WHERE {condition} LIMIT ?)",
+                        (*params, limit)).rowcount
+
+
+def _naming(table: str, names: Iterable[str]) -> str:
+    """The condition that one of the columns ``names`` is the user ``:me``.
+
+    An album's fields are in its ``doc``.
+    """
+    return " OR ".join(f"json_extract(doc, '$.{name}') = :me" if table == "albums"
+                       else f"{name} = :me" for name in names)
+
+
+def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any], how: str = "",
+            then: str = "") -> sqlite3.Cursor:
+    """Insert ``row`` (column name to value); ``how``: "OR IGNORE" and the like."""
+    return conn.execute(f"INSERT {how} INTO {table} ({', '.join(row)})"
+                        f" VALUES ({', '.join(f':{name}' for name in row)}) {then}", row)
+
+
+def _upsert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any], key: str,
+            updated: Iterable[str]) -> None:
+    """Insert ``row``, or where ``key`` is taken already, set the ``updated`` columns from it."""
+    _insert(conn, table, row, then=f"ON CONFLICT ({key}) DO UPDATE SET "
+            + ", ".join(f"{name} = excluded.{name}" for name in updated))
+
+
+def _assignments(columns: Iterable[str]) -> str:
+    """An UPDATE's SET list binding each column to its named parameter (the names are ours)."""
+    return ", ".join(f"{name} = :{name}" for name in columns)
+
+
+def _language(conn: sqlite3.Connection, user_id: int) -> str:
+    """The user's language ("en" for a user who is gone)."""
+    row = conn.execute("SELECT language FROM users WHERE id = ?", (user_id,)).fetchone()
+    return str(row[0]) if row else "en"
 
 
 class SqliteRepository:
@@ -102,30 +192,10 @@ class SqliteRepository:
 
     # -- reading state -------------------------------------------------------------------
 
-    @staticmethod
-    def _state(
-        conn: sqlite3.Connection, user_id: int, *, is_new: bool = False
-    ) -> UserState | None:
-        row = conn.execute(_STATE_QUERY, (user_id,)).fetchone()
-        if row is None:
-            return None
-        (uid, language, blocked, banned, opt_out, age_answer, language_code, reminders_off,
-         chat_id, partner_id, partner_language, started_at, since) = row
-        chat = None
-        if chat_id is not None:
-            chat = ActiveChat(chat_id, partner_id, partner_language or language, started_at)
-        return UserState(
-            user_id=uid, language=language, is_new=is_new, blocked=bool(blocked),
-            banned=bool(banned), chat=chat, waiting_since=since,
-            analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
-            language_code=language_code, reminders_enabled=not reminders_off,
-            age_refused=age_answer == "no",
-        )
-
     def get_user(self, user_id: int) -> UserState | None:
         """See ``Repository.get_user``."""
         with self._transaction(write=False) as conn:
-            return self._state(conn, user_id)
+            return _state(conn, user_id)
 
     # -- updates and users ---------------------------------------------------------------
 
@@ -136,15 +206,13 @@ class SqliteRepository:
         """See ``Repository.open_update``: claim, profile upsert and state in one transaction."""
         with self._transaction() as conn:
             if profile is None:
-                claimed = conn.execute(
-                    "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at) "
-                    "VALUES (?, ?)", (update_id, now)).rowcount
+                claimed = _insert(conn, "claimed_updates",
+                                  {"update_id": update_id, "claimed_at": now}, "OR IGNORE").rowcount
                 return OpenedUpdate(duplicate=not claimed)
-            banned = self._state(conn, profile.user_id)
+            banned = _state(conn, profile.user_id)
             if banned is not None and banned.banned:  # claimed alone (domain.erasure)
-                claimed = conn.execute(
-                    "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at, owner) "
-                    "VALUES (?, ?, ?)", (update_id, now, owner)).rowcount
+                claimed = _insert(conn, "claimed_updates", {"update_id": update_id,
+                                  "claimed_at": now, "owner": owner}, "OR IGNORE").rowcount
                 return OpenedUpdate(duplicate=not claimed, user=banned)
             row = conn.execute(
                 "SELECT state, owner, lease_until, attempts FROM claimed_updates "
@@ -155,42 +223,23 @@ class SqliteRepository:
             if claim is None:
                 return OpenedUpdate(duplicate=decision is Decision.DONE,
                                     busy=decision is Decision.BUSY)
-            conn.execute(
-                """
-                INSERT INTO claimed_updates (update_id, claimed_at, state, owner, lease_until,
-                                             attempts)
-                VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT (update_id) DO UPDATE SET
-                    state = excluded.state, owner = excluded.owner,
-                    lease_until = excluded.lease_until, attempts = excluded.attempts
-                """,
-                (update_id, now, claim.state.value, claim.owner, claim.lease_until,
-                 claim.attempts))
+            entry = {**docs.claim_entry(claim), "state": claim.state.value}
+            _upsert(conn, "claimed_updates", {"update_id": update_id, "claimed_at": now, **entry},
+                    "update_id", entry)
             known = conn.execute(
                 "SELECT flood FROM users WHERE id = ?", (profile.user_id,)
             ).fetchone()
             counters = FloodState(**json.loads(known[0])) if known and known[0] else FloodState()
             counters, verdict = admit(counters, now, album, self._flood_rule)
-            conn.execute(
-                """
-                INSERT INTO users (id, first_name, last_name, username, language_code,
-                                   language, first_seen, last_seen, flood)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (id) DO UPDATE SET
-                    first_name = excluded.first_name, last_name = excluded.last_name,
-                    username = excluded.username, language_code = excluded.language_code,
-                    last_seen = excluded.last_seen, flood = excluded.flood, nudge_pending = 1,
-                    notice_pending = 1
-                """,
-                (profile.user_id, profile.first_name, profile.last_name, profile.username,
-                 profile.language_code, default_language, now, now,
-                 json.dumps(asdict(counters))),
-            )
-            state = self._state(conn, profile.user_id, is_new=known is None)
+            refreshed = {**docs.profile_fields(profile, now), "flood": json.dumps(asdict(counters))}
+            row = {"id": profile.user_id,
+                   **docs.user_row(docs.new_user_fields(default_language, now)), **refreshed}
+            _upsert(conn, "users", row, "id", refreshed)
+            state = _state(conn, profile.user_id, is_new=known is None)
             if state is not None and state.age_refused:  # domain.age_gate.stores_profile
                 forgotten = docs.forgotten_profile()
-                conn.execute(f"UPDATE users SET {', '.join(f'{k} = :{k}' for k in forgotten)}"
-                             " WHERE id = :id", {**forgotten, "id": profile.user_id})
+                conn.execute(f"UPDATE users SET {_assignments(forgotten)} WHERE id = :id",
+                             {**forgotten, "id": profile.user_id})
             return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
                                 warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
 
@@ -212,112 +261,86 @@ class SqliteRepository:
     def set_language(self, user_id: int, language: str) -> UserState:
         """See ``Repository.set_language``."""
         with self._transaction() as conn:
-            state = self._state(conn, user_id)
+            state = _state(conn, user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
             if state.chat is not None:
                 return state
             conn.execute("UPDATE users SET language = ? WHERE id = ?", (language, user_id))
             conn.execute("UPDATE lobby SET language = ? WHERE user_id = ?", (language, user_id))
-            new_state = self._state(conn, user_id)
-            assert new_state is not None  # noqa: S101 - the row was read in this transaction
-            return new_state
+            return replace(state, language=language)
+
+    def _set(self, user_id: int, *, leave_lobby: bool = False, **columns: object) -> bool:
+        """Set columns of the user's row (False for an unknown user), or leave the lobby too."""
+        with self._transaction() as conn:
+            if leave_lobby:
+                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
+            return conn.execute(f"UPDATE users SET {_assignments(columns)} WHERE id = :user",
+                                {**columns, "user": user_id}).rowcount > 0
 
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """See ``Repository.set_blocked``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET blocked = ? WHERE id = ?", (int(blocked), user_id))
-            if blocked:
-                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
+        self._set(user_id, blocked=int(blocked), leave_lobby=blocked)
 
     def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
         """See ``Repository.set_analytics_opt_out``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET analytics_opt_out = ? WHERE id = ?",
-                         (int(opt_out), user_id))
+        self._set(user_id, analytics_opt_out=int(opt_out))
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
         with self._transaction() as conn:
-            conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
-                         ("yes" if confirmed else "no", now, user_id))
-            if not confirmed:  # an erased user's refusal leaves the marker
-                marker = docs.user_row(docs.refusal_marker_document(user_id, now)) | {"id": user_id}
-                conn.execute(f"INSERT OR IGNORE INTO users ({', '.join(marker)})"
-                             f" VALUES ({', '.join(':' + k for k in marker)})", marker)
+            if confirmed:
+                conn.execute("UPDATE users SET age_answer = 'yes', age_answered_at = ?"
+                             " WHERE id = ?", (now, user_id))
+            else:  # an erased user's refusal leaves the marker
+                _upsert(conn, "users", docs.user_row(docs.refusal_marker_document(user_id, now))
+                        | {"id": user_id}, "id", ("age_answer", "age_answered_at"))
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``: rows name their columns as the documents do."""
         with self._transaction(write=False) as conn:
-            def rows(sql: str) -> list[dict[str, Any]]:
-                cursor = conn.execute(sql, {"me": user_id})
-                names = [column[0] for column in cursor.description]
-                return [dict(zip(names, row, strict=True)) for row in cursor]
-
-            user = rows("SELECT * FROM users WHERE id = :me")
+            user = _rows(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
             if not user:
                 return None
-            lobby = rows("SELECT * FROM lobby WHERE user_id = :me")
-            chats = rows("SELECT *, json_array(user_a, user_b) AS users FROM chats"
-                         " WHERE user_a = :me OR user_b = :me")
+            lobby = _rows(conn, "SELECT * FROM lobby WHERE user_id = ?", (user_id,))
+            links, exclusions, reports = (_rows(conn, f"SELECT * FROM {table} WHERE "
+                                                + " OR ".join(f"{name} = :me" for name in names),
+                                                {"me": user_id}) for table, names in docs.EXPORTED)
             return docs.user_records(
                 user_id, {**user[0], "flood": json.loads(user[0]["flood"] or "{}")},
-                lobby[0] if lobby else None,
-                ((c["id"], {**c, "users": json.loads(c["users"])}) for c in chats),
-                rows("SELECT * FROM message_links WHERE sender_id = :me OR recipient_id = :me"),
-                rows("SELECT * FROM exclusions WHERE user_id = :me OR other_id = :me"),
-                ((r["id"], r) for r in rows(
-                    "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")))
+                lobby[0] if lobby else None, _chats(conn, user_id), links, exclusions,
+                ((r["id"], r) for r in reports))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
         stones, key = Tombstones(), protection_key(self._pepper, user_id)
         with self._transaction() as conn:
-            counts = {
-                "messages": conn.execute(
-                    "DELETE FROM message_links WHERE sender_id = ? OR recipient_id = ?",
-                    (user_id, user_id)).rowcount,
-                "exclusions": conn.execute(
-                    "DELETE FROM exclusions WHERE user_id = ?", (user_id,)).rowcount,
-                "lobby": conn.execute("DELETE FROM lobby WHERE user_id = ?",
-                                      (user_id,)).rowcount,
-            }
-            counts["messages"] += conn.execute(  # an album on its way: message ids too
-                "DELETE FROM albums WHERE json_extract(doc, '$.sender_id') = ?",
-                (user_id,)).rowcount
-            conn.execute("DELETE FROM memberships WHERE user_id = ? OR partner_id = ?",
-                         (user_id, user_id))
-            chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
-                                 " WHERE user_a = ? OR user_b = ?", (user_id, user_id)).fetchall()
-            for chat_id, user_a, user_b, ended_by in chats:
-                changed = anonymise_chat((user_a, user_b), ended_by, user_id,
-                                         stones.of(user_b if user_a == user_id else user_a))
+            counts: Counter[str] = Counter()
+            for kind, table, names in (*docs.ERASED, ("lobby", "lobby", ("user_id",))):
+                counts[kind] += conn.execute(f"DELETE FROM {table} WHERE {_naming(table, names)}",
+                                             {"me": user_id}).rowcount
+            conn.execute("DELETE FROM memberships WHERE user_id = :me OR partner_id = :me",
+                         {"me": user_id})
+            chats = _chats(conn, user_id)
+            for chat_id, chat in chats:
+                changed = anonymise_chat(chat["users"], chat["ended_by"], user_id,
+                                         stones.of(docs.partner_of(chat, user_id)))
                 assert changed is not None  # noqa: S101 - the query selected their chats
                 conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
                              (*changed.users, changed.ended_by, chat_id))
             counts["chats_anonymised"] = len(chats)
-            conn.executemany("UPDATE reports SET reporter_id = ? WHERE id = ?", [
-                (stones.of(other), report_id) for report_id, other in conn.execute(
-                    "SELECT id, reported_id FROM reports WHERE reporter_id = ?",
-                    (user_id,)).fetchall()])
-            # Others' protections stay (domain.erasure): their exclusions and reports.
-            conn.executemany(
-                "UPDATE exclusions SET other_id = ?, other_key = ? WHERE user_id = ?"
-                " AND other_id = ?", [(stones.of(other), key, other, user_id) for (other,) in
-                                      conn.execute("SELECT user_id FROM exclusions"
-                                                   " WHERE other_id = ?", (user_id,)).fetchall()])
-            conn.executemany(
-                "UPDATE reports SET reported_id = ?, reported_key = ? WHERE id = ?", [
-                    (stones.of(other), key, report_id) for report_id, other in conn.execute(
-                        "SELECT id, reporter_id FROM reports WHERE reported_id = ?",
-                        (user_id,)).fetchall()])
+            for table, name, partner, key_field in docs.KEPT:  # others' protections stay
+                for row in _rows(conn, f"SELECT rowid AS row_id, * FROM {table} WHERE {name} = ?",
+                                (user_id,)):
+                    kept = docs.kept(row, name, partner, key_field, stones, key)
+                    conn.execute(f"UPDATE {table} SET {_assignments(kept)} WHERE rowid = :row_id",
+                                 {**kept, "row_id": row["row_id"]})
             # A ban outlives erasure (domain.erasure): only the banned remnant stays. Its
             # columns are named as the documents' fields; the rest live in other tables.
-            remnant = {k: v for k, v in docs.remnant_document(user_id).items()
-                       if k not in ("chat", "waiting_since")} | {"flood": None}
+            remnant = docs.user_row(docs.remnant_document(user_id)) | {"flood": None}
             counts["kept_for_ban"] = conn.execute(
-                f"UPDATE users SET {', '.join(f'{k} = :{k}' for k in remnant)}"
-                " WHERE id = :user AND banned = 1", {**remnant, "user": user_id}).rowcount
+                f"UPDATE users SET {_assignments(remnant)} WHERE id = :user AND banned = 1",
+                {**remnant, "user": user_id}).rowcount
             counts["profile"] = conn.execute("DELETE FROM users WHERE id = ? AND banned = 0",
                                              (user_id,)).rowcount
         return counts
@@ -327,27 +350,12 @@ class SqliteRepository:
 
         One short write transaction, at most ``limit`` rows of each table.
         """
-        def purge(conn: sqlite3.Connection, table: str, expired: str, cutoff: float) -> int:
-            return conn.execute(
-                f"DELETE FROM {table} WHERE rowid IN"  # the names are ours, the values bound
-                f" (SELECT rowid FROM {table} WHERE {expired} LIMIT ?)",
-                (cutoff, limit)).rowcount
-
         with self._transaction() as conn:
-            return {
-                "messages": purge(conn, "message_links", "sent_at < ?",
-                                  now - retention.messages_s),
-                "claims": purge(conn, "claimed_updates", "claimed_at < ?",
-                                now - retention.claims_s)
-                + purge(conn, "albums", "expires_at < ?", now),  # an album is a claim too
-                "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
-                               now - retention.chats_s),
-                "reports": purge(conn, "reports", "created_at < ?", now - retention.reports_s),
-                "exclusions": purge(conn, "exclusions", "created_at < ?",
-                                    now - retention.exclusions_s),
-                "age_refusals": purge(conn, "users", "age_answer = 'no' AND banned = 0"
-                                      " AND age_answered_at < ?", now - retention.age_refusals_s),
-            }
+            counts = {kind: _delete_some(conn, table, filters, limit)
+                      for kind, table, filters in docs.expired(now, retention)}
+            counts["claims"] += _delete_some(  # an album on its way is a claim too
+                conn, "albums", (("expires_at", "<", now),), limit)
+            return counts
 
     def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.idle_chats``."""
@@ -385,16 +393,8 @@ class SqliteRepository:
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
         with self._transaction(write=False) as conn:
-            row = conn.execute(
-                "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END, language,"
-                " started_at, ended_at, end_reason, ended_by FROM chats"
-                " WHERE user_a = :me OR user_b = :me ORDER BY started_at DESC, id DESC LIMIT 1",
-                {"me": user_id}).fetchone()
-        if row is None:
-            return None
-        chat_id, partner, language, started, ended, reason, ended_by = row
-        return ChatRecord(chat_id, partner, language, started, ended, reason,
-                          None if ended_by is None else ended_by == user_id)
+            chats = _chats(conn, user_id, _NEWEST_FIRST, limit=1)
+        return docs.chat_record(*chats[0], user_id) if chats else None
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
@@ -407,77 +407,57 @@ class SqliteRepository:
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
                    now: float) -> Report | None:
         """See ``Repository.add_report``."""
+        report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM reports WHERE reporter_id = ? AND chat_id = ?",
                             (reporter_id, chat_id)).fetchone():
                 return None
-            report_id = conn.execute(
-                "INSERT INTO reports (reporter_id, reported_id, chat_id, reason, created_at,"
-                " status) VALUES (?, ?, ?, ?, ?, 'open')",
-                (reporter_id, reported_id, chat_id, reason, now)).lastrowid
+            report_id = _insert(conn, "reports", docs.report_document(report)).lastrowid
         assert report_id is not None  # noqa: S101 - an INSERT always sets lastrowid
-        return Report(report_id, reporter_id, reported_id, chat_id, reason, now, "open")
+        return replace(report, report_id=report_id)
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """See ``Repository.resolve_report``."""
         with self._transaction() as conn:
             changed = conn.execute("UPDATE reports SET status = ? WHERE id = ? AND status = 'open'",
                                    (status, report_id)).rowcount
-            row = conn.execute("SELECT id, reporter_id, reported_id, chat_id, reason, created_at,"
-                               " status FROM reports WHERE id = ?", (report_id,)).fetchone()
-        return Report(*row) if changed and row else None
+            found = _rows(conn, "SELECT * FROM reports WHERE id = ?", (report_id,))
+        return docs.report(report_id, found[0]) if changed and found else None
 
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
-        with self._transaction() as conn:
-            found = conn.execute("UPDATE users SET banned = ? WHERE id = ?",
-                                 (int(banned), user_id)).rowcount > 0
-            if banned:
-                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
-        return found
+        return self._set(user_id, banned=int(banned), leave_lobby=banned)
 
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats``."""
+        return ModerationStats(**self._count_each(docs.moderation_queries(since)))
+
+    def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
         with self._transaction(write=False) as conn:
-            row = conn.execute(
-                """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM lobby),
-                          (SELECT count(*) FROM chats WHERE ended_at IS NULL),
-                          (SELECT count(*) FROM chats WHERE started_at >= :since),
-                          (SELECT count(*) FROM reports WHERE created_at >= :since)""",
-                {"since": since}).fetchone()
-        return ModerationStats(*row)
+            return docs.count_each(queries, lambda table, filters: _count(conn, table, filters))
 
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
         """See ``Repository.claim_nudges``: select and mark in one IMMEDIATE transaction."""
         with self._transaction() as conn:
-            rows = conn.execute(
-                """SELECT u.id, u.language, m.user_id IS NOT NULL, l.user_id IS NOT NULL
-                   FROM users u
-                   LEFT JOIN memberships m ON m.user_id = u.id
-                   LEFT JOIN lobby l ON l.user_id = u.id
-                   WHERE u.nudge_pending = 1 AND u.last_seen < ? AND u.blocked = 0
-                     AND u.banned = 0 AND u.reminders_off = 0
-                   ORDER BY u.last_seen LIMIT ?""", (idle_before, limit)).fetchall()
+            rows = _rows(conn, """
+                SELECT u.id, u.language, m.chat_id AS chat, l.since AS waiting_since
+                FROM users u
+                LEFT JOIN memberships m ON m.user_id = u.id
+                LEFT JOIN lobby l ON l.user_id = u.id
+                WHERE u.nudge_pending = 1 AND u.last_seen < ? AND u.blocked = 0
+                  AND u.banned = 0 AND u.reminders_off = 0
+                ORDER BY u.last_seen LIMIT ?""", (idle_before, limit))
             conn.executemany("UPDATE users SET nudge_pending = 0, reminded_at = ? WHERE id = ?",
-                             [(now, row[0]) for row in rows])
-        return [Nudge(int(uid), language, activity(bool(chatting), bool(waiting)))
-                for uid, language, chatting, waiting in rows]
+                             [(now, row["id"]) for row in rows])
+        return [docs.nudge(row["id"], row) for row in rows]
 
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET nudge_pending = 1 WHERE id = ?", (user_id,))
+        self._set(user_id, nudge_pending=1)
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
-        with self._transaction(write=False) as conn:
-            row = conn.execute(
-                """SELECT coalesce(sum(blocked), 0),
-                          coalesce(sum(banned AND NOT blocked), 0),
-                          coalesce(sum(reminders_off AND NOT blocked AND NOT banned), 0)
-                   FROM users WHERE nudge_pending = 1 AND last_seen < ?""",
-                (idle_before,)).fetchone()
-        return {"blocked": int(row[0]), "banned": int(row[1]), "opted_out": int(row[2])}
+        return self._count_each(docs.idle_excluded_queries(idle_before))
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``."""
@@ -489,9 +469,7 @@ class SqliteRepository:
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
         """See ``Repository.set_reminders``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET reminders_off = ? WHERE id = ?",
-                         (int(not enabled), user_id))
+        self._set(user_id, reminders_off=int(not enabled))
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
@@ -504,11 +482,8 @@ class SqliteRepository:
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``."""
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO exclusions (user_id, other_id, reason, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (user_id, other_id, reason, now),
-            )
+            _insert(conn, "exclusions", docs.exclusion_document(user_id, other_id, reason, now),
+                    "OR IGNORE")
 
     def ban_erased(self, report_id: int) -> list[int] | None:
         """See ``Repository.ban_erased``."""
@@ -537,7 +512,7 @@ class SqliteRepository:
     ) -> MatchResult:
         """See ``Repository.find_partner``; serialised by the IMMEDIATE write lock."""
         with self._transaction() as conn:
-            state = self._state(conn, user_id)
+            state = _state(conn, user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
             if state.chat is not None:
@@ -553,37 +528,28 @@ class SqliteRepository:
             candidate = self._choose(conn, matching.Seeker(
                 user_id, pool, self._avoided(conn, user_id, recent_partners)), recent_partners)
             if candidate is None:
-                was_waiting = state.waiting
-                conn.execute(
-                    "INSERT OR IGNORE INTO lobby (user_id, language, since) VALUES (?, ?, ?)",
-                    (user_id, pool, now),
-                )
-                return matching.queued(was_waiting, conn.execute(
+                _insert(conn, "lobby", {"user_id": user_id, "language": pool, "since": now},
+                        "OR IGNORE")
+                return matching.queued(state.waiting, conn.execute(
                     "SELECT count(*) FROM lobby WHERE language = ?", (pool,)).fetchone()[0])
             partner_id, partner_since = candidate.user_id, candidate.since
             conn.execute("DELETE FROM lobby WHERE user_id IN (?, ?)", (user_id, partner_id))
-            chat_id = conn.execute(
-                "INSERT INTO chats (user_a, user_b, language, started_at, opened_by_update)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (partner_id, user_id, pool, now, update_id),
-            ).lastrowid
+            chat_id = _insert(conn, "chats", {"user_a": partner_id, "user_b": user_id,
+                                              "language": pool, "started_at": now,
+                                              "opened_by_update": update_id}).lastrowid
             conn.executemany(
                 "INSERT INTO memberships (user_id, chat_id, partner_id) VALUES (?, ?, ?)",
                 [(user_id, chat_id, partner_id), (partner_id, chat_id, user_id)],
             )
-            partner_language = conn.execute(
-                "SELECT language FROM users WHERE id = ?", (partner_id,)
-            ).fetchone()[0]
             assert chat_id is not None  # noqa: S101 - an INSERT always sets lastrowid
             return MatchResult(
-                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, partner_language, now),
-                partner_waiting_since=partner_since,
-            )
+                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, _language(conn, partner_id),
+                                                 now), partner_waiting_since=partner_since)
 
     @staticmethod
     def _recent_partners(conn: sqlite3.Connection, user_id: int, recent: int) -> list[int]:
-        return [int(row[0]) for row in conn.execute(
-            _RECENT_PARTNERS, {"me": user_id, "recent": recent})]
+        return matching.recent_partners(user_id, (chat["users"] for _, chat in _chats(
+            conn, user_id, _NEWEST_FIRST, limit=recent)), recent)
 
     def _avoided(self, conn: sqlite3.Connection, user_id: int, recent: int) -> frozenset[int]:
         """Whom the user must not meet: recent partners, exclusions either way, by key too."""
@@ -635,14 +601,10 @@ class SqliteRepository:
                 "SELECT m.chat_id, m.partner_id, c.opened_by_update FROM memberships m"
                 " JOIN chats c ON c.id = m.chat_id WHERE m.user_id = ?", (user_id,)).fetchone()
             if member is None or not matching.may_end(reason, member[2], update_id):
-                earlier = conn.execute(
-                    "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END FROM chats"
-                    " WHERE (user_a = :me OR user_b = :me) AND closed_by_update = :update",
-                    {"me": user_id, "update": update_id},
-                ).fetchone()
-                if earlier is None:
+                earlier = _chats(conn, user_id, "AND closed_by_update = :update", update=update_id)
+                if not earlier:
                     return None
-                chat_id, partner_id = earlier
+                chat_id, partner_id = earlier[0][0], docs.partner_of(earlier[0][1], user_id)
                 resumed = True
             else:
                 chat_id, partner_id, _ = member
@@ -653,25 +615,14 @@ class SqliteRepository:
                     (now, user_id, reason.value, update_id, chat_id),
                 )
                 conn.execute("DELETE FROM memberships WHERE chat_id = ?", (chat_id,))
-            partner_language = conn.execute(
-                "SELECT language FROM users WHERE id = ?", (partner_id,)
-            ).fetchone()
-            return EndedChat(
-                chat_id, partner_id, partner_language[0] if partner_language else "en", resumed
-            )
+            return EndedChat(chat_id, partner_id, _language(conn, partner_id), resumed)
 
     # -- message links -------------------------------------------------------------------
 
     def record_message(self, link: MessageLink) -> None:
         """See ``Repository.record_message``."""
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO message_links (chat_id, sender_id, sender_message_id,"
-                " recipient_id, copy_message_id, content_type, sent_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (link.chat_id, link.sender_id, link.sender_message_id, link.recipient_id,
-                 link.copy_message_id, link.content_type, link.sent_at),
-            )
+            _insert(conn, "message_links", asdict(link), "OR REPLACE")
 
     def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
                      ) -> T:
@@ -688,29 +639,15 @@ class SqliteRepository:
     def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
         """See ``Repository.find_message``."""
         with self._transaction(write=False) as conn:
-            row = conn.execute(
-                "SELECT chat_id, sender_id, sender_message_id, recipient_id, copy_message_id,"
-                " content_type, sent_at FROM message_links"
+            found = _rows(
+                conn, "SELECT * FROM message_links"
                 " WHERE chat_id = :chat AND ((sender_id = :user AND sender_message_id = :msg)"
                 "  OR (recipient_id = :user AND copy_message_id = :msg))",
-                {"chat": chat_id, "user": user_id, "msg": message_id},
-            ).fetchone()
-        return MessageLink(*row) if row else None
+                {"chat": chat_id, "user": user_id, "msg": message_id})
+        return docs.message_link(found[0]) if found else None
 
     # -- statistics ----------------------------------------------------------------------
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts``."""
-        with self._transaction(write=False) as conn:
-            row = conn.execute(
-                """
-                SELECT (SELECT count(*) FROM users),
-                       (SELECT count(*) FROM chats WHERE ended_at IS NULL),
-                       (SELECT count(*) FROM chats WHERE ended_at IS NOT NULL),
-                       (SELECT count(*) FROM chats WHERE ended_at IS NOT NULL
-                            AND (user_a = :me OR user_b = :me)),
-                       (SELECT count(*) FROM lobby)
-                """,
-                {"me": user_id},
-            ).fetchone()
-        return Counts(*row)
+        return Counts(**self._count_each(docs.count_queries(user_id)))

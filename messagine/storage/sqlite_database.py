@@ -188,18 +188,12 @@ class Database:
             raise StorageUnavailable(f"sqlite: {error}") from None
         try:
             yield conn
-        except sqlite3.OperationalError as error:
+            conn.execute("COMMIT")
+        except BaseException as error:
             conn.execute("ROLLBACK")
-            raise StorageUnavailable(f"sqlite: {error}") from None
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as error:
-                conn.execute("ROLLBACK")
+            if isinstance(error, sqlite3.OperationalError):  # locked, busy, disk I/O
                 raise StorageUnavailable(f"sqlite: {error}") from None
+            raise
 
     def close(self) -> None:
         """Close this thread's connection."""
