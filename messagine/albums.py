@@ -86,6 +86,12 @@ class AlbumRelay:
 
     def flush(self, key: str, number: int) -> Flushed:
         """Send batch ``number`` of album ``key`` once; never raises."""
+        try:
+            return self._flush(key, number)
+        finally:
+            self.analytics.flush()  # the flush is its own request (or timer): send its events
+
+    def _flush(self, key: str, number: int) -> Flushed:
         owner = secrets.token_hex(8)
         now = self.clock()
         try:
@@ -144,15 +150,17 @@ class AlbumRelay:
             self.conversation.partner_unreachable(user, batch.update_id)
             return "album:partner_unreachable"
         except TelegramRejected as error:
-            log.warning("album refused by Telegram: %s %s", error.code, error.description)
+            log.warning("album refused by Telegram: %s", error.code)
             self.telegram.send_text(user.user_id, t("relay.failed"))
             return "album:rejected"
-        if not still_in_chat():
+        # From here the copies exist: nothing may fail the flush, or a retry sends again.
+        if not _lasted(still_in_chat):
             # The partner left while the copies were made: they may have someone new.
             for copy_id in copies:
                 with contextlib.suppress(TelegramError):
                     self.telegram.delete_message(chat.partner_id, copy_id)
-            self.telegram.send_text(user.user_id, t("relay.chat_ended"))
+            with contextlib.suppress(TelegramError):
+                self.telegram.send_text(user.user_id, t("relay.chat_ended"))
             return "album:chat_ended"
         self._record(user, chat, batch.items, copies)
         self.analytics.track(user, "message.album")
@@ -183,3 +191,16 @@ class AlbumRelay:
                      "album": album, "batch": number, "items": items,
                      "outcome": flushed.outcome}})
         return flushed
+
+
+def _lasted(still_in_chat: Callable[[], bool]) -> bool:
+    """Whether the chat lasted once the copies were made.
+
+    A store that cannot say counts as "it lasted" (the copies are most likely where they
+    belong, and a doubled album is worse), as for one message (``Relay``).
+    """
+    try:
+        return still_in_chat()
+    except Exception:  # noqa: BLE001 - see above
+        log.warning("could not check that an album's chat still lasts")
+        return True

@@ -177,7 +177,7 @@ class Reminders:
         cut = cutoffs(self.clock(), self.periods)
         self._idle_chats(cut, summary, pacer, deadline)
         self._inactivity_notices(cut, self.periods, summary, pacer, deadline)
-        self._erasures(cut, summary, deadline)
+        self._erasures(cut, summary, pacer, deadline)
 
     def _idle_chats(self, cut: Cutoffs, summary: RunSummary, pacer: Pacer,
                     deadline: float) -> None:
@@ -214,8 +214,14 @@ class Reminders:
                               keyboards.idle(t), summary):
                     summary.inactivity_notices += 1
 
-    def _erasures(self, cut: Cutoffs, summary: RunSummary, deadline: float) -> None:
-        """Erase the accounts noticed long enough ago, as /deleteme does; never tracked."""
+    def _erasures(self, cut: Cutoffs, summary: RunSummary, pacer: Pacer,
+                  deadline: float) -> None:
+        """Erase the accounts noticed long enough ago, as /deleteme does; never tracked.
+
+        A chat the partner still writes in is never idle: it ends first, and the partner
+        learns only that it ended (else their chat would vanish without a word, and the
+        anonymised chat, never ended, would outlive every retention period).
+        """
         erased: set[int] = set()
         while time.monotonic() < deadline - 1.0:
             due = set(self.repository.inactive_accounts(cut, BATCH)) - erased
@@ -223,6 +229,13 @@ class Reminders:
                 return
             for user_id in due:
                 erased.add(user_id)
+                ended = self.repository.end_chat(user_id, EndReason.DELETED, self.clock(),
+                                                 -secrets.randbits(62) - 1)
+                if ended is not None:
+                    t = self.catalog.for_language(ended.partner_language)
+                    pacer.wait()
+                    self._send(ended.partner_id, t("exit.closed_by_partner"),
+                               keyboards.idle(t), summary)
                 self.analytics.delete_profile(user_id)
                 self.repository.delete_user(user_id)
                 summary.accounts_erased += 1

@@ -182,6 +182,10 @@ class Settings:
             problems.append(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
 
         album_queue, album_url, tasks_endpoint = _album_tasks(env, problems)
+        if require_webhook_secret and on_google_cloud(env) and album_queue is None:
+            # A timer would run after the response, which the platform does not allow.
+            problems.append("ALBUM_QUEUE is not set: on Google Cloud albums are sent by a "
+                            "Cloud Task (cloudbuild.yaml creates the queue and sets it)")
 
         if problems:
             raise SettingsError(problems)

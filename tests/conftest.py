@@ -231,7 +231,9 @@ def backend_env(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
     """The settings that select ``backend`` (a server-based one in a database of its own)."""
     if backend == "sqlite-cloud-logging":  # as on Google Cloud: JSON logs on stdout
         return {"STORAGE": "sqlite", "K_SERVICE": "messagine", "ERASURE_PEPPER": PEPPER,
-                "GOOGLE_CLOUD_PROJECT": "demo-project"}
+                "GOOGLE_CLOUD_PROJECT": "demo-project",
+                "ALBUM_QUEUE": "projects/demo-project/locations/europe-west1/queues/albums",
+                "ALBUM_FLUSH_URL": "https://europe-west1-demo-project.cloudfunctions.net/m"}
     return store_of(request, backend).env()
 
 

@@ -8,6 +8,7 @@ sending sends nothing more, and a Telegram failure gives the claim back for the 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from conftest import Clock, MakeBot
 from messagine.albums import Flushed
@@ -15,6 +16,7 @@ from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.domain import albums
 from messagine.domain.albums import Album, BatchState
 from messagine.runtime import Runtime
+from messagine.storage.port import StorageUnavailable
 
 
 def _setup(make_bot: MakeBot, fake_api: FakeBotApi
@@ -88,3 +90,37 @@ def test_telegram_unavailable_gives_the_claim_back_for_the_retry(
     # The next album has a record and a flush of its own.
     _collect(runtime, a, 2)
     assert len(scheduled) == 2 and scheduled[1][0] != key
+
+
+class _StoreThatBlips:
+    """The bot's real store, whose ``nth`` read of a user fails as an outage would."""
+
+    def __init__(self, store: Any, nth: int) -> None:
+        self._store, self._nth, self.reads = store, nth, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def get_user(self, user_id: int) -> Any:
+        self.reads += 1
+        if self.reads == self._nth:
+            raise StorageUnavailable("blip")
+        return self._store.get_user(user_id)
+
+
+def test_a_store_that_blips_after_the_copies_were_made_sends_nothing_twice(
+        make_bot: MakeBot, fake_api: FakeBotApi, clock: Clock):
+    runtime, scheduled, a, b = _setup(make_bot, fake_api)
+    _collect(runtime, a, 3)
+    key, number = scheduled[0]
+    clock.advance(albums.QUIET_S + 0.1)
+    store = runtime.albums.repository
+    blipping = _StoreThatBlips(store, nth=2)  # the sender, then the check after the copies
+    runtime.albums.repository = blipping
+    try:
+        assert runtime.albums.flush(key, number) == Flushed("album:sent")
+    finally:
+        runtime.albums.repository = store
+    assert blipping.reads >= 2, "the check after the copies was made"
+    assert runtime.albums.flush(key, number) == Flushed("album:done")
+    assert len(fake_api.calls_of("copyMessages", b.id)) == 1

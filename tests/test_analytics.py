@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote_plus
@@ -13,6 +14,7 @@ import pytest
 from conftest import Clock, bot_env
 from messagine.analytics import pseudonym
 from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.domain import albums
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
 from support.capture_server import CaptureServer
@@ -257,3 +259,25 @@ def test_an_inactive_account_erased_by_the_job_is_deleted_at_mixpanel_too(
     assert capture.events() == [], "no event about a user being erased"
     deletions = [p for p in capture.people() if "$delete" in p]
     assert [p["$distinct_id"] for p in deletions] == [pseudonym(KEY, 1101)]
+
+
+def test_an_album_flush_sends_its_event_before_it_returns(
+        tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer, clock: Clock):
+    """The flush is its own request (a Cloud Task) or a timer's thread: its events go
+    out with it, not with some later update of that thread, if any ever comes."""
+    scheduled: list[tuple[str, int]] = []
+    tracked_bot.albums.schedule = lambda key, number: scheduled.append((key, number))
+    alice, bob = fake_api.user(511, "Alice"), fake_api.user(512, "Bob")
+    for user in (alice, bob):
+        tracked_bot.pipeline.process(user.command("find_chat"))
+    for update in alice.album("photo", 2):
+        tracked_bot.pipeline.process(update)
+    clock.advance(albums.QUIET_S + 0.1)
+    (key, number), = scheduled
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (tracked_bot.albums.flush(key, number),
+                                              done.set()))
+    worker.start()  # a thread of its own, as the timer's: nothing else flushes its buffer
+    worker.join(10)
+    assert done.is_set()
+    assert "message.album" in events_of(capture, 511)

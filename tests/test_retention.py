@@ -159,3 +159,23 @@ def test_a_report_is_kept_for_its_period_then_deleted(
     assert run_job(bot)["purged"]["reports"] == 1
     records = bot.repository.export_user(anna.id)
     assert records is not None and records.reports == []
+
+
+def test_an_inactive_account_in_a_chat_the_partner_keeps_alive_ends_it_before_erasure(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock):
+    gone, active = fake_api.user(951, "Gone"), fake_api.user(952, "Active")
+    pair(bot, gone, active)
+    erased_on = None
+    for day in range(1, 45):
+        clock.advance(DAY)
+        post(bot, active.text(f"still there? {day}"))  # the chat is never idle
+        if run_job(bot)["accounts_erased"]:
+            erased_on = day
+            break
+    assert erased_on is not None, "erased once noticed and the notice's days passed"
+    state = bot.repository.get_user(active.id)
+    assert state is not None and state.chat is None
+    assert active.last()["text"] == "Chat closed by your partner."
+    records = bot.repository.export_user(active.id)
+    assert records is not None and all(chat.ended_at is not None for chat in records.chats), \
+        "ended, so that the chat's own retention period applies to it"

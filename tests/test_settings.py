@@ -204,3 +204,17 @@ def test_the_erasure_pepper_is_required_on_google_cloud_and_derived_elsewhere():
     assert TOKEN not in local.erasure_pepper.reveal(), "derived, not the token itself"
     other = Settings.from_env({**base, "TELEGRAM_TOKEN": "987654321:" + "b" * 35})
     assert other.erasure_pepper != local.erasure_pepper
+
+
+def test_the_webhook_on_google_cloud_needs_the_album_queue():
+    """Nothing may run after the response there: no timer may flush albums."""
+    base = {"TELEGRAM_TOKEN": TOKEN, "STORAGE": "sqlite", "WEBHOOK_SECRET": "s", **CLOUD}
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(base, require_webhook_secret=True)
+    assert [p.split()[0] for p in caught.value.problems] == ["ALBUM_QUEUE"]
+    queue = {"ALBUM_QUEUE": "projects/p/locations/europe-west1/queues/albums",
+             "ALBUM_FLUSH_URL": "https://europe-west1-p.cloudfunctions.net/messagine"}
+    assert Settings.from_env(base | queue, require_webhook_secret=True).album_queue
+    assert Settings.from_env(base).album_queue is None, "the scheduled job sends no album"
+    local = {"TELEGRAM_TOKEN": TOKEN, "STORAGE": "sqlite", "WEBHOOK_SECRET": "s"}
+    assert Settings.from_env(local, require_webhook_secret=True).album_queue is None
