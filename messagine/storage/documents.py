@@ -22,7 +22,13 @@ from typing import Any
 from messagine.domain.age_gate import refusal_marker
 from messagine.domain.albums import Album, Batch, BatchState, Item
 from messagine.domain.claims import Claim, ClaimState
-from messagine.domain.erasure import Tombstones, anonymise_chat, banned_remnant
+from messagine.domain.erasure import (
+    Tombstones,
+    anonymise_chat,
+    banned_remnant,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodState
 from messagine.domain.matching import Candidate, Exclusion
 from messagine.domain.nudges import NudgeStatus, activity
@@ -30,9 +36,11 @@ from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle
 from messagine.models import (
     ActiveChat,
     ChatRecord,
+    Counts,
     EndReason,
     LobbyEntry,
     MessageLink,
+    ModerationStats,
     Nudge,
     Profile,
     Report,
@@ -526,3 +534,89 @@ def idle_chats(users: Iterable[tuple[int, Mapping[str, Any]]],
         if len(found) >= limit:
             break
     return list(found.values())
+
+
+# -- what every adapter does the same way ---------------------------------------------------
+
+class SharedOperations:
+    """The port operations every adapter performs the same way, over its own primitives.
+
+    An adapter inherits them and provides ``_set_fields``, ``_count`` (or
+    ``_count_each``), ``_ban_on_return``, ``_bans_on_return``, ``_waiting`` and
+    ``_pepper``; each primitive is one read or write under the adapter's own guard.
+    """
+
+    _pepper: bytes
+
+    def _set_fields(self, user_id: int, fields: Mapping[str, Any], *,
+                    leave_lobby: bool = False) -> tuple[bool, bool]:
+        """Set fields of a known user, and take them out of the lobby if asked.
+
+        Whether the user was known, and whether they left the lobby.
+        """
+        raise NotImplementedError
+
+    def _count(self, collection: str, filters: tuple[Filter, ...]) -> int:
+        """How many documents of ``collection`` the ``filters`` select."""
+        raise NotImplementedError
+
+    def _count_each(self, queries: Mapping[str, Query]) -> dict[str, int]:
+        """Each query's count, by its name."""
+        return count_each(queries, self._count)
+
+    def _ban_on_return(self, report_id: int) -> str | None:
+        """Mark a report about an erased user as banning them; its keyed hash, else None."""
+        raise NotImplementedError
+
+    def _bans_on_return(self, key: str) -> bool:
+        """Whether a report marked so bans the user of this keyed hash."""
+        raise NotImplementedError
+
+    def _waiting(self) -> Iterable[int]:
+        """The ids of the users in the lobby."""
+        raise NotImplementedError
+
+    def set_blocked(self, user_id: int, blocked: bool) -> None:
+        """See ``Repository.set_blocked``."""
+        self._set_fields(user_id, {"blocked": blocked}, leave_lobby=blocked)
+
+    def set_banned(self, user_id: int, banned: bool) -> bool:
+        """See ``Repository.set_banned``."""
+        return self._set_fields(user_id, {"banned": banned}, leave_lobby=banned)[0]
+
+    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
+        """See ``Repository.set_analytics_opt_out``."""
+        self._set_fields(user_id, {"analytics_opt_out": opt_out})
+
+    def set_reminders(self, user_id: int, enabled: bool) -> None:
+        """See ``Repository.set_reminders``."""
+        self._set_fields(user_id, {"reminders_off": not enabled})
+
+    def release_nudge(self, user_id: int) -> None:
+        """See ``Repository.release_nudge``."""
+        self._set_fields(user_id, {"nudge_pending": True})
+
+    def counts(self, user_id: int) -> Counts:
+        """See ``Repository.counts``."""
+        return Counts(**self._count_each(count_queries(user_id)))
+
+    def moderation_stats(self, since: float) -> ModerationStats:
+        """See ``Repository.moderation_stats``."""
+        return ModerationStats(**self._count_each(moderation_queries(since)))
+
+    def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
+        """See ``Repository.count_idle_excluded``."""
+        return self._count_each(idle_excluded_queries(idle_before))
+
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        key = self._ban_on_return(report_id)
+        if key is None:
+            return None
+        return [user_id for user_id in returned(self._pepper, key, self._waiting())
+                if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        return self._bans_on_return(protection_key(self._pepper, user_id)) and self.set_banned(
+            user_id, banned=True)

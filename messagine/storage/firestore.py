@@ -40,7 +40,6 @@ from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
     Tombstones,
     protection_key,
-    returned,
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
@@ -48,13 +47,11 @@ from messagine.domain.retention import Cutoffs, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
-    Counts,
     EndedChat,
     EndReason,
     MatchOutcome,
     MatchResult,
     MessageLink,
-    ModerationStats,
     Nudge,
     OpenedUpdate,
     Profile,
@@ -86,7 +83,7 @@ _NAMES = {"message_links": "links", "claimed_updates": "claims"}
 
 
 @wrap_public_methods(unavailable_as_storage_error)
-class FirestoreRepository:
+class FirestoreRepository(docs.SharedOperations):
     """The repository port on a Firestore (native mode) database."""
 
     backend = "firestore"
@@ -271,8 +268,8 @@ class FirestoreRepository:
         return docs.user_state(user_id, {**doc, "language": language})
 
     @optimistic
-    def _set_flags(self, user_id: int, fields: Mapping[str, Any], *,
-                   leave_lobby: bool = False) -> tuple[bool, bool]:
+    def _set_fields(self, user_id: int, fields: Mapping[str, Any], *,
+                    leave_lobby: bool = False) -> tuple[bool, bool]:
         """Set fields of a user, optionally leaving the lobby; whether user and entry were.
 
         An unknown user's fields are not set.
@@ -289,29 +286,13 @@ class FirestoreRepository:
         batch.commit()
         return user.exists, entry.exists
 
-    def set_blocked(self, user_id: int, blocked: bool) -> None:
-        """See ``Repository.set_blocked``."""
-        self._set_flags(user_id, {"blocked": blocked}, leave_lobby=blocked)
-
-    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
-        """See ``Repository.set_analytics_opt_out``."""
-        self._set_flags(user_id, {"analytics_opt_out": opt_out})
-
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        if not self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
-                                         "age_answered_at": now})[0] and not confirmed:
+        if not self._set_fields(user_id, {"age_answer": "yes" if confirmed else "no",
+                                          "age_answered_at": now})[0] and not confirmed:
             with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
                 self._doc("users", user_id).create(docs.refusal_marker_document(user_id, now),
                                                    **WRITE)
-
-    def set_reminders(self, user_id: int, enabled: bool) -> None:
-        """See ``Repository.set_reminders``."""
-        self._set_flags(user_id, {"reminders_off": not enabled})
-
-    def set_banned(self, user_id: int, banned: bool) -> bool:
-        """See ``Repository.set_banned``."""
-        return self._set_flags(user_id, {"banned": banned}, leave_lobby=banned)[0]
 
     # -- privacy -------------------------------------------------------------------------
 
@@ -501,10 +482,6 @@ class FirestoreRepository:
         batch.commit()
         return docs.report(report_id, {**snap.to_dict(), "status": status})
 
-    def moderation_stats(self, since: float) -> ModerationStats:
-        """See ``Repository.moderation_stats`` (count aggregations: no document is read)."""
-        return ModerationStats(**docs.count_each(docs.moderation_queries(since), self._count))
-
     # -- reminders -----------------------------------------------------------------------
 
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
@@ -523,14 +500,6 @@ class FirestoreRepository:
         if not commit_unless_beaten(self.client, snap, claimed):
             return None  # another run claimed them, or they wrote since: not due now
         return docs.nudge(int(snap.id), snap.to_dict())
-
-    def release_nudge(self, user_id: int) -> None:
-        """See ``Repository.release_nudge``."""
-        self._set_flags(user_id, {"nudge_pending": True})
-
-    def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
-        """See ``Repository.count_idle_excluded``."""
-        return docs.count_each(docs.idle_excluded_queries(idle_before), self._count)
 
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``: each entry removed by one guarded commit."""
@@ -569,24 +538,20 @@ class FirestoreRepository:
                 self._doc("lobby", waiting).update({"avoid": firestore.ArrayUnion([avoided])},
                                             **WRITE)
 
-    def ban_erased(self, report_id: int) -> list[int] | None:
-        """See ``Repository.ban_erased``."""
-        (report,) = self._get(self._col("reports").document(str(report_id)))
+    def _ban_on_return(self, report_id: int) -> str | None:
+        (report,) = self._get(self._doc("reports", report_id))
         key = report.get("reported_key") if report.exists else None
         if not key:
             return None
         report.reference.update({"ban_on_return": True}, **WRITE)
-        return [user_id for user_id in returned(
-            self._pepper, key, (int(e.id) for e in self._stream(self._col("lobby"))))
-            if self.set_banned(user_id, banned=True)]
+        return str(key)
 
-    def apply_erased_ban(self, user_id: int) -> bool:
-        """See ``Repository.apply_erased_ban``."""
-        for _ in self._stream(self._col("reports").where(filter=FieldFilter(
-                "reported_key", "==", protection_key(self._pepper, user_id))).where(
-                filter=FieldFilter("ban_on_return", "==", True)).limit(1)):
-            return self.set_banned(user_id, banned=True)
-        return False
+    def _bans_on_return(self, key: str) -> bool:
+        return any(self._stream(self._where("reports", ("reported_key", "==", key),
+                                            ("ban_on_return", "==", True)).limit(1)))
+
+    def _waiting(self) -> Iterator[int]:
+        return (int(entry.id) for entry in self._stream(self._col("lobby")))
 
     def _avoided_by(self, user_id: int, recent_partners: int) -> frozenset[int]:
         """The user's recent partners and everyone excluded in either direction."""
@@ -737,7 +702,7 @@ class FirestoreRepository:
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""
-        return self._set_flags(user_id, {}, leave_lobby=True)[1]
+        return self._set_fields(user_id, {}, leave_lobby=True)[1]
 
     @optimistic
     def end_chat(
@@ -821,7 +786,3 @@ class FirestoreRepository:
         return answer
 
     # -- statistics ----------------------------------------------------------------------
-
-    def counts(self, user_id: int) -> Counts:
-        """See ``Repository.counts`` (count aggregations)."""
-        return Counts(**docs.count_each(docs.count_queries(user_id), self._count))

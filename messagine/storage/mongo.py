@@ -40,20 +40,17 @@ from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
     Tombstones,
     protection_key,
-    returned,
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.retention import Cutoffs, erasure_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
-    Counts,
     EndedChat,
     EndReason,
     MatchOutcome,
     MatchResult,
     MessageLink,
-    ModerationStats,
     Nudge,
     OpenedUpdate,
     Profile,
@@ -109,7 +106,7 @@ T = TypeVar("T")
 
 
 @wrap_public_methods(_unavailable_as_storage_error)
-class MongoRepository:
+class MongoRepository(docs.SharedOperations):
     """The repository port on a MongoDB database (Atlas in production)."""
 
     backend = "mongo"
@@ -283,21 +280,13 @@ class MongoRepository:
                 self.db.lobby.replace_one({"_id": user_id}, entry, upsert=True)
         return docs.user_state(user_id, doc or self.db.users.find_one({"_id": user_id}))
 
-    def set_blocked(self, user_id: int, blocked: bool) -> None:
-        """See ``Repository.set_blocked``."""
-        self._set_flag(user_id, "blocked", blocked)
-
-    def _set_flag(self, user_id: int, flag: str, value: bool) -> bool:
-        """Set the user's blocked or banned flag (False: unknown user); set, it leaves the lobby."""
+    def _set_fields(self, user_id: int, fields: Mapping[str, Any], *,
+                    leave_lobby: bool = False) -> tuple[bool, bool]:
+        """Set fields of the user, and leave the lobby if asked; whether user and entry were."""
         doc = self.db.users.find_one_and_update(
-            {"_id": user_id}, {"$set": {flag: value}}, projection={"language": 1})
-        if value and doc is not None:
-            self._leave_lobby(user_id, doc["language"])
-        return doc is not None
-
-    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
-        """See ``Repository.set_analytics_opt_out``."""
-        self.db.users.update_one({"_id": user_id}, {"$set": {"analytics_opt_out": opt_out}})
+            {"_id": user_id}, {"$set": dict(fields)}, projection={"language": 1})
+        return doc is not None, leave_lobby and doc is not None and self._leave_lobby(
+            user_id, doc["language"])
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
@@ -369,17 +358,11 @@ class MongoRepository:
     def claim_inactivity_notices(self, cut: Cutoffs, now: float,
                                  limit: int) -> list[tuple[int, str]]:
         """See ``Repository.claim_inactivity_notices``: each by one conditional update."""
-        claimed: list[tuple[int, str]] = []
-        while len(claimed) < limit:
-            doc = self.db.users.find_one_and_update(
-                {"notice_pending": {"$ne": False}, "banned": False, "age_answer": {"$ne": "no"},
-                 "last_seen": {"$lt": cut.notice_seen_before}},
-                {"$set": {"notice_pending": False, "noticed_at": now}},
-                projection={"language": 1}, sort=[("last_seen", 1)])
-            if doc is None:
-                break
-            claimed.append((int(doc["_id"]), str(doc["language"])))
-        return claimed
+        return [(int(doc["_id"]), str(doc["language"])) for doc in _claim_each(
+            self.db.users, {"notice_pending": {"$ne": False}, "banned": False, "age_answer": {
+                "$ne": "no"}, "last_seen": {"$lt": cut.notice_seen_before}},
+            {"notice_pending": False, "noticed_at": now}, limit, projection={"language": 1},
+            sort=[("last_seen", 1)])]
 
     def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
         """See ``Repository.inactive_accounts``."""
@@ -420,14 +403,6 @@ class MongoRepository:
             return_document=ReturnDocument.AFTER)
         return None if doc is None else docs.report(int(doc["_id"]), doc)
 
-    def set_banned(self, user_id: int, banned: bool) -> bool:
-        """See ``Repository.set_banned``."""
-        return self._set_flag(user_id, "banned", banned)
-
-    def moderation_stats(self, since: float) -> ModerationStats:
-        """See ``Repository.moderation_stats``."""
-        return ModerationStats(**docs.count_each(docs.moderation_queries(since), self._count))
-
     def _count(self, collection: str, filters: tuple[docs.Filter, ...]) -> int:
         """How many documents match; a whole collection's count is the cheap estimate."""
         if not filters:
@@ -442,14 +417,6 @@ class MongoRepository:
             {"nudge_pending": False, "reminded_at": now}, limit,
             projection={"language": 1, "chat": 1, "waiting_since": 1}, sort=[("last_seen", 1)])]
 
-    def release_nudge(self, user_id: int) -> None:
-        """See ``Repository.release_nudge``."""
-        self.db.users.update_one({"_id": user_id}, {"$set": {"nudge_pending": True}})
-
-    def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
-        """See ``Repository.count_idle_excluded``."""
-        return docs.count_each(docs.idle_excluded_queries(idle_before), self._count)
-
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``: each removal under its pool's lease."""
         expired: list[tuple[int, str]] = []
@@ -462,10 +429,6 @@ class MongoRepository:
                                              {"$set": {"waiting_since": None}})
                     expired.append((int(entry["_id"]), entry["language"]))
         return expired
-
-    def set_reminders(self, user_id: int, enabled: bool) -> None:
-        """See ``Repository.set_reminders``."""
-        self.db.users.update_one({"_id": user_id}, {"$set": {"reminders_off": not enabled}})
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
@@ -481,23 +444,18 @@ class MongoRepository:
         self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
         self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
 
-    def ban_erased(self, report_id: int) -> list[int] | None:
-        """See ``Repository.ban_erased``."""
+    def _ban_on_return(self, report_id: int) -> str | None:
         report = self.db.reports.find_one_and_update(
             {"_id": report_id, "reported_key": {"$ne": None}},
             {"$set": {"ban_on_return": True}}, projection={"reported_key": 1})
-        if report is None:
-            return None
-        return [user_id for user_id in returned(
-            self._pepper, report["reported_key"],
-            (int(e["_id"]) for e in self.db.lobby.find({}, {"_id": 1})))
-            if self.set_banned(user_id, banned=True)]
+        return None if report is None else str(report["reported_key"])
 
-    def apply_erased_ban(self, user_id: int) -> bool:
-        """See ``Repository.apply_erased_ban``."""
-        return self.db.reports.find_one({"reported_key": protection_key(self._pepper, user_id),
-                                         "ban_on_return": True}, {"_id": 1}) is not None \
-            and self.set_banned(user_id, banned=True)
+    def _bans_on_return(self, key: str) -> bool:
+        return self.db.reports.find_one({"reported_key": key, "ban_on_return": True},
+                                        {"_id": 1}) is not None
+
+    def _waiting(self) -> list[int]:
+        return [int(entry["_id"]) for entry in self.db.lobby.find({}, {"_id": 1})]
 
     # -- the pool lock -------------------------------------------------------------------
 
@@ -694,7 +652,3 @@ class MongoRepository:
         return None if doc is None else docs.message_link(doc)
 
     # -- statistics ----------------------------------------------------------------------
-
-    def counts(self, user_id: int) -> Counts:
-        """See ``Repository.counts``."""
-        return Counts(**docs.count_each(docs.count_queries(user_id), self._count))

@@ -47,13 +47,14 @@ T = TypeVar("T")
 
 def wrap_public_methods(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
                         ) -> Callable[[C], C]:
-    """A class decorator applying ``wrap`` to every public method the class defines.
+    """A class decorator applying ``wrap`` to every public method the class defines or inherits.
 
     An adapter uses it to turn its driver's failures into ``StorageUnavailable`` on every
     port method at once.
     """
     def decorate(cls: C) -> C:
-        for name, member in list(vars(cls).items()):
+        for name, member in {name: member for klass in reversed(cls.__mro__)
+                             for name, member in vars(klass).items()}.items():
             if isinstance(member, types.FunctionType) and not name.startswith("_"):
                 setattr(cls, name, wrap(member))
         return cls

@@ -25,20 +25,17 @@ from messagine.domain.erasure import (
     Tombstones,
     anonymise_chat,
     protection_key,
-    returned,
 )
 from messagine.domain.flood import FloodRule, FloodState, admit
-from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due, notice_due
+from messagine.domain.retention import Cutoffs, chat_idle, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
-    Counts,
     EndedChat,
     EndReason,
     MatchOutcome,
     MatchResult,
     MessageLink,
-    ModerationStats,
     Nudge,
     OpenedUpdate,
     Profile,
@@ -120,6 +117,13 @@ def _where(filters: Iterable[docs.Filter]) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), params
 
 
+def _select(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter], rest: str,
+            *more: object) -> list[dict[str, Any]]:
+    """The rows of ``table`` that the ``filters`` select; ``rest`` orders and limits them."""
+    condition, params = _where(filters)
+    return _rows(conn, f"SELECT * FROM {table} WHERE {condition} {rest}", (*params, *more))
+
+
 def _count(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter]) -> int:
     """How many rows of ``table`` the ``filters`` select."""
     condition, params = _where(filters)
@@ -170,7 +174,7 @@ def _language(conn: sqlite3.Connection, user_id: int) -> str:
     return str(row[0]) if row else "en"
 
 
-class SqliteRepository:
+class SqliteRepository(docs.SharedOperations):
     """The repository port on one SQLite database file."""
 
     backend = "sqlite"
@@ -270,21 +274,14 @@ class SqliteRepository:
             conn.execute("UPDATE lobby SET language = ? WHERE user_id = ?", (language, user_id))
             return replace(state, language=language)
 
-    def _set(self, user_id: int, *, leave_lobby: bool = False, **columns: object) -> bool:
-        """Set columns of the user's row (False for an unknown user), or leave the lobby too."""
+    def _set_fields(self, user_id: int, fields: Mapping[str, Any], *,
+                    leave_lobby: bool = False) -> tuple[bool, bool]:
+        """Set columns of the user's row, or leave the lobby too; whether row and entry were."""
         with self._transaction() as conn:
-            if leave_lobby:
-                conn.execute("DELETE FROM lobby WHERE user_id = ?", (user_id,))
-            return conn.execute(f"UPDATE users SET {_assignments(columns)} WHERE id = :user",
-                                {**columns, "user": user_id}).rowcount > 0
-
-    def set_blocked(self, user_id: int, blocked: bool) -> None:
-        """See ``Repository.set_blocked``."""
-        self._set(user_id, blocked=int(blocked), leave_lobby=blocked)
-
-    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
-        """See ``Repository.set_analytics_opt_out``."""
-        self._set(user_id, analytics_opt_out=int(opt_out))
+            left = leave_lobby and conn.execute("DELETE FROM lobby WHERE user_id = ?",
+                                                (user_id,)).rowcount > 0
+            return conn.execute(f"UPDATE users SET {_assignments(fields)} WHERE id = :user",
+                                {**fields, "user": user_id}).rowcount > 0, left
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
@@ -304,8 +301,8 @@ class SqliteRepository:
                 return None
             lobby = _rows(conn, "SELECT * FROM lobby WHERE user_id = ?", (user_id,))
             links, exclusions, reports = (_rows(conn, f"SELECT * FROM {table} WHERE "
-                                                + " OR ".join(f"{name} = :me" for name in names),
-                                                {"me": user_id}) for table, names in docs.EXPORTED)
+                                                f"{_naming(table, names)}", {"me": user_id})
+                                          for table, names in docs.EXPORTED)
             return docs.user_records(
                 user_id, {**user[0], "flood": json.loads(user[0]["flood"] or "{}")},
                 lobby[0] if lobby else None, _chats(conn, user_id), links, exclusions,
@@ -371,24 +368,18 @@ class SqliteRepository:
                                  limit: int) -> list[tuple[int, str]]:
         """See ``Repository.claim_inactivity_notices``: select and mark in one transaction."""
         with self._transaction() as conn:
-            rows = [r for r in conn.execute(
-                "SELECT id, language, last_seen, age_answer FROM users WHERE notice_pending = 1"
-                " AND banned = 0 AND last_seen < ? ORDER BY last_seen LIMIT ?",
-                (cut.notice_seen_before, limit)) if notice_due(
-                    AccountStatus(r[2], True, None, False, r[3] == "no"), cut)]
+            rows = [row for row in _select(conn, "users", docs.notice_candidates(cut),
+                                           "ORDER BY last_seen LIMIT ?", limit)
+                    if notice_due(docs.account(row["id"], row), cut)]
             conn.executemany("UPDATE users SET notice_pending = 0, noticed_at = ? WHERE id = ?",
-                             [(now, r[0]) for r in rows])
-        return [(int(r[0]), r[1]) for r in rows]
+                             [(now, row["id"]) for row in rows])
+        return [(int(row["id"]), row["language"]) for row in rows]
 
     def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
         """See ``Repository.inactive_accounts``."""
         with self._transaction(write=False) as conn:
-            rows = conn.execute(
-                "SELECT id, last_seen, noticed_at, age_answer FROM users WHERE notice_pending = 0"
-                " AND banned = 0 AND noticed_at < ? ORDER BY noticed_at LIMIT ?",
-                (cut.noticed_before, limit)).fetchall()
-        return [int(r[0]) for r in rows
-                if erasure_due(AccountStatus(r[1], False, r[2], False, r[3] == "no"), cut)]
+            rows = _select(conn, "users", docs.noticed(cut), "ORDER BY noticed_at LIMIT ?", limit)
+        return [int(row["id"]) for row in rows if erasure_due(docs.account(row["id"], row), cut)]
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
@@ -424,15 +415,8 @@ class SqliteRepository:
             found = _rows(conn, "SELECT * FROM reports WHERE id = ?", (report_id,))
         return docs.report(report_id, found[0]) if changed and found else None
 
-    def set_banned(self, user_id: int, banned: bool) -> bool:
-        """See ``Repository.set_banned``."""
-        return self._set(user_id, banned=int(banned), leave_lobby=banned)
-
-    def moderation_stats(self, since: float) -> ModerationStats:
-        """See ``Repository.moderation_stats``."""
-        return ModerationStats(**self._count_each(docs.moderation_queries(since)))
-
     def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
+        """Each query's count, in one read transaction."""
         with self._transaction(write=False) as conn:
             return docs.count_each(queries, lambda table, filters: _count(conn, table, filters))
 
@@ -451,14 +435,6 @@ class SqliteRepository:
                              [(now, row["id"]) for row in rows])
         return [docs.nudge(row["id"], row) for row in rows]
 
-    def release_nudge(self, user_id: int) -> None:
-        """See ``Repository.release_nudge``."""
-        self._set(user_id, nudge_pending=1)
-
-    def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
-        """See ``Repository.count_idle_excluded``."""
-        return self._count_each(docs.idle_excluded_queries(idle_before))
-
     def expire_lobby(self, waiting_before: float, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.expire_lobby``."""
         with self._transaction() as conn:
@@ -466,10 +442,6 @@ class SqliteRepository:
                                 " ORDER BY since LIMIT ?", (waiting_before, limit)).fetchall()
             conn.executemany("DELETE FROM lobby WHERE user_id = ?", [(r[0],) for r in rows])
         return [(int(user_id), language) for user_id, language in rows]
-
-    def set_reminders(self, user_id: int, enabled: bool) -> None:
-        """See ``Repository.set_reminders``."""
-        self._set(user_id, reminders_off=int(not enabled))
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
@@ -485,25 +457,23 @@ class SqliteRepository:
             _insert(conn, "exclusions", docs.exclusion_document(user_id, other_id, reason, now),
                     "OR IGNORE")
 
-    def ban_erased(self, report_id: int) -> list[int] | None:
-        """See ``Repository.ban_erased``."""
+    def _ban_on_return(self, report_id: int) -> str | None:
         with self._transaction() as conn:
             row = conn.execute("SELECT reported_key FROM reports WHERE id = ?",
                                (report_id,)).fetchone()
             if row is None or row[0] is None:
                 return None
             conn.execute("UPDATE reports SET ban_on_return = 1 WHERE id = ?", (report_id,))
-            back = returned(self._pepper, row[0], (u for (u,) in conn.execute(
-                "SELECT user_id FROM lobby")))
-        return [user_id for user_id in back if self.set_banned(user_id, banned=True)]
+            return str(row[0])
 
-    def apply_erased_ban(self, user_id: int) -> bool:
-        """See ``Repository.apply_erased_ban``."""
+    def _bans_on_return(self, key: str) -> bool:
         with self._transaction(write=False) as conn:
-            if conn.execute("SELECT 1 FROM reports WHERE reported_key = ? AND ban_on_return = 1",
-                            (protection_key(self._pepper, user_id),)).fetchone() is None:
-                return False
-        return self.set_banned(user_id, banned=True)
+            return conn.execute("SELECT 1 FROM reports WHERE reported_key = ? AND ban_on_return"
+                                " = 1", (key,)).fetchone() is not None
+
+    def _waiting(self) -> list[int]:
+        with self._transaction(write=False) as conn:
+            return [int(u) for (u,) in conn.execute("SELECT user_id FROM lobby")]
 
     # -- lobby and chats -----------------------------------------------------------------
 
@@ -647,7 +617,3 @@ class SqliteRepository:
         return docs.message_link(found[0]) if found else None
 
     # -- statistics ----------------------------------------------------------------------
-
-    def counts(self, user_id: int) -> Counts:
-        """See ``Repository.counts``."""
-        return Counts(**self._count_each(docs.count_queries(user_id)))
