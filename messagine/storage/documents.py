@@ -30,7 +30,7 @@ from messagine.domain.erasure import (
     returned,
 )
 from messagine.domain.flood import FloodState
-from messagine.domain.matching import Candidate, Exclusion
+from messagine.domain.matching import Candidate, Exclusion, avoided, recent_partners
 from messagine.domain.nudges import NudgeStatus, activity
 from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle
 from messagine.models import (
@@ -575,6 +575,50 @@ class SharedOperations:
     def _waiting(self) -> Iterable[int]:
         """The ids of the users in the lobby."""
         raise NotImplementedError
+
+    def _user_and_lobby(self, user_id: int
+                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """The user's document and lobby entry (None: no entry); None for an unknown user."""
+        raise NotImplementedError
+
+    def _any_of(self, collection: str,
+                filters: Iterable[Filter]) -> Iterable[tuple[Any, Mapping[str, Any]]]:
+        """(id, document) of each document that one of the ``filters`` selects."""
+        raise NotImplementedError
+
+    def _latest_chats(self, user_id: int, limit: int) -> Iterable[tuple[int, Mapping[str, Any]]]:
+        """(id, document) of the user's newest chats (a chat made by a later update is newer)."""
+        raise NotImplementedError
+
+    def _avoided_by(self, user_id: int, recent: int) -> frozenset[int]:
+        """Whom the user must not meet: recent partners, exclusions either way, by key too."""
+        key = protection_key(self._pepper, user_id)
+        chats = self._latest_chats(user_id, recent) if recent > 0 else ()
+        return avoided(user_id, recent_partners(
+            user_id, ([int(u) for u in doc["users"]] for _, doc in chats), recent), (
+            exclusion(doc) for _, doc in self._any_of("exclusions", (
+                ("user_id", "==", user_id), ("other_id", "==", user_id),
+                ("other_key", "==", key)))), key)
+
+    def export_user(self, user_id: int) -> UserRecords | None:
+        """See ``Repository.export_user``."""
+        found = self._user_and_lobby(user_id)
+        if found is None:
+            return None
+        chats, links, exclusions, reports = (
+            self._any_of(collection, [(name, operator, user_id) for name in names])
+            for collection, names, operator in (("chats", ("users",), "array_contains"),
+                                                *((c, n, "==") for c, n in EXPORTED)))
+        return user_records(
+            user_id, *found, ((int(key), doc) for key, doc in chats),
+            (doc for _, doc in links if doc.get("role") != "copy"),  # Firestore's second end
+            (doc for _, doc in exclusions), ((int(key), doc) for key, doc in reports))
+
+    def last_chat(self, user_id: int) -> ChatRecord | None:
+        """See ``Repository.last_chat``."""
+        for chat_id, doc in self._latest_chats(user_id, 1):
+            return chat_record(chat_id, doc, user_id)
+        return None
 
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """See ``Repository.set_blocked``."""

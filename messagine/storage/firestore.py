@@ -23,7 +23,7 @@ import contextlib
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -46,7 +46,6 @@ from messagine.domain.nudges import claimable
 from messagine.domain.retention import Cutoffs, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
-    ChatRecord,
     EndedChat,
     EndReason,
     MatchOutcome,
@@ -57,7 +56,6 @@ from messagine.models import (
     Profile,
     Report,
     Retention,
-    UserRecords,
     UserState,
 )
 from messagine.storage import documents as docs
@@ -296,32 +294,8 @@ class FirestoreRepository(docs.SharedOperations):
 
     # -- privacy -------------------------------------------------------------------------
 
-    def export_user(self, user_id: int) -> UserRecords | None:
-        """See ``Repository.export_user``."""
-        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
-        if not user.exists:
-            return None
-        links, exclusions, reports = ([(snap.id, snap.to_dict()) for name in names
-                                       for snap in self._stream(self._where(
-                                           collection, (name, "==", user_id)))]
-                                      for collection, names in docs.EXPORTED)
-        return docs.user_records(
-            user_id, user.to_dict(), entry.to_dict() if entry.exists else None,
-            ((int(snap.id), snap.to_dict()) for snap in self._stream(self._chats_of(user_id))),
-            (doc for _, doc in links if doc["role"] == "sent"),  # each message has a copy too
-            (doc for _, doc in exclusions), ((int(key), doc) for key, doc in reports))
-
     def _docs(self, collection: str, *filters: docs.Filter) -> Iterator[dict[str, Any]]:
         return (snap.to_dict() for snap in self._stream(self._where(collection, *filters)))
-
-    def _chats_of(self, user_id: int) -> Any:
-        return self._where("chats", ("users", "array_contains", user_id))
-
-    def _latest_chats(self, user_id: int, limit: int) -> Iterator[Any]:
-        """The user's chats, newest first (a chat made by a later update is newer)."""
-        descending = firestore.Query.DESCENDING
-        return self._stream(self._chats_of(user_id).order_by("started_at", direction=descending)
-                            .order_by("opened_by_update", direction=descending).limit(limit))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
@@ -333,7 +307,7 @@ class FirestoreRepository(docs.SharedOperations):
                 counts[kind] += self._delete_all(self._where(collection, (name, "==", user_id)))
         stones, key = Tombstones(), protection_key(self._pepper, user_id)
         counts["chats_anonymised"] = 0
-        for snap in self._stream(self._chats_of(user_id)):
+        for snap in self._stream(self._where("chats", ("users", "array_contains", user_id))):
             counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
                 lambda doc: docs.anonymised_chat(
                     doc, user_id, stones.of(docs.partner_of(doc, user_id))))
@@ -447,12 +421,6 @@ class FirestoreRepository(docs.SharedOperations):
 
     # -- moderation ----------------------------------------------------------------------
 
-    def last_chat(self, user_id: int) -> ChatRecord | None:
-        """See ``Repository.last_chat``."""
-        for snap in self._latest_chats(user_id, 1):
-            return docs.chat_record(int(snap.id), snap.to_dict(), user_id)
-        return None
-
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
         query = self._where("links", ("chat_id", "==", chat_id), ("sender_id", "==", sender_id),
@@ -553,17 +521,22 @@ class FirestoreRepository(docs.SharedOperations):
     def _waiting(self) -> Iterator[int]:
         return (int(entry.id) for entry in self._stream(self._col("lobby")))
 
-    def _avoided_by(self, user_id: int, recent_partners: int) -> frozenset[int]:
-        """The user's recent partners and everyone excluded in either direction."""
-        chats = self._latest_chats(user_id, recent_partners) if recent_partners > 0 else ()
-        key = protection_key(self._pepper, user_id)
-        return matching.avoided(
-            user_id, matching.recent_partners(
-                user_id, ([int(u) for u in snap.get("users")] for snap in chats),
-                recent_partners),
-            (docs.exclusion(d) for name, value in (
-                ("user_id", user_id), ("other_id", user_id), ("other_key", key))
-             for d in self._docs("exclusions", (name, "==", value))), key)
+    def _user_and_lobby(self, user_id: int
+                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
+        return (user.to_dict(), entry.to_dict()) if user.exists else None
+
+    def _any_of(self, collection: str,
+                filters: Iterable[docs.Filter]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        return ((snap.id, snap.to_dict()) for condition in filters
+                for snap in self._stream(self._where(collection, condition)))
+
+    def _latest_chats(self, user_id: int, limit: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        descending = firestore.Query.DESCENDING
+        return ((int(snap.id), snap.to_dict()) for snap in self._stream(
+            self._where("chats", ("users", "array_contains", user_id))
+            .order_by("started_at", direction=descending)
+            .order_by("opened_by_update", direction=descending).limit(limit)))
 
     def _take(self, seeker: matching.Seeker, now: float, update_id: int,
               joined_before: tuple[datetime, str] | None = None) -> MatchResult | None:

@@ -23,7 +23,7 @@ import contextlib
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -45,7 +45,6 @@ from messagine.domain.flood import FloodRule, admit
 from messagine.domain.retention import Cutoffs, erasure_due
 from messagine.models import (
     ActiveChat,
-    ChatRecord,
     EndedChat,
     EndReason,
     MatchOutcome,
@@ -56,7 +55,6 @@ from messagine.models import (
     Profile,
     Report,
     Retention,
-    UserRecords,
     UserState,
 )
 from messagine.storage import documents as docs
@@ -295,18 +293,6 @@ class MongoRepository(docs.SharedOperations):
         self.db.users.update_one({"_id": user_id}, {"$set": answer, "$setOnInsert": {
             k: v for k, v in marker if k not in answer}}, upsert=not confirmed)
 
-    def export_user(self, user_id: int) -> UserRecords | None:
-        """See ``Repository.export_user``."""
-        doc = self.db.users.find_one({"_id": user_id})
-        if doc is None:
-            return None
-        links, exclusions, reports = (self.db[collection].find(
-            {"$or": [{name: user_id} for name in names]}) for collection, names in docs.EXPORTED)
-        return docs.user_records(
-            user_id, doc, self.db.lobby.find_one({"_id": user_id}),
-            ((int(c["_id"]), c) for c in self.db.chats.find({"users": user_id})),
-            links, exclusions, ((int(r["_id"]), r) for r in reports))
-
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
         db, stones, key = self.db, Tombstones(), protection_key(self._pepper, user_id)
@@ -370,14 +356,6 @@ class MongoRepository(docs.SharedOperations):
             _match(docs.noticed(cut)), {"recent_updates": 0, "claims": 0}).sort(
                 "noticed_at", 1).limit(limit)
             if erasure_due(docs.account(int(doc["_id"]), doc), cut)]
-
-    def last_chat(self, user_id: int) -> ChatRecord | None:
-        """See ``Repository.last_chat``."""
-        found = list(self.db.chats.find({"users": user_id}).sort(
-            [("started_at", -1), ("opened_by_update", -1)]).limit(1))
-        if not found:
-            return None
-        return docs.chat_record(int(found[0]["_id"]), found[0], user_id)
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
@@ -457,22 +435,24 @@ class MongoRepository(docs.SharedOperations):
     def _waiting(self) -> list[int]:
         return [int(entry["_id"]) for entry in self.db.lobby.find({}, {"_id": 1})]
 
+    def _user_and_lobby(self, user_id: int
+                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        doc = self.db.users.find_one({"_id": user_id})
+        return None if doc is None else (doc, self.db.lobby.find_one({"_id": user_id}))
+
+    def _any_of(self, collection: str,
+                filters: Iterable[docs.Filter]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        return ((doc["_id"], doc) for doc in self.db[collection].find(
+            {"$or": [_match((condition,)) for condition in filters]}))
+
+    def _latest_chats(self, user_id: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        return [(int(chat["_id"]), chat) for chat in self.db.chats.find({"users": user_id}).sort(
+            [("started_at", -1), ("opened_by_update", -1)]).limit(limit)]
+
     # -- the pool lock -------------------------------------------------------------------
 
     def _pool_lock(self, language: str) -> PoolLease:
         return PoolLease(self.db.locks, f"lobby:{language}", self._apply_pairing)
-
-    def _avoided_by(self, user_id: int, recent_partners: int) -> frozenset[int]:
-        """The user's recent partners and everyone excluded in either direction."""
-        chats = self.db.chats.find({"users": user_id}, {"users": 1}).sort(
-            "started_at", -1).limit(recent_partners) if recent_partners > 0 else []
-        key = protection_key(self._pepper, user_id)
-        return matching.avoided(
-            user_id, matching.recent_partners(user_id, (c["users"] for c in chats),
-                                              recent_partners),
-            map(docs.exclusion, self.db.exclusions.find(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id}, {"other_key": key}]})),
-            key)
 
     def _apply_pairing(self, intent: Mapping[str, Any]) -> None:
         """Write a pairing; every step is idempotent, so a crashed one is rolled forward."""
