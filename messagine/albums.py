@@ -84,12 +84,31 @@ class AlbumRelay:
             self.schedule(key, added.batch)
         return "album:duplicate" if added.duplicate else "album:collected"
 
-    def flush(self, key: str, number: int) -> Flushed:
-        """Send batch ``number`` of album ``key`` once; never raises."""
+    def flush(self, key: str, number: int, *, last_attempt: bool = False) -> Flushed:
+        """Send batch ``number`` of album ``key`` once; never raises.
+
+        On the ``last_attempt`` the schedule will make, a flush that would be retried
+        gives up instead, and the sender learns that the album did not arrive.
+        """
         try:
-            return self._flush(key, number)
+            flushed = self._flush(key, number)
+            if last_attempt and flushed.retry:
+                self._tell_not_sent(key)
+                return self._logged(key, number, Flushed("album:given_up"))
+            return flushed
         finally:
             self.analytics.flush()  # the flush is its own request (or timer): send its events
+
+    def _tell_not_sent(self, key: str) -> None:
+        """Best effort: the store or Telegram may still be away."""
+        try:
+            album = self.repository.change_album(key, lambda album: (None, album))
+            user = self.repository.get_user(album.sender_id) if album is not None else None
+            if user is not None:
+                self.telegram.send_text(user.user_id,
+                                        self.catalog.for_user(user)("relay.failed"))
+        except Exception:  # noqa: BLE001 - nothing more can be done for it
+            log.warning("album given up; its sender could not be told")
 
     def _flush(self, key: str, number: int) -> Flushed:
         owner = secrets.token_hex(8)

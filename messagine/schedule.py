@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from messagine.albums import Flushed
-from messagine.domain.albums import FIRST_FLUSH_S, QUIET_S
+from messagine.domain.albums import FIRST_FLUSH_S, FLUSH_ATTEMPTS, QUIET_S
 from messagine.storage.port import StorageUnavailable
 
 log = logging.getLogger("messagine.schedule")
@@ -35,6 +35,16 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 
 
 _KEY_RE = re.compile(r"^-?[0-9]{1,20}--?[0-9]{1,20}-[0-9a-f]{16}$")
+
+
+RETRY_COUNT_HEADER = "X-CloudTasks-TaskRetryCount"
+"""How often Cloud Tasks tried this task before (0 on its first attempt)."""
+
+
+def last_attempt(retry_count: str | None) -> bool:
+    """Whether a task's attempt is the last the queue makes (its --max-attempts)."""
+    return retry_count is not None and retry_count.isdigit() and \
+        int(retry_count) + 1 >= FLUSH_ATTEMPTS
 
 
 def flush_request(body: object) -> tuple[str, int] | None:
@@ -60,8 +70,8 @@ class ScheduleUnavailable(StorageUnavailable):
 class TimerSchedule:
     """Flushes in this process after ``delay_s``, then every ``retry_s`` while it must wait."""
 
-    def __init__(self, flush: Callable[[str, int], Flushed], delay_s: float = FIRST_FLUSH_S,
-                 retry_s: float = QUIET_S, attempts: int = 40) -> None:
+    def __init__(self, flush: Callable[..., Flushed], delay_s: float = FIRST_FLUSH_S,
+                 retry_s: float = QUIET_S, attempts: int = FLUSH_ATTEMPTS) -> None:
         self.flush = flush
         self.delay_s = delay_s
         self.retry_s = retry_s
@@ -78,14 +88,12 @@ class TimerSchedule:
 
     def _run(self, key: str, number: int, left: int) -> None:
         try:
-            retry = self.flush(key, number).retry
+            retry = self.flush(key, number, last_attempt=left <= 1).retry
         except Exception:  # a timer thread has nobody to raise to
             log.exception("album flush failed")
             retry = True
         if retry and left > 1:
             self._arm(key, number, self.retry_s, left - 1)
-        elif retry:
-            log.error("album flush gave up after %s attempts", self.attempts)
 
 
 class CloudTasksSchedule:

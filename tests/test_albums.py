@@ -18,6 +18,7 @@ import requests
 from conftest import BACKENDS, SECRET, FunctionServer, backend_env, bot_env, free_port
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.dev.fake_cloud_tasks import FakeCloudTasks
+from messagine.domain.albums import FLUSH_ATTEMPTS
 from messagine.schedule import ALBUM_TASK, TASK_HEADER
 
 pytestmark = pytest.mark.slow
@@ -181,9 +182,10 @@ def test_album_flush_through_cloud_tasks(tmp_path: Path, request: pytest.Fixture
             assert calls[0].params["message_ids"] == [u["message"]["message_id"]
                                                       for u in updates]
             _until(lambda: task.statuses and task.statuses[-1] == 200)
-            # Re-delivered items ask for the same task: Cloud Tasks says it exists already.
+            # A re-delivered item of a sent batch asks for no task at all.
+            creates = tasks.creates
             server.post({**updates[0], "update_id": api.next_update_id()})
-            assert len(tasks.tasks) == 1
+            assert len(tasks.tasks) == 1 and tasks.creates == creates
             # Cloud Tasks unreachable: the item's update is answered 503 and retried.
             tasks.fail_creates = 1
             more = a.album("photo", 2)
@@ -202,6 +204,32 @@ def test_album_flush_through_cloud_tasks(tmp_path: Path, request: pytest.Fixture
                                   headers=dict(headers))
             assert unknown.status_code == 200 and "outcome=album:unknown" in server.log()
             assert SECRET not in server.log()
+        finally:
+            server.stop()
+            tasks.stop()
+
+
+def test_an_album_the_queue_gives_up_on_is_reported_to_the_sender(
+        tmp_path: Path, request: pytest.FixtureRequest):
+    """Telegram fails every copy: the queue's last attempt tells the sender, answers 200."""
+    tasks = FakeCloudTasks(backoff_s=0.02, max_attempts=FLUSH_ATTEMPTS)
+    port = free_port()
+    with FakeBotApi() as api:
+        env = {**bot_env(api, tmp_path / "give-up.sqlite3"), **backend_env(request, "sqlite"),
+               "ALBUM_QUEUE": "projects/demo-project/locations/europe-west1/queues/albums",
+               "ALBUM_FLUSH_URL": f"http://127.0.0.1:{port}/", "CLOUD_TASKS_ENDPOINT": tasks.url}
+        server = FunctionServer(env, port=port)
+        try:
+            a, b = _pair(server, api, 7_600_000)
+            api.fail("copyMessages", chat_id=b.id, status=502, times=None)
+            _send_album(server, a.album("photo", 2))
+            (task,) = tasks.tasks.values()
+            _until(lambda: len(task.statuses) == FLUSH_ATTEMPTS, seconds=60)
+            assert task.statuses[:-1] == [503] * (FLUSH_ATTEMPTS - 1)
+            assert task.statuses[-1] == 200, "given up: the queue stops"
+            assert a.last()["text"] == \
+                "Telegram did not accept this message, so your partner did not get it."
+            assert "outcome=album:given_up" in server.log()
         finally:
             server.stop()
             tasks.stop()

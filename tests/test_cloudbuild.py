@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from messagine.domain.albums import FLUSH_ATTEMPTS
 from messagine.domain.claims import REQUEST_TIMEOUT_S
 from messagine.settings import Settings
 
@@ -266,6 +267,8 @@ def album_queue_commands() -> list[list[str]]:
     script = filled(step("album-queue")["args"][-1], PROJECT_NUMBER="123456789")
     retry = re.search(r'retry="([^"]+)"', script)
     assert retry is not None
+    # The queue's last attempt is the one the flush knows to be last (it tells the sender).
+    assert f"--max-attempts={FLUSH_ATTEMPTS} " in retry.group(1)
     script = script.replace("$$retry", retry.group(1)).replace("\\\n", " ")
     commands = []
     for line in script.splitlines():

@@ -23,6 +23,9 @@ FIRST_FLUSH_S = 2.0
 """The first flush is tried this long after a batch's first item."""
 LEASE_S = 45.0
 """A flush holding its claim longer died (one Bot API call and a few writes)."""
+FLUSH_ATTEMPTS = 40
+"""A batch's flush is tried this often (the timer, and the queue's --max-attempts); the
+last attempt that cannot send tells the sender the album did not arrive."""
 MAX_ITEMS = 10
 """Telegram's largest album: an eleventh item opens the next batch."""
 
