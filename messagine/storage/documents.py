@@ -37,6 +37,7 @@ from messagine.models import (
     ActiveChat,
     ChatRecord,
     Counts,
+    EndedChat,
     EndReason,
     LobbyEntry,
     MessageLink,
@@ -589,6 +590,18 @@ class SharedOperations:
     def _latest_chats(self, user_id: int, limit: int) -> Iterable[tuple[int, Mapping[str, Any]]]:
         """(id, document) of the user's newest chats (a chat made by a later update is newer)."""
         raise NotImplementedError
+
+    def _language(self, user_id: int) -> str:
+        """The user's language ("en" for a user who is gone)."""
+        raise NotImplementedError
+
+    def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
+        """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
+        for chat_id, doc in self._any_of("chats", (("closed_by_update", "==", update_id),)):
+            if user_id in doc["users"]:
+                partner_id = partner_of(doc, user_id)
+                return EndedChat(int(chat_id), partner_id, self._language(partner_id), True)
+        return None
 
     def _avoided_by(self, user_id: int, recent: int) -> frozenset[int]:
         """Whom the user must not meet: recent partners, exclusions either way, by key too."""

@@ -706,15 +706,6 @@ class FirestoreRepository(docs.SharedOperations):
                          str(partner.get("language")) if partner.exists else "en",
                          resumed=not ends)
 
-    def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
-        """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
-        for snap in self._stream(self._where("chats", ("closed_by_update", "==", update_id))):
-            if user_id in snap.get("users"):
-                partner_id = docs.partner_of(snap.to_dict(), user_id)
-                return EndedChat(int(snap.id), partner_id, self._language(partner_id),
-                                 resumed=True)
-        return None
-
     def _language(self, user_id: int) -> str:
         (snap,) = self._get(self._doc("users", user_id))
         return str(snap.get("language")) if snap.exists else "en"

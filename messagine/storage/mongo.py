@@ -586,12 +586,7 @@ class MongoRepository(docs.SharedOperations):
                 return None
             return EndedChat(chat_id, partner_id, self._language(partner_id),
                              resumed=ended is None)
-        earlier = self.db.chats.find_one({"closed_by_update": update_id, "users": user_id},
-                                         {"users": 1})
-        if earlier is None:
-            return None
-        partner_id = docs.partner_of(earlier, user_id)
-        return EndedChat(int(earlier["_id"]), partner_id, self._language(partner_id), True)
+        return self._ended_by(user_id, update_id)
 
     def _language(self, user_id: int) -> str:
         doc = self.db.users.find_one({"_id": user_id}, {"language": 1})
