@@ -8,7 +8,8 @@ beside it. SQLite's rows name their columns the same way, so its data export rea
 through the same mappings. What the stores select is declared here as data too: the
 collections (tables) and fields that the export, erasure and the purge go through, and
 the filters of what /about, /stats and the reminders count, which each adapter turns
-into its own queries. No driver is imported here.
+into its own queries. ``SharedOperations`` holds the port methods every adapter performs
+the same way, over the adapter's own reads and writes. No driver is imported here.
 """
 
 from __future__ import annotations
