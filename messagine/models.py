@@ -62,8 +62,7 @@ class OpenedUpdate:
     ``duplicate``: finished before, nothing to do; ``busy``: another attempt holds a live
     lease on it (answer 503, do nothing); ``resumed``: the attempt that held it died (its
     lease expired) and this one took it over. ``throttled``: the sender is over the flood
-    limit, so the update is dropped; ``warn``: this is the update that went over, which
-    gets the one "please slow down".
+    limit, so the update is dropped; ``warn``: its sender is told which update that was.
     """
 
     duplicate: bool

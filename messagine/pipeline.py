@@ -132,7 +132,8 @@ class Pipeline:
         opened = self._open(update_id, update, kind, sender, chat, owner)
         if isinstance(opened, Result):
             return self._answered(update, opened), content_type
-        stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
+        stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind),
+                                             _dropped(update, kind))
         if stopped is not None:
             self._finish(update_id, opened.user, owner)
             return self._answered(update, stopped), content_type
@@ -218,13 +219,26 @@ class Pipeline:
             return Result(200, "duplicate")
         return opened
 
-    def _stop_before_dispatch(self, opened: OpenedUpdate, privacy_request: bool
-                              ) -> Result | None:
-        """Floods and banned users (but for their privacy rights) stop here."""
+    def _stop_before_dispatch(self, opened: OpenedUpdate, privacy_request: bool,
+                              dropped: tuple[int | None, str | None]) -> Result | None:
+        """Floods and banned users (but for their privacy rights) stop here.
+
+        A dropped update is named to its sender: a message by a reply to it, a button
+        press by the press's own answer.
+        """
         user = opened.user
         if opened.throttled:
             if opened.warn and user is not None:
-                self._tell(user.user_id, user, "flood.slow_down")
+                message_id, callback_id = dropped
+                text = self.catalog.for_user(user)("flood.slow_down")
+                try:
+                    if callback_id is not None:
+                        self.telegram.answer_callback(callback_id, text)
+                    else:
+                        self.telegram.send_text(user.user_id, text, reply_to=message_id)
+                except TelegramError as error:
+                    log.warning("could not say an update was dropped: %s %s", error.method,
+                                error.code)
             return Result(200, "throttled:warned" if opened.warn else "throttled")
         if user is not None and user.banned and not privacy_request:
             self._tell(user.user_id, user, "banned.notice")
@@ -258,11 +272,13 @@ class Pipeline:
     def _answered(self, update: types.Update, result: Result) -> Result:
         """A press that stops before its handler still gets its answer (the spinner stops).
 
+        A dropped press was answered with its notice already.
+
         Best effort: a press answered before (a re-delivery) or too old is refused by
         Telegram, which changes nothing.
         """
         query = update.callback_query
-        if query is not None and result.status == 200:
+        if query is not None and result.status == 200 and result.outcome != "throttled:warned":
             try:
                 self.telegram.answer_callback(query.id)
             except TelegramError as error:
@@ -289,6 +305,14 @@ class Pipeline:
             self.telegram.send_text(chat_id, self.catalog.for_user(user)(key))
         except TelegramError as error:
             log.warning("could not send %s: %s %s", key, error.method, error.code)
+
+
+def _dropped(update: types.Update, kind: str) -> tuple[int | None, str | None]:
+    """What a dropped update's notice refers to: the message id, or the button press's id."""
+    item = getattr(update, kind)
+    if kind == "callback_query":
+        return None, str(item.id)
+    return getattr(item, "message_id", None), None
 
 
 def _is_privacy_request(update: types.Update, kind: str) -> bool:

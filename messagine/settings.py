@@ -126,7 +126,7 @@ class Settings:
         retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
         chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
         min_age = _min_age(env, problems)
-        flood_limit = _int(env, "FLOOD_LIMIT", 3, 1, 10_000, problems)
+        flood_limit = _int(env, "FLOOD_LIMIT", 8, 1, 10_000, problems)
         admin_chat = _one_id(env, "ADMIN_CHAT_ID", problems)
         report_window = _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems)
         job_secret = env.get("JOB_SECRET", "").strip()
@@ -136,7 +136,7 @@ class Settings:
             run_budget_s=float(_int(env, "REMINDER_RUN_SECONDS", 240, 5, 3000, problems)),
             any_language_after_s=60.0 * _int(env, "ANY_LANGUAGE_AFTER_MINUTES", 15, 1, 10_080,
                                              problems))
-        flood_window = _int(env, "FLOOD_WINDOW_SECONDS", 3, 1, 3600, problems)
+        flood_refill = _int(env, "FLOOD_REFILL_SECONDS", 1, 1, 3600, problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
 
         log_level = env.get("LOG_LEVEL", "INFO").strip().upper()
@@ -162,7 +162,7 @@ class Settings:
             privacy_contact=env.get("PRIVACY_CONTACT", "").strip() or "messaginebot@gmail.com",
             privacy_policy_url=policy_url or None,
             min_age=min_age,
-            flood_rule=FloodRule(limit=flood_limit, window_s=float(flood_window)),
+            flood_rule=FloodRule(limit=flood_limit, refill_s=float(flood_refill)),
             admin_chat_id=admin_chat,
             report_window_s=report_window * 60.0,
             job_secret=Secret(job_secret) if job_secret else None,

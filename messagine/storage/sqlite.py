@@ -18,7 +18,7 @@ from typing import Any
 from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import anonymise_chat, tombstone
-from messagine.domain.flood import FloodRule, FloodState, admit
+from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import activity
 from messagine.models import (
     ActiveChat,
@@ -151,7 +151,8 @@ class SqliteRepository:
             known = conn.execute(
                 "SELECT flood FROM users WHERE id = ?", (profile.user_id,)
             ).fetchone()
-            counters = FloodState(**json.loads(known[0])) if known and known[0] else FloodState()
+            counters = docs.flood_state({"flood": json.loads(known[0]) if known and known[0]
+                                         else None})
             counters, verdict = admit(counters, now, album, self._flood_rule)
             conn.execute(
                 """
