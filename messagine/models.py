@@ -192,6 +192,8 @@ class StoredProfile:
     nudge_pending: bool = True
     reminded_at: float | None = None
     lobby: LobbyEntry | None = None
+    ratings_up: int = 0
+    ratings_down: int = 0
 
 
 @dataclass(frozen=True, slots=True)

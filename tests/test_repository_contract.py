@@ -8,6 +8,7 @@ import time
 import pytest
 
 from messagine.domain.erasure import banned_remnant
+from messagine.domain.ratings import RatingRule, RatingVerdict
 from messagine.models import (
     EndReason,
     MatchOutcome,
@@ -442,3 +443,39 @@ def test_a_user_marked_blocked_who_searches_again_is_paired(repository: Reposito
     matched = find(repository, 1)
     assert matched.outcome is MatchOutcome.MATCHED and matched.chat is not None
     assert matched.chat.partner_id == 2
+
+
+# -- ratings -------------------------------------------------------------------------------
+
+def test_a_rating_counts_once_per_chat_and_shows_only_as_counts(repository: Repository):
+    rule = RatingRule(window_s=3600.0, flag_after=2)
+    register(repository, 1)
+    assert repository.rate_user(1, 10, True, T0, rule) == RatingVerdict(counted=True)
+    for again in (True, False):  # a second press, either way, or a re-delivery
+        assert repository.rate_user(1, 10, again, T0 + 5, rule) == RatingVerdict(counted=False)
+    assert repository.rate_user(1, 11, False, T0 + 6, rule) == RatingVerdict(counted=True)
+    records = repository.export_user(1)
+    assert records is not None
+    assert (records.profile.ratings_up, records.profile.ratings_down) == (1, 1)
+    assert repository.rate_user(99, 12, False, T0, rule) == RatingVerdict(counted=False)
+    assert repository.export_user(99) is None, "rating an unknown user creates nobody"
+
+
+def test_the_flag_is_raised_once_at_the_threshold(repository: Repository):
+    rule = RatingRule(window_s=3600.0, flag_after=3)
+    register(repository, 1)
+    verdicts = [repository.rate_user(1, chat, False, T0 + chat, rule) for chat in range(1, 6)]
+    assert [v.flag for v in verdicts] == [False, False, True, False, False]
+    records = repository.export_user(1)
+    assert records is not None and records.profile.ratings_down == 5
+
+
+def test_a_chat_counted_long_ago_is_forgotten_by_the_record_not_by_the_counts(
+        repository: Repository):
+    rule = RatingRule(window_s=60.0, flag_after=5)
+    register(repository, 1)
+    assert repository.rate_user(1, 10, True, T0, rule).counted
+    assert repository.rate_user(1, 11, True, T0 + 120, rule).counted
+    assert not repository.rate_user(1, 11, True, T0 + 130, rule).counted
+    records = repository.export_user(1)
+    assert records is not None and records.profile.ratings_up == 2

@@ -10,6 +10,7 @@ through the same mappings. No driver is imported here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
 from messagine.domain.matching import Candidate
 from messagine.domain.nudges import NudgeStatus, activity
+from messagine.domain.ratings import RatingState
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -134,13 +136,14 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
         reminders_enabled=not doc.get("reminders_off"),
         nudge_pending=bool(doc.get("nudge_pending")), reminded_at=doc.get("reminded_at"),
         lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"])) if lobby else None,
+        ratings_up=(ratings := rating_state(doc.get("ratings"))).up, ratings_down=ratings.down,
     )
 
 
 def profile_document(profile: StoredProfile) -> dict[str, Any]:
     """A whole user document holding ``profile`` and no chat, lobby or counters."""
     doc = asdict(profile)
-    del doc["user_id"], doc["lobby"]
+    del doc["user_id"], doc["lobby"], doc["ratings_up"], doc["ratings_down"]
     doc["reminders_off"] = not doc.pop("reminders_enabled")
     return {**doc, "chat": None, "waiting_since": None}
 
@@ -172,6 +175,20 @@ def flood_state(doc: Mapping[str, Any]) -> FloodState:
 def flood_document(state: FloodState) -> dict[str, Any]:
     """The ``flood`` map of a user document."""
     return asdict(state)
+
+
+def rating_state(stored: Mapping[str, Any] | str | None) -> RatingState:
+    """The ratings of a user document's ``ratings`` map (SQLite: its JSON text)."""
+    value = json.loads(stored) if isinstance(stored, str) else (stored or {})
+    return RatingState(up=int(value.get("up", 0)), down=int(value.get("down", 0)),
+                       flagged=bool(value.get("flagged")),
+                       recent={str(k): float(v) for k, v in (value.get("recent") or {}).items()})
+
+
+def rating_document(state: RatingState) -> dict[str, Any]:
+    """The ``ratings`` map of a user document."""
+    return {"up": state.up, "down": state.down, "flagged": state.flagged,
+            "recent": dict(state.recent)}
 
 
 def nudge_status(user_id: int, doc: Mapping[str, Any]) -> NudgeStatus:

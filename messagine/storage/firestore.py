@@ -35,6 +35,7 @@ from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
+from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -543,6 +544,19 @@ class FirestoreRepository:
             sender = int(snap.get("sender_id"))
             counts[sender] = counts.get(sender, 0) + 1
         return counts
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """See ``Repository.rate_user``: committed only if the user is still as read."""
+        verdicts = [RatingVerdict(counted=False)]
+
+        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
+            state, verdicts[0] = rate(docs.rating_state(doc.get("ratings")), chat_id,
+                                      positive, now, rule)
+            return {"ratings": docs.rating_document(state)} if verdicts[0].counted else None
+
+        update_guarded(self.client, self._user(rated_id), change)
+        return verdicts[0]
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""

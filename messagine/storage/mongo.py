@@ -36,6 +36,7 @@ from messagine.domain import matching
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import tombstone
 from messagine.domain.flood import FloodRule, admit
+from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -62,6 +63,8 @@ from messagine.storage.mongo_client import (
 from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
 from messagine.storage.port import wrap_public_methods
+
+_RATING_ATTEMPTS = 8  # a rating beaten by another one on the same user is decided again
 
 
 def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
@@ -424,6 +427,21 @@ class MongoRepository:
         for doc in self.db.message_links.find({"chat_id": chat_id}, {"sender_id": 1}):
             counts[int(doc["sender_id"])] = counts.get(int(doc["sender_id"]), 0) + 1
         return counts
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """See ``Repository.rate_user``: written only if the ratings are still as read."""
+        for _ in range(_RATING_ATTEMPTS):
+            doc = self.db.users.find_one({"_id": rated_id}, {"ratings": 1})
+            if doc is None:
+                break
+            state, verdict = rate(docs.rating_state(doc.get("ratings")), chat_id, positive,
+                                  now, rule)
+            if not verdict.counted or self.db.users.update_one(
+                    {"_id": rated_id, "ratings": doc.get("ratings")},
+                    {"$set": {"ratings": docs.rating_document(state)}}).modified_count:
+                return verdict
+        return RatingVerdict(counted=False)
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""

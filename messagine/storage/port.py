@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from messagine.domain.claims import LEASE_S
+from messagine.domain.ratings import RatingRule, RatingVerdict
 from messagine.models import (
     ChatRecord,
     Counts,
@@ -239,6 +240,15 @@ class ModerationRecords(Protocol):
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """Never match these two users again (a report or a block by ``user_id``)."""
+        ...
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """Count a 👍 (``positive``) or 👎 for ``rated_id`` once per chat.
+
+        ``chat_id`` is the chat the rater had with them (``messagine.domain.ratings.rate``
+        decides); an unknown user is not counted.
+        """
         ...
 
 

@@ -20,6 +20,7 @@ from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import anonymise_chat, tombstone
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import activity
+from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -414,6 +415,18 @@ class SqliteRepository:
                 "SELECT sender_id, count(*) FROM message_links WHERE chat_id = ?"
                 " GROUP BY sender_id", (chat_id,)).fetchall()
         return {int(sender): int(count) for sender, count in rows}
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """See ``Repository.rate_user``: read, rule and write in one transaction."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT ratings FROM users WHERE id = ?", (rated_id,)).fetchone()
+            if row is None:
+                return RatingVerdict(counted=False)
+            state, verdict = rate(docs.rating_state(row[0]), chat_id, positive, now, rule)
+            conn.execute("UPDATE users SET ratings = ? WHERE id = ?",
+                         (json.dumps(docs.rating_document(state)), rated_id))
+        return verdict
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
         """See ``Repository.exclude_pair``."""

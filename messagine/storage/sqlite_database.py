@@ -116,6 +116,7 @@ _ADDED_COLUMNS = (
     ("users", "reminders_off", "INTEGER NOT NULL DEFAULT 0"),
     ("users", "nudge_pending", "INTEGER NOT NULL DEFAULT 1"),
     ("users", "reminded_at", "REAL"),
+    ("users", "ratings", "TEXT"),
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
     ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
     ("claimed_updates", "owner", "TEXT"),
