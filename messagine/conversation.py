@@ -183,10 +183,11 @@ class Conversation:
     def exit_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the chat (confirmed); each side is told once, even if both confirm at once."""
         t = self.catalog.for_user(user)
-        if not self.end(user, EndReason.EXIT, update_id):
+        ended = self.end(user, EndReason.EXIT, update_id)
+        if ended is None:
             answer.send(t("exit.already_ended"), keyboards.idle(t))
             return "exit:already_ended"
-        answer.send(t("exit.closed_by_you"), keyboards.idle(t))
+        answer.send(card(t, "exit.closed_by_you"), keyboards.chat_ended(t, ended.chat_id))
         return "exit:closed"
 
     def keep_chat(self, user: UserState, answer: Answer) -> str:
@@ -198,21 +199,24 @@ class Conversation:
 
     def next_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the current chat without confirmation and search again."""
-        ended = self.end(user, EndReason.NEXT, update_id) if user.chat else False
+        ended = self.end(user, EndReason.NEXT, update_id) if user.chat else None
+        if ended is not None:
+            t = self.catalog.for_user(user)
+            answer.send(card(t, "exit.closed_by_you"), keyboards.chat_ended(t, ended.chat_id))
         outcome = self.find_chat(user, answer, update_id)
-        return ("next:ended+" if ended else "next:") + outcome.removeprefix("find:")
+        return ("next:ended+" if ended is not None else "next:") + outcome.removeprefix("find:")
 
-    def end(self, user: UserState, reason: EndReason, update_id: int) -> bool:
-        """End the user's chat and tell the partner only that it ended; False if none."""
+    def end(self, user: UserState, reason: EndReason, update_id: int) -> EndedChat | None:
+        """End the user's chat and tell the partner only that it ended; None if none."""
         ended = self.repository.end_chat(user.user_id, reason, self.clock(), update_id)
         if ended is None:
-            return False
+            return None
         if not ended.resumed:  # a resumed ending was logged by the attempt that made it
             log.info("chat ended: %s", reason.value,
                      extra={"json_fields": {"chat_end_reason": reason.value}})
         self._tell_partner(ended, "exit.closed_by_partner")
         self._track_end(user, ended, reason)
-        return True
+        return ended
 
     def _track_end(self, user: UserState, ended: EndedChat, reason: EndReason) -> None:
         """chat.ended: how long, how many messages this user sent, who ended it and how.
@@ -229,10 +233,11 @@ class Conversation:
             "how": reason.value, "language": user.language})
 
     def _tell_partner(self, ended: EndedChat, key: str) -> None:
-        """Tell the partner of an ended chat, in their language; mark them if they blocked us."""
+        """Give the partner of an ended chat its card; mark them if they blocked us."""
         partner_t = self.texts(ended.partner_language)
         try:
-            self.telegram.send_text(ended.partner_id, partner_t(key), keyboards.idle(partner_t))
+            self.telegram.send_text(ended.partner_id, card(partner_t, key),
+                                    keyboards.chat_ended(partner_t, ended.chat_id))
         except TelegramBlocked:
             self.repository.set_blocked(ended.partner_id, blocked=True)
 
@@ -328,3 +333,8 @@ class Conversation:
 def _chat_started(t: Texts) -> str:
     """The chat-start notice, with the one-line safety tip at the moment it matters."""
     return t("chat.started") + "\n\n" + t("chat.safety_tip")
+
+
+def card(t: Texts, ended_key: str) -> str:
+    """The end-of-chat card's text: who ended it (``ended_key``), and the rating prompt."""
+    return t(ended_key) + "\n\n" + t("card.rate_prompt")

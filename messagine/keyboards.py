@@ -33,6 +33,8 @@ REPORT = button("report_reason")
 REPORT_CANCEL = button("report_cancel")
 SHARE_SEND = button("share_send")
 SHARE_CANCEL = button("share_cancel")
+RATE = button("rate")
+REPORT_CHAT = button("report_chat")
 REPORT_REASONS = ("spam", "abuse", "minor", "other")
 
 
@@ -127,3 +129,19 @@ def moderation(t: Texts, report_id: int) -> Keyboard:
 def any_language_offer(t: Texts) -> Keyboard:
     """The offer to a long wait: [Chat with anyone] [Stop searching]."""
     return [[(t("btn.any_language"), ANY_LANGUAGE)], [(t("btn.exit_lobby"), CANCEL_FIND)]]
+
+
+def chat_ended(t: Texts, chat_id: int) -> Keyboard:
+    """The end-of-chat card: [👍, 👎] [Report, Next chat]."""
+    return [[("👍", f"{RATE}up:{chat_id}"), ("👎", f"{RATE}down:{chat_id}")],
+            *after_rating(t, chat_id)]
+
+
+def after_rating(t: Texts, chat_id: int) -> Keyboard:
+    """The card once its chat was rated: [Report, Next chat]."""
+    return [[(t("btn.report"), f"{REPORT_CHAT}{chat_id}"), (t("btn.next_chat"), FIND)]]
+
+
+def after_card(t: Texts) -> Keyboard:
+    """A card whose chat can no longer be rated or reported: [Next chat]."""
+    return [[(t("btn.next_chat"), FIND)]]

@@ -21,6 +21,7 @@ from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
+from messagine.domain.ratings import RatingRule, may_rate
 from messagine.models import ChatRecord, EndReason, UserState
 from messagine.payload import INT64
 from messagine.storage.port import Chats, MessageLog, ModerationRecords, PersonalRecords, Users
@@ -45,6 +46,13 @@ class ModerationSettings:
     admin_ids: frozenset[int]
     admin_chat_id: int | None
     report_window_s: float
+    rating_flag_after: int = 10
+    """How many 👎 from different people bring a user to the moderators' attention."""
+
+    @property
+    def rating_rule(self) -> RatingRule:
+        """A chat can be rated as long as it can be reported."""
+        return RatingRule(window_s=self.report_window_s, flag_after=self.rating_flag_after)
 
 
 class Moderation:
@@ -80,10 +88,18 @@ class Moderation:
 
     # -- users ---------------------------------------------------------------------------
 
-    def ask_report(self, user: UserState, answer: Answer) -> str:
-        """Offer the reasons, if there is someone to report."""
+    def ask_report(self, user: UserState, answer: Answer, chat: str = "") -> str:
+        """Offer the reasons, if there is someone to report.
+
+        ``chat``: the chat id an end-of-chat card names; its Report works only while that
+        chat is still the one a report would be about.
+        """
         t = self.catalog.for_user(user)
-        if self._target(user) is None:
+        target = self._target(user)
+        if chat and (target is None or str(target.chat_id) != chat):
+            answer.send(t("card.too_late"), keyboards.after_card(t))
+            return "report:too_late"
+        if target is None:
             answer.send(t("report.nobody"))
             return "report:nobody"
         answer.send(t("report.ask", count=EVIDENCE_MESSAGES), keyboards.report_reasons(t))
@@ -110,6 +126,46 @@ class Moderation:
         answer.send(t("report.thanks"), keyboards.idle(t))
         self._send_to_moderators(report.report_id, target, reason)
         return "report:sent"
+
+    def rate(self, user: UserState, argument: str, answer: Answer) -> str:
+        """Count a 👍 or 👎 for the partner of the user's last chat, while it can be rated.
+
+        ``argument`` is "up:<chat id>" or "down:<chat id>"; a 👎 keeps the pair apart.
+        """
+        t = self.catalog.for_user(user)
+        value, _, chat = argument.partition(":")
+        target, now, rule = self._target(user), self.clock(), self.settings.rating_rule
+        if value not in ("up", "down") or target is None or str(target.chat_id) != chat \
+                or not may_rate(target.ended_at, now, rule):
+            answer.send(t("card.too_late"), keyboards.after_card(t))
+            return "rate:too_late"
+        positive = value == "up"
+        verdict = self.repository.rate_user(target.partner_id, target.chat_id, positive, now,
+                                            rule)
+        ended = t("exit.closed_by_you" if target.ended_by_user else "exit.closed_by_partner")
+        if not verdict.counted:
+            answer.send(ended + "\n\n" + t("card.rated_before"),
+                        keyboards.after_rating(t, target.chat_id))
+            return "rate:before"
+        if not positive:
+            self.repository.exclude_pair(user.user_id, target.partner_id, "rating", now)
+        if verdict.flag:
+            self._flag(target.partner_id, rule.flag_after)
+        answer.send(ended + "\n\n" + t("card.rated_up" if positive else "card.rated_down"),
+                    keyboards.after_rating(t, target.chat_id))
+        return "rate:up" if positive else "rate:down"
+
+    def _flag(self, user_id: int, count: int) -> None:
+        """Tell the moderators (once: the rule says when) about a user many rated 👎."""
+        if self.settings.admin_chat_id is None:
+            log.warning("a user was rated down by many, but ADMIN_CHAT_ID is not set")
+            return
+        try:
+            self.telegram.send_text(self.settings.admin_chat_id, self.moderator_texts(
+                "mod.flag", user_id=user_id, count=count))
+        except TelegramError as error:
+            log.error("a flag did not reach the moderators: %s %s",  # noqa: TRY400
+                      error.method, error.code)
 
     def _send_to_moderators(self, report_id: int, target: ChatRecord, reason: str) -> None:
         chat_id = self.settings.admin_chat_id

@@ -44,13 +44,16 @@ class PrivacyTerms:
     min_age: int
     storage: str = "mongo"
     """The backend (settings.storage): the policy names who stores the records."""
+    rating_flag_after: int = 10
+    """How many 👎 from different people bring a user to the moderators (the policy says)."""
 
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
     """The full policy in one language (docs/privacy.md is the English one, on MongoDB)."""
-    return texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
-                 chat_days=terms.chat_days, min_age=terms.min_age,
-                 store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES)
+    policy = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
+                   chat_days=terms.chat_days, min_age=terms.min_age,
+                   store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES)
+    return policy + "\n\n" + texts("privacy.ratings", flag_after=terms.rating_flag_after)
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
@@ -90,7 +93,7 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
                 "settings": {"language": None, "analytics": "on", "reminders": "on",
                              "age_confirmation": None, "age_confirmation_at": None,
                              "blocked_the_bot": False, "banned": False},
-                "lobby": None}
+                "lobby": None, "ratings": {"thumbs_up": 0, "thumbs_down": 0}}
     return {
         "profile": {
             "telegram_id": profile.user_id, "first_name": profile.first_name,
@@ -109,6 +112,7 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
         },
         "lobby": None if profile.lobby is None else {
             "language": profile.lobby.language, "since": _iso(profile.lobby.since)},
+        "ratings": {"thumbs_up": profile.ratings_up, "thumbs_down": profile.ratings_down},
     }
 
 

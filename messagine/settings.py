@@ -66,6 +66,7 @@ class Settings:
     flood_rule: FloodRule
     admin_chat_id: int | None
     report_window_s: float
+    rating_flag_after: int
     job_secret: Secret | None
     reminder_rules: ReminderRules
     admin_ids: frozenset[int]
@@ -129,6 +130,7 @@ class Settings:
         flood_limit = _int(env, "FLOOD_LIMIT", 8, 1, 10_000, problems)
         admin_chat = _one_id(env, "ADMIN_CHAT_ID", problems)
         report_window = _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems)
+        rating_flag_after = _int(env, "RATING_FLAG_AFTER", 10, 1, 10_000, problems)
         job_secret = env.get("JOB_SECRET", "").strip()
         reminder_rules = ReminderRules(
             remind_after_s=_int(env, "REMINDER_AFTER_HOURS", 24, 1, 24 * 90, problems) * 3600.0,
@@ -165,6 +167,7 @@ class Settings:
             flood_rule=FloodRule(limit=flood_limit, refill_s=float(flood_refill)),
             admin_chat_id=admin_chat,
             report_window_s=report_window * 60.0,
+            rating_flag_after=rating_flag_after,
             job_secret=Secret(job_secret) if job_secret else None,
             reminder_rules=reminder_rules,
             admin_ids=frozenset(admin_ids),

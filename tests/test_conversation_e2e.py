@@ -126,10 +126,10 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
     assert alice.last()["text"] == "OK, the chat goes on."
     post(alice.command("stop"))
     post(alice.press_button("Yes"))
-    assert alice.last()["text"] == "You have closed the chat."
-    assert bob.last()["text"] == "Chat closed by your partner."
+    assert alice.last()["text"].startswith("You have closed the chat.\n")
+    assert bob.last()["text"].startswith("Chat closed by your partner.\n")
     for user in (alice, bob):
-        assert buttons(user.last()) == ["🔍 Find Chat", "❓ Help"]
+        assert buttons(user.last()) == ["👍", "👎", "🚩 Report", "▶️ Next chat"]
     assert sum("closed by your partner" in t for t in bob.texts()) == 1
 
     # They just met, so they are not paired again.
