@@ -20,7 +20,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.languages import LANGUAGES, language_name
 from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
-from messagine.storage.port import Chats, Lobby, Users
+from messagine.storage.port import Chats, Lobby, MessageLog, Users
 from messagine.telegram import Telegram, TelegramBlocked
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 _MAX_MATCH_ATTEMPTS = 3
 
 
-class ConversationStore(Users, Lobby, Chats, Protocol):
-    """The storage roles a conversation uses: users, the lobby and chats."""
+class ConversationStore(Users, Lobby, Chats, MessageLog, Protocol):
+    """The storage roles a conversation uses: users, the lobby, chats and the message log."""
 
 
 class Conversation:
@@ -53,6 +53,28 @@ class Conversation:
     def texts(self, language: str) -> Texts:
         """The catalog for a user's language (English where there is none)."""
         return self.catalog.for_language(language)
+
+    # -- where answers go ----------------------------------------------------------------
+
+    def is_newest(self, user: UserState, message_id: int) -> bool:
+        """Whether the bot's message ``message_id`` is the newest in the user's chat.
+
+        Newer are the texts the bot sent the user since (``UserState.newest_message``) and,
+        in a chat, the user's own last message and the last copy of the partner's (the
+        message log; copies are not noted one by one, so a relay costs no extra write).
+        """
+        if message_id < user.newest_message:
+            return False
+        chat = user.chat
+        if chat is None:
+            return True
+        own = self.repository.recent_messages(chat.chat_id, user.user_id, 1)
+        if own and own[-1] > message_id:
+            return False
+        theirs = self.repository.recent_messages(chat.chat_id, chat.partner_id, 1)
+        link = theirs and self.repository.find_message(chat.chat_id, chat.partner_id,
+                                                       theirs[-1])
+        return not (link and link.copy_message_id > message_id)
 
     # -- start, help, about --------------------------------------------------------------
 

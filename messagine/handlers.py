@@ -130,8 +130,10 @@ class Handlers:
             _done("button:unknown")
             return
         route, argument = found
+        newest = self.services.conversation.is_newest(ctx.user, message.message_id)
         self._press(route, self._call(
-            Answer(self.telegram, message.chat.id, message.message_id), argument))
+            Answer(self.telegram, message.chat.id, message.message_id, newest=newest),
+            argument))
 
     def _press(self, route: Route, call: Call) -> None:
         self.analytics.track(call.user, f"action.{route.name}")

@@ -48,6 +48,8 @@ class UserState:
     language_code: str | None = None
     """Telegram's language of the user's app: the interface falls back to it."""
     reminders_enabled: bool = True
+    newest_message: int = 0
+    """The newest message the bot sent the user (``Users.note_newest``); copies aside."""
 
     @property
     def waiting(self) -> bool:

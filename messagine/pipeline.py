@@ -27,13 +27,15 @@ from messagine.envelope import read as envelope_of
 from messagine.languages import language_for
 from messagine.models import OpenedUpdate, Profile, UserState
 from messagine.payload import problem as payload_problem
-from messagine.storage.port import MessageLog, StorageUnavailable, UpdateClaims
+from messagine.storage.port import MessageLog, StorageUnavailable, UpdateClaims, Users
 from messagine.telegram import (
     Telegram,
     TelegramError,
     TelegramUnavailable,
     reset_deadline,
+    sent_messages,
     set_deadline,
+    track_sent,
 )
 
 log = logging.getLogger("messagine.updates")
@@ -52,8 +54,8 @@ KNOWN_KINDS = tuple(dict.fromkeys((*HANDLED_KINDS, *util.update_types)))
 """Every update kind pyTelegramBotAPI knows (its own list), ours first."""
 
 
-class PipelineStore(UpdateClaims, MessageLog, Protocol):
-    """The storage roles the pipeline uses: claims, and the message log for a taken-over update."""
+class PipelineStore(UpdateClaims, MessageLog, Users, Protocol):
+    """The storage roles the pipeline uses: claims, the message log, the newest messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,7 @@ class Pipeline:
                                     raw=payload[kind])
         token = context.enter(ctx)
         deadline = set_deadline(time.monotonic() + UPDATE_BUDGET_S)
+        sent = track_sent()
         try:
             self.bot.process_new_updates([update])
             result = Result(200, ctx.outcome)
@@ -154,12 +157,27 @@ class Pipeline:
             self._apologise(ctx, chat)
             result = Result(200, "error")
         finally:
+            self._note_newest(sent_messages(sent))
             reset_deadline(deadline)
             context.leave(token)
             self.analytics.flush()
         # Answered 200: whatever Telegram does with the answer, the work is not redone.
         self._finish(update_id, opened.user, owner)
         return result, content_type
+
+    def _note_newest(self, sent: Mapping[int, int]) -> None:
+        """Remember the newest message the bot sent each user in this update.
+
+        A later button press asks whether it sits on the newest message. Best effort: a
+        failure only means one answer edits a message that was not the newest.
+        """
+        for chat_id, message_id in sent.items():
+            if chat_id <= 0:  # a group (the moderators'), not a user
+                continue
+            try:
+                self.repository.note_newest(chat_id, message_id)
+            except Exception as error:  # noqa: BLE001 - see above
+                log.warning("newest message of a user not noted (%s)", type(error).__name__)
 
     def _finish(self, update_id: int, user: UserState | None, owner: str) -> None:
         """Mark the claim done, so a re-delivery is answered 200 with no work.

@@ -64,8 +64,12 @@ def test_both_confirming_exit_ends_the_chat_once(deliver: Deliver, alice: FakeUs
     assert deliver(bob_yes).outcome == "button:exit:already_ended"
     assert [t.split("\n")[0] for t in bob.texts() if "closed" in t] == \
         ["Chat closed by your partner."]
+    # The card came after Bob's question, so the answer is a new message at the bottom
+    # and the question's buttons retire.
     confirmation = next(m for m in bob.inbox() if m["message_id"] == bob_confirmation)
-    assert confirmation["text"] == "This chat has already ended."
+    assert "reply_markup" not in confirmation or \
+        confirmation["reply_markup"]["inline_keyboard"] == []
+    assert bob.last()["text"] == "This chat has already ended."
     assert [t.split("\n")[0] for t in alice.texts() if "closed" in t] == \
         ["You have closed the chat."]
 

@@ -479,3 +479,13 @@ def test_a_chat_counted_long_ago_is_forgotten_by_the_record_not_by_the_counts(
     assert not repository.rate_user(1, 11, True, T0 + 130, rule).counted
     records = repository.export_user(1)
     assert records is not None and records.profile.ratings_up == 2
+
+
+def test_the_newest_message_only_grows_and_needs_a_user(repository: Repository):
+    register(repository, 1)
+    for message_id in (5, 9, 7):
+        repository.note_newest(1, message_id)
+    state = repository.get_user(1)
+    assert state is not None and state.newest_message == 9
+    repository.note_newest(2, 4)
+    assert repository.get_user(2) is None, "noting creates nobody"

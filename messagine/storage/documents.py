@@ -119,6 +119,7 @@ def user_state(user_id: int, doc: Mapping[str, Any], *, is_new: bool = False) ->
         analytics_opt_out=bool(doc.get("analytics_opt_out")),
         age_confirmed=doc.get("age_answer") == "yes", language_code=doc.get("language_code"),
         reminders_enabled=not doc.get("reminders_off"),
+        newest_message=int(doc.get("newest_message") or 0),
     )
 
 

@@ -545,6 +545,12 @@ class FirestoreRepository:
             counts[sender] = counts.get(sender, 0) + 1
         return counts
 
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """See ``Repository.note_newest``."""
+        update_guarded(self.client, self._user(user_id), lambda doc: (
+            {"newest_message": message_id}
+            if message_id > int(doc.get("newest_message") or 0) else None))
+
     def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
                   rule: RatingRule) -> RatingVerdict:
         """See ``Repository.rate_user``: committed only if the user is still as read."""

@@ -428,6 +428,10 @@ class MongoRepository:
             counts[int(doc["sender_id"])] = counts.get(int(doc["sender_id"]), 0) + 1
         return counts
 
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """See ``Repository.note_newest``."""
+        self.db.users.update_one({"_id": user_id}, {"$max": {"newest_message": message_id}})
+
     def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
                   rule: RatingRule) -> RatingVerdict:
         """See ``Repository.rate_user``: written only if the ratings are still as read."""

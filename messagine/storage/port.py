@@ -129,6 +129,13 @@ class Users(Protocol):
         """Record the user's choice of /reminders on or off."""
         ...
 
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """Remember the newest message the bot sent the user (the larger id wins).
+
+        Nothing for an unknown user.
+        """
+        ...
+
     def counts(self, user_id: int) -> Counts:
         """Totals for /about."""
         ...

@@ -45,7 +45,7 @@ from messagine.storage.sqlite_database import Database
 # The state of one user: profile flags, their chat (seen from their side) and lobby entry.
 _STATE_QUERY = """
 SELECT u.id, u.language, u.blocked, u.banned, u.analytics_opt_out, u.age_answer,
-       u.language_code, u.reminders_off,
+       u.language_code, u.reminders_off, u.newest_message,
        m.chat_id, m.partner_id, p.language, c.started_at, l.since
 FROM users u
 LEFT JOIN memberships m ON m.user_id = u.id
@@ -100,7 +100,7 @@ class SqliteRepository:
         if row is None:
             return None
         (uid, language, blocked, banned, opt_out, age_answer, language_code, reminders_off,
-         chat_id, partner_id, partner_language, started_at, since) = row
+         newest, chat_id, partner_id, partner_language, started_at, since) = row
         chat = None
         if chat_id is not None:
             chat = ActiveChat(chat_id, partner_id, partner_language or language, started_at)
@@ -109,6 +109,7 @@ class SqliteRepository:
             banned=bool(banned), chat=chat, waiting_since=since,
             analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
             language_code=language_code, reminders_enabled=not reminders_off,
+            newest_message=newest,
         )
 
     def get_user(self, user_id: int) -> UserState | None:
@@ -415,6 +416,12 @@ class SqliteRepository:
                 "SELECT sender_id, count(*) FROM message_links WHERE chat_id = ?"
                 " GROUP BY sender_id", (chat_id,)).fetchall()
         return {int(sender): int(count) for sender, count in rows}
+
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """See ``Repository.note_newest``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET newest_message = MAX(newest_message, ?) WHERE id = ?",
+                         (message_id, user_id))
 
     def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
                   rule: RatingRule) -> RatingVerdict:

@@ -117,6 +117,7 @@ _ADDED_COLUMNS = (
     ("users", "nudge_pending", "INTEGER NOT NULL DEFAULT 1"),
     ("users", "reminded_at", "REAL"),
     ("users", "ratings", "TEXT"),
+    ("users", "newest_message", "INTEGER NOT NULL DEFAULT 0"),
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
     ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
     ("claimed_updates", "owner", "TEXT"),
