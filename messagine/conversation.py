@@ -18,6 +18,7 @@ from messagine import keyboards
 from messagine.analytics import Analytics, now_iso
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
+from messagine.domain import matching
 from messagine.languages import LANGUAGES, language_name
 from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
 from messagine.storage.port import Chats, Lobby, MessageLog, Users
@@ -87,8 +88,7 @@ class Conversation:
             self.analytics.update_profile(user, set_once={"$created": now_iso()},
                                           set_values={"language": user.language})
             return "start:new"
-        answer.send(t("start.welcome_back"), keyboards.idle(t) if user.chat is None
-                    else keyboards.in_chat(t))
+        answer.send(t("start.welcome_back"), keyboards.for_state(t, user))
         return "start:known"
 
     def help(self, user: UserState, answer: Answer) -> str:
@@ -108,8 +108,14 @@ class Conversation:
 
     # -- the lobby -----------------------------------------------------------------------
 
-    def find_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
-        """Pair the user at once with a compatible waiting user, or put them in the lobby."""
+    def find_chat(self, user: UserState, answer: Answer, update_id: int, *,
+                  offer_any: bool = True) -> str:
+        """Pair the user at once with a compatible waiting user, or put them in the lobby.
+
+        Queued, they are told honestly that nobody they can be paired with is searching
+        (and how many others are), and offered the any-language pool (``offer_any``: not
+        once they are in it).
+        """
         t = self.catalog.for_user(user)
         if self.min_age and not user.age_confirmed and user.chat is None:
             answer.send(t("age.question", min_age=self.min_age),
@@ -123,10 +129,12 @@ class Conversation:
                 return "find:in_chat"
             if result.outcome is MatchOutcome.WAITING:
                 name = language_name(user.language)
-                queue = (t("lobby.only_you", language=name) if result.waiting_count <= 1 else
-                         t.plural("lobby.waiting_count", result.waiting_count, language=name))
-                answer.send(t("lobby.joined", language=name) + "\n\n" + queue,
-                            keyboards.lobby(t))
+                lines = [t("lobby.joined", language=name), t("lobby.only_you", language=name)]
+                if others := matching.unpairable_others(result):
+                    lines.append(t("lobby.others_unpairable", language=name, count=others))
+                if offer_any:
+                    lines.append(t("lobby.any_hint"))
+                answer.send("\n\n".join(lines), keyboards.lobby(t, offer_any=offer_any))
                 return "find:waiting"
             if result.outcome is MatchOutcome.ALREADY_WAITING:
                 answer.send(t("lobby.already"), keyboards.lobby(t))
@@ -164,9 +172,10 @@ class Conversation:
         """The user opted into the any-language pool: move their wait there and search."""
         t = self.catalog.for_user(user)
         if not self.repository.join_any_language(user.user_id):
-            answer.send(t("lobby.not_in"), keyboards.idle(t))
+            answer.send(t("lobby.not_in"), keyboards.for_state(t, user))
             return "any_language:not_waiting"
-        return "any_language+" + self.find_chat(user, answer, update_id).removeprefix("find:")
+        return "any_language+" + self.find_chat(user, answer, update_id,
+                                                offer_any=False).removeprefix("find:")
 
     def answer_age(self, user: UserState, confirmed: bool, answer: Answer, update_id: int
                    ) -> str:
@@ -207,7 +216,8 @@ class Conversation:
         t = self.catalog.for_user(user)
         ended = self.end(user, EndReason.EXIT, update_id)
         if ended is None:
-            answer.send(t("exit.already_ended"), keyboards.idle(t))
+            # The chat it was about is over, whatever the state said when the update came.
+            answer.send(t("exit.already_ended"), keyboards.for_state(t, replace(user, chat=None)))
             return "exit:already_ended"
         answer.send(card(t, "exit.closed_by_you"), keyboards.chat_ended(t, ended.chat_id))
         return "exit:closed"
@@ -216,7 +226,7 @@ class Conversation:
         """The user said No to ending the chat."""
         t = self.catalog.for_user(user)
         answer.send(t("exit.kept") if user.chat else t("exit.already_ended"),
-                    None if user.chat else keyboards.idle(t))
+                    None if user.chat else keyboards.for_state(t, user))
         return "exit:kept"
 
     def next_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
@@ -297,7 +307,7 @@ class Conversation:
         """Send a greeting, in the partner's language, to the partner."""
         t = self.catalog.for_user(user)
         if user.chat is None:
-            answer.send(t("hi.not_in_chat"), keyboards.idle(t))
+            answer.send(t("hi.not_in_chat"), keyboards.for_state(t, user))
             return "hi:not_in_chat"
         partner_t = self.texts(user.chat.partner_language)
         try:

@@ -87,7 +87,7 @@ class Handlers:
         envelope = context.current().require_envelope()
         if routes.parse_command(envelope.text) is not None and user.chat is None:
             t = self.catalog.for_user(user)
-            call.answer.send(t("unknown_command"), keyboards.idle(t))
+            call.answer.send(t("unknown_command"), keyboards.for_state(t, user))
             self.analytics.track(user, "command.unknown")
             _done("unknown_command")
             return

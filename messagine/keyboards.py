@@ -49,10 +49,18 @@ def idle(t: Texts) -> Keyboard:
     return [[(t("btn.find_chat"), FIND), (t("btn.help"), HELP)]]
 
 
-def lobby(t: Texts) -> Keyboard:
-    """For a waiting user: [Stop searching] [Language, Help]."""
-    return [[(t("btn.exit_lobby"), CANCEL_FIND)],
+def lobby(t: Texts, *, offer_any: bool = False) -> Keyboard:
+    """For a waiting user: ([Chat with anyone]) [Stop searching] [Language, Help]."""
+    offer = [[(t("btn.any_language"), ANY_LANGUAGE)]] if offer_any else []
+    return [*offer, [(t("btn.exit_lobby"), CANCEL_FIND)],
             [(t("btn.language"), LANGUAGE), (t("btn.help"), HELP)]]
+
+
+def for_state(t: Texts, user: UserState) -> Keyboard:
+    """The keyboard that agrees with the user's state: in a chat, searching, or neither."""
+    if user.chat is not None:
+        return in_chat(t)
+    return lobby(t) if user.waiting else idle(t)
 
 
 def in_chat(t: Texts) -> Keyboard:

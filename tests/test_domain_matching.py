@@ -17,6 +17,7 @@ from messagine.domain.matching import (
     ranked,
     recent_partners,
     resume_search,
+    unpairable_others,
 )
 from messagine.models import ActiveChat, EndReason, MatchOutcome
 from support.strategies import MAX_ID, ids
@@ -126,3 +127,9 @@ def test_a_search_that_finds_nobody_waits_or_keeps_waiting():
     assert queued(was_waiting=False, waiting_count=1).outcome is MatchOutcome.WAITING
     again = queued(was_waiting=True, waiting_count=0)
     assert again.outcome is MatchOutcome.ALREADY_WAITING and again.waiting_count == 0
+
+
+def test_after_queueing_everyone_else_in_the_pool_is_unpairable():
+    assert unpairable_others(queued(was_waiting=False, waiting_count=1)) == 0
+    assert unpairable_others(queued(was_waiting=False, waiting_count=4)) == 3
+    assert unpairable_others(queued(was_waiting=True, waiting_count=0)) == 0

@@ -112,6 +112,17 @@ def queued(was_waiting: bool, waiting_count: int) -> MatchResult:
     return MatchResult(outcome, waiting_count=waiting_count)
 
 
+def unpairable_others(result: MatchResult) -> int:
+    """How many others wait in the pool of a search that queued its user.
+
+    None of them can be paired with the user: a search takes any compatible waiting user
+    (``pick``), so those still waiting are incompatible (recent partners, exclusions).
+    What the user can honestly be told is that nobody pairable waits, and how many others
+    do.
+    """
+    return max(0, result.waiting_count - 1)
+
+
 def may_end(reason: EndReason, opened_by_update: int | None, update_id: int) -> bool:
     """Whether this update may end a chat that ``opened_by_update`` opened.
 
