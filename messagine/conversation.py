@@ -274,14 +274,17 @@ class Conversation:
             self.repository.set_blocked(ended.partner_id, blocked=True)
 
     def partner_unreachable(self, user: UserState, update_id: int) -> None:
-        """The partner blocked the bot: end the chat, mark them, tell the user."""
+        """The partner blocked the bot: end the chat, mark them, give the user the card."""
         ended = self.repository.end_chat(
             user.user_id, EndReason.PARTNER_UNREACHABLE, self.clock(), update_id)
-        if ended is not None:
-            self.repository.set_blocked(ended.partner_id, blocked=True)
-            self._track_end(user, ended, EndReason.PARTNER_UNREACHABLE)
         t = self.catalog.for_user(user)
-        self.telegram.send_text(user.user_id, t("partner.unreachable"), keyboards.idle(t))
+        if ended is None:
+            self.telegram.send_text(user.user_id, t("partner.unreachable"), keyboards.idle(t))
+            return
+        self.repository.set_blocked(ended.partner_id, blocked=True)
+        self._track_end(user, ended, EndReason.PARTNER_UNREACHABLE)
+        self.telegram.send_text(user.user_id, card(t, "partner.unreachable"),
+                                keyboards.chat_ended(t, ended.chat_id))
 
     def bot_blocked(self, user: UserState, update_id: int) -> str:
         """The user blocked the bot: mark them, leave the lobby, end the chat, tell the partner."""
@@ -316,8 +319,10 @@ class Conversation:
             self.partner_unreachable(user, update_id)
             return "hi:partner_unreachable"
         if answer.carrying_message_id is not None:
-            self.telegram.edit_keyboard(answer.chat_id, answer.carrying_message_id,
-                                        keyboards.after_hi(t))
+            # The sign that it went: on the notice the button sat on, which loses it.
+            self.telegram.edit_text(answer.chat_id, answer.carrying_message_id,
+                                    _chat_started(t) + "\n\n" + t("hi.sent"),
+                                    keyboard=keyboards.after_hi(t))
         return "hi:sent"
 
     # -- language ------------------------------------------------------------------------

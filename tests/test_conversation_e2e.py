@@ -78,10 +78,12 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
         assert user.last()["text"].startswith("Chat started")
         assert buttons(user.last()) == ["👋 Say Hi", "🚪 Exit Chat"]
 
-    # Say Hi reaches Bob; Alice's notice keeps only the exit button.
+    # Say Hi reaches Bob; Alice's notice says so and keeps only the exit button.
     post(alice.press_button("Say Hi"))
     assert bob.last()["text"] == "👋 Hi!"
     assert buttons(alice.last()) == ["🚪 Exit Chat"]
+    assert alice.last()["text"].startswith("Chat started")
+    assert alice.last()["text"].endswith("👋 You said hi.")
 
     # Every content type arrives as an anonymous copy.
     hello = alice.text("Hello *there*", entities=[{"type": "bold", "offset": 6, "length": 7}])

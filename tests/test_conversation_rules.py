@@ -165,7 +165,8 @@ def test_a_partner_who_blocked_the_bot_ends_the_chat(deliver: Deliver, fake_api:
     pair(deliver, alice, bob)
     fake_api.blocked.add(bob.id)
     assert deliver(alice.text("still there?")).outcome == "relay:partner_unreachable"
-    assert "left Messagine" in alice.last()["text"]
+    assert alice.last()["text"].startswith("Your partner has left Messagine")
+    assert buttons(alice.last()) == ["👍", "👎", "🚩 Report", "▶️ Next chat"], "the card"
     state = bot.repository.get_user(bob.id)
     assert state is not None and state.blocked and state.chat is None
 
