@@ -196,6 +196,7 @@ class StoredProfile:
     lobby: LobbyEntry | None = None
     ratings_up: int = 0
     ratings_down: int = 0
+    newest_message: int = 0
 
 
 @dataclass(frozen=True, slots=True)

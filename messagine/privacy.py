@@ -53,7 +53,8 @@ def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
     policy = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
                    chat_days=terms.chat_days, min_age=terms.min_age,
                    store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES)
-    return policy + "\n\n" + texts("privacy.ratings", flag_after=terms.rating_flag_after)
+    return "\n\n".join((policy, texts("privacy.ratings", flag_after=terms.rating_flag_after),
+                        texts("privacy.newest")))
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
@@ -93,7 +94,8 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
                 "settings": {"language": None, "analytics": "on", "reminders": "on",
                              "age_confirmation": None, "age_confirmation_at": None,
                              "blocked_the_bot": False, "banned": False},
-                "lobby": None, "ratings": {"thumbs_up": 0, "thumbs_down": 0}}
+                "lobby": None, "ratings": {"thumbs_up": 0, "thumbs_down": 0},
+                "newest_bot_message_id": None}
     return {
         "profile": {
             "telegram_id": profile.user_id, "first_name": profile.first_name,
@@ -113,6 +115,7 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
         "lobby": None if profile.lobby is None else {
             "language": profile.lobby.language, "since": _iso(profile.lobby.since)},
         "ratings": {"thumbs_up": profile.ratings_up, "thumbs_down": profile.ratings_down},
+        "newest_bot_message_id": profile.newest_message or None,
     }
 
 

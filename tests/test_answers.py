@@ -8,6 +8,7 @@ log for the chat's messages), so these run through the HTTP entry point on every
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -93,3 +94,15 @@ def test_a_button_on_the_newest_message_answers_in_place_and_older_ones_below(
     assert alice.last()["text"].startswith("Searching for someone")
     assert buttons(message(alice, welcome["message_id"])) == []
     assert message(alice, welcome["message_id"])["text"] == welcome["text"]
+
+
+def test_mydata_shows_the_newest_message_noted(function_server: FunctionServer,
+                                               served_api: FakeBotApi):
+    post = function_server.post
+    alice, _ = people(served_api, "pl")
+    post(alice.command("start"))
+    post(alice.command("help"))
+    noted = alice.last()["message_id"]
+    post(alice.command("mydata"))
+    data = json.loads(alice.last()["document"]["content"])
+    assert data["newest_bot_message_id"] == noted, "noted after the export was made"

@@ -138,6 +138,7 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
         nudge_pending=bool(doc.get("nudge_pending")), reminded_at=doc.get("reminded_at"),
         lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"])) if lobby else None,
         ratings_up=(ratings := rating_state(doc.get("ratings"))).up, ratings_down=ratings.down,
+        newest_message=int(doc.get("newest_message") or 0),
     )
 
 
@@ -145,6 +146,7 @@ def profile_document(profile: StoredProfile) -> dict[str, Any]:
     """A whole user document holding ``profile`` and no chat, lobby or counters."""
     doc = asdict(profile)
     del doc["user_id"], doc["lobby"], doc["ratings_up"], doc["ratings_down"]
+    del doc["newest_message"]
     doc["reminders_off"] = not doc.pop("reminders_enabled")
     return {**doc, "chat": None, "waiting_since": None}
 
