@@ -122,9 +122,11 @@ def confirm_delete(t: Texts) -> Keyboard:
     return [[(t("btn.delete_yes"), DELETE_YES)], [(t("btn.delete_no"), DELETE_NO)]]
 
 
-def report_reasons(t: Texts) -> Keyboard:
-    """The reasons a reporter chooses from, and Cancel."""
-    rows = [[(t(f"btn.report_{reason}"), REPORT + reason)] for reason in REPORT_REASONS]
+def report_reasons(t: Texts, chat: str = "") -> Keyboard:
+    """The reasons a reporter chooses from, and Cancel (``chat``: the card's chat id)."""
+    suffix = f":{chat}" if chat else ""
+    rows = [[(t(f"btn.report_{reason}"), REPORT + reason + suffix)]
+            for reason in REPORT_REASONS]
     return [*rows, [(t("btn.cancel"), REPORT_CANCEL)]]
 
 

@@ -86,23 +86,35 @@ class Moderation:
             return None
         return last
 
+    def _card_target(self, user: UserState, chat: str) -> ChatRecord | None:
+        """The ended chat an end-of-chat card names, while it can be rated and reported."""
+        chat_id = int(chat) if re.fullmatch(r"-?\d{1,19}", chat) else None
+        if chat_id is None or not -INT64 <= chat_id < INT64:
+            return None
+        record = self.repository.chat_of(user.user_id, chat_id)
+        if record is None or not may_rate(record.ended_at, self.clock(),
+                                          self.settings.rating_rule):
+            return None
+        return record
+
     # -- users ---------------------------------------------------------------------------
 
     def ask_report(self, user: UserState, answer: Answer, chat: str = "") -> str:
         """Offer the reasons, if there is someone to report.
 
-        ``chat``: the chat id an end-of-chat card names; its Report works only while that
-        chat is still the one a report would be about.
+        ``chat``: the chat id an end-of-chat card names; its Report works for that chat,
+        whatever came after, while the report window lasts.
         """
         t = self.catalog.for_user(user)
-        target = self._target(user)
-        if chat and (target is None or str(target.chat_id) != chat):
+        target = self._card_target(user, chat) if chat else self._target(user)
+        if target is None and chat:
             answer.send(t("card.too_late"), keyboards.after_card(t))
             return "report:too_late"
         if target is None:
             answer.send(t("report.nobody"))
             return "report:nobody"
-        answer.send(t("report.ask", count=EVIDENCE_MESSAGES), keyboards.report_reasons(t))
+        answer.send(t("report.ask", count=EVIDENCE_MESSAGES),
+                    keyboards.report_reasons(t, chat))
         return "report:asked"
 
     def cancel_report(self, user: UserState, answer: Answer) -> str:
@@ -110,10 +122,17 @@ class Moderation:
         answer.send(self.catalog.for_user(user)("report.cancelled"))
         return "report:cancelled"
 
-    def report(self, user: UserState, reason: str, answer: Answer, update_id: int) -> str:
-        """End the chat, exclude the pair, store the report and send it to the moderators."""
+    def report(self, user: UserState, argument: str, answer: Answer, update_id: int) -> str:
+        """End the chat, exclude the pair, store the report and send it to the moderators.
+
+        ``argument``: the reason, and the chat id when the report came from a card.
+        """
         t = self.catalog.for_user(user)
-        target = self._target(user)
+        reason, _, chat = argument.partition(":")
+        target = self._card_target(user, chat) if chat else self._target(user)
+        if target is None and chat:
+            answer.send(t("card.too_late"), keyboards.after_card(t))
+            return "report:too_late"
         if target is None or reason not in keyboards.REPORT_REASONS:
             answer.send(t("report.nobody"))
             return "report:nobody"
@@ -134,9 +153,8 @@ class Moderation:
         """
         t = self.catalog.for_user(user)
         value, _, chat = argument.partition(":")
-        target, now, rule = self._target(user), self.clock(), self.settings.rating_rule
-        if value not in ("up", "down") or target is None or str(target.chat_id) != chat \
-                or not may_rate(target.ended_at, now, rule):
+        target, now, rule = self._card_target(user, chat), self.clock(), self.settings.rating_rule
+        if value not in ("up", "down") or target is None:
             answer.send(t("card.too_late"), keyboards.after_card(t))
             return "rate:too_late"
         positive = value == "up"

@@ -489,3 +489,20 @@ def test_the_newest_message_only_grows_and_needs_a_user(repository: Repository):
     assert state is not None and state.newest_message == 9
     repository.note_newest(2, 4)
     assert repository.get_user(2) is None, "noting creates nobody"
+
+
+def test_a_chat_is_found_by_id_only_by_its_users(repository: Repository):
+    for user_id in (1, 2, 3):
+        register(repository, user_id)
+    find(repository, 1)
+    chat = find(repository, 2).chat
+    assert chat is not None
+    repository.end_chat(1, EndReason.EXIT, T0 + 10, next(_update_ids))
+    for user_id, partner in ((1, 2), (2, 1)):
+        record = repository.chat_of(user_id, chat.chat_id)
+        assert record is not None and record.chat_id == chat.chat_id
+        assert (record.partner_id, record.ended_at, record.end_reason) == (partner, T0 + 10,
+                                                                            "exit")
+        assert record.ended_by_user is (user_id == 1)
+    assert repository.chat_of(3, chat.chat_id) is None, "not a user of the chat"
+    assert repository.chat_of(1, chat.chat_id + 999) is None

@@ -429,6 +429,13 @@ class FirestoreRepository:
             return docs.chat_record(int(snap.id), snap.to_dict(), user_id)
         return None
 
+    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
+        """See ``Repository.chat_of``."""
+        (snap,) = self._get(self._chat(chat_id))
+        doc = snap.to_dict() if snap.exists else {}
+        return docs.chat_record(chat_id, doc, user_id) if user_id in doc.get("users", ()) \
+            else None
+
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
         query = (self._col("links").where(filter=FieldFilter("chat_id", "==", chat_id))

@@ -326,6 +326,11 @@ class MongoRepository:
             return None
         return docs.chat_record(int(found[0]["_id"]), found[0], user_id)
 
+    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
+        """See ``Repository.chat_of``."""
+        doc = self.db.chats.find_one({"_id": chat_id, "users": user_id})
+        return None if doc is None else docs.chat_record(chat_id, doc, user_id)
+
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
         docs = self.db.message_links.find(

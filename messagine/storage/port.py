@@ -201,6 +201,10 @@ class Chats(Protocol):
         """The user's most recent chat, active or ended."""
         ...
 
+    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
+        """Chat ``chat_id`` as the user sees it; None unless they were in it."""
+        ...
+
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """How many messages each user of a chat sent (from the message log)."""
         ...

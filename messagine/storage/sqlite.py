@@ -315,6 +315,19 @@ class SqliteRepository:
         return ChatRecord(chat_id, partner, language, started, ended, reason,
                           None if ended_by is None else ended_by == user_id)
 
+    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
+        """See ``Repository.chat_of``."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                "SELECT user_a, user_b, language, started_at, ended_at, end_reason, ended_by"
+                " FROM chats WHERE id = :chat AND :me IN (user_a, user_b)",
+                {"chat": chat_id, "me": user_id}).fetchone()
+        if row is None:
+            return None
+        names = ("language", "started_at", "ended_at", "end_reason", "ended_by")
+        return docs.chat_record(chat_id, {"users": row[:2], **dict(zip(names, row[2:],
+                                                                        strict=True))}, user_id)
+
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
         with self._transaction(write=False) as conn:
