@@ -147,9 +147,10 @@ class Moderation:
         return "report:sent"
 
     def rate(self, user: UserState, argument: str, answer: Answer) -> str:
-        """Count a 👍 or 👎 for the partner of the user's last chat, while it can be rated.
+        """Count a 👍 or 👎 for the partner of the chat a card names, while it can be rated.
 
-        ``argument`` is "up:<chat id>" or "down:<chat id>"; a 👎 keeps the pair apart.
+        ``argument`` is "up:<chat id>" or "down:<chat id>". A 👎 keeps the pair apart; the
+        exclusion is made first, so a re-delivery after a failure in between completes it.
         """
         t = self.catalog.for_user(user)
         value, _, chat = argument.partition(":")
@@ -158,6 +159,8 @@ class Moderation:
             answer.send(t("card.too_late"), keyboards.after_card(t))
             return "rate:too_late"
         positive = value == "up"
+        if not positive:
+            self.repository.exclude_pair(user.user_id, target.partner_id, "rating", now)
         verdict = self.repository.rate_user(target.partner_id, target.chat_id, positive, now,
                                             rule)
         ended = t("exit.closed_by_you" if target.ended_by_user else "exit.closed_by_partner")
@@ -165,8 +168,6 @@ class Moderation:
             answer.send(ended + "\n\n" + t("card.rated_before"),
                         keyboards.after_rating(t, target.chat_id))
             return "rate:before"
-        if not positive:
-            self.repository.exclude_pair(user.user_id, target.partner_id, "rating", now)
         if verdict.flag:
             self._flag(target.partner_id, rule.flag_after)
         answer.send(ended + "\n\n" + t("card.rated_up" if positive else "card.rated_down"),
