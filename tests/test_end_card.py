@@ -56,8 +56,8 @@ def served_cards(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 _ids = itertools.count(800_000, 10)
 # Each test waits in a language pool of its own, so nobody a test leaves waiting meets the
-# next test's users (the module's server and store are shared).
-_pools = iter(("sw", "nl", "it", "pl", "sv", "fi", "da", "no", "cs", "hu"))
+# next test's users (one server and store per backend: a cycle longer than its tests).
+_pools = itertools.cycle(("sw", "nl", "it", "pl", "sv", "fi", "da", "no", "cs", "hu"))
 
 
 @pytest.fixture
