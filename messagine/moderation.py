@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -142,7 +142,7 @@ class Moderation:
         self.repository.exclude_pair(user.user_id, target.partner_id, "report", now)
         report = self.repository.add_report(user.user_id, target.partner_id, target.chat_id,
                                             reason, now)
-        answer.send(t("report.thanks"), keyboards.idle(t))
+        answer.send(t("report.thanks"), keyboards.for_state(t, _after(user, target)))
         self._send_to_moderators(report.report_id, target, reason)
         return "report:sent"
 
@@ -224,7 +224,7 @@ class Moderation:
         if target.ended_at is None:
             self.conversation.end(user, EndReason.BLOCK, update_id)
         self.repository.exclude_pair(user.user_id, target.partner_id, "block", self.clock())
-        answer.send(t("block.done"), keyboards.idle(t))
+        answer.send(t("block.done"), keyboards.for_state(t, _after(user, target)))
         return "block:done"
 
     # -- admins --------------------------------------------------------------------------
@@ -324,3 +324,12 @@ class Moderation:
             self.telegram.send_text(user_id, text)
         except (TelegramBlocked, TelegramRejected):
             log.info("could not tell user about a moderation decision (blocked or gone)")
+
+
+def _after(user: UserState, target: ChatRecord) -> UserState:
+    """The user once a report or block of ``target`` is done.
+
+    Out of that chat if it was going on (a report or block ends it), else as they were:
+    searching, or in a later chat.
+    """
+    return user if target.ended_at is not None else replace(user, chat=None)

@@ -171,6 +171,7 @@ def test_a_card_rates_and_reports_its_own_chat_even_from_the_next_one(people):
     server.post(bob.press_button("Spam"))
     report = api.messages(MODERATORS)[reports_before]
     assert str(alice.id) in report["text"] and str(carol.id) not in report["text"]
+    assert buttons(bob.last())[0] == "🚪 Exit Chat", "the keyboard of the chat with Carol"
     server.post(bob.text("still here, Carol"))
     assert carol.last().get("text") == "still here, Carol", "the chat with Carol goes on"
 
