@@ -130,14 +130,17 @@ class Conversation:
             if result.outcome is MatchOutcome.WAITING:
                 name = language_name(user.language)
                 lines = [t("lobby.joined", language=name), t("lobby.only_you", language=name)]
-                if others := matching.unpairable_others(result):
+                if not offer_any:  # in the any-language pool
+                    lines = [t("lobby.joined_any")]
+                elif others := matching.unpairable_others(result):
                     lines.append(t("lobby.others_unpairable", language=name, count=others))
                 if offer_any:
                     lines.append(t("lobby.any_hint"))
                 answer.send("\n\n".join(lines), keyboards.lobby(t, offer_any=offer_any))
                 return "find:waiting"
             if result.outcome is MatchOutcome.ALREADY_WAITING:
-                answer.send(t("lobby.already"), keyboards.lobby(t))
+                answer.send(t("lobby.already") if offer_any else t("lobby.joined_any"),
+                            keyboards.lobby(t))
                 return "find:already_waiting"
             assert result.chat is not None  # noqa: S101 - MATCHED always carries the chat
             if self._announce_chat(user, result.chat, answer, update_id):

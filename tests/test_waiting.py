@@ -46,6 +46,8 @@ def test_the_count_leaves_out_who_cannot_be_paired_and_anyone_is_offered_at_once
     # Anyone, from the lobby message itself: Alice waits in the any-language pool, where
     # Carol (another language) finds her.
     post(alice.press_button("Chat with anyone"))
+    assert alice.last()["text"].startswith("🌍 Searching for someone of any language")
+    assert "Suomi" not in alice.last()["text"]
     assert "🌍 Chat with anyone" not in buttons(alice.last()), "offered once, not again"
     post(carol.command("find_chat"))
     post(carol.press_button("Chat with anyone"))
