@@ -31,7 +31,9 @@ from support.simulated_backends import open_store
 
 ENV = {"WEBHOOK_SECRET": SECRET, "MIN_AGE": "0", "FLOOD_LIMIT": "10000",
        "RECENT_PARTNERS": "0", "TELEGRAM_TIMEOUT_SECONDS": "2", "LOG_FORMAT": "text",
-       "LOG_LEVEL": "WARNING"}
+       "LOG_LEVEL": "WARNING", "REQUEST_TIMEOUT_SECONDS": "10"}
+# A 10 s request timeout: a killed worker's claim blocks its update for 20 s, not 60 s
+# (attempts here last seconds: 2 s Bot API timeout, 429s of 1 s, 3 s storage outages).
 FAULTS = Faults(api_5xx=0.05, api_429=0.02, api_timeout=0.01, api_403=0.005,
                 kill_every_s=2.0, storage_outages=3, outage_s=3.0)
 # Telegram gives up after 1.5 s; a share of copies takes 2.5 s (the bot waits up to 5 s).

@@ -19,9 +19,17 @@ from messagine.analytics import Analytics, now_iso
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.domain import matching
+from messagine.domain.age_gate import Gate, gate
 from messagine.languages import LANGUAGES, language_name
-from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
-from messagine.storage.port import Chats, Lobby, MessageLog, Users
+from messagine.models import (
+    ActiveChat,
+    EndedChat,
+    EndReason,
+    MatchOutcome,
+    MatchResult,
+    UserState,
+)
+from messagine.storage.port import Chats, Lobby, MessageLog, ModerationRecords, Users
 from messagine.telegram import Telegram, TelegramBlocked
 
 log = logging.getLogger(__name__)
@@ -31,8 +39,8 @@ log = logging.getLogger(__name__)
 _MAX_MATCH_ATTEMPTS = 3
 
 
-class ConversationStore(Users, Lobby, Chats, MessageLog, Protocol):
-    """The storage roles a conversation uses: users, the lobby, chats and the message log."""
+class ConversationStore(Users, Lobby, Chats, MessageLog, ModerationRecords, Protocol):
+    """The storage roles a conversation uses: users, lobby, chats, message log and bans."""
 
 
 class Conversation:
@@ -41,9 +49,10 @@ class Conversation:
     def __init__(
         self, repository: ConversationStore, telegram: Telegram, catalog: Catalog,
         recent_partners: int, clock: Callable[[], float], analytics: Analytics,
-        min_age: int = 0,
+        min_age: int = 0, contact: str = "",
     ) -> None:
         self.min_age = min_age
+        self.contact = contact
         self.analytics = analytics
         self.repository = repository
         self.telegram = telegram
@@ -109,18 +118,30 @@ class Conversation:
     # -- the lobby -----------------------------------------------------------------------
 
     def find_chat(self, user: UserState, answer: Answer, update_id: int, *,
-                  offer_any: bool = True) -> str:
+                  any_language: bool = False) -> str:
         """Pair the user at once with a compatible waiting user, or put them in the lobby.
 
+        Past the age gate first, whatever the route; ``any_language``: the user accepted
+        the offer of the any-language pool, where their wait moves before the search.
         Queued, they are told honestly that nobody they can be paired with is searching
-        (and how many others are), and offered the any-language pool (``offer_any``: not
-        once they are in it).
+        (and how many others are), and offered the any-language pool unless they are in it.
         """
         t = self.catalog.for_user(user)
-        if self.min_age and not user.age_confirmed and user.chat is None:
+        verdict = gate(user, self.min_age)  # every route to a partner comes through here
+        if verdict is Gate.CLOSED:
+            answer.send(t("age.closed", min_age=self.min_age, contact=self.contact),
+                        keyboards.idle(t))
+            return "find:age_refused"
+        if verdict is Gate.ASK:
             answer.send(t("age.question", min_age=self.min_age),
                         keyboards.age_question(t, self.min_age))
             return "find:age_asked"
+        if self.repository.apply_erased_ban(user.user_id):  # banned while they were away
+            answer.send(t("banned.notice"))
+            return "find:banned"
+        if any_language and not self.repository.join_any_language(user.user_id):
+            answer.send(t("lobby.not_in"), keyboards.for_state(t, user))
+            return "find:not_waiting"
         for _ in range(_MAX_MATCH_ATTEMPTS):
             result = self.repository.find_partner(
                 user.user_id, self.recent_partners, self.clock(), update_id)
@@ -128,18 +149,11 @@ class Conversation:
                 answer.send(t("chat.active"), keyboards.in_chat(t))
                 return "find:in_chat"
             if result.outcome is MatchOutcome.WAITING:
-                name = language_name(user.language)
-                lines = [t("lobby.joined", language=name), t("lobby.only_you", language=name)]
-                if not offer_any:  # in the any-language pool
-                    lines = [t("lobby.joined_any")]
-                elif others := matching.unpairable_others(result):
-                    lines.append(t("lobby.others_unpairable", language=name, count=others))
-                if offer_any:
-                    lines.append(t("lobby.any_hint"))
-                answer.send("\n\n".join(lines), keyboards.lobby(t, offer_any=offer_any))
+                answer.send(_searching(t, user, result, any_language=any_language),
+                            keyboards.lobby(t, offer_any=not any_language))
                 return "find:waiting"
             if result.outcome is MatchOutcome.ALREADY_WAITING:
-                answer.send(t("lobby.already") if offer_any else t("lobby.joined_any"),
+                answer.send(t("lobby.joined_any") if any_language else t("lobby.already"),
                             keyboards.lobby(t))
                 return "find:already_waiting"
             assert result.chat is not None  # noqa: S101 - MATCHED always carries the chat
@@ -173,23 +187,32 @@ class Conversation:
 
     def join_any_language(self, user: UserState, answer: Answer, update_id: int) -> str:
         """The user opted into the any-language pool: move their wait there and search."""
-        t = self.catalog.for_user(user)
-        if not self.repository.join_any_language(user.user_id):
-            answer.send(t("lobby.not_in"), keyboards.for_state(t, user))
+        outcome = self.find_chat(user, answer, update_id, any_language=True)
+        if outcome == "find:not_waiting":
             return "any_language:not_waiting"
-        return "any_language+" + self.find_chat(user, answer, update_id,
-                                                offer_any=False).removeprefix("find:")
+        return "any_language+" + outcome.removeprefix("find:")
 
-    def answer_age(self, user: UserState, confirmed: bool, answer: Answer, update_id: int
-                   ) -> str:
-        """Record the age answer; a yes goes on to the search, a no is told why not."""
-        self.repository.confirm_age(user.user_id, confirmed, self.clock())
-        if confirmed:
-            return "age:yes+" + self.find_chat(
-                replace(user, age_confirmed=True), answer, update_id).removeprefix("find:")
-        t = self.catalog.for_user(user)
-        answer.send(t("age.refused", min_age=self.min_age), keyboards.idle(t))
-        return "age:no"
+    def confirm_age(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """A Yes to the age question: recorded, then the search; after a No it stands.
+
+        (A No is ``Privacy.refuse_age``: it erases the user.)
+        """
+        if not user.age_refused:
+            self.repository.confirm_age(user.user_id, True, self.clock())
+            user = replace(user, age_confirmed=True)
+        return "age:yes+" + self.find_chat(user, answer, update_id).removeprefix("find:")
+
+    def withdraw(self, user: UserState, update_id: int) -> None:
+        """Take the user out of the lobby and out of their chat, before their erasure.
+
+        The partner is told as when any chat ends; no analytics, the user is leaving.
+        The lobby first: once out of it, no search can pair them any more.
+        """
+        self.repository.leave_lobby(user.user_id)
+        ended = self.repository.end_chat(user.user_id, EndReason.DELETED, self.clock(),
+                                         update_id)
+        if ended is not None:
+            self._tell_partner(ended, "exit.closed_by_partner")
 
     def cancel_find(self, user: UserState, answer: Answer) -> str:
         """Leave the lobby."""
@@ -238,7 +261,9 @@ class Conversation:
         if ended is not None:
             t = self.catalog.for_user(user)
             answer.send(card(t, "exit.closed_by_you"), keyboards.chat_ended(t, ended.chat_id))
-        outcome = self.find_chat(user, answer, update_id)
+        # The search sees the user as they are now: out of the chat just ended.
+        outcome = self.find_chat(replace(user, chat=None) if ended else user, answer,
+                                 update_id)
         return ("next:ended+" if ended is not None else "next:") + outcome.removeprefix("find:")
 
     def end(self, user: UserState, reason: EndReason, update_id: int) -> EndedChat | None:
@@ -368,6 +393,21 @@ class Conversation:
         answer.send(t("language.set", language=language_name(language)))
         return "language:set+" + self.find_chat(updated, Answer(
             self.telegram, user.user_id), update_id).removeprefix("find:")
+
+
+def _searching(t: Texts, user: UserState, result: MatchResult, *, any_language: bool) -> str:
+    """What a search that queued the user says.
+
+    Nobody they can be paired with is searching (the matching rule), how many others are,
+    and the offer of the any-language pool, unless they are in it.
+    """
+    if any_language:
+        return t("lobby.joined_any")
+    name = language_name(user.language)
+    lines = [t("lobby.joined", language=name), t("lobby.only_you", language=name)]
+    if others := matching.unpairable_others(result):
+        lines.append(t("lobby.others_unpairable", language=name, count=others))
+    return "\n\n".join([*lines, t("lobby.any_hint")])
 
 
 def _chat_started(t: Texts) -> str:

@@ -43,15 +43,19 @@ RECOMMENDED_CONNECTIONS = 40
 # Every MongoDB index init-db creates, by collection; True marks a TTL index.
 # tests/test_doctor.py checks this against what init-db really creates.
 MONGO_INDEXES: dict[str, dict[str, bool]] = {
-    "users": {"users_by_recent_update": False, "users_due_for_nudge": False},
+    "users": {"users_by_recent_update": False, "users_due_for_nudge": False,
+              "users_by_age_answer": False, "users_by_last_seen": False,
+              "users_due_for_notice": False, "users_noticed": False},
     "lobby": {"lobby_by_language": False, "lobby_by_since": False},
     "chats": {"chats_by_user": False, "chats_by_end": False, "chats_by_closing_update": False,
               "chats_ttl": True, "chats_by_start": False},
-    "exclusions": {"exclusions_by_other": False, "exclusions_by_user": False},
+    "exclusions": {"exclusions_by_other": False, "exclusions_by_user": False,
+                   "exclusions_by_time": False},
     "message_links": {"links_by_copy": False, "links_ttl": True, "links_by_chat": False,
                       "links_by_sender": False},
     "reports": {"reports_by_time": False, "reports_by_reporter": False},
     "claimed_updates": {"claims_ttl": True},
+    "albums": {"albums_ttl": True},
 }
 
 

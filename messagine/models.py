@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,8 @@ class UserState:
     reminders_enabled: bool = True
     newest_message: int = 0
     """The newest message the bot sent the user (``Users.note_newest``); copies aside."""
+    age_refused: bool = False
+    """Answered No to the age question: the gate stays closed (``domain.age_gate``)."""
 
     @property
     def waiting(self) -> bool:
@@ -104,6 +107,8 @@ class MatchResult:
 class EndReason(enum.Enum):
     """How a chat ended."""
 
+    IDLE = "idle"
+    """Nobody wrote for IDLE_CHAT_HOURS: the scheduled job ended it."""
     EXIT = "exit"
     NEXT = "next"
     BLOCKED = "blocked"
@@ -163,6 +168,10 @@ class ChatRecord:
     ended_at: float | None
     end_reason: str | None
     ended_by_user: bool | None
+    opened_by_update: int | None = None
+    """The update that made the chat (a re-delivered search resumes it)."""
+    closed_by_update: int | None = None
+    """The update that ended it (a re-delivered ending resumes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +180,10 @@ class LobbyEntry:
 
     language: str
     since: float
+    offered: bool = False
+    """Whether the any-language pool was offered during this wait."""
+    avoid: tuple[int, ...] = ()
+    """Whom the entry must not be paired with (the document stores keep it in the entry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +209,13 @@ class StoredProfile:
     lobby: LobbyEntry | None = None
     ratings_up: int = 0
     ratings_down: int = 0
+    ratings_flagged: bool = False
+    ratings_counted_at: tuple[float, ...] = ()
+    """When the ratings of the chats counted within the report window were counted."""
     newest_message: int = 0
+    notice_pending: bool = True
+    """Active since the last inactivity notice (``domain.retention``)."""
+    noticed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +227,20 @@ class UserRecords:
     messages: list[MessageLink] = field(default_factory=list)
     exclusions: list[tuple[int, str, float]] = field(default_factory=list)
     """(other user, reason, time) for each pair this user excluded (block or report)."""
-    reports: list[tuple[int, str, float, str]] = field(default_factory=list)
-    """(reported user, reason, time, status) for each report this user made."""
+    reports: list[Report] = field(default_factory=list)
+    """The reports this user made."""
+    received: list[MessageLink] = field(default_factory=list)
+    """The links of the messages relayed to this user."""
+    excluded_by: list[tuple[int, str, float]] = field(default_factory=list)
+    """(other user, reason, time) for each exclusion of this user by someone else."""
+    reports_about: list[Report] = field(default_factory=list)
+    """The reports others made about this user (the reporter is never exported)."""
+    flood: dict[str, Any] = field(default_factory=dict)
+    """The flood counters as stored (``messagine.domain.flood.FloodState``)."""
+    recent_updates: list[int] = field(default_factory=list)
+    """The update ids the document stores keep with the user, to recognise re-deliveries."""
+    claims: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Updates of this user being processed: update id -> owner, lease and attempts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +250,10 @@ class Retention:
     messages_s: float
     chats_s: float
     claims_s: float = 86_400.0
+    age_refusals_s: float = 30 * 86_400.0
+    """An age refusal's marker (``domain.age_gate``)."""
+    reports_s: float = 365 * 86_400.0
+    exclusions_s: float = 365 * 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,3 +298,21 @@ class ReminderRules:
     lobby_timeout_s: float
     run_budget_s: float
     any_language_after_s: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Periods:
+    """Retention periods of the records the scheduled job ends or deletes."""
+
+    age_refusal_days: int = 30
+    """AGE_REFUSAL_DAYS: how long an age refusal's marker keeps the gate closed."""
+    idle_chat_hours: int = 72
+    """IDLE_CHAT_HOURS: a chat with no message either way this long is ended."""
+    report_days: int = 365
+    """REPORT_RETENTION_DAYS: how long reports are kept."""
+    exclusion_days: int = 365
+    """EXCLUSION_RETENTION_DAYS: how long blocks and report exclusions are kept."""
+    inactive_days: int = 365
+    """INACTIVE_ACCOUNT_DAYS: an account unused this long is erased."""
+    notice_days: int = 14
+    """INACTIVE_NOTICE_DAYS: how long before that erasure its one notice goes out."""

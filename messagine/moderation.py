@@ -21,6 +21,7 @@ from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
+from messagine.domain.erasure import is_tombstone
 from messagine.domain.ratings import RatingRule, may_rate
 from messagine.models import ChatRecord, EndReason, UserState
 from messagine.payload import INT64
@@ -142,8 +143,12 @@ class Moderation:
         self.repository.exclude_pair(user.user_id, target.partner_id, "report", now)
         report = self.repository.add_report(user.user_id, target.partner_id, target.chat_id,
                                             reason, now)
-        answer.send(t("report.thanks"), keyboards.for_state(t, _after(user, target)))
+        if report is None:  # pressed again, or re-delivered: the moderators have it
+            answer.send(t("report.already_sent"), keyboards.for_state(t, _after(user, target)))
+            return "report:already_sent"
+        # The moderators first: a re-delivery after a failed answer finds the report made.
         self._send_to_moderators(report.report_id, target, reason)
+        answer.send(t("report.thanks"), keyboards.for_state(t, _after(user, target)))
         return "report:sent"
 
     def rate(self, user: UserState, argument: str, answer: Answer) -> str:
@@ -310,6 +315,13 @@ class Moderation:
         if report is None:
             answer.send(t("mod.already_handled", report_id=report_id))
             return "mod:already_handled"
+        if ban and is_tombstone(report.reported_id):  # they erased their data since
+            for user_id in self.repository.ban_erased(report_id) or ():  # back already
+                target = self.repository.get_user(user_id)
+                user_t = self.catalog.for_user(target) if target else self.moderator_texts
+                self._tell(user_id, user_t("banned.told", reason=report.reason))
+            answer.send(t("mod.resolved_ban_erased", report_id=report_id, admin_id=admin_id))
+            return "mod:ban_erased"
         if ban:
             self.ban(report.reported_id, report.reason, Answer(self.telegram, chat_id),
                      update_id)

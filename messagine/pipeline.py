@@ -22,6 +22,7 @@ from telebot import TeleBot, types, util
 from messagine import context, routes
 from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
+from messagine.domain import claims
 from messagine.envelope import minimal_update
 from messagine.envelope import read as envelope_of
 from messagine.languages import language_for
@@ -40,9 +41,6 @@ from messagine.telegram import (
 
 log = logging.getLogger("messagine.updates")
 
-UPDATE_BUDGET_S = 25.0
-"""Time an update may spend on Bot API waits (429s): well inside the function's 50 s
-timeout and Telegram's 60 s, whatever the calls before the wait took."""
 
 MESSAGE_KINDS = ("message", "edited_message")
 
@@ -72,8 +70,11 @@ class Pipeline:
     def __init__(
         self, bot: TeleBot, repository: PipelineStore, telegram: Telegram, catalog: Catalog,
         clock: Callable[[], float] = time.time, analytics: Analytics | None = None,
+        request_timeout_s: float = claims.REQUEST_TIMEOUT_S,
     ) -> None:
         self.analytics = analytics or NoAnalytics()
+        self.lease_s = claims.lease_for(request_timeout_s)
+        self.budget_s = claims.budget_for(request_timeout_s)
         self.bot = bot
         self.repository = repository
         self.telegram = telegram
@@ -142,7 +143,7 @@ class Pipeline:
         ctx = context.UpdateContext(update_id, opened.user, envelope=envelope,
                                     raw=payload[kind])
         token = context.enter(ctx)
-        deadline = set_deadline(time.monotonic() + UPDATE_BUDGET_S)
+        deadline = set_deadline(time.monotonic() + self.budget_s)
         sent = track_sent()
         try:
             self.bot.process_new_updates([update])
@@ -201,7 +202,8 @@ class Pipeline:
         try:
             opened = self.repository.open_update(
                 update_id, profile, language_for(sender.language_code), self.clock(),
-                getattr(getattr(update, kind), "media_group_id", None), owner=owner)
+                getattr(getattr(update, kind), "media_group_id", None), owner=owner,
+                lease_s=self.lease_s)
         except Exception as error:  # whatever failed, nothing of the update is done yet
             if isinstance(error, StorageUnavailable):
                 _log_outage(update_id, error)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.conversation import Conversation
-from messagine.models import EndReason, StoredProfile, UserRecords, UserState
+from messagine.models import EndReason, Periods, StoredProfile, UserRecords, UserState
 from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.storage.port import PersonalRecords, Users
 from messagine.storage.registry import backend
@@ -44,17 +44,34 @@ class PrivacyTerms:
     min_age: int
     storage: str = "mongo"
     """The backend (settings.storage): the policy names who stores the records."""
+    periods: Periods = field(default_factory=Periods)
+    """The periods of the scheduled job's retention (reports, exclusions, accounts...)."""
     rating_flag_after: int = 10
     """How many 👎 from different people bring a user to the moderators (the policy says)."""
 
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
-    """The full policy in one language (docs/privacy.md is the English one, on MongoDB)."""
-    policy = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
-                   chat_days=terms.chat_days, min_age=terms.min_age,
-                   store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES)
-    return "\n\n".join((policy, texts("privacy.ratings", flag_after=terms.rating_flag_after),
-                        texts("privacy.newest")))
+    """The full policy in one language (docs/privacy.md is the English one, on MongoDB).
+
+    What erasure keeps follows the rights, before the sections on children and contact;
+    the periods the scheduled job keeps and the age refusal come last, before the closing
+    contact paragraph.
+    """
+    periods = terms.periods
+    sections = texts("privacy.policy", contact=terms.contact, message_days=terms.message_days,
+                     chat_days=terms.chat_days, min_age=terms.min_age,
+                     store=backend(terms.storage).store_name, evidence=EVIDENCE_MESSAGES,
+                     inactive_days=periods.inactive_days).split("\n\n")
+    sections[-2:-2] = [texts("privacy.erasure_keeps")]
+    sections[-1:-1] = [
+        texts("privacy.age_marker", min_age=terms.min_age, age_days=periods.age_refusal_days,
+              contact=terms.contact),
+        texts("privacy.periods", idle_hours=periods.idle_chat_hours,
+              report_days=periods.report_days, exclusion_days=periods.exclusion_days,
+              inactive_days=periods.inactive_days, notice_days=periods.notice_days),
+        texts("privacy.ratings", flag_after=terms.rating_flag_after),
+        texts("privacy.newest")]
+    return "\n\n".join(sections)
 
 
 def split_message(text: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
@@ -86,15 +103,18 @@ def _iso(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
-def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
+def _own_record(profile: StoredProfile | None, label: Callable[[int], str]) -> dict[str, Any]:
     """The profile, settings and lobby parts of /mydata (empty for an unknown user)."""
     if profile is None:
         return {"profile": dict.fromkeys(("telegram_id", "first_name", "last_name", "username",
                                           "language_code", "first_seen", "last_seen")),
                 "settings": {"language": None, "analytics": "on", "reminders": "on",
                              "age_confirmation": None, "age_confirmation_at": None,
-                             "blocked_the_bot": False, "banned": False},
-                "lobby": None, "ratings": {"thumbs_up": 0, "thumbs_down": 0},
+                             "inactivity_notice_due": False, "inactivity_notice_at": None,
+                             "blocked_the_bot": False, "banned": False,
+                             "reminder_due": False, "last_reminder_at": None},
+                "lobby": None, "ratings": {"thumbs_up": 0, "thumbs_down": 0,
+                                           "moderators_told": False, "counted_at": []},
                 "newest_bot_message_id": None}
     return {
         "profile": {
@@ -109,20 +129,47 @@ def _own_record(profile: StoredProfile | None) -> dict[str, Any]:
             "reminders": "on" if profile.reminders_enabled else "off",
             "age_confirmation": profile.age_answer,
             "age_confirmation_at": _iso(profile.age_answered_at),
+            "inactivity_notice_due": profile.notice_pending,
+            "inactivity_notice_at": _iso(profile.noticed_at),
             "blocked_the_bot": profile.blocked,
             "banned": profile.banned,
+            "reminder_due": profile.nudge_pending,
+            "last_reminder_at": _iso(profile.reminded_at),
         },
         "lobby": None if profile.lobby is None else {
-            "language": profile.lobby.language, "since": _iso(profile.lobby.since)},
-        "ratings": {"thumbs_up": profile.ratings_up, "thumbs_down": profile.ratings_down},
+            "language": profile.lobby.language, "since": _iso(profile.lobby.since),
+            "offered_any_language": profile.lobby.offered,
+            "not_to_meet": [label(other) for other in profile.lobby.avoid]},
+        # Which chat a rating came from is not shown: with the counts it would name who.
+        "ratings": {"thumbs_up": profile.ratings_up, "thumbs_down": profile.ratings_down,
+                    "moderators_told": profile.ratings_flagged,
+                    "counted_at": [_iso(at) for at in profile.ratings_counted_at]},
         "newest_bot_message_id": profile.newest_message or None,
     }
 
 
-def export_document(records: UserRecords | None, generated_at: float) -> dict[str, Any]:
-    """The /mydata document: the user's data, partners only as anonymous labels.
+_FLOOD_TIMES = ("at",)
 
-    ``records`` is None for a user erased meanwhile: the document then holds nothing.
+
+def _processing(records: UserRecords) -> dict[str, Any]:
+    """What the bot keeps to process the user's updates: flood counters and update ids."""
+    return {
+        "flood_counters": {name: _iso(value) if name in _FLOOD_TIMES and value else value
+                           for name, value in records.flood.items()},
+        "recent_update_ids": records.recent_updates,
+        "updates_in_progress": [
+            {"update_id": update_id, "attempt": claim.get("owner"),
+             "lease_until": _iso(claim.get("lease_until")), "attempts": claim.get("attempts")}
+            for update_id, claim in records.claims.items()],
+    }
+
+
+def export_document(records: UserRecords | None, generated_at: float) -> dict[str, Any]:
+    """The /mydata document: everything stored under the user, partners only as labels.
+
+    Another person never appears but as a label (partner-1...); who reported or blocked
+    the user is not even labelled. ``records`` is None for a user erased meanwhile: the
+    document then holds nothing.
     """
     labels: dict[int, str] = {}
 
@@ -130,6 +177,10 @@ def export_document(records: UserRecords | None, generated_at: float) -> dict[st
         return labels.setdefault(user_id, f"partner-{len(labels) + 1}")
 
     chat_labels: dict[int, str] = {}
+
+    def chat_label(chat_id: int) -> str:
+        return chat_labels.get(chat_id, "chat-deleted")
+
     chats = []
     for chat in records.chats if records else []:
         chat_labels[chat.chat_id] = f"chat-{len(chat_labels) + 1}"
@@ -139,22 +190,37 @@ def export_document(records: UserRecords | None, generated_at: float) -> dict[st
             "ended_at": _iso(chat.ended_at), "how_it_ended": chat.end_reason,
             "ended_by": None if chat.ended_by_user is None else (
                 "you" if chat.ended_by_user else "partner"),
+            "opened_by_update": chat.opened_by_update,
+            "closed_by_update": chat.closed_by_update,
         })
+    held = records or UserRecords(StoredProfile(0, "", None, None, None, "", 0.0, 0.0))
     return {
         "format": EXPORT_FORMAT,
         "generated_at": _iso(generated_at),
-        **_own_record(records.profile if records else None),
+        **_own_record(records.profile if records else None, label),
         "chats": chats,
         "messages_sent": [
-            {"chat": chat_labels.get(m.chat_id, "chat-deleted"), "message_id": m.sender_message_id,
-             "content_type": m.content_type, "sent_at": _iso(m.sent_at)}
-            for m in (records.messages if records else [])],
+            {"chat": chat_label(m.chat_id), "message_id": m.sender_message_id,
+             "copy_message_id": m.copy_message_id, "content_type": m.content_type,
+             "sent_at": _iso(m.sent_at)} for m in held.messages],
+        "messages_received": [
+            {"chat": chat_label(m.chat_id), "message_id": m.copy_message_id,
+             "original_message_id": m.sender_message_id, "content_type": m.content_type,
+             "received_at": _iso(m.sent_at)} for m in held.received],
         "blocked_users": [
             {"user": label(other), "reason": reason, "at": _iso(at)}
-            for other, reason, at in (records.exclusions if records else [])],
+            for other, reason, at in held.exclusions],
+        "excluded_by_others": [
+            {"reason": reason, "at": _iso(at)} for _, reason, at in held.excluded_by],
         "reports": [
-            {"about": label(reported), "reason": reason, "at": _iso(at), "status": status}
-            for reported, reason, at, status in (records.reports if records else [])],
+            {"report_id": r.report_id, "chat": chat_label(r.chat_id),
+             "about": label(r.reported_id), "reason": r.reason, "at": _iso(r.created_at),
+             "status": r.status} for r in held.reports],
+        # Neither who nor in which chat: that would point at the reporter.
+        "reports_about_you": [
+            {"report_id": r.report_id, "reason": r.reason, "at": _iso(r.created_at),
+             "status": r.status} for r in held.reports_about],
+        **_processing(held),
     }
 
 
@@ -207,16 +273,42 @@ class Privacy:
         return "deleteme:cancelled"
 
     def delete(self, user: UserState, answer: Answer, update_id: int) -> str:
-        """End the chat (the partner learns only that it ended), then erase everything."""
+        """End the chat (the partner learns only that it ended), then erase everything.
+
+        An age refusal's marker survives, with its time: erasure must not reopen the gate.
+        """
         t = self.catalog.for_user(user)
         if user.chat is not None:
             self.conversation.end(user, EndReason.DELETED, update_id)
         self.analytics.delete_profile(user.user_id)
+        records = self.repository.export_user(user.user_id) if user.age_refused else None
         counts = self.repository.delete_user(user.user_id)
+        if records is not None and records.profile.age_answered_at is not None:
+            self.repository.confirm_age(user.user_id, False, records.profile.age_answered_at)
         answer.send(t("deleteme.done", messages=counts.get("messages", 0),
                       exclusions=counts.get("exclusions", 0),
                       chats=counts.get("chats_anonymised", 0)))
         return "deleteme:deleted"
+
+    def refuse_age(self, user: UserState, answer: Answer, update_id: int) -> str:
+        """A No to the age question, from any prompt, old ones too: binding at once.
+
+        The user leaves the lobby and any chat (the partner told as on any end), and
+        everything stored about them is erased but the refusal marker, which keeps the
+        gate closed for the refusal period (``domain.age_gate``). The answer names the
+        contact address for a mistaken answer.
+        """
+        t = self.catalog.for_user(user)
+        outcome = "age:no:again"
+        if not user.age_refused:
+            self.conversation.withdraw(user, update_id)
+            self.analytics.delete_profile(user.user_id)
+            self.repository.delete_user(user.user_id)
+            self.repository.confirm_age(user.user_id, False, self.clock())
+            outcome = "age:no"
+        answer.send(t("age.refused_erased", min_age=self.terms.min_age,
+                      days=self.terms.periods.age_refusal_days, contact=self.terms.contact))
+        return outcome
 
     def reminders_choice(self, user: UserState, argument: str, answer: Answer) -> str:
         """/reminders off|on; without an argument, the current state."""

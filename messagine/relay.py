@@ -19,6 +19,7 @@ from typing import Protocol
 from telebot import types
 
 from messagine import keyboards, safety
+from messagine.albums import AlbumRelay
 from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog
@@ -52,8 +53,9 @@ class Relay:
     def __init__(
         self, repository: RelayStore, telegram: Telegram, catalog: Catalog,
         conversation: Conversation, clock: Callable[[], float], analytics: Analytics,
-        hold_links_minutes: int = 0,
+        hold_links_minutes: int = 0, albums: AlbumRelay | None = None,
     ) -> None:
+        self.albums = albums
         self.hold_links_minutes = hold_links_minutes
         self.analytics = analytics
         self.repository = repository
@@ -83,6 +85,9 @@ class Relay:
             return "relay:link_held"
         if safety.needs_confirmation(message):
             return self._ask_to_share(user, chat, message)
+        if message.media_group_id is not None and self.albums is not None:
+            # Sent a moment later with the rest of its album (copyMessages takes no reply).
+            return self.albums.collect(user, chat, message, update_id)
         reply_to = None
         if message.reply_to_message_id is not None:
             link = self.repository.find_message(

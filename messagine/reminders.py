@@ -2,7 +2,10 @@
 
 Cloud Scheduler calls it every few minutes. A run first deletes records past their
 retention, in bounded batches within a share of its budget (never in a user's request),
-then takes waiting users out of the lobby after LOBBY_TIMEOUT_HOURS, then nudges users
+then ends chats idle for IDLE_CHAT_HOURS (both told), sends the one notice before an
+inactive account's erasure and erases the accounts noticed INACTIVE_NOTICE_DAYS before
+(``domain.retention``), then takes waiting users out of the lobby after
+LOBBY_TIMEOUT_HOURS, then nudges users
 inactive for REMINDER_AFTER_HOURS, once per idle period, in their language, with the button
 that acts on their state. Users are claimed atomically in small batches just before they
 are sent to, so overlapping runs never remind anyone twice and a run that stops at its
@@ -14,16 +17,20 @@ deadline allows, otherwise the claim is given back and the run stops.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from messagine import keyboards
+from messagine.analytics import Analytics, NoAnalytics
 from messagine.catalog import Catalog
+from messagine.domain.retention import DAY, Cutoffs, cutoffs
 from messagine.languages import language_name
-from messagine.models import Nudge, ReminderRules, Retention
-from messagine.storage.port import Jobs, Lobby, Users
+from messagine.models import EndReason, Nudge, Periods, ReminderRules, Retention
+from messagine.storage.port import Chats, Jobs, Lobby, PersonalRecords, Retained, Users
 from messagine.telegram import (
     Keyboard,
     Telegram,
@@ -47,7 +54,7 @@ PURGE_SHARE = 0.25
 """The share of a run's budget the purge may take: the sends keep the rest."""
 
 
-class JobStore(Jobs, Lobby, Users, Protocol):
+class JobStore(Jobs, Retained, Chats, PersonalRecords, Lobby, Users, Protocol):
     """The storage roles the scheduled job uses."""
 
 
@@ -62,13 +69,19 @@ class RunSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     stopped_early: bool = False
     purged: dict[str, int] = field(default_factory=dict)
+    idle_chats_ended: int = 0
+    inactivity_notices: int = 0
+    accounts_erased: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
         return {"sent": self.sent, "lobby_timeouts": self.lobby_timeouts,
                 "language_offers": self.language_offers,
                 "failed": self.failed, "skipped": self.skipped,
-                "stopped_early": self.stopped_early, "purged": self.purged}
+                "stopped_early": self.stopped_early, "purged": self.purged,
+                "idle_chats_ended": self.idle_chats_ended,
+                "inactivity_notices": self.inactivity_notices,
+                "accounts_erased": self.accounts_erased}
 
 
 class Pacer:
@@ -95,7 +108,10 @@ class Reminders:
 
     def __init__(self, repository: JobStore, telegram: Telegram, catalog: Catalog,
                  rules: ReminderRules, clock: Callable[[], float],
-                 retention: Retention | None = None) -> None:
+                 retention: Retention | None = None, periods: Periods | None = None,
+                 analytics: Analytics | None = None) -> None:
+        self.periods = periods
+        self.analytics = analytics or NoAnalytics()
         self.repository = repository
         self.telegram = telegram
         self.catalog = catalog
@@ -128,6 +144,7 @@ class Reminders:
         token = set_deadline(deadline)
         pacer = Pacer(MESSAGES_PER_SECOND)
         try:
+            self._retention(summary, pacer, deadline)
             self._lobby_timeouts(summary, pacer, deadline)
             self._language_offers(summary, pacer, deadline)
             idle_before = self.clock() - self.rules.remind_after_s
@@ -152,6 +169,77 @@ class Reminders:
         log.info("reminders run: %s", summary.as_dict(), extra={"json_fields": {
             "reminders": summary.as_dict()}})
         return summary
+
+    def _retention(self, summary: RunSummary, pacer: Pacer, deadline: float) -> None:
+        """Idle chats, inactivity notices and erasures (``domain.retention``), batch by batch."""
+        if self.periods is None:
+            return
+        cut = cutoffs(self.clock(), self.periods)
+        self._idle_chats(cut, summary, pacer, deadline)
+        self._inactivity_notices(cut, self.periods, summary, pacer, deadline)
+        self._erasures(cut, summary, pacer, deadline)
+
+    def _idle_chats(self, cut: Cutoffs, summary: RunSummary, pacer: Pacer,
+                    deadline: float) -> None:
+        """End the chats nobody wrote in; both users told, each in their language."""
+        ended_any = True
+        while ended_any and time.monotonic() < deadline - 1.0 and (
+                idle := self.repository.idle_chats(cut, BATCH)):
+            ended_any = False  # a batch that ends nothing would come back the same
+            for user_id, language in idle:
+                # No update opened this: a closing id of the job's own, negative, random.
+                ended = self.repository.end_chat(user_id, EndReason.IDLE, self.clock(),
+                                                 -secrets.randbits(62) - 1)
+                if ended is None:
+                    continue  # ended meanwhile by one of them
+                ended_any = True
+                summary.idle_chats_ended += 1
+                for who, their_language in ((user_id, language),
+                                            (ended.partner_id, ended.partner_language)):
+                    t = self.catalog.for_language(their_language)
+                    pacer.wait()
+                    self._send(who, t("chat.idle_ended"), keyboards.idle(t), summary)
+
+    def _inactivity_notices(self, cut: Cutoffs, periods: Periods, summary: RunSummary,
+                            pacer: Pacer, deadline: float) -> None:
+        """The one notice before an inactive account's erasure, naming its date."""
+        erase_on = datetime.fromtimestamp(self.clock() + periods.notice_days * DAY, UTC)
+        while time.monotonic() < deadline - 1.0 and (
+                noticed := self.repository.claim_inactivity_notices(cut, self.clock(), BATCH)):
+            for user_id, language in noticed:
+                t = self.catalog.for_language(language)
+                pacer.wait()
+                if self._send(user_id, t("account.inactive_notice",
+                                         date=erase_on.date().isoformat()),
+                              keyboards.idle(t), summary):
+                    summary.inactivity_notices += 1
+
+    def _erasures(self, cut: Cutoffs, summary: RunSummary, pacer: Pacer,
+                  deadline: float) -> None:
+        """Erase the accounts noticed long enough ago, as /deleteme does; never tracked.
+
+        A chat the partner still writes in is never idle: it ends first, and the partner
+        learns only that it ended (else their chat would vanish without a word, and the
+        anonymised chat, never ended, would outlive every retention period).
+        """
+        erased: set[int] = set()
+        while time.monotonic() < deadline - 1.0:
+            due = set(self.repository.inactive_accounts(cut, BATCH)) - erased
+            if not due:  # none left, or only ones this run erased already
+                return
+            for user_id in due:
+                erased.add(user_id)
+                ended = self.repository.end_chat(user_id, EndReason.DELETED, self.clock(),
+                                                 -secrets.randbits(62) - 1)
+                if ended is not None:
+                    t = self.catalog.for_language(ended.partner_language)
+                    pacer.wait()
+                    self._send(ended.partner_id, t("exit.closed_by_partner"),
+                               keyboards.idle(t), summary)
+                self.analytics.delete_profile(user_id)
+                self.repository.delete_user(user_id)
+                summary.accounts_erased += 1
+            self.analytics.flush()  # no update's pipeline flushes for the job
 
     def _lobby_timeouts(self, summary: RunSummary, pacer: Pacer, deadline: float) -> None:
         waiting_before = self.clock() - self.rules.lobby_timeout_s

@@ -142,9 +142,9 @@ ROUTES: tuple[Route, ...] = (
           button="hi"),
     Route("any_language", lambda c: _s(c).conversation.join_any_language(
         c.user, c.answer, c.update_id), button="anylang"),
-    Route("age_yes", lambda c: _s(c).conversation.answer_age(c.user, True, c.answer, c.update_id),
+    Route("age_yes", lambda c: _s(c).conversation.confirm_age(c.user, c.answer, c.update_id),
           button="age:yes"),
-    Route("age_no", lambda c: _s(c).conversation.answer_age(c.user, False, c.answer, c.update_id),
+    Route("age_no", lambda c: _s(c).privacy.refuse_age(c.user, c.answer, c.update_id),
           button="age:no"),
     Route("deleteme_yes", lambda c: _s(c).privacy.delete(c.user, c.answer, c.update_id),
           button="deleteme:yes", while_banned=True),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import telebot
 
+from messagine.albums import AlbumRelay, Schedule
 from messagine.analytics import Analytics, MixpanelAnalytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
@@ -26,6 +27,7 @@ from messagine.reactions import Reactions
 from messagine.relay import Relay
 from messagine.reminders import Reminders
 from messagine.routes import Services
+from messagine.schedule import CloudTasksSchedule, TimerSchedule
 from messagine.settings import Settings
 from messagine.storage import open_repository
 from messagine.storage.port import Repository
@@ -43,6 +45,7 @@ class Runtime:
     pipeline: Pipeline
     analytics: Analytics
     reminders: Reminders
+    albums: AlbumRelay
 
 
 def build_runtime(
@@ -59,12 +62,15 @@ def build_runtime(
     catalog = Catalog()
     analytics = open_analytics(settings)
     conversation = Conversation(repository, telegram, catalog, settings.recent_partners, clock,
-                                analytics, settings.min_age)
+                                analytics, settings.min_age, settings.privacy_contact)
+    albums = AlbumRelay(repository, telegram, catalog, conversation, clock, analytics)
+    albums.schedule = open_schedule(settings, albums)
     relay = Relay(repository, telegram, catalog, conversation, clock, analytics,
-                  settings.hold_links_minutes)
+                  settings.hold_links_minutes, albums)
     terms = PrivacyTerms(settings.privacy_contact, settings.privacy_policy_url,
                          settings.message_retention_days, settings.chat_retention_days,
-                         settings.min_age, settings.storage, settings.rating_flag_after)
+                         settings.min_age, settings.storage, settings.periods,
+                         rating_flag_after=settings.rating_flag_after)
     privacy = Privacy(repository, telegram, catalog, conversation, analytics, terms, clock)
     moderation = Moderation(repository, telegram, catalog, conversation, analytics,
                             ModerationSettings(settings.admin_ids, settings.admin_chat_id,
@@ -74,11 +80,25 @@ def build_runtime(
                       Reactions(repository, telegram)),
              telegram, catalog, analytics).register(bot)
     retention = Retention(messages_s=settings.message_retention_days * 86_400.0,
-                          chats_s=settings.chat_retention_days * 86_400.0)
-    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics)
+                          chats_s=settings.chat_retention_days * 86_400.0,
+                          age_refusals_s=settings.periods.age_refusal_days * 86_400.0,
+                          reports_s=settings.periods.report_days * 86_400.0,
+                          exclusions_s=settings.periods.exclusion_days * 86_400.0)
+    pipeline = Pipeline(bot, repository, telegram, catalog, clock, analytics,
+                        settings.request_timeout_s)
     reminders = Reminders(repository, telegram, catalog, settings.reminder_rules, clock,
-                          retention)
-    return Runtime(settings, repository, telegram, catalog, pipeline, analytics, reminders)
+                          retention, settings.periods, analytics)
+    return Runtime(settings, repository, telegram, catalog, pipeline, analytics, reminders,
+                   albums)
+
+
+def open_schedule(settings: Settings, albums: AlbumRelay) -> Schedule:
+    """Cloud Tasks when ALBUM_QUEUE is set (Google Cloud), else a timer in this process."""
+    if settings.album_queue is None or settings.album_flush_url is None:
+        return TimerSchedule(albums.flush)
+    secret = settings.webhook_secret.reveal() if settings.webhook_secret is not None else ""
+    return CloudTasksSchedule(settings.album_queue, settings.album_flush_url, secret,
+                              endpoint=settings.cloud_tasks_endpoint)
 
 
 def open_analytics(settings: Settings) -> Analytics:

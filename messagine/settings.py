@@ -7,13 +7,16 @@ wrapped in ``Secret`` so that no repr, log line or traceback shows them.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from messagine.domain.claims import REQUEST_TIMEOUT_S
 from messagine.domain.flood import FloodRule
-from messagine.models import ReminderRules
+from messagine.models import Periods, ReminderRules
 from messagine.storage.registry import BY_NAME, choose_automatically, on_google_cloud
 
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -85,6 +88,20 @@ class Settings:
     mixpanel_deletion_url: str | None = None
     hold_links_minutes: int = 3
     """Links and usernames are held back this long after a chat starts (0: never)."""
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+    """The function's request timeout: an update's claim lease and its 429 budget follow."""
+    periods: Periods = field(default_factory=Periods)
+    """How long the records without a period of their own above are kept."""
+    erasure_pepper: Secret | None = None
+    """The secret that keys the hash standing for an erased user in the blocks and reports
+    kept for others' safety (``messagine.domain.erasure.protection_key``)."""
+    album_queue: str | None = None
+    """The Cloud Tasks queue that flushes albums (``projects/P/locations/L/queues/Q``);
+    None: an in-process timer flushes them (a process that lives on, not a function)."""
+    album_flush_url: str | None = None
+    """The function's own URL, which the album tasks call."""
+    cloud_tasks_endpoint: str | None = None
+    """Another Cloud Tasks endpoint (a test's fake), reached over plain REST."""
 
     @classmethod
     def from_env(
@@ -124,13 +141,19 @@ class Settings:
         recent = _int(env, "RECENT_PARTNERS", 5, 0, 1000, problems)
         hold_links = _int(env, "HOLD_LINKS_MINUTES", 3, 0, 1440, problems)
         timeout = _int(env, "TELEGRAM_TIMEOUT_SECONDS", 10, 1, 50, problems)
+        request_timeout = _int(env, "REQUEST_TIMEOUT_SECONDS", int(REQUEST_TIMEOUT_S), 5, 540,
+                               problems)
+        if timeout >= request_timeout:
+            problems.append(f"TELEGRAM_TIMEOUT_SECONDS ({timeout}) must be below "
+                            f"REQUEST_TIMEOUT_SECONDS ({request_timeout})")
         retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
         chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
         min_age = _min_age(env, problems)
         flood_limit = _int(env, "FLOOD_LIMIT", 8, 1, 10_000, problems)
         admin_chat = _one_id(env, "ADMIN_CHAT_ID", problems)
-        report_window = _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems)
-        rating_flag_after = _int(env, "RATING_FLAG_AFTER", 10, 1, 10_000, problems)
+        report_window, rating_flag_after = (
+            _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems),
+            _int(env, "RATING_FLAG_AFTER", 10, 1, 10_000, problems))
         job_secret = env.get("JOB_SECRET", "").strip()
         reminder_rules = ReminderRules(
             remind_after_s=_int(env, "REMINDER_AFTER_HOURS", 24, 1, 24 * 90, problems) * 3600.0,
@@ -140,16 +163,32 @@ class Settings:
                                              problems))
         flood_refill = _int(env, "FLOOD_REFILL_SECONDS", 1, 1, 3600, problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
+        periods = Periods(
+            age_refusal_days=_int(env, "AGE_REFUSAL_DAYS", 30, 1, 3650, problems),
+            idle_chat_hours=_int(env, "IDLE_CHAT_HOURS", 72, 1, 24 * 365, problems),
+            report_days=_int(env, "REPORT_RETENTION_DAYS", 365, 1, 3650, problems),
+            exclusion_days=_int(env, "EXCLUSION_RETENTION_DAYS", 365, 1, 3650, problems),
+            inactive_days=_int(env, "INACTIVE_ACCOUNT_DAYS", 365, 2, 3650, problems),
+            notice_days=_int(env, "INACTIVE_NOTICE_DAYS", 14, 1, 3649, problems))
+        if periods.notice_days >= periods.inactive_days:
+            problems.append("INACTIVE_NOTICE_DAYS must be less than INACTIVE_ACCOUNT_DAYS")
 
         log_level = env.get("LOG_LEVEL", "INFO").strip().upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
 
         mixpanel_token, analytics_key, mixpanel_urls = _analytics(env, problems)
+        pepper = _erasure_pepper(env, token_text, problems)
 
         log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
         if log_format not in ("auto", "json", "text"):
             problems.append(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
+
+        album_queue, album_url, tasks_endpoint = _album_tasks(env, problems)
+        if require_webhook_secret and on_google_cloud(env) and album_queue is None:
+            # A timer would run after the response, which the platform does not allow.
+            problems.append("ALBUM_QUEUE is not set: on Google Cloud albums are sent by a "
+                            "Cloud Task (cloudbuild.yaml creates the queue and sets it)")
 
         if problems:
             raise SettingsError(problems)
@@ -173,6 +212,7 @@ class Settings:
             admin_ids=frozenset(admin_ids),
             recent_partners=recent,
             telegram_timeout_s=float(timeout),
+            request_timeout_s=float(request_timeout),
             log_level=log_level,
             structured_logs=log_format == "json" or (
                 log_format == "auto" and on_google_cloud(env)),
@@ -187,7 +227,32 @@ class Settings:
                                  else None),
             mixpanel_deletion_url=mixpanel_urls["MIXPANEL_DELETION_URL"],
             hold_links_minutes=hold_links,
+            periods=periods,
+            erasure_pepper=Secret(pepper),
+            album_queue=album_queue,
+            album_flush_url=album_url,
+            cloud_tasks_endpoint=tasks_endpoint,
         )
+
+
+_QUEUE_RE = re.compile(r"^projects/[a-z0-9:.-]+/locations/[a-z0-9-]+/queues/[A-Za-z0-9-]{1,100}$")
+
+
+def _album_tasks(env: Mapping[str, str],
+                 problems: list[str]) -> tuple[str | None, str | None, str | None]:
+    """ALBUM_QUEUE, ALBUM_FLUSH_URL (required with it) and CLOUD_TASKS_ENDPOINT."""
+    queue = env.get("ALBUM_QUEUE", "").strip() or None
+    url = env.get("ALBUM_FLUSH_URL", "").strip() or None
+    endpoint = env.get("CLOUD_TASKS_ENDPOINT", "").strip() or None
+    if queue is not None and not _QUEUE_RE.match(queue):
+        problems.append("ALBUM_QUEUE must be projects/PROJECT/locations/LOCATION/queues/QUEUE,"
+                        f" not {queue!r}")
+    if queue is not None and url is None:
+        problems.append("ALBUM_FLUSH_URL must be set with ALBUM_QUEUE (the function's URL)")
+    for name, value in (("ALBUM_FLUSH_URL", url), ("CLOUD_TASKS_ENDPOINT", endpoint)):
+        if value is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            problems.append(f"{name} is not an http(s) URL: {value!r}")
+    return queue, url, endpoint
 
 
 def _storage(env: Mapping[str, str], problems: list[str]) -> tuple[str, object]:
@@ -219,6 +284,26 @@ def _analytics(
             problems.append(f"{name} is not an http(s) URL: {url!r}")
         urls[name] = url or None
     return mixpanel_token, analytics_key, urls
+
+
+def _erasure_pepper(env: Mapping[str, str], token: str, problems: list[str]) -> str:
+    """ERASURE_PEPPER: required on Google Cloud; elsewhere derived from the bot token.
+
+    It must never change (a new one would free every erased user from the blocks and
+    reports against them), so production sets it once; the token, which BotFather may
+    revoke, is good enough only for a bot on one's own machine.
+    """
+    pepper = env.get("ERASURE_PEPPER", "").strip()
+    if pepper and len(pepper) < 16:
+        problems.append("ERASURE_PEPPER must be 16+ characters")
+    elif not pepper and on_google_cloud(env):
+        problems.append(
+            "ERASURE_PEPPER is not set: on Google Cloud it is required (16+ characters, kept "
+            "for good: it keys the hash that keeps blocks and reports against a user who "
+            "erased their data; generate one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')")
+    return pepper or hmac.new(token.encode(), b"messagine erasure pepper",
+                              hashlib.sha256).hexdigest()
 
 
 def _min_age(env: Mapping[str, str], problems: list[str]) -> int:

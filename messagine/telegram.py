@@ -252,6 +252,16 @@ class Telegram:
             chat_id, from_chat_id, message_id, reply_parameters=reply), still_wanted)
         return int(result.message_id)
 
+    def copy_messages(self, chat_id: int, from_chat_id: int, message_ids: Sequence[int],
+                      still_wanted: StillWanted | None = None) -> list[int]:
+        """Copy messages in one call, an album kept together; the copies' ids, in order.
+
+        ``message_ids`` must increase strictly (1-100 of them), as Telegram requires.
+        """
+        result = self._call("copyMessages", lambda: self.bot.copy_messages(
+            chat_id, from_chat_id, list(message_ids)), still_wanted)
+        return [int(m.message_id) for m in result]
+
     def send_location(self, chat_id: int, location: Location, reply_to: int | None = None,
                       still_wanted: StillWanted | None = None) -> int:
         """Send a (live) location with every property of ``location``; returns its id."""
@@ -281,7 +291,9 @@ class Telegram:
         """Send a file (sendDocument) made in memory; returns its message id."""
         message = self._call("sendDocument", lambda: self.bot.send_document(
             chat_id, io.BytesIO(content), caption=caption, visible_file_name=file_name))
-        return _note_sent(chat_id, int(message.message_id))
+        # Not noted as the newest message: it is the /mydata file, which shows the newest
+        # noted before it, and must show what is stored.
+        return int(message.message_id)
 
     def edit_text(
         self, chat_id: int, message_id: int, text: str,

@@ -2,7 +2,9 @@
 
 In this order, before any storage or Telegram call: POST only (405), at most 1 MiB (413),
 the ``X-Telegram-Bot-Api-Secret-Token`` header equal to WEBHOOK_SECRET in constant time
-(401), a JSON object (400). Then the pipeline decides 200 or 503.
+(401), a JSON object (400). Then the pipeline decides 200 or 503. A request marked
+``X-Messagine-Task: album-flush`` (an album's Cloud Task, with the same secret) flushes
+that album instead (messagine.schedule).
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from typing import TYPE_CHECKING
 
 from messagine import logs
 from messagine.runtime import LazyRuntime, Runtime
+from messagine.schedule import (
+    ALBUM_TASK,
+    RETRY_COUNT_HEADER,
+    TASK_HEADER,
+    flush_request,
+    last_attempt,
+)
 from messagine.settings import SettingsError
 
 if TYPE_CHECKING:
@@ -64,6 +73,8 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> Response:
     if not isinstance(payload, dict):
         log.warning("refused request whose JSON is a %s, not an object", type(payload).__name__)
         return _reply(400, "body is not a JSON object")
+    if request.headers.get(TASK_HEADER) == ALBUM_TASK:
+        return _flush_album(runtime, payload, request.headers.get(RETRY_COUNT_HEADER))
     token = logs.set_trace(logs.trace_from_header(
         request.headers.get("X-Cloud-Trace-Context"), runtime.settings.project_id))
     try:
@@ -71,6 +82,17 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> Response:
     finally:
         logs.reset_trace(token)
     return _reply(result.status, "ok" if result.status == 200 else "retry later")
+
+
+def _flush_album(runtime: Runtime, payload: dict[str, object],
+                 retry_count: str | None) -> Response:
+    """An album's flush, which its Cloud Task asks for; 503 makes the queue retry it."""
+    named = flush_request(payload)
+    if named is None:
+        log.warning("refused an album flush that names no album batch")
+        return _reply(400, "not an album flush")
+    flushed = runtime.albums.flush(*named, last_attempt=last_attempt(retry_count))
+    return _reply(503 if flushed.retry else 200, "retry later" if flushed.retry else "ok")
 
 
 def _reply(status: int, text: str, headers: dict[str, str] | None = None) -> Response:

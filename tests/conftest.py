@@ -31,6 +31,7 @@ from messagine.storage.registry import backend as registry_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-webhook-secret_0123456789"
+PEPPER = "test-erasure-pepper-0123456789"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _real_connect = socket.socket.connect
 
@@ -164,10 +165,12 @@ class FunctionServer:
     """``functions-framework --target webhook`` serving main.py in a subprocess."""
 
     def __init__(self, env: dict[str, str], workers: int = 1, target: str = "webhook", *,
-                 program: list[str] | None = None, inherit_env: bool = True) -> None:
+                 program: list[str] | None = None, inherit_env: bool = True,
+                 port: int | None = None) -> None:
         """Start the server; ``program`` replaces ``python -m functions_framework`` and
-        ``inherit_env=False`` passes ``env`` alone (with PATH), as a fresh shell would."""
-        self.port = free_port()
+        ``inherit_env=False`` passes ``env`` alone (with PATH), as a fresh shell would;
+        ``port``: a port chosen before (when ``env`` must name the server's own URL)."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         base = dict(os.environ) if inherit_env else {"PATH": os.environ.get("PATH", "")}
         full_env = {**base, **env, "WORKERS": str(workers), "THREADS": "8",
@@ -227,8 +230,10 @@ class FunctionServer:
 def backend_env(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
     """The settings that select ``backend`` (a server-based one in a database of its own)."""
     if backend == "sqlite-cloud-logging":  # as on Google Cloud: JSON logs on stdout
-        return {"STORAGE": "sqlite", "K_SERVICE": "messagine",
-                "GOOGLE_CLOUD_PROJECT": "demo-project"}
+        return {"STORAGE": "sqlite", "K_SERVICE": "messagine", "ERASURE_PEPPER": PEPPER,
+                "GOOGLE_CLOUD_PROJECT": "demo-project",
+                "ALBUM_QUEUE": "projects/demo-project/locations/europe-west1/queues/albums",
+                "ALBUM_FLUSH_URL": "https://europe-west1-demo-project.cloudfunctions.net/m"}
     return store_of(request, backend).env()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote_plus
@@ -13,6 +14,7 @@ import pytest
 from conftest import Clock, bot_env
 from messagine.analytics import pseudonym
 from messagine.dev.fake_bot_api import FakeBotApi
+from messagine.domain import albums
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
 from support.capture_server import CaptureServer
@@ -223,3 +225,59 @@ def test_deleteme_asks_mixpanel_to_delete_the_users_events(
     assert json.loads(body) == {"distinct_ids": [pseudonym(KEY, 901)], "compliance_type": "GDPR"}
     assert any(path == "/engage" for path, _, _ in capture.requests)  # the profile too
 
+
+
+def test_nothing_goes_out_about_a_user_who_answered_under_age(
+    fake_api: FakeBotApi, tmp_path: Path, capture: CaptureServer, clock: Clock
+):
+    env = {**bot_env(fake_api, tmp_path / "bot.sqlite3", MIN_AGE="16"),
+           "MIXPANEL_TOKEN": MIXPANEL_TOKEN, "ANALYTICS_PSEUDONYM_KEY": KEY,
+           "MIXPANEL_EVENTS_URL": capture.url + "/track",
+           "MIXPANEL_PEOPLE_URL": capture.url + "/engage"}
+    runtime = build_runtime(Settings.from_env(env), clock=clock)
+    young = fake_api.user(601, "Young")
+    runtime.pipeline.process(young.command("find_chat"))
+    runtime.pipeline.process(young.press_button("No"))
+    before = len(events_of(capture, young.id))
+    runtime.pipeline.process(young.command("help"))
+    runtime.pipeline.process(young.command("find_chat"))
+    runtime.pipeline.process(young.press_button("Find Chat"))
+    assert young.last()["text"].startswith("You told us you are under 16")
+    assert len(events_of(capture, young.id)) == before, "the marker is opted out"
+
+
+def test_an_inactive_account_erased_by_the_job_is_deleted_at_mixpanel_too(
+    tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer, clock: Clock
+):
+    alice = fake_api.user(1101, "Alice")
+    tracked_bot.pipeline.process(alice.command("start"))
+    clock.advance(360 * 86_400)
+    assert tracked_bot.reminders.run().inactivity_notices == 1
+    clock.advance(15 * 86_400)
+    capture.requests.clear()
+    assert tracked_bot.reminders.run().accounts_erased == 1
+    assert capture.events() == [], "no event about a user being erased"
+    deletions = [p for p in capture.people() if "$delete" in p]
+    assert [p["$distinct_id"] for p in deletions] == [pseudonym(KEY, 1101)]
+
+
+def test_an_album_flush_sends_its_event_before_it_returns(
+        tracked_bot: Runtime, fake_api: FakeBotApi, capture: CaptureServer, clock: Clock):
+    """The flush is its own request (a Cloud Task) or a timer's thread: its events go
+    out with it, not with some later update of that thread, if any ever comes."""
+    scheduled: list[tuple[str, int]] = []
+    tracked_bot.albums.schedule = lambda key, number: scheduled.append((key, number))
+    alice, bob = fake_api.user(511, "Alice"), fake_api.user(512, "Bob")
+    for user in (alice, bob):
+        tracked_bot.pipeline.process(user.command("find_chat"))
+    for update in alice.album("photo", 2):
+        tracked_bot.pipeline.process(update)
+    clock.advance(albums.QUIET_S + 0.1)
+    (key, number), = scheduled
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (tracked_bot.albums.flush(key, number),
+                                              done.set()))
+    worker.start()  # a thread of its own, as the timer's: nothing else flushes its buffer
+    worker.join(10)
+    assert done.is_set()
+    assert "message.album" in events_of(capture, 511)

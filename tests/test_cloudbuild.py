@@ -17,6 +17,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from messagine.domain.albums import FLUSH_ATTEMPTS
+from messagine.domain.claims import REQUEST_TIMEOUT_S
+from messagine.settings import Settings
 
 BUILD = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
 
@@ -59,8 +62,10 @@ def test_the_reminders_job_is_private_and_has_its_secret():
     assert {"TELEGRAM_TOKEN", "JOB_SECRET", "MONGODB_URI"} <= secrets
 
 
-def test_the_timeout_is_below_telegrams_wait():
+def test_the_timeout_is_below_telegrams_wait_and_the_one_claims_are_leased_for():
     assert int(flag("timeout").rstrip("s")) < 60
+    # The claim lease and the 429 budget follow REQUEST_TIMEOUT_SECONDS (default: this).
+    assert flag("timeout") == f"{int(REQUEST_TIMEOUT_S)}s"
 
 
 def test_concurrency_above_one_has_a_whole_cpu():
@@ -242,3 +247,48 @@ def test_the_build_gets_the_whole_repository_and_the_docs_say_how(tmp_path: Path
         submits = re.findall(r"gcloud builds submit[^\n]*", (ROOT / doc).read_text())
         assert submits, doc
         assert all("--ignore-file=messagine/ops/build.gcloudignore" in s for s in submits), doc
+
+
+# -- the albums' Cloud Tasks queue ---------------------------------------------------------------
+
+def test_the_album_queue_exists_before_the_webhook_and_the_function_is_told_of_it():
+    ids = [s["id"] for s in BUILD["steps"]]
+    assert ids.index("album-queue") < ids.index("deploy")
+    env = dict(pair.split("=", 1) for pair in flag("set-env-vars").split(","))
+    settings = Settings.from_env({**env, "TELEGRAM_TOKEN": "424242:AAH-some_token_value_01234",
+                                  "MONGODB_URI": "mongodb://127.0.0.1:9/"})
+    assert settings.album_queue == "projects/demo-project/locations/europe-west1/queues/albums"
+    assert settings.album_flush_url == \
+        "https://europe-west1-demo-project.cloudfunctions.net/messagine"
+
+
+def album_queue_commands() -> list[list[str]]:
+    """The album-queue step's gcloud commands, substitutions and its shell variable filled."""
+    script = filled(step("album-queue")["args"][-1], PROJECT_NUMBER="123456789")
+    retry = re.search(r'retry="([^"]+)"', script)
+    assert retry is not None
+    # The queue's last attempt is the one the flush knows to be last (it tells the sender).
+    assert f"--max-attempts={FLUSH_ATTEMPTS} " in retry.group(1)
+    script = script.replace("$$retry", retry.group(1)).replace("\\\n", " ")
+    commands = []
+    for line in script.splitlines():
+        for part in line.split("||"):
+            words = part.split()
+            if words[:1] == ["gcloud"]:
+                commands.append(words[1:])
+    return commands
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
+def test_gcloud_accepts_every_album_queue_command(tmp_path: Path):
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+           "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    commands = album_queue_commands()
+    assert [c[:3] for c in commands] == [
+        ["services", "enable", "cloudtasks.googleapis.com"], ["tasks", "queues", "create"],
+        ["tasks", "queues", "update"], ["tasks", "queues", "add-iam-policy-binding"]]
+    for command in commands:
+        result = subprocess.run(["gcloud", *command], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert result.returncode != 0
+        assert CREDENTIALS in result.stderr, (command, result.stderr)

@@ -17,7 +17,8 @@ env = {"TELEGRAM_TOKEN": "424242:AAH-some_token_value_0123456789abcd",
 env.update(dict(arg.split("=", 1) for arg in sys.argv[1:]))
 build_runtime(Settings.from_env(env))
 print(",".join(sorted(m for m in ("pymongo", "google.cloud.firestore", "babel",
-                                 "google.cloud.logging_v2", "mixpanel")
+                                 "google.cloud.logging_v2", "mixpanel",
+                                 "google.cloud.tasks_v2")
                       if m in sys.modules)))
 """
 
@@ -32,8 +33,9 @@ def test_sqlite_loads_no_other_driver():
 
 
 def test_cloud_logging_loads_only_on_google_cloud():
-    assert loaded("K_SERVICE=messagine", "STORAGE=sqlite") == "google.cloud.logging_v2"
-    assert loaded("K_SERVICE=messagine", "STORAGE=sqlite", "LOG_FORMAT=text") == ""
+    cloud = ("K_SERVICE=messagine", "ERASURE_PEPPER=test-erasure-pepper-0123456789")
+    assert loaded(*cloud, "STORAGE=sqlite") == "google.cloud.logging_v2"
+    assert loaded(*cloud, "STORAGE=sqlite", "LOG_FORMAT=text") == ""
 
 
 def test_mixpanel_loads_only_when_an_event_is_sent():
@@ -44,6 +46,13 @@ def test_mixpanel_loads_only_when_an_event_is_sent():
 def test_mongo_loads_pymongo_and_connects_to_nothing_at_build():
     # Port 9 (discard) has no server: building must not try to reach it.
     assert loaded("MONGODB_URI=mongodb://127.0.0.1:9/") == "pymongo"
+
+
+def test_cloud_tasks_load_only_when_an_album_is_scheduled():
+    # The queue is configured, but no album has been sent: nothing is imported yet.
+    assert loaded("ALBUM_QUEUE=projects/p/locations/europe-west1/queues/albums",
+                  "ALBUM_FLUSH_URL=https://example.invalid/webhook",
+                  "WEBHOOK_SECRET=s3cret") == ""
 
 
 def test_firestore_loads_its_client_and_connects_to_nothing_at_build():

@@ -219,7 +219,8 @@ def test_every_metric_reads_fields_the_bot_writes(
     served_api.webhook.update({"pending_update_count": 7, "last_error_date": 1_700_000_000,
                                "last_error_message": "Wrong response from the webhook: 503"})
     job_env = {**bot_env(served_api, tmp_path / "job.sqlite3"), "JOB_SECRET": "job-secret-0123",
-               "K_SERVICE": "messagine-reminders", "GOOGLE_CLOUD_PROJECT": "demo-project"}
+               "K_SERVICE": "messagine-reminders", "GOOGLE_CLOUD_PROJECT": "demo-project",
+               "ERASURE_PEPPER": "test-erasure-pepper-0123456789"}
     job = FunctionServer(job_env, target="reminders")
     try:
         answer = job.post({}, secret=None, headers={"X-Job-Secret": "job-secret-0123"})

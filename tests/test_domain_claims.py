@@ -5,7 +5,16 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messagine.domain.claims import Claim, ClaimState, Decision, decide
+from messagine.domain.claims import (
+    LEASE_S,
+    REQUEST_TIMEOUT_S,
+    Claim,
+    ClaimState,
+    Decision,
+    budget_for,
+    decide,
+    lease_for,
+)
 
 times = st.floats(0, 2e9, allow_nan=False)
 
@@ -33,3 +42,9 @@ def test_a_live_lease_is_busy_and_an_expired_one_is_taken_over_once(
     else:
         assert decision is Decision.TAKE_OVER and decision.proceeds
         assert claim == Claim(7, ClaimState.IN_PROGRESS, "me", start + elapsed + lease, 3)
+
+
+@given(timeout=st.floats(5, 540))
+def test_the_lease_outlives_the_request_and_the_429_budget_fits_inside_it(timeout: float):
+    assert lease_for(timeout) > timeout > budget_for(timeout) > 0
+    assert lease_for(REQUEST_TIMEOUT_S) == LEASE_S == 60.0  # Telegram waits 60 s

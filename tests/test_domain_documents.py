@@ -46,7 +46,8 @@ def test_reports_round_trip(report: Report):
 def test_chats_read_from_either_side():
     doc = {**documents.chat_document([2, 1], "en", 3.0, 11),
            **documents.ended_fields(1, EndReason.EXIT, 4.0, 12, documents.utc(4.0))}
-    assert documents.chat_record(9, doc, 1) == ChatRecord(9, 2, "en", 3.0, 4.0, "exit", True)
+    assert documents.chat_record(9, doc, 1) == ChatRecord(9, 2, "en", 3.0, 4.0, "exit", True,
+                                                          11, 12)
     assert documents.chat_record(9, doc, 2).ended_by_user is False
 
 

@@ -7,9 +7,13 @@ from hypothesis import strategies as st
 
 from messagine.domain.erasure import (
     TOMBSTONE_BITS,
+    Tombstones,
     anonymise_chat,
     banned_remnant,
+    is_tombstone,
     kept_after_erasure,
+    protection_key,
+    returned,
     tombstone,
 )
 from messagine.storage import documents
@@ -64,3 +68,36 @@ def test_the_remnant_document_reads_back_as_the_remnant(user: int):
     assert documents.stored_profile(user, doc, None) == banned_remnant(user)
     state = documents.user_state(user, doc)
     assert state.banned and state.chat is None and not state.waiting
+
+
+@given(user=ids, other=ids, pepper=st.binary(min_size=16, max_size=64))
+def test_the_protection_key_is_the_same_for_the_same_id_and_pepper_only(
+        user: int, other: int, pepper: bytes):
+    key = protection_key(pepper, user)
+    assert key == protection_key(pepper, user), "a returning user gives the same key"
+    assert len(key) == 64 and int(key, 16) >= 0, "a hex digest, whatever the id"
+    assert (protection_key(pepper, other) == key) == (other == user)
+    assert protection_key(pepper + b"!", user) != key, "another pepper, another key"
+
+
+@given(partners=st.lists(st.one_of(ids, tombstones), min_size=1, max_size=20))
+def test_an_erasure_gives_each_partner_one_tombstone_of_their_own(partners: list[int]):
+    stones = Tombstones()
+    first = {p: stones.of(p) for p in partners}
+    assert all(stones.of(p) == first[p] for p in partners), "one per partner"
+    assert len(set(first.values())) == len(first), "never shared between partners"
+    assert all(stone < 0 for stone in first.values())
+
+
+@given(user=ids, others=st.lists(ids, max_size=20), pepper=st.binary(min_size=16))
+def test_a_returning_user_is_found_by_their_key_among_others(
+        user: int, others: list[int], pepper: bytes):
+    key = protection_key(pepper, user)
+    assert returned(pepper, key, [*others, user]) == [u for u in [*others, user] if u == user]
+    assert returned(pepper, key, [o for o in others if o != user]) == []
+    assert returned(pepper + b"?", key, [user]) == [], "another pepper finds nobody"
+
+
+@given(user=ids, stone=tombstones)
+def test_tombstones_and_telegram_ids_never_mix(user: int, stone: int):
+    assert is_tombstone(stone) and not is_tombstone(user)

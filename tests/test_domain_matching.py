@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from messagine.domain.matching import (
@@ -20,7 +20,7 @@ from messagine.domain.matching import (
     unpairable_others,
 )
 from messagine.models import ActiveChat, EndReason, MatchOutcome
-from support.strategies import MAX_ID, ids
+from support.strategies import MAX_ID, ids, tombstones
 
 pools = st.sampled_from(["en", "de", ANY_LANGUAGE])
 times = st.floats(min_value=0, max_value=2e9, allow_nan=False)
@@ -95,9 +95,9 @@ def test_compatibility_is_symmetric(a: int, b: int, pool: str, avoid_a: set[int]
 
 
 def test_avoided_holds_recent_partners_and_exclusions_either_way_but_not_oneself():
-    assert avoided(1, [2, 3], [(1, 4), (5, 1)]) == frozenset({2, 3, 4, 5})
+    assert avoided(1, [2, 3], [(1, 4, None), (5, 1, None)]) == frozenset({2, 3, 4, 5})
     assert avoided(0, [], []) == frozenset()
-    assert avoided(MAX_ID, [MAX_ID], [(MAX_ID, 0)]) == frozenset({0})
+    assert avoided(MAX_ID, [MAX_ID], [(MAX_ID, 0, None)]) == frozenset({0})
 
 
 def test_recent_partners_are_the_newest_n_chats():
@@ -127,6 +127,18 @@ def test_a_search_that_finds_nobody_waits_or_keeps_waiting():
     assert queued(was_waiting=False, waiting_count=1).outcome is MatchOutcome.WAITING
     again = queued(was_waiting=True, waiting_count=0)
     assert again.outcome is MatchOutcome.ALREADY_WAITING and again.waiting_count == 0
+
+
+@given(user=ids, victim=ids, stone=tombstones)
+def test_an_exclusion_binds_the_erased_user_by_their_key(user: int, victim: int, stone: int):
+    """After /deleteme the exclusion names a tombstone and the key: the key still binds."""
+    assume(victim != user)
+    kept = [(victim, stone, "key-of-user")]
+    bound = avoided(user, [], kept, "key-of-user")
+    assert bound == frozenset({victim})
+    assert stone not in bound, "a tombstone is nobody to avoid"
+    assert avoided(user, [], kept, "key-of-someone-else") == frozenset()
+    assert avoided(user, [], kept) == frozenset(), "no key, no match"
 
 
 def test_after_queueing_everyone_else_in_the_pool_is_unpairable():

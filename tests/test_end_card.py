@@ -81,6 +81,11 @@ def mydata(server: FunctionServer, user: FakeUser) -> dict[str, Any]:
     return dict(json.loads(user.last()["document"]["content"]))
 
 
+def counts(data: dict[str, Any]) -> tuple[int, int]:
+    """The 👍 and 👎 counts a /mydata export shows."""
+    return data["ratings"]["thumbs_up"], data["ratings"]["thumbs_down"]
+
+
 def test_both_sides_get_the_card_saying_who_ended_it(people):
     server, _, (alice, bob, carol, dave) = people
     pair(server, alice, bob)
@@ -116,9 +121,9 @@ def test_a_rating_counts_once_shows_only_as_counts_and_keeps_the_pair_apart(peop
     assert "rated this chat already" in bob.last()["text"]
 
     alice_data = mydata(server, alice)
-    assert alice_data["ratings"] == {"thumbs_up": 0, "thumbs_down": 1}
+    assert counts(alice_data) == (0, 1)
     assert str(bob.id) not in json.dumps(alice_data) and "Bob" not in json.dumps(alice_data)
-    assert mydata(server, bob)["ratings"] == {"thumbs_up": 0, "thumbs_down": 0}
+    assert counts(mydata(server, bob)) == (0, 0)
 
     # The 👎 keeps them apart (recent partners are off in this module).
     server.post(bob.command("cancel_find"))
@@ -146,7 +151,9 @@ def test_a_thumbs_up_counts_and_many_thumbs_down_flag_the_user_once(
     assert flags[0]["text"].startswith(f"⚠️ User {alice.id} has been rated 👎 by 2 different")
     for rater in (bob, carol, dave):
         assert str(rater.id) not in flags[0]["text"], "nobody sees who rated"
-    assert mydata(server, alice)["ratings"] == {"thumbs_up": 1, "thumbs_down": 2}
+    assert counts(mydata(server, alice)) == (1, 2)
+    told = mydata(server, alice)["ratings"]
+    assert told["moderators_told"] is True and len(told["counted_at"]) == 3
 
 
 def test_a_card_rates_and_reports_its_own_chat_even_from_the_next_one(people):
@@ -162,8 +169,8 @@ def test_a_card_rates_and_reports_its_own_chat_even_from_the_next_one(people):
     # card's buttons retire.
     assert "your 👎 is counted" in bob.last()["text"]
     assert buttons(shown(bob, old["message_id"])) == []
-    assert mydata(server, alice)["ratings"] == {"thumbs_up": 0, "thumbs_down": 1}
-    assert mydata(server, carol)["ratings"] == {"thumbs_up": 0, "thumbs_down": 0}
+    assert counts(mydata(server, alice)) == (0, 1)
+    assert counts(mydata(server, carol)) == (0, 0)
 
     server.post(bob.press(old["message_id"], data_of(old, "🚩 Report")))
     assert "Spam" in " ".join(buttons(bob.last()))
@@ -208,4 +215,4 @@ def test_the_card_rates_and_reports_only_within_the_report_window(
     process(alice.command("cancel_find"))
     process(alice.command("mydata"))
     data = json.loads(alice.last()["document"]["content"])
-    assert data["ratings"] == {"thumbs_up": 0, "thumbs_down": 0}
+    assert counts(data) == (0, 0)

@@ -27,7 +27,8 @@ os.environ.update({"K_SERVICE": "messagine", "K_REVISION": "messagine-00042"})
 with FakeBotApi() as api:
     env = {"TELEGRAM_TOKEN": api.token, "TELEGRAM_API_URL": api.url, "STORAGE": "sqlite",
            "SQLITE_PATH": ":memory:", "K_SERVICE": "messagine", "K_REVISION": "messagine-00042",
-           "GOOGLE_CLOUD_PROJECT": "demo-project", "MIN_AGE": "0"}
+           "GOOGLE_CLOUD_PROJECT": "demo-project", "MIN_AGE": "0",
+           "ERASURE_PEPPER": "test-erasure-pepper-0123456789"}
     runtime = build_runtime(Settings.from_env(env))
     result = runtime.pipeline.process(api.user(5, "Eve").command("about"))
     print("RESULT", result.status, result.outcome, file=sys.stderr)

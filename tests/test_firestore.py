@@ -28,7 +28,8 @@ from conftest import (
 )
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.domain.flood import FloodRule
-from messagine.models import EndReason, MessageLink, Profile, Retention
+from messagine.domain.retention import cutoffs
+from messagine.models import EndReason, MessageLink, Periods, Profile, Retention
 from messagine.runtime import LazyRuntime, Runtime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.firestore import FirestoreRepository
@@ -224,6 +225,10 @@ def test_every_composite_query_is_in_the_indexes_file(recorded: tuple[Any, RpcRe
     repository.add_report(2, 1, state.chat.chat_id, "spam", now)
     repository.export_user(1)
     repository.purge_expired(now + 400 * 86_400, Retention(86_400, 86_400), 10)
+    cut = cutoffs(now + 400 * 86_400, Periods())
+    repository.idle_chats(cut, 10)
+    repository.claim_inactivity_notices(cut, now + 400 * 86_400, 10)
+    repository.inactive_accounts(cut, 10)
     repository.delete_user(2)
     needed = {required_index(query) for query in recorder.queries}
     composite = {need for need in needed if need[1]}

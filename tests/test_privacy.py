@@ -21,7 +21,7 @@ from conftest import (
 )
 from messagine.catalog import Catalog
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
-from messagine.models import MessageLink, Retention
+from messagine.models import MessageLink, Periods, Retention
 from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.privacy import PrivacyTerms, policy_text, split_message
 from messagine.runtime import Runtime, build_runtime
@@ -96,8 +96,10 @@ def chat_history(runtime: Runtime, alice: FakeUser, bob: FakeUser, carol: FakeUs
 
 def test_privacy_sends_the_policy(privacy_bot: Runtime, fake_api: FakeBotApi):
     alice = fake_api.user(ALICE, "Alice")
-    assert privacy_bot.pipeline.process(alice.command("privacy")).outcome == "privacy:text:1"
-    text = alice.last()["text"]
+    outcome = privacy_bot.pipeline.process(alice.command("privacy")).outcome
+    parts = int(outcome.removeprefix("privacy:text:"))
+    assert 1 <= parts <= 2, "split at paragraphs within Telegram's 4096 characters"
+    text = "\n\n".join(list(alice.texts())[-parts:])
     for promise in ("30 days", "180 days", "1 day", "/mydata", "/deleteme", "/analytics off",
                     "/set_language", "Mixpanel", "Google Cloud", "Telegram",
                     "messaginebot@gmail.com", "16 and over"):
@@ -252,13 +254,14 @@ def test_expired_records_are_purged_by_the_clock(privacy_bot: Runtime,
     retention = Retention(messages_s=30 * 86_400, chats_s=180 * 86_400)
     repository = privacy_bot.repository
     assert repository.purge_expired(clock() + 3_600, retention, 100) == {
-        "messages": 0, "claims": 0, "chats": 0}
+        "messages": 0, "claims": 0, "chats": 0, "reports": 0, "exclusions": 0, "age_refusals": 0}
     # SQLite keeps each update id a day; MongoDB and Firestore keep a user's last 50 in
     # their document.
     assert repository.purge_expired(clock() + 29 * 86_400, retention, 100) == {
-        "messages": 0, "claims": 6 if backend == "sqlite" else 0, "chats": 0}
+        "messages": 0, "claims": 6 if backend == "sqlite" else 0, "chats": 0,
+        "reports": 0, "exclusions": 0, "age_refusals": 0}
     assert repository.purge_expired(clock() + 31 * 86_400, retention, 100) == {
-        "messages": 1, "claims": 0, "chats": 0}
+        "messages": 1, "claims": 0, "chats": 0, "reports": 0, "exclusions": 0, "age_refusals": 0}
     assert repository.purge_expired(clock() + 181 * 86_400, retention, 100)["chats"] == 1
 
 
@@ -350,3 +353,17 @@ def test_firestore_records_carry_the_expiry_its_ttl_policies_use(
                     in docs), f"docs/storage.md enables the TTL policy of {group}"
     finally:
         drop_test_repository(request, repository)
+
+
+def test_every_policy_states_each_retention_period_and_the_age_marker():
+    periods = Periods(age_refusal_days=41, idle_chat_hours=53, report_days=367,
+                      exclusion_days=389, inactive_days=401, notice_days=19)
+    terms = PrivacyTerms("privacy@example.org", None, 31, 181, 17, "sqlite", periods)
+    catalog = Catalog()
+    for language in catalog.languages():
+        text = policy_text(catalog.for_language(language), terms)
+        for number in ("41", "53", "367", "389", "401", "19", "31", "181", "17"):
+            assert number in text, (language, number)
+        age = next(p for p in text.split("\n\n") if "41" in p)
+        assert "17" in age and "privacy@example.org" in age, language
+        assert "privacy@example.org" in text.split("\n\n")[-1], "contact closes the policy"

@@ -58,10 +58,11 @@ def test_the_job_purges_everything_expired_in_batches(
     expired_messages(repository, 2 * reminders.PURGE_BATCH + 1, clock())
     summary = runtime.reminders.run()
     assert summary.purged == {"messages": 2 * reminders.PURGE_BATCH + 1, "claims": 0,
-                              "chats": 0}
+                              "chats": 0, "reports": 0, "exclusions": 0, "age_refusals": 0}
     assert summary.as_dict()["purged"] == summary.purged
     assert repository.purge_calls == 3, "batches of PURGE_BATCH until one is not full"
-    assert runtime.reminders.run().purged == {"messages": 0, "claims": 0, "chats": 0}
+    assert runtime.reminders.run().purged == {"messages": 0, "claims": 0, "chats": 0,
+                                              "reports": 0, "exclusions": 0, "age_refusals": 0}
 
 
 def test_the_job_purges_only_within_its_share_of_the_budget(

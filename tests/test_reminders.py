@@ -180,7 +180,10 @@ def test_the_entry_point_needs_the_job_secret(fake_api: FakeBotApi, tmp_path: Pa
         assert ok.json() == {"sent": 0, "lobby_timeouts": 0, "language_offers": 0, "failed": 0,
                              "stopped_early": False,
                              "skipped": {"blocked": 0, "banned": 0, "opted_out": 0},
-                             "purged": {"messages": 0, "claims": 0, "chats": 0}}
+                             "purged": {"messages": 0, "claims": 0, "chats": 0,
+                                        "reports": 0, "exclusions": 0, "age_refusals": 0},
+                             "idle_chats_ended": 0, "inactivity_notices": 0,
+                             "accounts_erased": 0}
         assert "reminders run" in server.log()
     finally:
         server.stop()

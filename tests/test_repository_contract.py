@@ -9,10 +9,12 @@ import pytest
 
 from messagine.domain.erasure import banned_remnant
 from messagine.domain.ratings import RatingRule, RatingVerdict
+from messagine.domain.retention import cutoffs
 from messagine.models import (
     EndReason,
     MatchOutcome,
     MessageLink,
+    Periods,
     Profile,
     Retention,
     UserRecords,
@@ -39,6 +41,12 @@ def find(repo: Repository, user_id: int, now: float = T0, recent: int = 5,
 
 
 # -- updates and users -------------------------------------------------------------------
+
+def export(repository: Repository, user_id: int) -> UserRecords:
+    records = repository.export_user(user_id)
+    assert records is not None
+    return records
+
 
 def test_open_update_creates_the_user_once_and_refreshes_the_profile(repository: Repository):
     first = repository.open_update(next(_update_ids), profile(1, "Ann"), "de", T0)
@@ -369,15 +377,27 @@ def test_purge_deletes_at_most_limit_of_each_kind_per_call(repository: Repositor
         register(repository, first, now=now)
         register(repository, second, now=now)
         find(repository, first)
-        assert find(repository, second).chat is not None
+        chat = find(repository, second).chat
+        assert chat is not None
         assert repository.end_chat(first, EndReason.EXIT, T0 + 60, next(_update_ids))
+        repository.add_report(first, second, chat.chat_id, "spam", T0)
+        repository.exclude_pair(first, second, "report", T0)
+        repository.confirm_age(900 + number, False, T0)  # nobody: the refusal marker
     repository.record_message(MessageLink(1, 10, 999, 11, 998, "text", now - 10))  # fresh
-    retention = Retention(messages_s=86_400, chats_s=86_400, claims_s=86_400)
+    repository.add_report(20, 21, 999_999, "spam", now - 10)  # another chat: one per chat
+    repository.exclude_pair(21, 20, "block", now - 10)
+    repository.confirm_age(999, False, now - 10)
+    retention = Retention(messages_s=86_400, chats_s=86_400, claims_s=86_400,
+                          age_refusals_s=86_400, reports_s=86_400, exclusions_s=86_400)
 
     calls = [repository.purge_expired(now, retention, limit) for _ in range(4)]
 
-    assert calls == [{"messages": 2, "claims": 2, "chats": 2}] * 2 + [
-        {"messages": 1, "claims": 1, "chats": 1}, {"messages": 0, "claims": 0, "chats": 0}]
+    kinds = ("messages", "claims", "chats", "reports", "exclusions", "age_refusals")
+    assert calls == [dict.fromkeys(kinds, 2)] * 2 + [dict.fromkeys(kinds, 1),
+                                                    dict.fromkeys(kinds, 0)]
+    assert [u for u in (900, 901, 999) if repository.get_user(u)] == [999], "fresh stays"
+    assert [r.reported_id for r in export(repository, 20).reports] == [21]
+    assert [e[0] for e in export(repository, 21).exclusions] == [20]
     assert repository.find_message(1, 10, 100) is None
     assert repository.find_message(1, 11, 200) is None, "both ends of a message go"
     assert repository.find_message(1, 10, 999) is not None, "a fresh message stays"
@@ -443,6 +463,34 @@ def test_a_user_marked_blocked_who_searches_again_is_paired(repository: Reposito
     matched = find(repository, 1)
     assert matched.outcome is MatchOutcome.MATCHED and matched.chat is not None
     assert matched.chat.partner_id == 2
+
+
+def test_retention_selects_in_bounded_batches_and_claims_each_notice_once(
+        repository: Repository):
+    periods = Periods(idle_chat_hours=1, inactive_days=30, notice_days=7)
+    for user_id in (40, 41, 42, 43, 44):
+        register(repository, user_id)
+    find(repository, 40)
+    find(repository, 41)
+    find(repository, 42)
+    find(repository, 43)  # two chats: 40-41 and 42-43; 44 alone
+    cut = cutoffs(T0 + 2 * 3_600, periods)
+    first = repository.idle_chats(cut, 1)
+    assert len(first) == 1 and first[0][1] == "en"
+    assert {u for u, _ in repository.idle_chats(cut, 10)} in (
+        {40, 42}, {40, 43}, {41, 42}, {41, 43}), "one user of each chat"
+    assert repository.idle_chats(cutoffs(T0, periods), 10) == [], "seen since"
+
+    later = T0 + 25 * 86_400
+    cut = cutoffs(later, periods)
+    claimed = [repository.claim_inactivity_notices(cut, later, 2) for _ in range(4)]
+    assert [len(batch) for batch in claimed] == [2, 2, 1, 0]
+    assert {u for batch in claimed for u, _ in batch} == {40, 41, 42, 43, 44}
+    assert repository.inactive_accounts(cut, 10) == [], "told just now"
+    register(repository, 44, now=later + 86_400)  # back: kept
+    gone = cutoffs(later + 8 * 86_400, periods)
+    assert len(repository.inactive_accounts(gone, 3)) == 3
+    assert set(repository.inactive_accounts(gone, 10)) == {40, 41, 42, 43}
 
 
 # -- ratings -------------------------------------------------------------------------------

@@ -295,3 +295,66 @@ def test_two_people_chat_in_the_browser(sandbox: SandboxProcess, browser,  # typ
         "return document.querySelector('.pane').getBoundingClientRect().width")
     assert pane_width <= width, "panes fit a phone-sized window"
     shot("7-phone")
+
+
+def test_an_album_and_a_reaction_in_the_browser(  # type: ignore[no-untyped-def]
+        sandbox: SandboxProcess, browser, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Alice sends an album: Bob sees it as one album, reacts, and Alice sees his reaction."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    screenshots = tmp_path_factory.mktemp("sandbox-album-screenshots")
+    print(f"screenshots: {screenshots}")  # where to look after a failure
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
+    browser.get(sandbox.url)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".pane")) == 2)
+    alice, bob = browser.find_elements(By.CSS_SELECTOR, ".pane")
+
+    def texts(pane: Any) -> str:
+        return "\n".join(m.text for m in pane.find_elements(By.CSS_SELECTOR, ".message"))
+
+    def press(pane: Any, label: str) -> None:
+        def click(_d: Any) -> bool:
+            buttons = [b for b in pane.find_elements(By.CSS_SELECTOR, ".keyboard button")
+                       if label in b.text]
+            if buttons:
+                buttons[-1].click()
+            return bool(buttons)
+        wait.until(click)
+
+    for pane in (alice, bob):
+        pane.find_element(By.CSS_SELECTOR, ".text").send_keys("/find_chat", Keys.ENTER)
+        press(pane, "16 or older")
+    wait.until(lambda _d: all("Chat started" in texts(p) for p in (alice, bob)))
+
+    alice.find_element(By.CSS_SELECTOR, '[data-sample="album"]').click()
+
+    def album_of(pane: Any, source: str) -> list[Any]:
+        groups = pane.find_elements(By.CSS_SELECTOR, ".album")
+        items = groups[-1].find_elements(By.CSS_SELECTOR, f'.message[data-from="{source}"]') \
+            if groups else []
+        return items if len(items) == 3 else []
+
+    received = wait.until(lambda _d: album_of(bob, "bot"))
+    assert "An album" in received[0].text, "the caption is kept on the first item"
+    assert len(album_of(alice, "me")) == 3, "the sender's own album is grouped too"
+    browser.save_screenshot(str(screenshots / "1-album.png"))
+
+    # Bob reacts to the second photo of the album; it appears on Alice's second photo.
+    def react(_d: Any) -> bool:
+        items = album_of(bob, "bot")
+        if not items:
+            return False
+        items[1].find_element(By.CSS_SELECTOR, ".react-action").click()
+        items[1].find_element(By.CSS_SELECTOR, '.reaction-picker [data-emoji="👍"]').click()
+        return True
+
+    wait.until(react)
+    wait.until(lambda _d: (items := album_of(alice, "me")) and items[1].find_elements(
+        By.CSS_SELECTOR, '.reaction.partner[data-reaction="👍"]'))
+    assert not album_of(alice, "me")[0].find_elements(By.CSS_SELECTOR, ".reaction")
+    wait.until(lambda _d: (items := album_of(bob, "bot")) and items[1].find_elements(
+        By.CSS_SELECTOR, '.reaction.mine[data-reaction="👍"]'))
+    browser.save_screenshot(str(screenshots / "2-reaction.png"))

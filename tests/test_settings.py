@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from messagine.settings import Settings, SettingsError
+from messagine.models import Periods
+from messagine.settings import Secret, Settings, SettingsError
 from messagine.storage.registry import FirestoreOptions, MongoOptions, SqliteOptions, options
 
 TOKEN = "424242:AAH-some_token_value_0123456789abcd"
@@ -41,7 +44,7 @@ def test_missing_token_and_secret_are_named():
 
 
 MONGO = {"MONGODB_URI": "mongodb+srv://u:p@cluster0.example.net/"}
-CLOUD = {"K_SERVICE": "messagine"}
+CLOUD = {"K_SERVICE": "messagine", "ERASURE_PEPPER": "test-erasure-pepper-0123456789"}
 EMULATOR = {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8681", "GOOGLE_CLOUD_PROJECT": "demo-x"}
 
 
@@ -131,11 +134,87 @@ def test_secrets_never_show_in_repr_or_str():
 
 
 @pytest.mark.parametrize(("env", "structured"), [
-    ({}, False), ({"FUNCTION_TARGET": "webhook"}, False), ({"K_SERVICE": "messagine"}, True),
+    ({}, False), ({"FUNCTION_TARGET": "webhook"}, False), (CLOUD, True),
     ({"FUNCTION_TARGET": "webhook", "LOG_FORMAT": "json"}, True),
-    ({"K_SERVICE": "messagine", "LOG_FORMAT": "text"}, False),
+    ({**CLOUD, "LOG_FORMAT": "text"}, False),
 ])
 def test_logs_are_structured_only_on_google_cloud(env: dict[str, str], structured: bool):
     """functions-framework sets FUNCTION_TARGET on a laptop: text logs there."""
     full = {"TELEGRAM_TOKEN": TOKEN, "STORAGE": "sqlite", **env}
     assert Settings.from_env(full, require_webhook_secret=False).structured_logs is structured
+
+
+def test_the_request_timeout_bounds_the_bot_api_timeout():
+    base = {"TELEGRAM_TOKEN": TOKEN}
+    assert Settings.from_env(base).request_timeout_s == 50.0
+    assert Settings.from_env(base | {"REQUEST_TIMEOUT_SECONDS": "12",
+                                     "TELEGRAM_TIMEOUT_SECONDS": "5"}).request_timeout_s == 12
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(base | {"REQUEST_TIMEOUT_SECONDS": "8",
+                                  "TELEGRAM_TIMEOUT_SECONDS": "10"})
+    assert [p.split()[0] for p in caught.value.problems] == ["TELEGRAM_TIMEOUT_SECONDS"]
+
+
+PERIOD_NAMES = ("AGE_REFUSAL_DAYS", "IDLE_CHAT_HOURS", "REPORT_RETENTION_DAYS",
+                "EXCLUSION_RETENTION_DAYS", "INACTIVE_ACCOUNT_DAYS", "INACTIVE_NOTICE_DAYS")
+
+
+def test_the_retention_periods_are_read_and_checked():
+    settings = Settings.from_env({"TELEGRAM_TOKEN": TOKEN, **dict(zip(
+        PERIOD_NAMES, ("7", "24", "90", "60", "200", "10"), strict=True))})
+    assert settings.periods == Periods(age_refusal_days=7, idle_chat_hours=24, report_days=90,
+                                       exclusion_days=60, inactive_days=200, notice_days=10)
+    assert Settings.from_env({"TELEGRAM_TOKEN": TOKEN}).periods == Periods()
+
+
+@given(value=st.one_of(st.text(max_size=12), st.integers(-10**30, 10**30).map(str)))
+def test_a_bad_period_is_a_clear_start_up_error(value: str):
+    for name in PERIOD_NAMES:
+        env = {"TELEGRAM_TOKEN": TOKEN, name: value}
+        try:
+            settings = Settings.from_env(env)
+        except SettingsError as error:
+            assert any(name in problem for problem in error.problems), (name, value)
+        else:
+            assert settings.periods.notice_days < settings.periods.inactive_days
+
+
+def test_the_notice_must_come_before_the_erasure():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"TELEGRAM_TOKEN": TOKEN, "INACTIVE_ACCOUNT_DAYS": "10",
+                           "INACTIVE_NOTICE_DAYS": "10"})
+    assert caught.value.problems == [
+        "INACTIVE_NOTICE_DAYS must be less than INACTIVE_ACCOUNT_DAYS"]
+
+
+def test_the_erasure_pepper_is_required_on_google_cloud_and_derived_elsewhere():
+    base = {"TELEGRAM_TOKEN": TOKEN, "STORAGE": "sqlite"}
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**base, "K_SERVICE": "messagine"})
+    assert [p.split()[0] for p in caught.value.problems] == ["ERASURE_PEPPER"]
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**base, "ERASURE_PEPPER": "short"})
+    assert caught.value.problems == ["ERASURE_PEPPER must be 16+ characters"]
+    configured = Settings.from_env({**base, **CLOUD})
+    assert configured.erasure_pepper == Secret(CLOUD["ERASURE_PEPPER"])
+    assert CLOUD["ERASURE_PEPPER"] not in repr(configured)
+    local, again = Settings.from_env(base), Settings.from_env(base)
+    assert local.erasure_pepper == again.erasure_pepper, "the same bot keeps its pepper"
+    assert local.erasure_pepper is not None
+    assert TOKEN not in local.erasure_pepper.reveal(), "derived, not the token itself"
+    other = Settings.from_env({**base, "TELEGRAM_TOKEN": "987654321:" + "b" * 35})
+    assert other.erasure_pepper != local.erasure_pepper
+
+
+def test_the_webhook_on_google_cloud_needs_the_album_queue():
+    """Nothing may run after the response there: no timer may flush albums."""
+    base = {"TELEGRAM_TOKEN": TOKEN, "STORAGE": "sqlite", "WEBHOOK_SECRET": "s", **CLOUD}
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(base, require_webhook_secret=True)
+    assert [p.split()[0] for p in caught.value.problems] == ["ALBUM_QUEUE"]
+    queue = {"ALBUM_QUEUE": "projects/p/locations/europe-west1/queues/albums",
+             "ALBUM_FLUSH_URL": "https://europe-west1-p.cloudfunctions.net/messagine"}
+    assert Settings.from_env(base | queue, require_webhook_secret=True).album_queue
+    assert Settings.from_env(base).album_queue is None, "the scheduled job sends no album"
+    local = {"TELEGRAM_TOKEN": TOKEN, "STORAGE": "sqlite", "WEBHOOK_SECRET": "s"}
+    assert Settings.from_env(local, require_webhook_secret=True).album_queue is None

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 ENV = {"WEBHOOK_SECRET": SECRET, "MIN_AGE": "0", "FLOOD_LIMIT": "10000",
        "RECENT_PARTNERS": "0", "TELEGRAM_TIMEOUT_SECONDS": "2", "LOG_FORMAT": "text",
-       "LOG_LEVEL": "WARNING"}
+       "LOG_LEVEL": "WARNING", "REQUEST_TIMEOUT_SECONDS": "10"}
+# A 10 s request timeout: a killed worker's claim blocks its update for 20 s, not 60 s
+# (attempts here last seconds: 2 s Bot API timeout, 429s of 1 s, 3 s storage outages).
 LOAD = Load(users=24, messages_per_user=5, rounds=2)
 QUICK = Load(users=16, messages_per_user=3, rounds=2)
 FAULTS = Faults(api_5xx=0.05, api_429=0.02, api_timeout=0.01, api_403=0.01,
@@ -71,6 +73,10 @@ def test_every_text_arrives_once_and_in_order(store: SimulatedStore, tmp_path: P
     assert report.ok, report.summary()
     assert report.texts_sent > 0 and report.texts_delivered_once == report.texts_sent
     assert report.pairs_made == QUICK.users  # 8 pairs a round, 2 rounds
+    # Albums among the texts: each arrived once, whole, in order, as one album.
+    assert report.albums_sent > 0 and report.albums_whole == report.albums_sent, \
+        report.summary()
+    assert not report.albums_split, report.summary()
     # No fault, no error answer (a kept-alive connection the server closed while idle
     # can still be refused, and is re-delivered like any broken connection). On mongoeco,
     # an emulation at ~10 ms a write, a search that waits over 8 s for its language's
@@ -86,6 +92,9 @@ def test_faults_lose_and_double_nothing(store: SimulatedStore, tmp_path: Path):
     assert report.texts_sent == (report.texts_delivered_once + report.texts_cut_by_403
                                  + len(report.duplicates_in_send_record_window)), \
         report.summary()
+    assert report.albums_sent > 0 and report.albums_sent == (
+        report.albums_whole + report.albums_not_delivered_told
+        + report.albums_doubled_by_a_kill), report.summary()
     # The faults did happen, and were answered so that Telegram re-delivered.
     assert report.kills and report.outages == 1, report.summary()
     assert report.attempts > report.updates

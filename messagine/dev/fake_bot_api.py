@@ -2,8 +2,9 @@
 
 It answers the Bot API methods the bot uses with realistic results (Message objects,
 message ids increasing per chat and shared by both sides as in a private chat, MessageId
-for copyMessage), records every call, and can be told to fail: 403 for a user who blocked
-the bot, or any status (429 with retry_after, 5xx, a hang) for a method and/or chat.
+for copyMessage, an album kept together by copyMessages), records every call, and can be
+told to fail: 403 for a user who blocked the bot, or any status (429 with retry_after,
+5xx, a hang) for a method and/or chat.
 
 ``FakeUser`` builds the updates a Telegram client would produce (text, media, replies,
 edits, button presses, blocking the bot) and puts the user's own messages into the model,
@@ -37,7 +38,7 @@ MESSAGE_META = frozenset({
     "has_protected_content", "is_from_offline", "media_group_id", "author_signature",
     "reply_markup", "business_connection_id", "sender_business_bot", "effect_id",
     "forward_from", "forward_from_chat", "forward_from_message_id", "forward_signature",
-    "forward_sender_name", "forward_date",
+    "forward_sender_name", "forward_date", "bot_reaction", "user_reaction",
 })
 """What describes a message rather than being its content: never part of a copy."""
 
@@ -319,20 +320,53 @@ class FakeBotApi:
     def _m_copyMessage(self, params: JsonObject) -> JsonObject:  # noqa: N802
         source = self._message(params["from_chat_id"], params["message_id"],
                                "message to copy not found")
-        content = {k: copy.deepcopy(v) for k, v in source.items() if k not in MESSAGE_META}
-        poll = content.get("poll")
-        quiz_unknown = (isinstance(poll, dict) and poll.get("type") == "quiz"
-                        and "correct_option_id" not in poll)
         # As Telegram: service messages, invoices, giveaways and paid media cannot be
         # copied, nor a quiz whose right answer the bot was not told.
-        if not content or quiz_unknown or any(k in NOT_COPYABLE for k in content):
+        if not self._copyable(source):
             raise _ApiError(400, "Bad Request: message can't be copied")
-        if isinstance(content.get("location"), dict):  # a copy never stays live
-            content["location"] = {k: v for k, v in content["location"].items()
-                                   if k in ("latitude", "longitude")}
+        content = self._content(source)
         content.update(self._reply_target(params["chat_id"], params))
         message = self._new_message(params["chat_id"], self.bot_user, content)
         return {"message_id": message["message_id"]}
+
+    def _m_copyMessages(self, params: JsonObject) -> list[JsonObject]:  # noqa: N802
+        ids = params["message_ids"]
+        if (not isinstance(ids, list) or not 1 <= len(ids) <= 100
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            raise _ApiError(400, "Bad Request: message_ids must be 1-100 message identifiers")
+        if any(later <= earlier for earlier, later in itertools.pairwise(ids)):
+            raise _ApiError(400, "Bad Request: message identifiers must be in increasing order")
+        # As Telegram: what cannot be found or copied is skipped; an album stays an album.
+        sources = [m for m in (self.chats.get(params["from_chat_id"], {}).get(i) for i in ids)
+                   if m is not None and self._copyable(m)]
+        if not sources:
+            raise _ApiError(400, "Bad Request: there are no messages to copy")
+        group = f"copy-{time.time_ns()}"
+        copies = []
+        for source in sources:
+            content = self._content(source)
+            if source.get("media_group_id") is not None:
+                content["media_group_id"] = group
+            copies.append({"message_id": self._new_message(
+                params["chat_id"], self.bot_user, content)["message_id"]})
+        return copies
+
+    @staticmethod
+    def _content(source: JsonObject) -> JsonObject:
+        content = {k: copy.deepcopy(v) for k, v in source.items() if k not in MESSAGE_META}
+        if isinstance(content.get("location"), dict):  # a copy never stays live
+            content["location"] = {k: v for k, v in content["location"].items()
+                                   if k in ("latitude", "longitude")}
+        return content
+
+    @staticmethod
+    def _copyable(source: JsonObject) -> bool:
+        content = {k: v for k, v in source.items() if k not in MESSAGE_META}
+        poll = content.get("poll")
+        quiz_unknown = (isinstance(poll, dict) and poll.get("type") == "quiz"
+                        and "correct_option_id" not in poll)
+        return bool(content) and not quiz_unknown and not any(k in NOT_COPYABLE
+                                                               for k in content)
 
     def _edit(self, params: JsonObject, field_name: str, entities_name: str) -> JsonObject:
         message = self._message(params["chat_id"], params["message_id"],
@@ -727,6 +761,32 @@ class FakeUser:
             content["caption"] = caption
         return self.send(content, reply_to)
 
+    def album(self, content_type: str, count: int, caption: str | None = None,
+              caption_entities: list[JsonObject] | None = None,
+              captions: list[str] | None = None) -> list[JsonObject]:
+        """The updates of an album of ``count`` sample items, one per item as Telegram sends.
+
+        Each item's file id ends in ``#<n>`` (1, 2, ...) so order can be checked; the first
+        item carries ``caption``, as a client puts it, or each item its own ``captions``.
+        """
+        group = f"{self.id}{time.time_ns()}"
+        updates = []
+        for n in range(1, count + 1):
+            content = copy.deepcopy(SAMPLE_CONTENT[content_type])
+            item = content[content_type]
+            for part in item if isinstance(item, list) else [item]:
+                part["file_id"] += f"#{n}"
+                part["file_unique_id"] += f"{n}"
+            content["media_group_id"] = group
+            if n == 1 and caption is not None:
+                content["caption"] = caption
+                if caption_entities:
+                    content["caption_entities"] = caption_entities
+            if captions is not None:
+                content["caption"] = captions[n - 1]
+            updates.append(self.send(content))
+        return updates
+
     def edit(self, message_id: int, text: str | None = None,
              caption: str | None = None, entities: list[JsonObject] | None = None
              ) -> JsonObject:
@@ -770,6 +830,13 @@ class FakeUser:
         """The update for setting (or, with None, removing) a reaction on a message."""
         def reactions(value: str | None) -> list[JsonObject]:
             return [] if value is None else [{"type": "emoji", "emoji": value}]
+
+        with self.api._lock:  # the user's app shows their own reaction under the message
+            target = self.api.chats.get(self.id, {}).get(message_id)
+            if target is not None and emoji is not None:
+                target["user_reaction"] = [emoji]
+            elif target is not None:
+                target.pop("user_reaction", None)
 
         return self._update("message_reaction", {
             "chat": self.chat, "message_id": message_id, "user": self.profile,

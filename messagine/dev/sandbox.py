@@ -59,7 +59,7 @@ class Sandbox:
             "WEBHOOK_SECRET": self.secret, "STORAGE": "sqlite", "SQLITE_PATH": str(database),
             "LOG_FORMAT": "text",
         })
-        for name in ("MONGODB_URI", "K_SERVICE", "MIXPANEL_TOKEN"):
+        for name in ("MONGODB_URI", "K_SERVICE", "MIXPANEL_TOKEN", "ALBUM_QUEUE"):
             os.environ.pop(name, None)
         import functions_framework  # noqa: PLC0415 - the sandbox only
 
@@ -179,6 +179,13 @@ def create_app(sandbox: Sandbox) -> flask.Flask:
                       else user.text(text, reply_to, _entities(text)))
         elif kind in SAMPLES:
             update = user.media(kind, reply_to=reply_to)
+        elif kind == "album":  # one update per item, as Telegram sends an album
+            updates = user.album("photo", 3, caption="An album")
+            return {"status": max(sandbox.deliver(u) for u in updates)}, 200
+        elif kind == "react":
+            emoji = body.get("emoji")
+            update = user.react(int(body["message_id"]), str(emoji) if emoji else None,
+                                str(body["before"]) if body.get("before") else None)
         elif kind == "edit":
             update = user.edit(int(body["message_id"]), text=str(body.get("text", "")))
         elif kind == "press":

@@ -43,6 +43,7 @@ import requests
 from messagine import keyboards
 from messagine.catalog import Catalog
 from messagine.dev.fake_bot_api import FailureRule, FakeBotApi, FakeUser
+from messagine.dev.fake_cloud_tasks import FakeCloudTasks
 from messagine.models import ChatRecord, UserRecords, UserState
 
 _SIMULATED_TEXT = re.compile(r"u\d+ r\d+ m\d+")
@@ -69,6 +70,9 @@ class Load:
     max_backoff_s: float = 2.0
     give_up_after_s: float = 180.0
     """Telegram keeps trying for 24 hours; an update still failing after this is lost."""
+    album_every: int = 4
+    """One user in this many sends an album (2-4 items) after their second text, each
+    round (0: no albums); a Cloud Task per album (a fake queue) flushes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +139,25 @@ class Report:
     left_mid_chat: int = 0
     copies_slowed: int = 0
     copies_held: int = 0
+    albums_sent: int = 0
+    albums_whole: int = 0
+    """Reached the partner once, every item, in order."""
+    albums_split: list[str] = field(default_factory=list)
+    """Whole, but as two albums or more: Telegram delivered an item only after the flush
+    had begun (a slow or failing earlier update held the chat's queue), and later items
+    go into a following album, by design."""
+    albums_not_delivered_told: int = 0
+    albums_broken: list[str] = field(default_factory=list)
+    """Partly delivered, out of order, split, doubled with no kill to explain it, or not
+    delivered with the sender not told."""
+    albums_doubled_by_a_kill: int = 0
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         """Nothing lost, nothing doubled (beyond the send-record window), no violation."""
         return not (self.texts_lost or self.doubled or self.misrouted or self.out_of_order
-                    or self.updates_given_up or self.violations)
+                    or self.updates_given_up or self.violations or self.albums_broken)
 
     def summary(self) -> str:
         """The numbers, for a test failure or the benchmark's output."""
@@ -162,7 +178,11 @@ class Report:
             f"{self.left_mid_chat} left mid-chat; {self.copies_slowed} copies slowed past the "
             f"delivery timeout, {self.copies_held} copies to leavers held by a 429; "
             f"{len(self.kills)} workers killed, {self.outages} storage outages; "
-            f"{len(self.updates_given_up)} updates given up; violations: {self.violations[:5]}"
+            f"{len(self.updates_given_up)} updates given up; {self.albums_sent} albums: "
+            f"{self.albums_whole} whole once ({len(self.albums_split)} of them split), "
+            f"{self.albums_not_delivered_told} not delivered "
+            f"(sender told), {self.albums_doubled_by_a_kill} doubled by a kill, broken: "
+            f"{self.albums_broken[:3]}; violations: {self.violations[:5]}"
             + (f"; misrouted: {self.misrouted[:3]}" if self.misrouted else "")
             + (f"; between chats: {self.after_chat_ended[:3]}" if self.after_chat_ended
                else ""))
@@ -172,13 +192,13 @@ class Instances:
     """functions-framework servers of main.py, each with several gunicorn workers."""
 
     def __init__(self, env: Mapping[str, str], load: Load, log_dir: Path,
-                 secret: str) -> None:
+                 secret: str, first_port: int | None = None) -> None:
         self.secret = secret
         self.urls: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self._logs = []
         for index in range(load.instances):
-            port = _free_port()
+            port = first_port if index == 0 and first_port else _free_port()
             log_file = (log_dir / f"instance{index}.log").open("wb")
             self._logs.append(log_file)
             self.processes.append(subprocess.Popen(  # noqa: S603 - our own interpreter
@@ -373,12 +393,25 @@ class Simulation:
         self.sent_at: dict[str, float] = {}
         """When each simulated text was sent (time.time(), the store's clock)."""
         self._slow_rule: FailureRule | None = None
+        self.albums: list[tuple[int, int, str, int, int]] = []
+        """(sender, recipient, name, items, first item's message id) of each album sent."""
+        self._tasks: FakeCloudTasks | None = None
 
     def run(self) -> Report:
         """Run every round, then check; the report says what was found."""
         started = time.monotonic()
         secret = self.env["WEBHOOK_SECRET"]
-        instances = Instances(self.env, self.load, self.work_dir, secret)
+        # Albums are flushed as on Google Cloud: a Cloud Task calls an instance back.
+        self._tasks = FakeCloudTasks()
+        port = _free_port()
+        env = {**self.env, "CLOUD_TASKS_ENDPOINT": self._tasks.url,
+               "ALBUM_QUEUE": "projects/demo-simulation/locations/europe-west1/queues/albums",
+               "ALBUM_FLUSH_URL": f"http://127.0.0.1:{port}/"}
+        try:
+            instances = Instances(env, self.load, self.work_dir, secret, first_port=port)
+        except BaseException:
+            self._tasks.stop()
+            raise
         stop_faults = threading.Event()
         try:
             self._inject_api_faults()
@@ -395,8 +428,10 @@ class Simulation:
         finally:
             stop_faults.set()
             instances.stop()
+            self._tasks.stop()
         self.report.seconds = time.monotonic() - started
         self._check_texts()
+        self._check_albums()
         self._check_invariants()
         return self.report
 
@@ -429,7 +464,12 @@ class Simulation:
                 self.update_of[text] = int(update["update_id"])
                 self.sent_at[text] = time.time()
                 telegram.enqueue(user.id, update)
+                if index == 1 and self._sends_album(user, round_number):
+                    self._send_album(telegram, user, partner, round_number)
         telegram.drain()
+        if self._tasks is not None and self.albums:
+            # Every album's task has run before the chats move on.
+            self._tasks.wait_idle(self.load.give_up_after_s)
         for rule in held:
             self.report.copies_held += rule.hits
             self.api.forget(rule)
@@ -438,6 +478,23 @@ class Simulation:
             if user.id in partners and self.rng.random() < 0.5:
                 telegram.enqueue(user.id, user.command("next"))
         telegram.drain()
+
+    def _sends_album(self, user: FakeUser, round_number: int) -> bool:
+        every = self.load.album_every
+        return every > 0 and (self.users.index(user) + round_number) % every == 0
+
+    def _send_album(self, telegram: Telegram, user: FakeUser, partner: int,
+                    round_number: int) -> None:
+        """An album of 2-4 items, each captioned with its place, item by item."""
+        name = f"u{user.id} r{round_number} album"
+        count = 2 + (user.id + round_number) % 3
+        kind = ("photo", "video", "document", "audio")[(user.id + round_number) % 4]
+        updates = user.album(kind, count, captions=[f"{name} a{n}" for n in range(1, count + 1)])
+        self.albums.append((user.id, partner, name, count,
+                            int(updates[0]["message"]["message_id"])))
+        self.report.albums_sent += 1
+        for update in updates:
+            telegram.enqueue(user.id, update)
 
     def _choose_leavers(self, partners: Mapping[int, int]
                         ) -> tuple[dict[int, int], list[FailureRule]]:
@@ -579,6 +636,36 @@ class Simulation:
             self.report.texts_cut_by_403 += len(missing)
             return []
         return missing
+
+    def _check_albums(self) -> None:
+        """Each album reached the partner once, whole, in order (as one album), or nowhere.
+
+        Nowhere only if its sender was told (a notice after its first item).
+        """
+        notices = self._notice_texts() | {
+            Catalog().for_language(language)("partner.unreachable")
+            for language in Catalog().languages()}
+        for sender, recipient, name, count, first_id in self.albums:
+            copies = [m for m in self.api.messages(recipient)
+                      if str(m.get("caption", "")).startswith(name + " a")]
+            captions = [str(m["caption"]) for m in copies]
+            expected = [f"{name} a{n}" for n in range(1, count + 1)]
+            if captions == expected:
+                self.report.albums_whole += 1
+                if len({m.get("media_group_id") for m in copies}) > 1:
+                    self.report.albums_split.append(name)
+            elif not copies:
+                told = any(m.get("from", {}).get("id") == self.api.bot_user["id"]
+                           and m.get("text") in notices and m["message_id"] > first_id
+                           for m in self.api.messages(sender))
+                if told:
+                    self.report.albums_not_delivered_told += 1
+                else:
+                    self.report.albums_broken.append(f"{name}: lost")
+            elif captions == expected * (len(captions) // count) and self.report.kills:
+                self.report.albums_doubled_by_a_kill += 1
+            else:
+                self.report.albums_broken.append(f"{name}: {len(copies)} of {count} items")
 
     def _check_told(self, missing: list[str]) -> None:
         """A text that never arrived is a loss unless its sender was told it went nowhere.

@@ -15,9 +15,28 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-LEASE_S = 60.0
-"""Longer than any attempt: the function's 50 s timeout bounds a request, including the
-429 waits of its update budget, so a live lease means its attempt may still be running."""
+REQUEST_TIMEOUT_S = 50.0
+"""The function's request timeout (cloudbuild.yaml's --timeout, under Telegram's 60 s)."""
+
+
+def lease_for(request_timeout_s: float) -> float:
+    """A claim's lease: longer than any attempt.
+
+    The request timeout bounds an attempt (the platform stops a request there), so a live
+    lease means its attempt may still run.
+    """
+    return request_timeout_s + 10.0
+
+
+def budget_for(request_timeout_s: float) -> float:
+    """Time an update may spend waiting out 429s.
+
+    Half the request timeout, so that the calls before and after a wait still fit in it.
+    """
+    return request_timeout_s / 2
+
+
+LEASE_S = lease_for(REQUEST_TIMEOUT_S)
 
 
 class ClaimState(enum.Enum):

@@ -1,13 +1,15 @@
 """Matching: who may be paired with whom, which waiting user to take, and when to resume.
 
 Two users are compatible when they wait in the same pool (a language, or "*" for the
-any-language pool, which only users who opted in enter), neither is among the other's
-last N partners, neither excluded the other (a report or a block, in either direction),
-and neither is banned. Blocking the bot takes a user out of the lobby; one who searches
-again afterwards is evidently back, so the blocked mark does not keep them from a
-partner. Of the compatible waiting users the one waiting longest is taken (ties: the
-lower user id). A search that this same update already completed (a re-delivery after
-a failure) resumes the chat it opened.
+any-language pool, which only users who opted in enter), neither is among the other's last N
+partners, neither excluded the other (a report or a block, in either direction), and
+neither is banned. An exclusion binds the excluded user by their id or, once they erased
+their data, by their protection key (``messagine.domain.erasure``): a user who returns
+with the same Telegram id is still kept from whoever excluded them. Blocking the bot
+takes a user out of the lobby; one who searches again afterwards is evidently back, so
+the blocked mark does not keep them from a partner. Of the compatible waiting users the
+one waiting longest is taken (ties: the lower user id). A search that this same update
+already completed (a re-delivery after a failure) resumes the chat it opened.
 """
 
 from __future__ import annotations
@@ -43,16 +45,24 @@ class Candidate:
     banned: bool = False
 
 
-def avoided(user_id: int, recent_partners: Iterable[int],
-            exclusions: Iterable[tuple[int, int]]) -> frozenset[int]:
+Exclusion = tuple[int, int, str | None]
+"""(excluder, excluded, the excluded user's protection key if they erased their data)."""
+
+
+def avoided(user_id: int, recent_partners: Iterable[int], exclusions: Iterable[Exclusion],
+            key: str | None = None) -> frozenset[int]:
     """Everyone ``user_id`` must not meet: their recent partners and excluded pairs.
 
     ``recent_partners``: the other user of each of their last N chats; ``exclusions``:
-    (excluder, excluded) pairs in either direction that involve the user.
+    those the store found for the user (made by them, of them, or of their protection
+    ``key``); the rule decides which bind them.
     """
     others = set(recent_partners)
-    for excluder, excluded in exclusions:
-        others.update((excluder, excluded))
+    for excluder, excluded, excluded_key in exclusions:
+        if excluder == user_id:
+            others.add(excluded)
+        elif excluded == user_id or (key is not None and excluded_key == key):
+            others.add(excluder)
     others.discard(user_id)
     return frozenset(others)
 

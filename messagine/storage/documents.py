@@ -2,7 +2,7 @@
 
 Both stores keep the same fields under the same names, so each mapping between a
 document and a record (UserState, StoredProfile, ChatRecord, MessageLink, Report, the
-flood counters, a lobby entry) is written here once. A document is a plain mapping;
+flood counters, a lobby entry, an album) is written here once. A document is a plain mapping;
 the id, which MongoDB keeps in ``_id`` and Firestore in the document's name, is passed
 beside it. SQLite's rows name their columns the same way, so its data export reads
 through the same mappings. No driver is imported here.
@@ -16,10 +16,12 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from messagine.domain.age_gate import refusal_marker
+from messagine.domain.albums import Album, Batch, BatchState, Item
 from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import anonymise_chat, banned_remnant
 from messagine.domain.flood import FloodState
-from messagine.domain.matching import Candidate
+from messagine.domain.matching import Candidate, Exclusion
 from messagine.domain.nudges import NudgeStatus, activity
 from messagine.domain.ratings import RatingState
 from messagine.models import (
@@ -120,6 +122,7 @@ def user_state(user_id: int, doc: Mapping[str, Any], *, is_new: bool = False) ->
         age_confirmed=doc.get("age_answer") == "yes", language_code=doc.get("language_code"),
         reminders_enabled=not doc.get("reminders_off"),
         newest_message=int(doc.get("newest_message") or 0),
+        age_refused=doc.get("age_answer") == "no",
     )
 
 
@@ -136,8 +139,13 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
         age_answer=doc.get("age_answer"), age_answered_at=doc.get("age_answered_at"),
         reminders_enabled=not doc.get("reminders_off"),
         nudge_pending=bool(doc.get("nudge_pending")), reminded_at=doc.get("reminded_at"),
-        lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"])) if lobby else None,
+        lobby=LobbyEntry(str(lobby["language"]), float(lobby["since"]),
+                         bool(lobby.get("offered")),
+                         tuple(int(u) for u in lobby.get("avoid") or ())) if lobby else None,
+        notice_pending=bool(doc.get("notice_pending", True)),  # absent: from before notices
+        noticed_at=doc.get("noticed_at"),
         ratings_up=(ratings := rating_state(doc.get("ratings"))).up, ratings_down=ratings.down,
+        ratings_flagged=ratings.flagged, ratings_counted_at=tuple(sorted(ratings.recent.values())),
         newest_message=int(doc.get("newest_message") or 0),
     )
 
@@ -145,8 +153,9 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
 def profile_document(profile: StoredProfile) -> dict[str, Any]:
     """A whole user document holding ``profile`` and no chat, lobby or counters."""
     doc = asdict(profile)
-    del doc["user_id"], doc["lobby"], doc["ratings_up"], doc["ratings_down"]
-    del doc["newest_message"]
+    for name in ("user_id", "lobby", "ratings_up", "ratings_down", "ratings_flagged",
+                 "ratings_counted_at", "newest_message"):
+        del doc[name]
     doc["reminders_off"] = not doc.pop("reminders_enabled")
     return {**doc, "chat": None, "waiting_since": None}
 
@@ -156,11 +165,28 @@ def remnant_document(user_id: int) -> dict[str, Any]:
     return profile_document(banned_remnant(user_id))
 
 
+def refusal_marker_document(user_id: int, refused_at: float) -> dict[str, Any]:
+    """The document an age refusal leaves (``domain.age_gate.refusal_marker``)."""
+    return profile_document(refusal_marker(user_id, refused_at))
+
+
+def forgotten_profile() -> dict[str, Any]:
+    """The profile fields of a refusal's marker, which its user's later updates keep so."""
+    marker = refusal_marker(0, 0.0)
+    return {name: getattr(marker, name)
+            for name in ("first_name", "last_name", "username", "language_code")}
+
+
+def user_row(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A user document as SQLite's ``users`` row: chat and lobby live in tables of their own."""
+    return {k: v for k, v in doc.items() if k not in ("chat", "waiting_since")}
+
+
 def profile_fields(profile: Profile, now: float) -> dict[str, Any]:
     """What every update of the user refreshes: the profile, last seen, reminder due."""
     return {"first_name": profile.first_name, "last_name": profile.last_name,
             "username": profile.username, "language_code": profile.language_code,
-            "last_seen": now, "nudge_pending": True}
+            "last_seen": now, "nudge_pending": True, "notice_pending": True}
 
 
 def new_user_fields(default_language: str, now: float) -> dict[str, Any]:
@@ -248,7 +274,8 @@ def chat_record(chat_id: int, doc: Mapping[str, Any], user_id: int) -> ChatRecor
     ended_by = doc.get("ended_by")
     return ChatRecord(chat_id, partner_of(doc, user_id), doc["language"], doc["started_at"],
                       doc.get("ended_at"), doc.get("end_reason"),
-                      None if ended_by is None else ended_by == user_id)
+                      None if ended_by is None else ended_by == user_id,
+                      doc.get("opened_by_update"), doc.get("closed_by_update"))
 
 
 def anonymised_chat(doc: Mapping[str, Any], user_id: int,
@@ -281,8 +308,28 @@ def message_link(doc: Mapping[str, Any]) -> MessageLink:
 
 def exclusion_document(user_id: int, other_id: int, reason: str,
                        now: float) -> dict[str, Any]:
-    """One user's exclusion of another (id ``"user:other"``)."""
+    """One user's exclusion of another (id ``exclusion_id``)."""
     return {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+
+
+def exclusion(doc: Mapping[str, Any]) -> Exclusion:
+    """An exclusion document as the matching rule reads it."""
+    return int(doc["user_id"]), int(doc["other_id"]), doc.get("other_key")
+
+
+def exclusion_id(doc: Mapping[str, Any]) -> str:
+    """An exclusion's document id: ``"user:other"``."""
+    return f"{doc['user_id']}:{doc['other_id']}"
+
+
+def kept_exclusion(doc: Mapping[str, Any], tombstone_id: int, key: str) -> dict[str, Any]:
+    """An exclusion of an erased user as erasure keeps it (``domain.erasure``)."""
+    return {**doc, "other_id": tombstone_id, "other_key": key}
+
+
+def kept_report(tombstone_id: int, key: str) -> dict[str, Any]:
+    """The fields that erase the reported user from a report about them (``domain.erasure``)."""
+    return {"reported_id": tombstone_id, "reported_key": key}
 
 
 def report_document(report: Report) -> dict[str, Any]:
@@ -298,20 +345,62 @@ def report(report_id: int, doc: Mapping[str, Any]) -> Report:
                   doc["reason"], doc["created_at"], doc["status"])
 
 
-def user_records(profile: StoredProfile, chats: Iterable[tuple[int, Mapping[str, Any]]],
+def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] | None,
+                 chats: Iterable[tuple[int, Mapping[str, Any]]],
                  links: Iterable[Mapping[str, Any]], exclusions: Iterable[Mapping[str, Any]],
-                 reports: Iterable[Mapping[str, Any]]) -> UserRecords:
-    """Everything about a user, from their documents, each kind in time order.
+                 reports: Iterable[tuple[int, Mapping[str, Any]]]) -> UserRecords:
+    """Everything stored under a user, from their documents, each kind in time order.
 
-    ``chats``: (chat id, document) of every chat they were in; ``links``: the links of
-    the messages they sent; ``exclusions`` and ``reports``: those they made.
+    ``doc``: their user document (``flood`` as a map); ``chats``: (chat id, document) of
+    every chat they were in; ``links``: every link of a message they sent or received
+    (once each); ``exclusions``: those they made and those about them; ``reports``:
+    (report id, document) of those they made and those about them.
     """
-    user_id = profile.user_id
     ordered = sorted(chats, key=lambda c: (c[1]["started_at"], c[1]["opened_by_update"] or 0))
+    every_link = sorted((message_link(d) for d in links), key=lambda m: m.sent_at)
+    every_exclusion = [(int(d["user_id"]), int(d["other_id"]), str(d["reason"]),
+                        float(d["created_at"])) for d in exclusions]
+    every_report = sorted((report(i, d) for i, d in reports), key=lambda r: r.created_at)
     return UserRecords(
-        profile,
-        [chat_record(chat_id, doc, user_id) for chat_id, doc in ordered],
-        sorted((message_link(d) for d in links), key=lambda m: m.sent_at),
-        [(int(d["other_id"]), d["reason"], d["created_at"]) for d in exclusions],
-        sorted(((int(d["reported_id"]), d["reason"], d["created_at"], d["status"])
-                for d in reports), key=lambda r: r[2]))
+        stored_profile(user_id, doc, lobby),
+        [chat_record(chat_id, chat, user_id) for chat_id, chat in ordered],
+        [m for m in every_link if m.sender_id == user_id],
+        [(other, reason, at) for by, other, reason, at in every_exclusion if by == user_id],
+        [r for r in every_report if r.reporter_id == user_id],
+        received=[m for m in every_link if m.recipient_id == user_id],
+        excluded_by=[(by, reason, at) for by, other, reason, at in every_exclusion
+                     if other == user_id],
+        reports_about=[r for r in every_report if r.reported_id == user_id],
+        flood=dict(doc.get("flood") or {}),
+        recent_updates=[int(u) for u in doc.get("recent_updates") or ()],
+        claims={int(key.removeprefix("u")): dict(entry)
+                for key, entry in (doc.get("claims") or {}).items()},
+    )
+
+
+# -- albums --------------------------------------------------------------------------------
+
+def album_document(album: Album, expires: datetime | None = None) -> dict[str, Any]:
+    """An album record (``domain.albums``); ``expires``: its TTL field, where the store has one.
+
+    Items are maps, not pairs: Firestore holds no array inside an array.
+    """
+    doc: dict[str, Any] = {
+        "chat_id": album.chat_id, "sender_id": album.sender_id, "version": album.version,
+        "batches": [{"number": b.number, "state": b.state.value,
+                     "last_item_at": b.last_item_at, "update_id": b.update_id,
+                     "owner": b.owner, "lease_until": b.lease_until,
+                     "items": [{"id": i.message_id, "type": i.content_type} for i in b.items]}
+                    for b in album.batches]}
+    if expires is not None:
+        doc["expires_at"] = expires
+    return doc
+
+
+def album(key: str, doc: Mapping[str, Any]) -> Album:
+    """The album record of a document."""
+    return Album(key, int(doc["chat_id"]), int(doc["sender_id"]), tuple(
+        Batch(int(b["number"]), tuple(Item(int(i["id"]), str(i["type"])) for i in b["items"]),
+              BatchState(b["state"]), float(b["last_item_at"]), int(b["update_id"]),
+              str(b.get("owner", "")), float(b.get("lease_until", 0.0)))
+        for b in doc.get("batches") or ()), int(doc.get("version", 0)))

@@ -23,19 +23,34 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from messagine.domain import matching
+from messagine.domain import albums, matching
+from messagine.domain.age_gate import stores_profile
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Decision, decide
-from messagine.domain.erasure import tombstone
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
 from messagine.domain.ratings import RatingRule, RatingVerdict, rate
+from messagine.domain.retention import (
+    AccountStatus,
+    Cutoffs,
+    chat_idle,
+    erasure_due,
+    notice_due,
+)
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -70,7 +85,9 @@ from messagine.storage.firestore_commit import (
 from messagine.storage.port import wrap_public_methods
 
 _PAGE = 50
+T = TypeVar("T")
 _PURGE_BATCH = 400  # a commit takes at most 500 writes
+_IDLE_SCAN = 5  # users read per idle chat returned at most (see MongoRepository)
 
 
 @wrap_public_methods(unavailable_as_storage_error)
@@ -84,7 +101,9 @@ class FirestoreRepository:
         message_retention_days: int = 30, chat_retention_days: int = 180,
         update_retention_s: int = 86_400, client_factory: Callable[..., Any] | None = None,
         flood_rule: FloodRule | None = None, emulator_host: str | None = None,
+        pepper: bytes = UNCONFIGURED_PEPPER,
     ) -> None:
+        self._pepper = pepper
         self._emulator_host = emulator_host
         self._project = project
         self._database = database
@@ -197,6 +216,9 @@ class FirestoreRepository:
                           ) -> OpenedUpdate:
         (snap,) = self._get(self._user(profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
+        if doc.get("banned"):  # claimed alone (domain.erasure)
+            opened = self.open_update(update_id, None, "", now)
+            return replace(opened, user=None if opened.duplicate else self._state(snap))
         decision, claim = decide(docs.stored_claim(doc, update_id), update_id, owner, now,
                                  lease_s)
         if claim is None:
@@ -211,7 +233,8 @@ class FirestoreRepository:
         if not snap.exists:
             fields |= docs.new_user_fields(default_language, now)
         batch = self._guarded(snap)
-        batch.put(snap.reference, fields)
+        batch.put(snap.reference, fields if stores_profile(doc.get("age_answer"))
+                  else fields | docs.forgotten_profile())
         batch.commit()
         state = docs.user_state(profile.user_id, {**doc, **fields}, is_new=not snap.exists)
         return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
@@ -290,8 +313,10 @@ class FirestoreRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
-                                  "age_answered_at": now})
+        if not self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
+                                         "age_answered_at": now}) and not confirmed:
+            with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
+                self._user(user_id).create(docs.refusal_marker_document(user_id, now), **WRITE)
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
         """See ``Repository.set_reminders``."""
@@ -308,16 +333,21 @@ class FirestoreRepository:
         user, entry = self._get(self._user(user_id), self._entry(user_id))
         if not user.exists:
             return None
+        def where(collection: str, *conditions: tuple[str, Any]) -> Any:
+            query = self._col(collection)
+            for field_name, value in conditions:
+                query = query.where(filter=FieldFilter(field_name, "==", value))
+            return self._stream(query)
+
         return docs.user_records(
-            docs.stored_profile(user_id, user.to_dict(),
-                                entry.to_dict() if entry.exists else None),
+            user_id, user.to_dict(), entry.to_dict() if entry.exists else None,
             ((int(snap.id), snap.to_dict()) for snap in self._chats_of(user_id)),
-            self._docs(self._col("links").where(filter=FieldFilter("sender_id", "==", user_id))
-                       .where(filter=FieldFilter("role", "==", "sent"))),
-            self._docs(self._col("exclusions").where(
-                filter=FieldFilter("user_id", "==", user_id))),
-            self._docs(self._col("reports").where(
-                filter=FieldFilter("reporter_id", "==", user_id))))
+            (snap.to_dict() for end, role in (("sender_id", "sent"), ("recipient_id", "copy"))
+             for snap in where("links", (end, user_id), ("role", role))),
+            (snap.to_dict() for end in ("user_id", "other_id")
+             for snap in where("exclusions", (end, user_id))),
+            ((int(snap.id), snap.to_dict()) for end in ("reporter_id", "reported_id")
+             for snap in where("reports", (end, user_id))))
 
     def _docs(self, query: Any) -> Iterator[dict[str, Any]]:
         return (snap.to_dict() for snap in self._stream(query))
@@ -335,7 +365,7 @@ class FirestoreRepository:
             .order_by("opened_by_update", direction=descending).limit(limit))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        """See ``Repository.delete_user``."""
         counts = {"messages": 0, "exclusions": 0, "lobby": 0, "chats_anonymised": 0}
 
         def erase() -> tuple[int, int, int]:
@@ -356,12 +386,23 @@ class FirestoreRepository:
         for field_name in ("sender_id", "recipient_id"):
             counts["messages"] += self._delete_all(self._col("links").where(
                 filter=FieldFilter(field_name, "==", user_id)), count_role="sent")
-        for field_name in ("user_id", "other_id"):
-            counts["exclusions"] += self._delete_all(self._col("exclusions").where(
-                filter=FieldFilter(field_name, "==", user_id)))
+        counts["messages"] += self._delete_all(self._col("albums").where(  # on their way
+            filter=FieldFilter("sender_id", "==", user_id)))
+        stones, key = Tombstones(), protection_key(self._pepper, user_id)
+        counts["exclusions"] += self._delete_all(self._col("exclusions").where(
+            filter=FieldFilter("user_id", "==", user_id)))
+        for snap in self._stream(self._col("exclusions").where(
+                filter=FieldFilter("other_id", "==", user_id))):
+            # Others' protections stay (domain.erasure), under an id without the erased one.
+            kept = docs.kept_exclusion(snap.to_dict(), stones.of(int(snap.get("user_id"))), key)
+            batch = self.client.batch()
+            batch.set(self._col("exclusions").document(docs.exclusion_id(kept)), kept)
+            batch.delete(snap.reference)
+            batch.commit(**WRITE)
         for snap in self._chats_of(user_id):
-            counts["chats_anonymised"] += update_guarded(self.client,
-                snap.reference, lambda doc: docs.anonymised_chat(doc, user_id, tombstone()))
+            counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
+                lambda doc: docs.anonymised_chat(
+                    doc, user_id, stones.of(docs.partner_of(doc, user_id))))
         for snap in self._stream(self._col("users").where(
                 filter=FieldFilter("chat.partner", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
@@ -369,7 +410,17 @@ class FirestoreRepository:
         for snap in self._stream(self._col("reports").where(
                 filter=FieldFilter("reporter_id", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {
-                "reporter_id": tombstone()} if doc.get("reporter_id") == user_id else None)
+                "reporter_id": stones.of(int(doc["reported_id"]))}
+                if doc.get("reporter_id") == user_id else None)
+        for snap in self._stream(self._col("reports").where(
+                filter=FieldFilter("reported_id", "==", user_id))):
+            update_guarded(self.client, snap.reference, lambda doc: docs.kept_report(
+                stones.of(int(doc["reporter_id"])), key)
+                if doc.get("reported_id") == user_id else None)
+        for snap in self._stream(self._col("lobby").where(
+                filter=FieldFilter("avoid", "array_contains", user_id))):
+            with contextlib.suppress(gexc.NotFound):  # matched or left meanwhile
+                snap.reference.update({"avoid": firestore.ArrayRemove([user_id])}, **WRITE)
         return counts
 
     def _delete_all(self, query: Any, count_role: str | None = None) -> int:
@@ -409,9 +460,63 @@ class FirestoreRepository:
             filter=FieldFilter("ended_at", "<", now - retention.chats_s)).limit(limit))
         claim_refs = [snap.reference for snap in claims]
         chat_refs = [snap.reference for snap in chats]
+        more = {kind: [s.reference for s in self._stream(query.limit(limit))]
+                for kind, query in self._expired(now, retention).items()}
         self._delete_refs([ref for pair in messages.values() for ref in pair]
-                          + claim_refs + chat_refs)
-        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs)}
+                          + claim_refs + chat_refs + [r for refs in more.values() for r in refs])
+        return {"messages": len(messages), "claims": len(claim_refs), "chats": len(chat_refs),
+                **{kind: len(refs) for kind, refs in more.items()}}
+
+    def _expired(self, now: float, retention: Retention) -> dict[str, Any]:
+        """The queries of the kinds deleted whole, by kind (``purge_expired``)."""
+        def older(collection: str, field: str, period_s: float) -> Any:
+            return self._col(collection).where(filter=FieldFilter(field, "<", now - period_s))
+        return {"reports": older("reports", "created_at", retention.reports_s),
+                "exclusions": older("exclusions", "created_at", retention.exclusions_s),
+                "age_refusals": older("users", "age_answered_at", retention.age_refusals_s)
+                .where(filter=FieldFilter("age_answer", "==", "no"))
+                .where(filter=FieldFilter("banned", "==", False))}
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
+        found: dict[int, tuple[int, str]] = {}
+        for snap in self._stream(self._col("users").where(filter=FieldFilter(
+                "last_seen", "<", cut.active_before)).where(filter=FieldFilter(
+                "chat.started_at", ">", 0)).order_by("last_seen").order_by("chat.started_at")
+                .limit(_IDLE_SCAN * limit)):
+            doc = snap.to_dict()
+            (partner,) = self._get(self._user(int(doc["chat"]["partner"])))
+            if partner.exists and chat_idle((doc["last_seen"], partner.get("last_seen")),
+                                            cut.active_before):
+                found.setdefault(int(doc["chat"]["id"]), (int(snap.id), doc["language"]))
+            if len(found) >= limit:
+                break
+        return list(found.values())
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_inactivity_notices``: each by one guarded commit."""
+        def claim(snap: Any) -> tuple[int, str] | None:
+            doc = snap.to_dict()
+            if not notice_due(AccountStatus.of(docs.stored_profile(int(snap.id), doc, None)),
+                              cut) or not commit_unless_beaten(
+                    self.client, snap, {"notice_pending": False, "noticed_at": now}):
+                return None
+            return int(snap.id), str(doc["language"])
+
+        return claim_each(self._col("users").where(filter=FieldFilter(
+            "notice_pending", "==", True)).where(filter=FieldFilter("banned", "==", False))
+            .where(filter=FieldFilter("last_seen", "<", cut.notice_seen_before))
+            .order_by("last_seen"), limit, claim)
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``."""
+        return [int(snap.id) for snap in self._stream(self._col("users").where(
+            filter=FieldFilter("notice_pending", "==", False)).where(
+            filter=FieldFilter("banned", "==", False)).where(
+            filter=FieldFilter("noticed_at", "<", cut.noticed_before)).order_by(
+            "noticed_at").limit(limit)) if erasure_due(AccountStatus.of(
+                docs.stored_profile(int(snap.id), snap.to_dict(), None)), cut)]
 
     def _delete_refs(self, refs: list[Any]) -> None:
         """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""
@@ -446,8 +551,12 @@ class FirestoreRepository:
         return sorted(int(snap.get("sender_message_id")) for snap in self._stream(query))
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
+        for _ in self._stream(self._col("reports").where(
+                filter=FieldFilter("reporter_id", "==", reporter_id)).where(
+                filter=FieldFilter("chat_id", "==", chat_id)).limit(1)):
+            return None
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id,
                         reason, now, "open")
         self._col("reports").document(str(report.report_id)).create(
@@ -583,16 +692,37 @@ class FirestoreRepository:
                 self._entry(waiting).update({"avoid": firestore.ArrayUnion([avoided])},
                                             **WRITE)
 
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        (report,) = self._get(self._col("reports").document(str(report_id)))
+        key = report.get("reported_key") if report.exists else None
+        if not key:
+            return None
+        report.reference.update({"ban_on_return": True}, **WRITE)
+        return [user_id for user_id in returned(
+            self._pepper, key, (int(e.id) for e in self._stream(self._col("lobby"))))
+            if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        for _ in self._stream(self._col("reports").where(filter=FieldFilter(
+                "reported_key", "==", protection_key(self._pepper, user_id))).where(
+                filter=FieldFilter("ban_on_return", "==", True)).limit(1)):
+            return self.set_banned(user_id, banned=True)
+        return False
+
     def _avoided_by(self, user_id: int, recent_partners: int) -> frozenset[int]:
         """The user's recent partners and everyone excluded in either direction."""
         chats = self._latest_chats(user_id, recent_partners) if recent_partners > 0 else ()
+        key = protection_key(self._pepper, user_id)
         return matching.avoided(
             user_id, matching.recent_partners(
                 user_id, ([int(u) for u in snap.get("users")] for snap in chats),
                 recent_partners),
-            ((int(d["user_id"]), int(d["other_id"])) for field_name in ("user_id", "other_id")
+            (docs.exclusion(d) for field_name, value in (
+                ("user_id", user_id), ("other_id", user_id), ("other_key", key))
              for d in self._docs(self._col("exclusions").where(
-                 filter=FieldFilter(field_name, "==", user_id)))))
+                 filter=FieldFilter(field_name, "==", value)))), key)
 
     def _candidates(self, seeker: matching.Seeker,
                     joined_before: tuple[datetime, str] | None = None) -> Iterator[Any]:
@@ -828,6 +958,22 @@ class FirestoreRepository:
         if not snap.exists or snap.get("chat_id") != chat_id:
             return None
         return docs.message_link(snap.to_dict())
+
+    def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
+                     ) -> T:
+        """See ``Repository.change_album``: one read, one commit guarded by it."""
+        ref = self._col("albums").document(key)
+
+        def attempt() -> T:
+            (snap,) = self._get(ref)
+            album, answer = rule(docs.album(key, snap.to_dict()) if snap.exists else None)
+            if album is not None:
+                batch = Guarded(self.client, [snap])
+                batch.put(ref, docs.album_document(album, docs.utc(albums.expires_at(album))))
+                batch.commit()
+            return answer
+
+        return retrying("album", attempt)
 
     # -- statistics ----------------------------------------------------------------------
 

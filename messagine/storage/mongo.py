@@ -23,8 +23,9 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pymongo
 from pymongo import ReturnDocument
@@ -32,11 +33,19 @@ from pymongo.errors import (
     DuplicateKeyError,
 )
 
-from messagine.domain import matching
+from messagine.domain import albums, matching
+from messagine.domain.age_gate import stores_profile
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
-from messagine.domain.erasure import tombstone
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.ratings import RatingRule, RatingVerdict, rate
+from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -65,6 +74,9 @@ from messagine.storage.mongo_pipeline import open_update_pipeline
 from messagine.storage.port import wrap_public_methods
 
 _RATING_ATTEMPTS = 8  # a rating beaten by another one on the same user is decided again
+_IDLE_SCAN = 5
+"""``idle_chats`` reads at most this many users per chat it may return: users long unseen
+whose partner is active are passed over, and must not keep the idle ones from the run."""
 
 
 def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
@@ -73,6 +85,9 @@ def _delete_some(collection: Any, query: dict[str, Any], limit: int) -> int:
     if not ids:
         return 0
     return int(collection.delete_many({"_id": {"$in": ids}, **query}).deleted_count)
+
+
+T = TypeVar("T")
 
 
 @wrap_public_methods(_unavailable_as_storage_error)
@@ -85,8 +100,10 @@ class MongoRepository:
         self, uri: str, database: str = "messagine", *, message_retention_days: int = 30,
         chat_retention_days: int = 180, update_retention_s: int = 86_400,
         client_factory: Callable[..., Any] | None = None, flood_rule: FloodRule | None = None,
+        pepper: bytes = UNCONFIGURED_PEPPER,
     ) -> None:
         self._flood_rule = flood_rule or FloodRule()
+        self._pepper = pepper
         self._chat_retention = timedelta(days=chat_retention_days)
         self._uri = uri
         self._database_name = database
@@ -167,7 +184,8 @@ class MongoRepository:
             # The document as it was before: the pipeline applied flood.admit to it on the
             # server, and applying it here again gives the verdict without storing it.
             before = self.db.users.find_one_and_update(
-                {"_id": profile.user_id, "recent_updates": {"$ne": update_id}},
+                {"_id": profile.user_id, "recent_updates": {"$ne": update_id},
+                 "banned": {"$ne": True}},
                 open_update_pipeline(update_id, profile, default_language, now, album,
                                      self._flood_rule, Claim(update_id, ClaimState.IN_PROGRESS,
                                                              owner, now + lease_s)),
@@ -178,6 +196,8 @@ class MongoRepository:
             return self._open_known(update_id, profile, now, owner, lease_s)
         doc = {**(before or docs.new_user_fields(default_language, now)),
                **docs.profile_fields(profile, now)}
+        if not stores_profile(doc.get("age_answer")):  # the marker stays the marker
+            self.db.users.update_one({"_id": profile.user_id}, {"$set": docs.forgotten_profile()})
         _, verdict = admit(docs.flood_state(before or {}), now, album, self._flood_rule)
         return OpenedUpdate(duplicate=False,
                             user=docs.user_state(profile.user_id, doc, is_new=before is None),
@@ -186,8 +206,10 @@ class MongoRepository:
     def _open_known(self, update_id: int, profile: Profile, now: float, owner: str,
                     lease_s: float) -> OpenedUpdate:
         """An update id the user's document holds: done, busy, or taken over."""
-        doc = self.db.users.find_one({"_id": profile.user_id}, {"claims": 1,
-                                                                 "recent_updates": 1})
+        doc = self.db.users.find_one({"_id": profile.user_id})
+        if doc and doc.get("banned"):  # claimed alone (domain.erasure)
+            opened = self.open_update(update_id, None, "", now)
+            return replace(opened, user=None if opened.duplicate else self._state(doc))
         decision, claim = decide(docs.stored_claim(doc or {}, update_id), update_id, owner,
                                  now, lease_s)
         if claim is None:
@@ -200,6 +222,8 @@ class MongoRepository:
             projection={"recent_updates": 0}, return_document=ReturnDocument.AFTER)
         if taken is None:  # another attempt took it over first, or finished it
             return OpenedUpdate(duplicate=False, busy=True)
+        if not stores_profile(taken.get("age_answer")):
+            self.db.users.update_one({"_id": profile.user_id}, {"$set": docs.forgotten_profile()})
         return OpenedUpdate(duplicate=False, user=docs.user_state(profile.user_id, taken),
                             resumed=True)
 
@@ -260,41 +284,55 @@ class MongoRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        self.db.users.update_one({"_id": user_id}, {"$set": {
-            "age_answer": "yes" if confirmed else "no", "age_answered_at": now}})
+        answer = {"age_answer": "yes" if confirmed else "no", "age_answered_at": now}
+        marker = docs.refusal_marker_document(user_id, now).items()  # if erased meanwhile
+        self.db.users.update_one({"_id": user_id}, {"$set": answer, "$setOnInsert": {
+            k: v for k, v in marker if k not in answer}}, upsert=not confirmed)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
-        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
+        doc = self.db.users.find_one({"_id": user_id})
         if doc is None:
             return None
-        lobby = self.db.lobby.find_one({"_id": user_id}, {"language": 1, "since": 1})
         return docs.user_records(
-            docs.stored_profile(user_id, doc, lobby),
+            user_id, doc, self.db.lobby.find_one({"_id": user_id}),
             ((int(c["_id"]), c) for c in self.db.chats.find({"users": user_id})),
-            self.db.message_links.find({"sender_id": user_id}),
-            self.db.exclusions.find({"user_id": user_id}),
-            self.db.reports.find({"reporter_id": user_id}))
+            self.db.message_links.find({"$or": [{"sender_id": user_id},
+                                                {"recipient_id": user_id}]}),
+            self.db.exclusions.find({"$or": [{"user_id": user_id}, {"other_id": user_id}]}),
+            ((int(r["_id"]), r) for r in self.db.reports.find(
+                {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
-        db = self.db
+        """See ``Repository.delete_user``."""
+        db, stones, key = self.db, Tombstones(), protection_key(self._pepper, user_id)
         counts = {
             "messages": db.message_links.delete_many(
                 {"$or": [{"sender_id": user_id}, {"recipient_id": user_id}]}).deleted_count,
-            "exclusions": db.exclusions.delete_many(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id}]}).deleted_count,
+            "exclusions": db.exclusions.delete_many({"user_id": user_id}).deleted_count,
             "lobby": db.lobby.delete_many({"_id": user_id}).deleted_count,
             "chats_anonymised": 0,
         }
+        # An album on its way: message ids too.
+        counts["messages"] += db.albums.delete_many({"sender_id": user_id}).deleted_count
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
-            fields = docs.anonymised_chat(chat, user_id, tombstone())
+            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)))
             if fields is not None:
                 db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
                 counts["chats_anonymised"] += 1
         db.users.update_many({"chat.partner": user_id}, {"$set": {"chat": None}})
-        for report in db.reports.find({"reporter_id": user_id}, {"_id": 1}):
-            db.reports.update_one({"_id": report["_id"]}, {"$set": {"reporter_id": tombstone()}})
+        for report in db.reports.find({"reporter_id": user_id}, {"reported_id": 1}):
+            db.reports.update_one({"_id": report["_id"]},
+                                  {"$set": {"reporter_id": stones.of(report["reported_id"])}})
+        # Others' protections stay (domain.erasure): their exclusions and reports.
+        for found in db.exclusions.find({"other_id": user_id}, {"_id": 0}):
+            kept = docs.kept_exclusion(found, stones.of(found["user_id"]), key)
+            db.exclusions.replace_one({"_id": docs.exclusion_id(kept)}, kept, upsert=True)
+        db.exclusions.delete_many({"other_id": user_id})
+        for report in db.reports.find({"reported_id": user_id}, {"reporter_id": 1}):
+            db.reports.update_one({"_id": report["_id"]}, {"$set": docs.kept_report(
+                stones.of(report["reporter_id"]), key)})
+        db.lobby.update_many({"avoid": user_id}, {"$pull": {"avoid": user_id}})
         # A ban outlives erasure (domain.erasure): only the banned remnant stays.
         counts["kept_for_ban"] = db.users.replace_one(
             {"_id": user_id, "banned": True}, docs.remnant_document(user_id)).modified_count
@@ -316,7 +354,49 @@ class MongoRepository:
                                    limit),
             "chats": _delete_some(self.db.chats,
                                   {"ended_at": {"$lt": now - retention.chats_s}}, limit),
+            "reports": _delete_some(self.db.reports,
+                                    {"created_at": {"$lt": now - retention.reports_s}}, limit),
+            "exclusions": _delete_some(self.db.exclusions, {
+                "created_at": {"$lt": now - retention.exclusions_s}}, limit),
+            "age_refusals": _delete_some(self.db.users, {"age_answer": "no", "banned": False,
+                "age_answered_at": {"$lt": now - retention.age_refusals_s}}, limit),
         }
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
+        found: dict[int, tuple[int, str]] = {}
+        for doc in self.db.users.find(
+                {"chat": {"$ne": None}, "last_seen": {"$lt": cut.active_before}},
+                {"language": 1, "chat": 1, "last_seen": 1}).sort("last_seen", 1).limit(
+                    _IDLE_SCAN * limit):
+            partner = self.db.users.find_one({"_id": doc["chat"]["partner"]}, {"last_seen": 1})
+            if partner and chat_idle((doc["last_seen"], partner["last_seen"]), cut.active_before):
+                found.setdefault(int(doc["chat"]["id"]), (int(doc["_id"]), doc["language"]))
+            if len(found) >= limit:
+                break
+        return list(found.values())
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_inactivity_notices``: each by one conditional update."""
+        claimed: list[tuple[int, str]] = []
+        while len(claimed) < limit:
+            doc = self.db.users.find_one_and_update(
+                {"notice_pending": {"$ne": False}, "banned": False, "age_answer": {"$ne": "no"},
+                 "last_seen": {"$lt": cut.notice_seen_before}},
+                {"$set": {"notice_pending": False, "noticed_at": now}},
+                projection={"language": 1}, sort=[("last_seen", 1)])
+            if doc is None:
+                break
+            claimed.append((int(doc["_id"]), str(doc["language"])))
+        return claimed
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``."""
+        return [int(doc["_id"]) for doc in self.db.users.find(
+            {"notice_pending": False, "banned": False, "noticed_at": {"$lt": cut.noticed_before}},
+            {"recent_updates": 0, "claims": 0}).sort("noticed_at", 1).limit(limit)
+            if erasure_due(AccountStatus.of(docs.stored_profile(int(doc["_id"]), doc, None)), cut)]
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
@@ -339,12 +419,15 @@ class MongoRepository:
         return sorted(int(d["sender_message_id"]) for d in docs)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason,
                         now, "open")
-        self.db.reports.insert_one({"_id": report.report_id, **docs.report_document(report)})
-        return report
+        earlier = self.db.reports.find_one_and_update(
+            {"reporter_id": reporter_id, "chat_id": chat_id},
+            {"$setOnInsert": {"_id": report.report_id, **docs.report_document(report)}},
+            projection={"_id": 1}, upsert=True)
+        return report if earlier is None else None
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """See ``Repository.resolve_report``: the open -> status change is won once."""
@@ -461,6 +544,24 @@ class MongoRepository:
         self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
         self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
 
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        report = self.db.reports.find_one_and_update(
+            {"_id": report_id, "reported_key": {"$ne": None}},
+            {"$set": {"ban_on_return": True}}, projection={"reported_key": 1})
+        if report is None:
+            return None
+        return [user_id for user_id in returned(
+            self._pepper, report["reported_key"],
+            (int(e["_id"]) for e in self.db.lobby.find({}, {"_id": 1})))
+            if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        return self.db.reports.find_one({"reported_key": protection_key(self._pepper, user_id),
+                                         "ban_on_return": True}, {"_id": 1}) is not None \
+            and self.set_banned(user_id, banned=True)
+
     # -- the pool lock -------------------------------------------------------------------
 
     def _pool_lock(self, language: str) -> PoolLease:
@@ -470,12 +571,13 @@ class MongoRepository:
         """The user's recent partners and everyone excluded in either direction."""
         chats = self.db.chats.find({"users": user_id}, {"users": 1}).sort(
             "started_at", -1).limit(recent_partners) if recent_partners > 0 else []
+        key = protection_key(self._pepper, user_id)
         return matching.avoided(
             user_id, matching.recent_partners(user_id, (c["users"] for c in chats),
                                               recent_partners),
-            ((e["user_id"], e["other_id"]) for e in self.db.exclusions.find(
-                {"$or": [{"user_id": user_id}, {"other_id": user_id}]},
-                {"user_id": 1, "other_id": 1})))
+            map(docs.exclusion, self.db.exclusions.find(
+                {"$or": [{"user_id": user_id}, {"other_id": user_id}, {"other_key": key}]})),
+            key)
 
     def _apply_pairing(self, intent: Mapping[str, Any]) -> None:
         """Write a pairing; every step is idempotent, so a crashed one is rolled forward."""
@@ -640,6 +742,23 @@ class MongoRepository:
             {"_id": f"{link.sender_id}:{link.sender_message_id}"},
             docs.link_document(link, docs.utc(link.sent_at) + self._message_retention),
             upsert=True)
+
+    def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
+                     ) -> T:
+        """See ``Repository.change_album``: written only if its version is still the one read."""
+        while True:  # another instance's write in between: read and decide again
+            doc = self.db.albums.find_one({"_id": key})
+            album, answer = rule(None if doc is None else docs.album(key, doc))
+            if album is None:
+                return answer
+            new = docs.album_document(album, docs.utc(albums.expires_at(album)))
+            with contextlib.suppress(DuplicateKeyError):
+                if doc is None:
+                    self.db.albums.insert_one({"_id": key, **new})
+                    return answer
+                if self.db.albums.replace_one({"_id": key, "version": doc["version"]},
+                                              new).matched_count:
+                    return answer
 
     def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
         """See ``Repository.find_message``."""

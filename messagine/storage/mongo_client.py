@@ -22,7 +22,7 @@ from messagine.storage.port import StorageUnavailable
 P = ParamSpec("P")
 R = TypeVar("R")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The version of the indexes below; an instance that finds an older one creates them."""
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError, WriteConcernError)
 
@@ -78,6 +78,9 @@ def create_indexes(db: Any, update_retention_s: int) -> None:
     db.chats.create_index("closed_by_update", name="chats_by_closing_update", sparse=True)
     db.exclusions.create_index("other_id", name="exclusions_by_other")
     db.exclusions.create_index("user_id", name="exclusions_by_user")
+    db.exclusions.create_index("other_key", name="exclusions_by_key", sparse=True)
+    db.reports.create_index("reported_id", name="reports_by_reported")
+    db.reports.create_index("reported_key", name="reports_by_key", sparse=True)
     db.message_links.create_index(
         [("recipient_id", 1), ("copy_message_id", 1)], name="links_by_copy")
     db.message_links.create_index("expires_at", name="links_ttl", expireAfterSeconds=0)
@@ -89,6 +92,13 @@ def create_indexes(db: Any, update_retention_s: int) -> None:
     db.reports.create_index("reporter_id", name="reports_by_reporter")
     db.users.create_index([("nudge_pending", 1), ("last_seen", 1)], name="users_due_for_nudge")
     db.lobby.create_index("since", name="lobby_by_since")
+    db.exclusions.create_index("created_at", name="exclusions_by_time")
+    db.users.create_index([("age_answer", 1), ("age_answered_at", 1)], name="users_by_age_answer")
+    db.users.create_index("last_seen", name="users_by_last_seen")
+    db.users.create_index([("notice_pending", 1), ("banned", 1), ("last_seen", 1)],
+                          name="users_due_for_notice")
+    db.users.create_index([("notice_pending", 1), ("noticed_at", 1)], name="users_noticed")
     db.claimed_updates.create_index(
         "claimed_at", name="claims_ttl", expireAfterSeconds=update_retention_s)
+    db.albums.create_index("expires_at", name="albums_ttl", expireAfterSeconds=0)
     db.meta.replace_one({"_id": "schema"}, {"version": SCHEMA_VERSION}, upsert=True)

@@ -1,6 +1,6 @@
 """The repository port: every storage operation the services use, in roles.
 
-Each role is a small protocol (claims, users, lobby, chats, message log, moderation, jobs,
+Each role is a small protocol (claims, users, lobby, chats, message log, albums, moderation, jobs,
 personal records); ``Repository`` is all of them, which each backend implements in one
 class, and each service depends only on the roles it uses.
 
@@ -16,8 +16,10 @@ import types
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S
 from messagine.domain.ratings import RatingRule, RatingVerdict
+from messagine.domain.retention import Cutoffs
 from messagine.models import (
     ChatRecord,
     Counts,
@@ -41,6 +43,7 @@ class StorageUnavailable(Exception):  # noqa: N818 - the name says what the call
 
 
 C = TypeVar("C", bound=type)
+T = TypeVar("T")
 
 
 def wrap_public_methods(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -122,7 +125,11 @@ class Users(Protocol):
         ...
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
-        """Record the user's answer to the minimum-age question, with its time."""
+        """Record the user's answer to the minimum-age question, with its time.
+
+        A No for a user with no record (erased just before, as a refusal does) creates
+        the refusal marker (``domain.age_gate.refusal_marker``) that keeps the gate closed.
+        """
         ...
 
     def set_reminders(self, user_id: int, enabled: bool) -> None:
@@ -229,12 +236,31 @@ class MessageLog(Protocol):
         ...
 
 
+class AlbumRecords(Protocol):
+    """The albums being collected (messagine.domain.albums)."""
+
+    def change_album(self, key: str,
+                     rule: Callable[[Album | None], tuple[Album | None, T]]) -> T:
+        """Apply ``rule`` to album ``key`` atomically and return what it says.
+
+        ``rule`` gets the record as stored (None: absent) and returns the record to store
+        (None: leave it as it is) and its answer. It may run more than once, when another
+        instance changed the record in between; only its last run's record is stored.
+        """
+        ...
+
+
 class ModerationRecords(Protocol):
     """Reports, exclusions and bans."""
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
-        """Store a report (status "open")."""
+                   now: float) -> Report | None:
+        """Store a report (status "open"); None if the reporter already reported that chat.
+
+        One report per reporter and chat: a second press of a reason button (a stale one
+        too) or a re-delivery stores nothing more. A user's updates reach the bot one at a
+        time, in order, so two reports of one reporter never race.
+        """
         ...
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
@@ -259,6 +285,23 @@ class ModerationRecords(Protocol):
 
         ``chat_id`` is the chat the rater had with them (``messagine.domain.ratings.rate``
         decides); an unknown user is not counted.
+        """
+        ...
+
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """Ban the erased user a kept report is about, by the protection key it holds.
+
+        If they come back, ``apply_erased_ban`` bans them; if they are back and waiting in
+        the lobby already, they are banned at once: the ids so banned. None if the report
+        names no erased user (``messagine.domain.erasure``).
+        """
+        ...
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """Ban the user if a moderator banned their protection key while they were erased.
+
+        That is, a kept report about them was decided "ban" (``ban_erased``); True if they
+        are banned by it now.
         """
         ...
 
@@ -287,12 +330,37 @@ class Jobs(Protocol):
         """Delete at most ``limit`` of each kind past its retention; the count per kind.
 
         The kinds are ``messages`` (links between a message and its copy), ``claims``
-        (claimed update ids) and ``chats`` (ended chats); every key is always present. A
+        (claimed update ids), ``chats`` (ended chats), ``reports``, ``exclusions`` and
+        ``age_refusals`` (the markers of ``domain.age_gate``; a banned user's stays with
+        the ban); every key is always present. A
         call's work is bounded by ``limit``, so a kind that counts ``limit`` may have more
         left: the scheduled job calls again within its time budget. Backends whose
         database also expires records (TTL) delete here too, so the retention the privacy
         policy states holds to the run, not to the TTL monitor's lag.
         """
+        ...
+
+
+class Retained(Protocol):
+    """What the scheduled job ends or erases for retention (``domain.retention``)."""
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` chats neither user of which was seen since ``cut.active_before``.
+
+        One user of each, with their language (``end_chat`` gives the other).
+        """
+        ...
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """Claim up to ``limit`` users due the notice before erasure (``notice_due``).
+
+        Each claim is atomic (two runs never notice the same user twice); (user, language).
+        """
+        ...
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """Up to ``limit`` users due erasure (``erasure_due``): noticed, and not back since."""
         ...
 
 
@@ -306,8 +374,10 @@ class PersonalRecords(Protocol):
     def delete_user(self, user_id: int) -> dict[str, int]:
         """Delete or irreversibly anonymise every record about the user; counts per kind.
 
-        The user's chats stay for their partners' history with the user's id replaced by a
-        random negative id that nothing else links to. Idempotent: a second call counts 0.
+        The user's chats stay for their partners' history, and the exclusions and reports
+        others made about them stay for others' safety, with the user's id replaced by a
+        tombstone (one per partner) and, in what is kept for safety, their protection key
+        (``messagine.domain.erasure``). Idempotent: a second call counts 0.
         """
         ...
 
@@ -320,8 +390,8 @@ class Schema(Protocol):
         ...
 
 
-class Repository(UpdateClaims, Users, Lobby, Chats, MessageLog, ModerationRecords, Jobs,
-                 PersonalRecords, Schema, Protocol):
+class Repository(UpdateClaims, Users, Lobby, Chats, MessageLog, AlbumRecords, ModerationRecords,
+                 Jobs, Retained, PersonalRecords, Schema, Protocol):
     """The whole storage port, as each backend implements it in one class.
 
     Services depend on the slice they use (each service module names its own, from the

@@ -70,6 +70,14 @@ def options(settings: Settings, kind: type[_Options]) -> _Options:
     return found
 
 
+def pepper(settings: Settings) -> bytes:
+    """The erasure pepper of ``settings`` as the adapters take it."""
+    secret = settings.erasure_pepper
+    if secret is None:
+        raise ValueError("settings without an erasure pepper: build them with from_env")
+    return secret.reveal().encode()
+
+
 # -- SQLite ------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +96,7 @@ def _open_sqlite(settings: Settings) -> Repository:
     from messagine.storage.sqlite import SqliteRepository  # noqa: PLC0415 - lazy driver
 
     return SqliteRepository(options(settings, SqliteOptions).path,
-                            flood_rule=settings.flood_rule)
+                            flood_rule=settings.flood_rule, pepper=pepper(settings))
 
 
 # -- MongoDB -----------------------------------------------------------------------------
@@ -115,7 +123,7 @@ def _open_mongo(settings: Settings) -> Repository:
     return MongoRepository(mongo.uri, mongo.database,
                            message_retention_days=settings.message_retention_days,
                            chat_retention_days=settings.chat_retention_days,
-                           flood_rule=settings.flood_rule)
+                           flood_rule=settings.flood_rule, pepper=pepper(settings))
 
 
 # -- Firestore ---------------------------------------------------------------------------
@@ -151,7 +159,8 @@ def _open_firestore(settings: Settings) -> Repository:
     return FirestoreRepository(
         firestore.project, firestore.database, emulator_host=firestore.emulator_host,
         message_retention_days=settings.message_retention_days,
-        chat_retention_days=settings.chat_retention_days, flood_rule=settings.flood_rule)
+        chat_retention_days=settings.chat_retention_days, flood_rule=settings.flood_rule,
+        pepper=pepper(settings))
 
 
 # -- the registry ------------------------------------------------------------------------

@@ -11,16 +11,25 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from messagine.domain import matching
+from messagine.domain import albums, matching
+from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
-from messagine.domain.erasure import anonymise_chat, tombstone
+from messagine.domain.erasure import (
+    UNCONFIGURED_PEPPER,
+    Tombstones,
+    anonymise_chat,
+    protection_key,
+    returned,
+)
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import activity
 from messagine.domain.ratings import RatingRule, RatingVerdict, rate
+from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
     ChatRecord,
@@ -69,6 +78,7 @@ FROM lobby l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
 _PAGE = 50
+T = TypeVar("T")
 
 
 class SqliteRepository:
@@ -77,8 +87,9 @@ class SqliteRepository:
     backend = "sqlite"
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 10.0,
-                 flood_rule: FloodRule | None = None) -> None:
+                 flood_rule: FloodRule | None = None, pepper: bytes = UNCONFIGURED_PEPPER) -> None:
         self._flood_rule = flood_rule or FloodRule()
+        self._pepper = pepper
         self._database = Database(path, busy_timeout_s)
         self._transaction = self._database.transaction
 
@@ -110,6 +121,7 @@ class SqliteRepository:
             analytics_opt_out=bool(opt_out), age_confirmed=age_answer == "yes",
             language_code=language_code, reminders_enabled=not reminders_off,
             newest_message=newest,
+            age_refused=age_answer == "no",
         )
 
     def get_user(self, user_id: int) -> UserState | None:
@@ -130,6 +142,12 @@ class SqliteRepository:
                     "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at) "
                     "VALUES (?, ?)", (update_id, now)).rowcount
                 return OpenedUpdate(duplicate=not claimed)
+            banned = self._state(conn, profile.user_id)
+            if banned is not None and banned.banned:  # claimed alone (domain.erasure)
+                claimed = conn.execute(
+                    "INSERT OR IGNORE INTO claimed_updates (update_id, claimed_at, owner) "
+                    "VALUES (?, ?, ?)", (update_id, now, owner)).rowcount
+                return OpenedUpdate(duplicate=not claimed, user=banned)
             row = conn.execute(
                 "SELECT state, owner, lease_until, attempts FROM claimed_updates "
                 "WHERE update_id = ?", (update_id,)).fetchone()
@@ -164,13 +182,18 @@ class SqliteRepository:
                 ON CONFLICT (id) DO UPDATE SET
                     first_name = excluded.first_name, last_name = excluded.last_name,
                     username = excluded.username, language_code = excluded.language_code,
-                    last_seen = excluded.last_seen, flood = excluded.flood, nudge_pending = 1
+                    last_seen = excluded.last_seen, flood = excluded.flood, nudge_pending = 1,
+                    notice_pending = 1
                 """,
                 (profile.user_id, profile.first_name, profile.last_name, profile.username,
                  profile.language_code, default_language, now, now,
                  json.dumps(asdict(counters))),
             )
             state = self._state(conn, profile.user_id, is_new=known is None)
+            if state is not None and state.age_refused:  # domain.age_gate.stores_profile
+                forgotten = docs.forgotten_profile()
+                conn.execute(f"UPDATE users SET {', '.join(f'{k} = :{k}' for k in forgotten)}"
+                             " WHERE id = :id", {**forgotten, "id": profile.user_id})
             return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
                                 warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
 
@@ -221,6 +244,10 @@ class SqliteRepository:
         with self._transaction() as conn:
             conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
                          ("yes" if confirmed else "no", now, user_id))
+            if not confirmed:  # an erased user's refusal leaves the marker
+                marker = docs.user_row(docs.refusal_marker_document(user_id, now)) | {"id": user_id}
+                conn.execute(f"INSERT OR IGNORE INTO users ({', '.join(marker)})"
+                             f" VALUES ({', '.join(':' + k for k in marker)})", marker)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``: rows name their columns as the documents do."""
@@ -233,42 +260,60 @@ class SqliteRepository:
             user = rows("SELECT * FROM users WHERE id = :me")
             if not user:
                 return None
-            lobby = rows("SELECT language, since FROM lobby WHERE user_id = :me")
+            lobby = rows("SELECT * FROM lobby WHERE user_id = :me")
             chats = rows("SELECT *, json_array(user_a, user_b) AS users FROM chats"
                          " WHERE user_a = :me OR user_b = :me")
             return docs.user_records(
-                docs.stored_profile(user_id, user[0], lobby[0] if lobby else None),
+                user_id, {**user[0], "flood": json.loads(user[0]["flood"] or "{}")},
+                lobby[0] if lobby else None,
                 ((c["id"], {**c, "users": json.loads(c["users"])}) for c in chats),
-                rows("SELECT * FROM message_links WHERE sender_id = :me"),
-                rows("SELECT * FROM exclusions WHERE user_id = :me"),
-                rows("SELECT * FROM reports WHERE reporter_id = :me"))
+                rows("SELECT * FROM message_links WHERE sender_id = :me OR recipient_id = :me"),
+                rows("SELECT * FROM exclusions WHERE user_id = :me OR other_id = :me"),
+                ((r["id"], r) for r in rows(
+                    "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``; each chat gets its own random tombstone id."""
+        """See ``Repository.delete_user``."""
+        stones, key = Tombstones(), protection_key(self._pepper, user_id)
         with self._transaction() as conn:
             counts = {
                 "messages": conn.execute(
                     "DELETE FROM message_links WHERE sender_id = ? OR recipient_id = ?",
                     (user_id, user_id)).rowcount,
                 "exclusions": conn.execute(
-                    "DELETE FROM exclusions WHERE user_id = ? OR other_id = ?",
-                    (user_id, user_id)).rowcount,
+                    "DELETE FROM exclusions WHERE user_id = ?", (user_id,)).rowcount,
                 "lobby": conn.execute("DELETE FROM lobby WHERE user_id = ?",
                                       (user_id,)).rowcount,
             }
+            counts["messages"] += conn.execute(  # an album on its way: message ids too
+                "DELETE FROM albums WHERE json_extract(doc, '$.sender_id') = ?",
+                (user_id,)).rowcount
             conn.execute("DELETE FROM memberships WHERE user_id = ? OR partner_id = ?",
                          (user_id, user_id))
             chats = conn.execute("SELECT id, user_a, user_b, ended_by FROM chats"
                                  " WHERE user_a = ? OR user_b = ?", (user_id, user_id)).fetchall()
             for chat_id, user_a, user_b, ended_by in chats:
-                changed = anonymise_chat((user_a, user_b), ended_by, user_id, tombstone())
+                changed = anonymise_chat((user_a, user_b), ended_by, user_id,
+                                         stones.of(user_b if user_a == user_id else user_a))
                 assert changed is not None  # noqa: S101 - the query selected their chats
                 conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
                              (*changed.users, changed.ended_by, chat_id))
             counts["chats_anonymised"] = len(chats)
             conn.executemany("UPDATE reports SET reporter_id = ? WHERE id = ?", [
-                (tombstone(), report_id) for (report_id,) in conn.execute(
-                    "SELECT id FROM reports WHERE reporter_id = ?", (user_id,)).fetchall()])
+                (stones.of(other), report_id) for report_id, other in conn.execute(
+                    "SELECT id, reported_id FROM reports WHERE reporter_id = ?",
+                    (user_id,)).fetchall()])
+            # Others' protections stay (domain.erasure): their exclusions and reports.
+            conn.executemany(
+                "UPDATE exclusions SET other_id = ?, other_key = ? WHERE user_id = ?"
+                " AND other_id = ?", [(stones.of(other), key, other, user_id) for (other,) in
+                                      conn.execute("SELECT user_id FROM exclusions"
+                                                   " WHERE other_id = ?", (user_id,)).fetchall()])
+            conn.executemany(
+                "UPDATE reports SET reported_id = ?, reported_key = ? WHERE id = ?", [
+                    (stones.of(other), key, report_id) for report_id, other in conn.execute(
+                        "SELECT id, reporter_id FROM reports WHERE reported_id = ?",
+                        (user_id,)).fetchall()])
             # A ban outlives erasure (domain.erasure): only the banned remnant stays. Its
             # columns are named as the documents' fields; the rest live in other tables.
             remnant = {k: v for k, v in docs.remnant_document(user_id).items()
@@ -296,10 +341,49 @@ class SqliteRepository:
                 "messages": purge(conn, "message_links", "sent_at < ?",
                                   now - retention.messages_s),
                 "claims": purge(conn, "claimed_updates", "claimed_at < ?",
-                                now - retention.claims_s),
+                                now - retention.claims_s)
+                + purge(conn, "albums", "expires_at < ?", now),  # an album is a claim too
                 "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
                                now - retention.chats_s),
+                "reports": purge(conn, "reports", "created_at < ?", now - retention.reports_s),
+                "exclusions": purge(conn, "exclusions", "created_at < ?",
+                                    now - retention.exclusions_s),
+                "age_refusals": purge(conn, "users", "age_answer = 'no' AND banned = 0"
+                                      " AND age_answered_at < ?", now - retention.age_refusals_s),
             }
+
+    def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.idle_chats``."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT m.user_id, u.language, u.last_seen, p.last_seen FROM memberships m"
+                " JOIN users u ON u.id = m.user_id JOIN users p ON p.id = m.partner_id"
+                " WHERE m.user_id < m.partner_id AND u.last_seen < :cut AND p.last_seen < :cut"
+                " LIMIT :limit", {"cut": cut.active_before, "limit": limit}).fetchall()
+        return [(int(r[0]), r[1]) for r in rows if chat_idle(r[2:], cut.active_before)]
+
+    def claim_inactivity_notices(self, cut: Cutoffs, now: float,
+                                 limit: int) -> list[tuple[int, str]]:
+        """See ``Repository.claim_inactivity_notices``: select and mark in one transaction."""
+        with self._transaction() as conn:
+            rows = [r for r in conn.execute(
+                "SELECT id, language, last_seen, age_answer FROM users WHERE notice_pending = 1"
+                " AND banned = 0 AND last_seen < ? ORDER BY last_seen LIMIT ?",
+                (cut.notice_seen_before, limit)) if notice_due(
+                    AccountStatus(r[2], True, None, False, r[3] == "no"), cut)]
+            conn.executemany("UPDATE users SET notice_pending = 0, noticed_at = ? WHERE id = ?",
+                             [(now, r[0]) for r in rows])
+        return [(int(r[0]), r[1]) for r in rows]
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT id, last_seen, noticed_at, age_answer FROM users WHERE notice_pending = 0"
+                " AND banned = 0 AND noticed_at < ? ORDER BY noticed_at LIMIT ?",
+                (cut.noticed_before, limit)).fetchall()
+        return [int(r[0]) for r in rows
+                if erasure_due(AccountStatus(r[1], False, r[2], False, r[3] == "no"), cut)]
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
@@ -337,9 +421,12 @@ class SqliteRepository:
         return sorted(int(row[0]) for row in rows)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report:
+                   now: float) -> Report | None:
         """See ``Repository.add_report``."""
         with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM reports WHERE reporter_id = ? AND chat_id = ?",
+                            (reporter_id, chat_id)).fetchone():
+                return None
             report_id = conn.execute(
                 "INSERT INTO reports (reporter_id, reported_id, chat_id, reason, created_at,"
                 " status) VALUES (?, ?, ?, ?, ?, 'open')",
@@ -457,6 +544,26 @@ class SqliteRepository:
                 (user_id, other_id, reason, now),
             )
 
+    def ban_erased(self, report_id: int) -> list[int] | None:
+        """See ``Repository.ban_erased``."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT reported_key FROM reports WHERE id = ?",
+                               (report_id,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            conn.execute("UPDATE reports SET ban_on_return = 1 WHERE id = ?", (report_id,))
+            back = returned(self._pepper, row[0], (u for (u,) in conn.execute(
+                "SELECT user_id FROM lobby")))
+        return [user_id for user_id in back if self.set_banned(user_id, banned=True)]
+
+    def apply_erased_ban(self, user_id: int) -> bool:
+        """See ``Repository.apply_erased_ban``."""
+        with self._transaction(write=False) as conn:
+            if conn.execute("SELECT 1 FROM reports WHERE reported_key = ? AND ban_on_return = 1",
+                            (protection_key(self._pepper, user_id),)).fetchone() is None:
+                return False
+        return self.set_banned(user_id, banned=True)
+
     # -- lobby and chats -----------------------------------------------------------------
 
     def find_partner(
@@ -477,11 +584,8 @@ class SqliteRepository:
             entry = conn.execute("SELECT language FROM lobby WHERE user_id = ?",
                                  (user_id,)).fetchone()
             pool = entry[0] if entry else state.language  # "*": the any-language pool
-            candidate = self._choose(conn, matching.Seeker(user_id, pool, matching.avoided(
-                user_id, self._recent_partners(conn, user_id, recent_partners),
-                conn.execute("SELECT user_id, other_id FROM exclusions"
-                             " WHERE user_id = :me OR other_id = :me", {"me": user_id}))),
-                recent_partners)
+            candidate = self._choose(conn, matching.Seeker(
+                user_id, pool, self._avoided(conn, user_id, recent_partners)), recent_partners)
             if candidate is None:
                 was_waiting = state.waiting
                 conn.execute(
@@ -515,13 +619,21 @@ class SqliteRepository:
         return [int(row[0]) for row in conn.execute(
             _RECENT_PARTNERS, {"me": user_id, "recent": recent})]
 
+    def _avoided(self, conn: sqlite3.Connection, user_id: int, recent: int) -> frozenset[int]:
+        """Whom the user must not meet: recent partners, exclusions either way, by key too."""
+        key = protection_key(self._pepper, user_id)
+        return matching.avoided(user_id, self._recent_partners(conn, user_id, recent), (
+            conn.execute("SELECT user_id, other_id, other_key FROM exclusions WHERE"
+                         " user_id = :me OR other_id = :me OR other_key = :key",
+                         {"me": user_id, "key": key})), key)
+
     def _choose(self, conn: sqlite3.Connection, seeker: matching.Seeker,
                 recent: int) -> matching.Candidate | None:
         """The matching rule's choice from the seeker's pool, read a page at a time."""
         for offset in itertools.count(0, _PAGE):
             rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
             chosen = matching.pick(seeker, (matching.Candidate(
-                other, pool, since, frozenset(self._recent_partners(conn, other, recent)),
+                other, pool, since, self._avoided(conn, other, recent),
                 banned=bool(banned)) for other, pool, since, banned in rows))
             if chosen is not None or len(rows) < _PAGE:
                 return chosen
@@ -594,6 +706,18 @@ class SqliteRepository:
                 (link.chat_id, link.sender_id, link.sender_message_id, link.recipient_id,
                  link.copy_message_id, link.content_type, link.sent_at),
             )
+
+    def change_album(self, key: str, rule: Callable[[Album | None], tuple[Album | None, T]]
+                     ) -> T:
+        """See ``Repository.change_album``: read, apply and write in one transaction."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT doc FROM albums WHERE key = ?", (key,)).fetchone()
+            album, answer = rule(docs.album(key, json.loads(row[0])) if row else None)
+            if album is not None:
+                conn.execute("INSERT OR REPLACE INTO albums (key, doc, expires_at) VALUES"
+                             " (?, ?, ?)", (key, json.dumps(docs.album_document(album)),
+                                            albums.expires_at(album)))
+            return answer
 
     def find_message(self, chat_id: int, user_id: int, message_id: int) -> MessageLink | None:
         """See ``Repository.find_message``."""

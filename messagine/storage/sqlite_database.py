@@ -100,11 +100,23 @@ CREATE INDEX IF NOT EXISTS reports_by_time ON reports (created_at);
 CREATE INDEX IF NOT EXISTS reports_by_reporter ON reports (reporter_id);
 CREATE INDEX IF NOT EXISTS chats_by_start ON chats (started_at);
 CREATE INDEX IF NOT EXISTS lobby_by_since ON lobby (since);
+CREATE TABLE IF NOT EXISTS albums (
+    key TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 # Indexes on columns that _ADDED_COLUMNS may have just added.
 _LATE_INDEXES = """
 CREATE INDEX IF NOT EXISTS users_due_for_nudge ON users (nudge_pending, last_seen);
+CREATE INDEX IF NOT EXISTS users_due_for_notice ON users (notice_pending, last_seen);
+CREATE INDEX IF NOT EXISTS users_noticed ON users (notice_pending, noticed_at);
+CREATE INDEX IF NOT EXISTS users_by_last_seen ON users (last_seen);
+CREATE INDEX IF NOT EXISTS exclusions_by_key ON exclusions (other_key);
+CREATE INDEX IF NOT EXISTS exclusions_by_other ON exclusions (other_id);
+CREATE INDEX IF NOT EXISTS reports_by_key ON reports (reported_key);
+CREATE INDEX IF NOT EXISTS reports_by_reported ON reports (reported_id);
 """
 
 # Columns added after a table was first created: (table, column, definition).
@@ -118,7 +130,12 @@ _ADDED_COLUMNS = (
     ("users", "reminded_at", "REAL"),
     ("users", "ratings", "TEXT"),
     ("users", "newest_message", "INTEGER NOT NULL DEFAULT 0"),
+    ("users", "notice_pending", "INTEGER NOT NULL DEFAULT 1"),
+    ("users", "noticed_at", "REAL"),
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
+    ("exclusions", "other_key", "TEXT"),
+    ("reports", "reported_key", "TEXT"),
+    ("reports", "ban_on_return", "INTEGER NOT NULL DEFAULT 0"),
     ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
     ("claimed_updates", "owner", "TEXT"),
     ("claimed_updates", "lease_until", "REAL"),

@@ -68,12 +68,66 @@ function renderMessage(user, message) {
   if (message.edit_date) meta.append(el("span", {class: "edited"}, "edited"));
   meta.append(el("button", {type: "button", class: "reply-action", title: "Reply",
                             onclick: () => setReply(user.id, message)}, "↩ Reply"));
+  meta.append(el("button", {type: "button", class: "react-action", title: "React",
+                            onclick: () => toggleReactions(node)}, "☺ React"));
   if (mine && message.text !== undefined) {
     meta.append(el("button", {type: "button", class: "edit-action", title: "Edit",
                               onclick: () => editMessage(user.id, message)}, "✎ Edit"));
   }
   node.append(meta);
+  node.append(reactionPicker(user, message));
+  const shown = reactionsOf(message);
+  if (shown.length) node.append(el("div", {class: "reactions"}, ...shown));
   return node;
+}
+
+// Reactions: the user's own (set from the page) and the one the bot mirrored from the
+// partner ("bot_reaction" in the fake's model), under the message as Telegram shows them.
+const REACTIONS = ["👍", "❤", "🔥", "😢"];
+
+function reactionsOf(message) {
+  const chips = [];
+  for (const emoji of message.user_reaction || []) {
+    chips.push(el("span", {class: "reaction mine", "data-reaction": emoji}, emoji));
+  }
+  for (const emoji of message.bot_reaction || []) {
+    chips.push(el("span", {class: "reaction partner", "data-reaction": emoji,
+                           title: "Your partner's reaction"}, emoji));
+  }
+  return chips;
+}
+
+function reactionPicker(user, message) {
+  const current = (message.user_reaction || [])[0] || null;
+  return el("div", {class: "reaction-picker", hidden: ""}, ...REACTIONS.map((emoji) =>
+    el("button", {type: "button", "data-emoji": emoji, onclick: () => act(user.id, {
+      kind: "react", message_id: message.message_id,
+      emoji: emoji === current ? null : emoji, before: current})}, emoji)));
+}
+
+function toggleReactions(node) {
+  const picker = node.querySelector(".reaction-picker");
+  picker.hidden = !picker.hidden;
+}
+
+// Consecutive messages of one media group are shown together, as one album.
+function renderMessages(user, messages) {
+  const nodes = [];
+  let album = null;
+  for (const message of messages) {
+    const node = renderMessage(user, message);
+    const group = message.media_group_id;
+    if (group && album && album.dataset.group === group) {
+      album.append(node);
+    } else if (group) {
+      album = el("div", {class: "album", "data-group": group}, node);
+      nodes.push(album);
+    } else {
+      album = null;
+      nodes.push(node);
+    }
+  }
+  return nodes;
 }
 
 function setReply(userId, message) {
@@ -160,7 +214,7 @@ async function refresh() {
     if (rendered !== pane.lastRender) {
       pane.lastRender = rendered;
       const list = pane.root.querySelector(".messages");
-      list.replaceChildren(...user.messages.map((message) => renderMessage(user, message)));
+      list.replaceChildren(...renderMessages(user, user.messages));
       list.scrollTop = list.scrollHeight;
     }
   }

@@ -1,0 +1,61 @@
+"""Everything a test store holds, read from the database itself (no adapter code).
+
+``dump`` lists every table (SQLite's ``sqlite_master``) or collection (MongoDB's
+``list_collection_names``, Firestore's ``collections()``) the database has, so a table
+or collection added later is in the dump without changing this module; ``values``
+flattens a dump into every scalar stored, document ids included.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+Dump = dict[str, list[dict[str, Any]]]
+
+
+def dump(repository: Any, sqlite_path: str | None = None) -> Dump:
+    """Every record of every table or collection, each as a dict (ids under ``_id``)."""
+    if repository.backend == "sqlite":
+        conn = sqlite3.connect(sqlite_path or repository._database._path)
+        try:
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")]
+            out: Dump = {}
+            for table in tables:
+                cursor = conn.execute(f"SELECT * FROM {table}")
+                names = [c[0] for c in cursor.description]
+                out[table] = [dict(zip(names, row, strict=True)) for row in cursor]
+            return out
+        finally:
+            conn.close()
+    if repository.backend == "firestore":
+        return {collection.id: [{"_id": snap.id, **snap.to_dict()}
+                                for snap in collection.stream()]
+                for collection in repository.client.collections()}
+    db = repository.db
+    return {name: list(db[name].find()) for name in db.list_collection_names()}
+
+
+def values(stored: Dump) -> list[Any]:
+    """Every scalar in ``stored``; string ids such as ``"777001:5"`` split into their parts."""
+    found: list[Any] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            found.append(value)
+            found.extend(int(part) for part in value.split(":")
+                         if part.lstrip("-").isdigit())
+        else:
+            found.append(value)
+
+    for records in stored.values():
+        walk(records)
+    return found
