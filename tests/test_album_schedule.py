@@ -10,8 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from messagine.albums import Flushed
+from messagine.dev.fake_cloud_tasks import FakeCloudTasks
 from messagine.domain.albums import FLUSH_ATTEMPTS, album_key
-from messagine.schedule import CloudTasksSchedule, TimerSchedule, flush_request, last_attempt
+from messagine.schedule import (
+    CloudTasksSchedule,
+    ScheduleUnavailable,
+    TimerSchedule,
+    flush_request,
+    last_attempt,
+)
 from messagine.settings import Settings, SettingsError
 
 TOKEN = {"TELEGRAM_TOKEN": "424242:AAH-some_token_value_0123456789abcd"}
@@ -91,3 +98,20 @@ def test_the_timers_last_attempt_is_told_so_and_the_queue_makes_as_many():
     assert [last_attempt(str(n)) for n in range(FLUSH_ATTEMPTS)] == \
         [False] * (FLUSH_ATTEMPTS - 1) + [True]
     assert not last_attempt(None) and not last_attempt("x")
+
+
+def test_a_second_create_of_a_batchs_task_finds_it_and_changes_nothing():
+    """ALREADY_EXISTS (409 over REST): two item updates asked for the same batch's flush."""
+    tasks = FakeCloudTasks()
+    try:
+        schedule = CloudTasksSchedule(QUEUE, "http://127.0.0.1:9/", "secret", delay_s=3600,
+                                      endpoint=tasks.url)
+        key = album_key(1, 2, "g")
+        schedule(key, 1)
+        schedule(key, 1)  # no error: the flush is scheduled already
+        assert tasks.creates == 2 and list(tasks.tasks) == [schedule.task_name(key, 1)]
+        tasks.fail_creates = 1
+        with pytest.raises(ScheduleUnavailable):  # unreachable: the update is retried
+            schedule(key, 2)
+    finally:
+        tasks.stop()
