@@ -171,6 +171,9 @@ class ChatRecord:
     """The update that made the chat (a re-delivered search resumes it)."""
     closed_by_update: int | None = None
     """The update that ended it (a re-delivered ending resumes it)."""
+    partner_key: str | None = None
+    """The protection key of a partner who erased their data (``domain.erasure``), kept so
+    that a block or report made afterwards still binds them if they come back."""
 
 
 @dataclass(frozen=True, slots=True)

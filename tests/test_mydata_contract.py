@@ -57,7 +57,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "chats": {"id": CHAT, "_id": CHAT, "user_a": PERSON, "user_b": PERSON, "users": PERSON,
               "ended_by": PERSON, "language": SAME, "started_at": SAME,
               "opened_by_update": SAME, "ended_at": SAME, "end_reason": SAME,
-              "closed_by_update": SAME, "expires_at": DERIVED},
+              "closed_by_update": SAME, "expires_at": DERIVED, "erased_key": KEPT},
     "memberships": {"user_id": SELF, "chat_id": CHAT, "partner_id": PERSON},
     "exclusions": {"_id": DERIVED, "user_id": PERSON, "other_id": PERSON, "reason": SAME,
                    "created_at": SAME, "other_key": KEPT},

@@ -18,7 +18,7 @@ from typing import Any
 from messagine.domain.age_gate import refusal_marker
 from messagine.domain.albums import Album, Batch, BatchState, Item
 from messagine.domain.claims import Claim, ClaimState
-from messagine.domain.erasure import anonymise_chat, banned_remnant
+from messagine.domain.erasure import anonymise_chat, banned_remnant, partner_key
 from messagine.domain.flood import FloodState
 from messagine.domain.matching import Candidate, Exclusion
 from messagine.domain.nudges import NudgeStatus, activity
@@ -253,18 +253,24 @@ def chat_record(chat_id: int, doc: Mapping[str, Any], user_id: int) -> ChatRecor
     return ChatRecord(chat_id, partner_of(doc, user_id), doc["language"], doc["started_at"],
                       doc.get("ended_at"), doc.get("end_reason"),
                       None if ended_by is None else ended_by == user_id,
-                      doc.get("opened_by_update"), doc.get("closed_by_update"))
+                      doc.get("opened_by_update"), doc.get("closed_by_update"),
+                      partner_key(partner_of(doc, user_id), doc.get("erased_key")))
 
 
-def anonymised_chat(doc: Mapping[str, Any], user_id: int,
-                    tombstone_id: int) -> dict[str, Any] | None:
-    """The fields that erase ``user_id`` from a chat document; None if not in it."""
+def anonymised_chat(doc: Mapping[str, Any], user_id: int, tombstone_id: int,
+                    key: str | None = None) -> dict[str, Any] | None:
+    """The fields that erase ``user_id`` from a chat document; None if not in it.
+
+    ``key``, their protection key, is kept as ``erased_key`` (``domain.erasure``).
+    """
     changed = anonymise_chat([int(u) for u in doc.get("users", [])], doc.get("ended_by"),
                              user_id, tombstone_id)
     if changed is None:
         return None
     # Only what changed: a concurrent end of the chat must keep its ender.
     fields: dict[str, Any] = {"users": list(changed.users)}
+    if key is not None:
+        fields["erased_key"] = key
     if changed.ended_by != doc.get("ended_by"):
         fields["ended_by"] = changed.ended_by
     return fields
@@ -284,10 +290,11 @@ def message_link(doc: Mapping[str, Any]) -> MessageLink:
                        doc["sent_at"])
 
 
-def exclusion_document(user_id: int, other_id: int, reason: str,
-                       now: float) -> dict[str, Any]:
-    """One user's exclusion of another (id ``exclusion_id``)."""
-    return {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+def exclusion_document(user_id: int, other_id: int, reason: str, now: float,
+                       other_key: str | None = None) -> dict[str, Any]:
+    """One user's exclusion of another (id ``exclusion_id``); ``other_key`` for an erased one."""
+    doc = {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+    return doc if other_key is None else {**doc, "other_key": other_key}
 
 
 def exclusion(doc: Mapping[str, Any]) -> Exclusion:
@@ -310,11 +317,11 @@ def kept_report(tombstone_id: int, key: str) -> dict[str, Any]:
     return {"reported_id": tombstone_id, "reported_key": key}
 
 
-def report_document(report: Report) -> dict[str, Any]:
-    """A report, without its id."""
+def report_document(report: Report, reported_key: str | None = None) -> dict[str, Any]:
+    """A report, without its id; ``reported_key`` when it is about an erased user."""
     doc = asdict(report)
     del doc["report_id"]
-    return doc
+    return doc if reported_key is None else {**doc, "reported_key": reported_key}
 
 
 def report(report_id: int, doc: Mapping[str, Any]) -> Report:

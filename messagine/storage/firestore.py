@@ -401,7 +401,7 @@ class FirestoreRepository:
         for snap in self._chats_of(user_id):
             counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
                 lambda doc: docs.anonymised_chat(
-                    doc, user_id, stones.of(docs.partner_of(doc, user_id))))
+                    doc, user_id, stones.of(docs.partner_of(doc, user_id)), key))
         for snap in self._stream(self._col("users").where(
                 filter=FieldFilter("chat.partner", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
@@ -543,7 +543,7 @@ class FirestoreRepository:
         return sorted(int(snap.get("sender_message_id")) for snap in self._stream(query))
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
         for _ in self._stream(self._col("reports").where(
                 filter=FieldFilter("reporter_id", "==", reporter_id)).where(
@@ -552,7 +552,7 @@ class FirestoreRepository:
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id,
                         reason, now, "open")
         self._col("reports").document(str(report.report_id)).create(
-            docs.report_document(report), **WRITE)
+            docs.report_document(report, reported_key), **WRITE)
         return report
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
@@ -653,11 +653,12 @@ class FirestoreRepository:
             counts[sender] = counts.get(sender, 0) + 1
         return counts
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
         with contextlib.suppress(gexc.AlreadyExists):
             self._col("exclusions").document(f"{user_id}:{other_id}").create(
-                docs.exclusion_document(user_id, other_id, reason, now), **WRITE)
+                docs.exclusion_document(user_id, other_id, reason, now, other_key), **WRITE)
         for waiting, avoided in ((user_id, other_id), (other_id, user_id)):
             # ArrayUnion is applied by the server: no read, no lost update. NotFound: the
             # user is not waiting.
@@ -668,7 +669,7 @@ class FirestoreRepository:
     def ban_erased(self, report_id: int) -> list[int] | None:
         """See ``Repository.ban_erased``."""
         (report,) = self._get(self._col("reports").document(str(report_id)))
-        key = report.get("reported_key") if report.exists else None
+        key = (report.to_dict() or {}).get("reported_key")  # a report may hold none
         if not key:
             return None
         report.reference.update({"ban_on_return": True}, **WRITE)

@@ -314,7 +314,8 @@ class MongoRepository:
         # An album on its way: message ids too.
         counts["messages"] += db.albums.delete_many({"sender_id": user_id}).deleted_count
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
-            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)))
+            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)),
+                                          key)
             if fields is not None:
                 db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
                 counts["chats_anonymised"] += 1
@@ -412,13 +413,14 @@ class MongoRepository:
         return sorted(int(d["sender_message_id"]) for d in docs)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason,
                         now, "open")
         earlier = self.db.reports.find_one_and_update(
             {"reporter_id": reporter_id, "chat_id": chat_id},
-            {"$setOnInsert": {"_id": report.report_id, **docs.report_document(report)}},
+            {"$setOnInsert": {"_id": report.report_id,
+                              **docs.report_document(report, reported_key)}},
             projection={"_id": 1}, upsert=True)
         return report if earlier is None else None
 
@@ -509,11 +511,12 @@ class MongoRepository:
             counts[int(doc["sender_id"])] = counts.get(int(doc["sender_id"]), 0) + 1
         return counts
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
         self.db.exclusions.update_one(
             {"_id": f"{user_id}:{other_id}"},
-            {"$setOnInsert": docs.exclusion_document(user_id, other_id, reason, now)},
+            {"$setOnInsert": docs.exclusion_document(user_id, other_id, reason, now, other_key)},
             upsert=True)
         self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
         self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})

@@ -23,6 +23,7 @@ from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
     Tombstones,
     anonymise_chat,
+    partner_key,
     protection_key,
     returned,
 )
@@ -293,8 +294,8 @@ class SqliteRepository:
                 changed = anonymise_chat((user_a, user_b), ended_by, user_id,
                                          stones.of(user_b if user_a == user_id else user_a))
                 assert changed is not None  # noqa: S101 - the query selected their chats
-                conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
-                             (*changed.users, changed.ended_by, chat_id))
+                conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ?, erased_key = ?"
+                             " WHERE id = ?", (*changed.users, changed.ended_by, key, chat_id))
             counts["chats_anonymised"] = len(chats)
             conn.executemany("UPDATE reports SET reporter_id = ? WHERE id = ?", [
                 (stones.of(other), report_id) for report_id, other in conn.execute(
@@ -387,14 +388,15 @@ class SqliteRepository:
         with self._transaction(write=False) as conn:
             row = conn.execute(
                 "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END, language,"
-                " started_at, ended_at, end_reason, ended_by FROM chats"
+                " started_at, ended_at, end_reason, ended_by, erased_key FROM chats"
                 " WHERE user_a = :me OR user_b = :me ORDER BY started_at DESC, id DESC LIMIT 1",
                 {"me": user_id}).fetchone()
         if row is None:
             return None
-        chat_id, partner, language, started, ended, reason, ended_by = row
+        chat_id, partner, language, started, ended, reason, ended_by, erased_key = row
         return ChatRecord(chat_id, partner, language, started, ended, reason,
-                          None if ended_by is None else ended_by == user_id)
+                          None if ended_by is None else ended_by == user_id,
+                          partner_key=partner_key(partner, erased_key))
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
@@ -405,7 +407,7 @@ class SqliteRepository:
         return sorted(int(row[0]) for row in rows)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``."""
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM reports WHERE reporter_id = ? AND chat_id = ?",
@@ -413,8 +415,8 @@ class SqliteRepository:
                 return None
             report_id = conn.execute(
                 "INSERT INTO reports (reporter_id, reported_id, chat_id, reason, created_at,"
-                " status) VALUES (?, ?, ?, ?, ?, 'open')",
-                (reporter_id, reported_id, chat_id, reason, now)).lastrowid
+                " status, reported_key) VALUES (?, ?, ?, ?, ?, 'open', ?)",
+                (reporter_id, reported_id, chat_id, reason, now, reported_key)).lastrowid
         assert report_id is not None  # noqa: S101 - an INSERT always sets lastrowid
         return Report(report_id, reporter_id, reported_id, chat_id, reason, now, "open")
 
@@ -501,13 +503,14 @@ class SqliteRepository:
                 " GROUP BY sender_id", (chat_id,)).fetchall()
         return {int(sender): int(count) for sender, count in rows}
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``."""
         with self._transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO exclusions (user_id, other_id, reason, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (user_id, other_id, reason, now),
+                "INSERT OR IGNORE INTO exclusions (user_id, other_id, reason, created_at,"
+                " other_key) VALUES (?, ?, ?, ?, ?)",
+                (user_id, other_id, reason, now, other_key),
             )
 
     def ban_erased(self, report_id: int) -> list[int] | None:
