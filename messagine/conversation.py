@@ -117,6 +117,10 @@ class Conversation:
             if result.outcome is MatchOutcome.IN_CHAT:
                 answer.send(t("chat.active"), keyboards.in_chat(t))
                 return "find:in_chat"
+            if result.outcome is MatchOutcome.AGE_REFUSED:  # a No since this update began
+                answer.send(t("age.closed", min_age=self.min_age, contact=self.contact),
+                            keyboards.idle(t))
+                return "find:age_refused"
             if result.outcome is MatchOutcome.WAITING:
                 name = language_name(user.language)
                 queue = (t("lobby.only_you", language=name) if result.waiting_count <= 1 else

@@ -84,6 +84,8 @@ class MatchOutcome(enum.Enum):
     WAITING = "waiting"
     ALREADY_WAITING = "already_waiting"
     IN_CHAT = "in_chat"
+    AGE_REFUSED = "age_refused"
+    """The stored user answered No to the age question (``domain.age_gate``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from messagine.domain.age_gate import refusal_marker
+from messagine.domain.age_gate import refusal_marker, refuses
 from messagine.domain.albums import Album, Batch, BatchState, Item
 from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import anonymise_chat, banned_remnant, partner_key
@@ -222,7 +222,8 @@ def candidate(user_id: int, entry: Mapping[str, Any],
     """A lobby entry (and, if read too, its user's document) as the matching rule reads it."""
     return Candidate(user_id, str(entry["language"]), float(entry["since"]),
                      frozenset(int(u) for u in entry.get("avoid") or ()),
-                     banned=bool(user and user.get("banned")))
+                     banned=bool(user and user.get("banned")),
+                     age_refused=bool(user and refuses(user.get("age_answer"))))
 
 
 # -- chats ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.age_gate import stores_profile
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Decision, decide
@@ -312,8 +312,9 @@ class FirestoreRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        if not self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
-                                         "age_answered_at": now}) and not confirmed:
+        answer = {"age_answer": age_gate.answer(confirmed), "age_answered_at": now}
+        if not update_guarded(self.client, self._user(user_id), lambda doc: answer if (
+                age_gate.replaces(doc.get("age_answer"), confirmed)) else None) and not confirmed:
             with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
                 self._user(user_id).create(docs.refusal_marker_document(user_id, now), **WRITE)
 
@@ -740,7 +741,8 @@ class FirestoreRepository:
             user, entry = self._get(self._user(user_id), self._entry(user_id))
             if not user.exists:
                 raise LookupError(f"unknown user {user_id}")
-            in_chat = self._in_chat(user, update_id)
+            in_chat = self._in_chat(user, update_id) or age_gate.refused_search(
+                age_gate.refuses(user.to_dict().get("age_answer")))
             if in_chat is not None:
                 if joined and not in_chat.resumed:
                     # Taken from the lobby after joining it in this call: the instance

@@ -33,7 +33,7 @@ from pymongo.errors import (
     DuplicateKeyError,
 )
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.age_gate import stores_profile
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
@@ -282,10 +282,12 @@ class MongoRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        answer = {"age_answer": "yes" if confirmed else "no", "age_answered_at": now}
+        answer = {"age_answer": age_gate.answer(confirmed), "age_answered_at": now}
         marker = docs.refusal_marker_document(user_id, now).items()  # if erased meanwhile
-        self.db.users.update_one({"_id": user_id}, {"$set": answer, "$setOnInsert": {
-            k: v for k, v in marker if k not in answer}}, upsert=not confirmed)
+        self.db.users.update_one(
+            {"_id": user_id, "age_answer": {"$nin": list(age_gate.kept_answers(confirmed))}},
+            {"$set": answer, "$setOnInsert": {k: v for k, v in marker if k not in answer}},
+            upsert=not confirmed)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
@@ -586,7 +588,8 @@ class MongoRepository:
         language = self._pool_of(user_id, doc["language"])  # "*": the any-language pool
         with self._pool_lock(language) as lock:
             doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-            resumed = self._resumed_chat(doc, update_id)
+            resumed = self._resumed_chat(doc, update_id) or age_gate.refused_search(
+                age_gate.refuses(doc.get("age_answer")))
             if resumed is not None:
                 return resumed
             avoid = self._avoided_by(user_id, recent_partners)

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import (
@@ -73,7 +73,7 @@ ORDER BY started_at DESC, id DESC LIMIT :recent
 
 # One page of a pool's lobby in waiting order, for the matching rule to choose from.
 _LOBBY_PAGE = """
-SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0)
+SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0), u.age_answer
 FROM lobby l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
@@ -240,8 +240,11 @@ class SqliteRepository:
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
         with self._transaction() as conn:
-            conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
-                         ("yes" if confirmed else "no", now, user_id))
+            stored = conn.execute("SELECT age_answer FROM users WHERE id = ?",
+                                  (user_id,)).fetchone()
+            if stored is not None and age_gate.replaces(stored[0], confirmed):
+                conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
+                             (age_gate.answer(confirmed), now, user_id))
             if not confirmed:  # an erased user's refusal leaves the marker
                 marker = docs.user_row(docs.refusal_marker_document(user_id, now)) | {"id": user_id}
                 conn.execute(f"INSERT OR IGNORE INTO users ({', '.join(marker)})"
@@ -543,6 +546,8 @@ class SqliteRepository:
             state = self._state(conn, user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
+            if (refused := age_gate.refused_search(state.age_refused)) is not None:
+                return refused
             if state.chat is not None:
                 opened_by = conn.execute(
                     "SELECT opened_by_update FROM chats WHERE id = ?", (state.chat.chat_id,)
@@ -603,7 +608,8 @@ class SqliteRepository:
             rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
             chosen = matching.pick(seeker, (matching.Candidate(
                 other, pool, since, self._avoided(conn, other, recent),
-                banned=bool(banned)) for other, pool, since, banned in rows))
+                banned=bool(banned), age_refused=age_gate.refuses(answer))
+                for other, pool, since, banned, answer in rows))
             if chosen is not None or len(rows) < _PAGE:
                 return chosen
         return None  # pragma: no cover - itertools.count never ends
