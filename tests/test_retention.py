@@ -159,3 +159,23 @@ def test_a_report_is_kept_for_its_period_then_deleted(
     assert run_job(bot)["purged"]["reports"] == 1
     records = bot.repository.export_user(anna.id)
     assert records is not None and records.reports == []
+
+
+def test_a_notice_that_failed_is_sent_by_the_next_run_and_the_erasure_waits_for_it(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock):
+    gone = fake_api.user(951, "Gone")
+    post(bot, gone.command("start"))
+    clock.advance(24 * DAY)
+    fake_api.fail("sendMessage", chat_id=gone.id, status=502, times=1)
+    summary = run_job(bot)
+    assert summary["inactivity_notices"] == 0 and summary["failed"] == 1
+    assert not gone.last()["text"].startswith("You haven't used Messagine")
+    clock.advance(3 * DAY)
+    assert run_job(bot)["inactivity_notices"] == 1, "the next run sends the notice"
+    assert gone.last()["text"].startswith("You haven't used Messagine for a long time.")
+    clock.advance(6 * DAY)  # 9 days after the failed attempt, 6 after the notice
+    assert run_job(bot)["accounts_erased"] == 0, "the notice promised 7 days"
+    assert bot.repository.get_user(gone.id) is not None
+    clock.advance(2 * DAY)
+    assert run_job(bot)["accounts_erased"] == 1
+    assert bot.repository.get_user(gone.id) is None

@@ -609,6 +609,10 @@ class FirestoreRepository:
         """See ``Repository.release_nudge``."""
         self._set_flags(user_id, {"nudge_pending": True})
 
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """See ``Repository.release_inactivity_notice``."""
+        self._set_flags(user_id, {"notice_pending": True})
+
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
         due = self._due(idle_before)

@@ -476,6 +476,10 @@ class MongoRepository:
         """See ``Repository.release_nudge``."""
         self.db.users.update_one({"_id": user_id}, {"$set": {"nudge_pending": True}})
 
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """See ``Repository.release_inactivity_notice``."""
+        self.db.users.update_one({"_id": user_id}, {"$set": {"notice_pending": True}})
+
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
         users = self.db.users

@@ -346,6 +346,14 @@ class Retained(Protocol):
         """
         ...
 
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """Give back a claimed notice that was not sent (the next run tries again).
+
+        The user is due the notice again, and no erasure counts from the failed attempt:
+        the policy promises to write before it erases.
+        """
+        ...
+
     def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
         """Up to ``limit`` users due erasure (``erasure_due``): noticed, and not back since."""
         ...

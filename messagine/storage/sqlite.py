@@ -473,6 +473,11 @@ class SqliteRepository:
         with self._transaction() as conn:
             conn.execute("UPDATE users SET nudge_pending = 1 WHERE id = ?", (user_id,))
 
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """See ``Repository.release_inactivity_notice``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET notice_pending = 1 WHERE id = ?", (user_id,))
+
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
         with self._transaction(write=False) as conn:
