@@ -20,6 +20,7 @@ firestore.indexes.json beside this module). google-cloud-firestore is imported o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -49,6 +50,7 @@ from messagine.domain.retention import (
     chat_idle,
     erasure_due,
     notice_due,
+    outlives_period,
 )
 from messagine.models import (
     ActiveChat,
@@ -460,7 +462,9 @@ class FirestoreRepository:
             filter=FieldFilter("ended_at", "<", now - retention.chats_s)).limit(limit))
         claim_refs = [snap.reference for snap in claims]
         chat_refs = [snap.reference for snap in chats]
-        more = {kind: [s.reference for s in self._stream(query.limit(limit))]
+        more = {kind: [s.reference for s in itertools.islice((  # a ban stays on its report
+            s for s in self._stream(query) if not outlives_period(
+                (s.to_dict() or {}).get("ban_on_return"))), limit)]
                 for kind, query in self._expired(now, retention).items()}
         self._delete_refs([ref for pair in messages.values() for ref in pair]
                           + claim_refs + chat_refs + [r for refs in more.values() for r in refs])

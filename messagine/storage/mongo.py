@@ -356,7 +356,8 @@ class MongoRepository:
             "chats": _delete_some(self.db.chats,
                                   {"ended_at": {"$lt": now - retention.chats_s}}, limit),
             "reports": _delete_some(self.db.reports,
-                                    {"created_at": {"$lt": now - retention.reports_s}}, limit),
+                                    {"created_at": {"$lt": now - retention.reports_s},
+                                     "ban_on_return": {"$ne": True}}, limit),  # a ban stays
             "exclusions": _delete_some(self.db.exclusions, {
                 "created_at": {"$lt": now - retention.exclusions_s}}, limit),
             "age_refusals": _delete_some(self.db.users, {"age_answer": "no", "banned": False,

@@ -346,7 +346,8 @@ class SqliteRepository:
                 + purge(conn, "albums", "expires_at < ?", now),  # an album is a claim too
                 "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
                                now - retention.chats_s),
-                "reports": purge(conn, "reports", "created_at < ?", now - retention.reports_s),
+                "reports": purge(conn, "reports", "created_at < ? AND ban_on_return = 0",  # a ban
+                                 now - retention.reports_s),  # stays (outlives_period)
                 "exclusions": purge(conn, "exclusions", "created_at < ?",
                                     now - retention.exclusions_s),
                 "age_refusals": purge(conn, "users", "age_answer = 'no' AND banned = 0"
