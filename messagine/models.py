@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a type only: the domain imports the models, not the other way
+    from messagine.domain.albums import Album
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,8 @@ class UserRecords:
     """The update ids the document stores keep with the user, to recognise re-deliveries."""
     claims: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Updates of this user being processed: update id -> owner, lease and attempts."""
+    albums: list[Album] = field(default_factory=list)
+    """The albums this user sent in the last day: their items' message ids and types."""
 
 
 @dataclass(frozen=True, slots=True)

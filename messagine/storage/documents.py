@@ -334,13 +334,15 @@ def report(report_id: int, doc: Mapping[str, Any]) -> Report:
 def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] | None,
                  chats: Iterable[tuple[int, Mapping[str, Any]]],
                  links: Iterable[Mapping[str, Any]], exclusions: Iterable[Mapping[str, Any]],
-                 reports: Iterable[tuple[int, Mapping[str, Any]]]) -> UserRecords:
+                 reports: Iterable[tuple[int, Mapping[str, Any]]],
+                 album_docs: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> UserRecords:
     """Everything stored under a user, from their documents, each kind in time order.
 
     ``doc``: their user document (``flood`` as a map); ``chats``: (chat id, document) of
     every chat they were in; ``links``: every link of a message they sent or received
     (once each); ``exclusions``: those they made and those about them; ``reports``:
-    (report id, document) of those they made and those about them.
+    (report id, document) of those they made and those about them; ``album_docs``: (key,
+    document) of the album records they sent.
     """
     ordered = sorted(chats, key=lambda c: (c[1]["started_at"], c[1]["opened_by_update"] or 0))
     every_link = sorted((message_link(d) for d in links), key=lambda m: m.sent_at)
@@ -361,6 +363,8 @@ def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] 
         recent_updates=[int(u) for u in doc.get("recent_updates") or ()],
         claims={int(key.removeprefix("u")): dict(entry)
                 for key, entry in (doc.get("claims") or {}).items()},
+        albums=sorted((album(key, d) for key, d in album_docs),
+                      key=lambda a: min((b.last_item_at for b in a.batches), default=0.0)),
     )
 
 

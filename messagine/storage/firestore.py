@@ -349,7 +349,8 @@ class FirestoreRepository:
             (snap.to_dict() for end in ("user_id", "other_id")
              for snap in where("exclusions", (end, user_id))),
             ((int(snap.id), snap.to_dict()) for end in ("reporter_id", "reported_id")
-             for snap in where("reports", (end, user_id))))
+             for snap in where("reports", (end, user_id))),
+            ((snap.id, snap.to_dict()) for snap in where("albums", ("sender_id", user_id))))
 
     def _docs(self, query: Any) -> Iterator[dict[str, Any]]:
         return (snap.to_dict() for snap in self._stream(query))

@@ -301,7 +301,8 @@ class MongoRepository:
                                                 {"recipient_id": user_id}]}),
             self.db.exclusions.find({"$or": [{"user_id": user_id}, {"other_id": user_id}]}),
             ((int(r["_id"]), r) for r in self.db.reports.find(
-                {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})))
+                {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})),
+            ((str(a["_id"]), a) for a in self.db.albums.find({"sender_id": user_id})))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""

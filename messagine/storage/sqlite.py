@@ -271,7 +271,9 @@ class SqliteRepository:
                 rows("SELECT * FROM message_links WHERE sender_id = :me OR recipient_id = :me"),
                 rows("SELECT * FROM exclusions WHERE user_id = :me OR other_id = :me"),
                 ((r["id"], r) for r in rows(
-                    "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")))
+                    "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")),
+                ((r["key"], json.loads(r["doc"])) for r in rows(
+                    "SELECT key, doc FROM albums WHERE json_extract(doc, '$.sender_id') = :me")))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
