@@ -148,6 +148,10 @@ class Conversation:
             if result.outcome is MatchOutcome.IN_CHAT:
                 answer.send(t("chat.active"), keyboards.in_chat(t))
                 return "find:in_chat"
+            if result.outcome is MatchOutcome.AGE_REFUSED:  # a No since this update began
+                answer.send(t("age.closed", min_age=self.min_age, contact=self.contact),
+                            keyboards.idle(t))
+                return "find:age_refused"
             if result.outcome is MatchOutcome.WAITING:
                 answer.send(_searching(t, user, result, any_language=any_language),
                             keyboards.lobby(t, offer_any=not any_language))

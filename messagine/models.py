@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a type only: the domain imports the models, not the other way
+    from messagine.domain.albums import Album
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,8 @@ class MatchOutcome(enum.Enum):
     WAITING = "waiting"
     ALREADY_WAITING = "already_waiting"
     IN_CHAT = "in_chat"
+    AGE_REFUSED = "age_refused"
+    """The stored user answered No to the age question (``domain.age_gate``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,9 @@ class ChatRecord:
     """The update that made the chat (a re-delivered search resumes it)."""
     closed_by_update: int | None = None
     """The update that ended it (a re-delivered ending resumes it)."""
+    partner_key: str | None = None
+    """The protection key of a partner who erased their data (``domain.erasure``), kept so
+    that a block or report made afterwards still binds them if they come back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +249,8 @@ class UserRecords:
     """The update ids the document stores keep with the user, to recognise re-deliveries."""
     claims: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Updates of this user being processed: update id -> owner, lease and attempts."""
+    albums: list[Album] = field(default_factory=list)
+    """The albums this user sent in the last day: their items' message ids and types."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,9 +140,11 @@ class Moderation:
         if target.ended_at is None:
             self.conversation.end(user, EndReason.REPORT, update_id)
         now = self.clock()
-        self.repository.exclude_pair(user.user_id, target.partner_id, "report", now)
+        # A partner who erased their data is a tombstone: their key keeps both binding.
+        self.repository.exclude_pair(user.user_id, target.partner_id, "report", now,
+                                     target.partner_key)
         report = self.repository.add_report(user.user_id, target.partner_id, target.chat_id,
-                                            reason, now)
+                                            reason, now, target.partner_key)
         if report is None:  # pressed again, or re-delivered: the moderators have it
             answer.send(t("report.already_sent"), keyboards.for_state(t, _after(user, target)))
             return "report:already_sent"
@@ -228,7 +230,8 @@ class Moderation:
             return "block:nobody"
         if target.ended_at is None:
             self.conversation.end(user, EndReason.BLOCK, update_id)
-        self.repository.exclude_pair(user.user_id, target.partner_id, "block", self.clock())
+        self.repository.exclude_pair(user.user_id, target.partner_id, "block", self.clock(),
+                                     target.partner_key)
         answer.send(t("block.done"), keyboards.for_state(t, _after(user, target)))
         return "block:done"
 
@@ -316,7 +319,12 @@ class Moderation:
             answer.send(t("mod.already_handled", report_id=report_id))
             return "mod:already_handled"
         if ban and is_tombstone(report.reported_id):  # they erased their data since
-            for user_id in self.repository.ban_erased(report_id) or ():  # back already
+            back = self.repository.ban_erased(report_id)
+            if back is None:  # a report kept no key to them: nothing can follow them
+                answer.send(t("mod.resolved_ban_unkeyed", report_id=report_id,
+                              admin_id=admin_id))
+                return "mod:ban_unkeyed"
+            for user_id in back:  # back already
                 target = self.repository.get_user(user_id)
                 user_t = self.catalog.for_user(target) if target else self.moderator_texts
                 self._tell(user_id, user_t("banned.told", reason=report.reason))

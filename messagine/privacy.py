@@ -220,6 +220,16 @@ def export_document(records: UserRecords | None, generated_at: float) -> dict[st
         "reports_about_you": [
             {"report_id": r.report_id, "reason": r.reason, "at": _iso(r.created_at),
              "status": r.status} for r in held.reports_about],
+        # An album on its way is kept a day after its last item (``domain.albums``).
+        "albums_sent": [
+            {"chat": chat_label(a.chat_id), "changes": a.version, "batches": [
+                {"batch": b.number, "state": b.state.value,
+                 "last_item_at": _iso(b.last_item_at), "opened_by_update": b.update_id,
+                 "flush_owner": b.owner, "flush_lease_until": _iso(b.lease_until)
+                 if b.lease_until else b.lease_until,
+                 "items": [{"message_id": i.message_id, "content_type": i.content_type}
+                           for i in b.items]} for b in a.batches]}
+            for a in held.albums],
         **_processing(held),
     }
 

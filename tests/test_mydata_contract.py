@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ data (``messagine.domain.erasure``): there is then no user to export it to."""
 
 TABLES = {"users": "users", "lobby": "lobby", "chats": "chats", "memberships": "memberships",
           "exclusions": "exclusions", "message_links": "links", "links": "links",
-          "reports": "reports"}
+          "reports": "reports", "albums": "albums"}
 """Each table (SQLite) or collection (MongoDB, Firestore) that may hold a user's records."""
 
 FIELDS: dict[str, dict[str, str]] = {
@@ -58,7 +58,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "chats": {"id": CHAT, "_id": CHAT, "user_a": PERSON, "user_b": PERSON, "users": PERSON,
               "ended_by": PERSON, "language": SAME, "started_at": SAME,
               "opened_by_update": SAME, "ended_at": SAME, "end_reason": SAME,
-              "closed_by_update": SAME, "expires_at": DERIVED},
+              "closed_by_update": SAME, "expires_at": DERIVED, "erased_key": KEPT},
     "memberships": {"user_id": SELF, "chat_id": CHAT, "partner_id": PERSON},
     "exclusions": {"_id": DERIVED, "user_id": PERSON, "other_id": PERSON, "reason": SAME,
                    "created_at": SAME, "other_key": KEPT},
@@ -68,6 +68,8 @@ FIELDS: dict[str, dict[str, str]] = {
     "reports": {"id": REPORT_ID, "_id": REPORT_ID, "reporter_id": PERSON,
                 "reported_id": PERSON, "chat_id": CHAT, "reason": SAME, "created_at": SAME,
                 "status": SAME, "reported_key": KEPT, "ban_on_return": KEPT},
+    "albums": {"key": DERIVED, "_id": DERIVED, "chat_id": CHAT, "sender_id": SELF,
+               "version": SAME, "batches": SAME, "expires_at": DERIVED},
 }
 
 
@@ -84,7 +86,9 @@ def _live_everything(bot: ServedBot) -> None:
                                                                 strict=True))
     bot.send(me.command("start"), me.command("analytics off"), me.command("find_chat"),
              first.command("find_chat"), me.text("hello first"), first.text("hi me"),
-             me.media("photo", caption="a photo"), second.command("find_chat"),
+             me.media("photo", caption="a photo"), *me.album("photo", 2))
+    _until(lambda: bot.api.calls_of("copyMessages", FIRST))  # the album sent: it stays
+    bot.send(second.command("find_chat"),
              me.command("next"), me.text("hello second"), second.text("spam from me?"),
              second.command("report"))
     bot.send(second.press_button("Spam"))  # a report about ME, and their exclusion of ME
@@ -96,6 +100,13 @@ def _live_everything(bot: ServedBot) -> None:
     bot.repository.claim_language_offers(time.time() + 3600, 100)
     bot.repository.claim_nudges(time.time() + 3600, time.time(), 100)
     bot.send(me.command("mydata"))
+
+
+def _until(condition: Callable[[], Any], seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "did not happen in time"
+        time.sleep(0.05)
 
 
 def _exported(value: Any) -> list[Any]:
@@ -152,7 +163,8 @@ def test_mydata_holds_every_record_stored_under_the_user(bot: ServedBot):
             assert any(all(e in entry for e in expected) for entry in pool), \
                 f"{table} record {record} is not in /mydata"
             checked[group] = checked.get(group, 0) + 1
-    assert set(checked) >= {"users", "lobby", "chats", "exclusions", "links", "reports"}
+    assert set(checked) >= {"users", "lobby", "chats", "exclusions", "links", "reports",
+                            "albums"}
     assert checked["links"] >= 4 and checked["reports"] == 2 and checked["exclusions"] >= 2
 
     serialised = json.dumps(export)

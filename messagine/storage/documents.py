@@ -16,10 +16,10 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from messagine.domain.age_gate import refusal_marker
+from messagine.domain.age_gate import refusal_marker, refuses
 from messagine.domain.albums import Album, Batch, BatchState, Item
 from messagine.domain.claims import Claim, ClaimState
-from messagine.domain.erasure import anonymise_chat, banned_remnant
+from messagine.domain.erasure import anonymise_chat, banned_remnant, partner_key
 from messagine.domain.flood import FloodState
 from messagine.domain.matching import Candidate, Exclusion
 from messagine.domain.nudges import NudgeStatus, activity
@@ -244,7 +244,8 @@ def candidate(user_id: int, entry: Mapping[str, Any],
     """A lobby entry (and, if read too, its user's document) as the matching rule reads it."""
     return Candidate(user_id, str(entry["language"]), float(entry["since"]),
                      frozenset(int(u) for u in entry.get("avoid") or ()),
-                     banned=bool(user and user.get("banned")))
+                     banned=bool(user and user.get("banned")),
+                     age_refused=bool(user and refuses(user.get("age_answer"))))
 
 
 # -- chats ---------------------------------------------------------------------------------
@@ -275,18 +276,24 @@ def chat_record(chat_id: int, doc: Mapping[str, Any], user_id: int) -> ChatRecor
     return ChatRecord(chat_id, partner_of(doc, user_id), doc["language"], doc["started_at"],
                       doc.get("ended_at"), doc.get("end_reason"),
                       None if ended_by is None else ended_by == user_id,
-                      doc.get("opened_by_update"), doc.get("closed_by_update"))
+                      doc.get("opened_by_update"), doc.get("closed_by_update"),
+                      partner_key(partner_of(doc, user_id), doc.get("erased_key")))
 
 
-def anonymised_chat(doc: Mapping[str, Any], user_id: int,
-                    tombstone_id: int) -> dict[str, Any] | None:
-    """The fields that erase ``user_id`` from a chat document; None if not in it."""
+def anonymised_chat(doc: Mapping[str, Any], user_id: int, tombstone_id: int,
+                    key: str | None = None) -> dict[str, Any] | None:
+    """The fields that erase ``user_id`` from a chat document; None if not in it.
+
+    ``key``, their protection key, is kept as ``erased_key`` (``domain.erasure``).
+    """
     changed = anonymise_chat([int(u) for u in doc.get("users", [])], doc.get("ended_by"),
                              user_id, tombstone_id)
     if changed is None:
         return None
     # Only what changed: a concurrent end of the chat must keep its ender.
     fields: dict[str, Any] = {"users": list(changed.users)}
+    if key is not None:
+        fields["erased_key"] = key
     if changed.ended_by != doc.get("ended_by"):
         fields["ended_by"] = changed.ended_by
     return fields
@@ -306,10 +313,11 @@ def message_link(doc: Mapping[str, Any]) -> MessageLink:
                        doc["sent_at"])
 
 
-def exclusion_document(user_id: int, other_id: int, reason: str,
-                       now: float) -> dict[str, Any]:
-    """One user's exclusion of another (id ``exclusion_id``)."""
-    return {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+def exclusion_document(user_id: int, other_id: int, reason: str, now: float,
+                       other_key: str | None = None) -> dict[str, Any]:
+    """One user's exclusion of another (id ``exclusion_id``); ``other_key`` for an erased one."""
+    doc = {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+    return doc if other_key is None else {**doc, "other_key": other_key}
 
 
 def exclusion(doc: Mapping[str, Any]) -> Exclusion:
@@ -332,11 +340,11 @@ def kept_report(tombstone_id: int, key: str) -> dict[str, Any]:
     return {"reported_id": tombstone_id, "reported_key": key}
 
 
-def report_document(report: Report) -> dict[str, Any]:
-    """A report, without its id."""
+def report_document(report: Report, reported_key: str | None = None) -> dict[str, Any]:
+    """A report, without its id; ``reported_key`` when it is about an erased user."""
     doc = asdict(report)
     del doc["report_id"]
-    return doc
+    return doc if reported_key is None else {**doc, "reported_key": reported_key}
 
 
 def report(report_id: int, doc: Mapping[str, Any]) -> Report:
@@ -348,13 +356,15 @@ def report(report_id: int, doc: Mapping[str, Any]) -> Report:
 def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] | None,
                  chats: Iterable[tuple[int, Mapping[str, Any]]],
                  links: Iterable[Mapping[str, Any]], exclusions: Iterable[Mapping[str, Any]],
-                 reports: Iterable[tuple[int, Mapping[str, Any]]]) -> UserRecords:
+                 reports: Iterable[tuple[int, Mapping[str, Any]]],
+                 album_docs: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> UserRecords:
     """Everything stored under a user, from their documents, each kind in time order.
 
     ``doc``: their user document (``flood`` as a map); ``chats``: (chat id, document) of
     every chat they were in; ``links``: every link of a message they sent or received
     (once each); ``exclusions``: those they made and those about them; ``reports``:
-    (report id, document) of those they made and those about them.
+    (report id, document) of those they made and those about them; ``album_docs``: (key,
+    document) of the album records they sent.
     """
     ordered = sorted(chats, key=lambda c: (c[1]["started_at"], c[1]["opened_by_update"] or 0))
     every_link = sorted((message_link(d) for d in links), key=lambda m: m.sent_at)
@@ -375,6 +385,8 @@ def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] 
         recent_updates=[int(u) for u in doc.get("recent_updates") or ()],
         claims={int(key.removeprefix("u")): dict(entry)
                 for key, entry in (doc.get("claims") or {}).items()},
+        albums=sorted((album(key, d) for key, d in album_docs),
+                      key=lambda a: min((b.last_item_at for b in a.batches), default=0.0)),
     )
 
 

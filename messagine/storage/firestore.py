@@ -20,6 +20,7 @@ firestore.indexes.json beside this module). google-cloud-firestore is imported o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +32,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.age_gate import stores_profile
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Decision, decide
@@ -50,6 +51,7 @@ from messagine.domain.retention import (
     chat_idle,
     erasure_due,
     notice_due,
+    outlives_period,
 )
 from messagine.models import (
     ActiveChat,
@@ -313,8 +315,9 @@ class FirestoreRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        if not self._set_flags(user_id, {"age_answer": "yes" if confirmed else "no",
-                                         "age_answered_at": now}) and not confirmed:
+        answer = {"age_answer": age_gate.answer(confirmed), "age_answered_at": now}
+        if not update_guarded(self.client, self._user(user_id), lambda doc: answer if (
+                age_gate.replaces(doc.get("age_answer"), confirmed)) else None) and not confirmed:
             with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
                 self._user(user_id).create(docs.refusal_marker_document(user_id, now), **WRITE)
 
@@ -347,7 +350,8 @@ class FirestoreRepository:
             (snap.to_dict() for end in ("user_id", "other_id")
              for snap in where("exclusions", (end, user_id))),
             ((int(snap.id), snap.to_dict()) for end in ("reporter_id", "reported_id")
-             for snap in where("reports", (end, user_id))))
+             for snap in where("reports", (end, user_id))),
+            ((snap.id, snap.to_dict()) for snap in where("albums", ("sender_id", user_id))))
 
     def _docs(self, query: Any) -> Iterator[dict[str, Any]]:
         return (snap.to_dict() for snap in self._stream(query))
@@ -402,7 +406,7 @@ class FirestoreRepository:
         for snap in self._chats_of(user_id):
             counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
                 lambda doc: docs.anonymised_chat(
-                    doc, user_id, stones.of(docs.partner_of(doc, user_id))))
+                    doc, user_id, stones.of(docs.partner_of(doc, user_id)), key))
         for snap in self._stream(self._col("users").where(
                 filter=FieldFilter("chat.partner", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
@@ -460,7 +464,9 @@ class FirestoreRepository:
             filter=FieldFilter("ended_at", "<", now - retention.chats_s)).limit(limit))
         claim_refs = [snap.reference for snap in claims]
         chat_refs = [snap.reference for snap in chats]
-        more = {kind: [s.reference for s in self._stream(query.limit(limit))]
+        more = {kind: [s.reference for s in itertools.islice((  # a ban stays on its report
+            s for s in self._stream(query) if not outlives_period(
+                (s.to_dict() or {}).get("ban_on_return"))), limit)]
                 for kind, query in self._expired(now, retention).items()}
         self._delete_refs([ref for pair in messages.values() for ref in pair]
                           + claim_refs + chat_refs + [r for refs in more.values() for r in refs])
@@ -551,7 +557,7 @@ class FirestoreRepository:
         return sorted(int(snap.get("sender_message_id")) for snap in self._stream(query))
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
         for _ in self._stream(self._col("reports").where(
                 filter=FieldFilter("reporter_id", "==", reporter_id)).where(
@@ -560,7 +566,7 @@ class FirestoreRepository:
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id,
                         reason, now, "open")
         self._col("reports").document(str(report.report_id)).create(
-            docs.report_document(report), **WRITE)
+            docs.report_document(report, reported_key), **WRITE)
         return report
 
     def resolve_report(self, report_id: int, status: str) -> Report | None:
@@ -615,6 +621,10 @@ class FirestoreRepository:
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
         self._set_flags(user_id, {"nudge_pending": True})
+
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """See ``Repository.release_inactivity_notice``."""
+        self._set_flags(user_id, {"notice_pending": True})
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
@@ -680,11 +690,12 @@ class FirestoreRepository:
         update_guarded(self.client, self._user(rated_id), change)
         return verdicts[0]
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
         with contextlib.suppress(gexc.AlreadyExists):
             self._col("exclusions").document(f"{user_id}:{other_id}").create(
-                docs.exclusion_document(user_id, other_id, reason, now), **WRITE)
+                docs.exclusion_document(user_id, other_id, reason, now, other_key), **WRITE)
         for waiting, avoided in ((user_id, other_id), (other_id, user_id)):
             # ArrayUnion is applied by the server: no read, no lost update. NotFound: the
             # user is not waiting.
@@ -695,7 +706,7 @@ class FirestoreRepository:
     def ban_erased(self, report_id: int) -> list[int] | None:
         """See ``Repository.ban_erased``."""
         (report,) = self._get(self._col("reports").document(str(report_id)))
-        key = report.get("reported_key") if report.exists else None
+        key = (report.to_dict() or {}).get("reported_key")  # a report may hold none
         if not key:
             return None
         report.reference.update({"ban_on_return": True}, **WRITE)
@@ -766,7 +777,8 @@ class FirestoreRepository:
             user, entry = self._get(self._user(user_id), self._entry(user_id))
             if not user.exists:
                 raise LookupError(f"unknown user {user_id}")
-            in_chat = self._in_chat(user, update_id)
+            in_chat = self._in_chat(user, update_id) or age_gate.refused_search(
+                age_gate.refuses(user.to_dict().get("age_answer")))
             if in_chat is not None:
                 if joined and not in_chat.resumed:
                     # Taken from the lobby after joining it in this call: the instance

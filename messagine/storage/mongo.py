@@ -33,7 +33,7 @@ from pymongo.errors import (
     DuplicateKeyError,
 )
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.age_gate import stores_profile
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
@@ -284,10 +284,12 @@ class MongoRepository:
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        answer = {"age_answer": "yes" if confirmed else "no", "age_answered_at": now}
+        answer = {"age_answer": age_gate.answer(confirmed), "age_answered_at": now}
         marker = docs.refusal_marker_document(user_id, now).items()  # if erased meanwhile
-        self.db.users.update_one({"_id": user_id}, {"$set": answer, "$setOnInsert": {
-            k: v for k, v in marker if k not in answer}}, upsert=not confirmed)
+        self.db.users.update_one(
+            {"_id": user_id, "age_answer": {"$nin": list(age_gate.kept_answers(confirmed))}},
+            {"$set": answer, "$setOnInsert": {k: v for k, v in marker if k not in answer}},
+            upsert=not confirmed)
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
@@ -301,7 +303,8 @@ class MongoRepository:
                                                 {"recipient_id": user_id}]}),
             self.db.exclusions.find({"$or": [{"user_id": user_id}, {"other_id": user_id}]}),
             ((int(r["_id"]), r) for r in self.db.reports.find(
-                {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})))
+                {"$or": [{"reporter_id": user_id}, {"reported_id": user_id}]})),
+            ((str(a["_id"]), a) for a in self.db.albums.find({"sender_id": user_id})))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
@@ -316,7 +319,8 @@ class MongoRepository:
         # An album on its way: message ids too.
         counts["messages"] += db.albums.delete_many({"sender_id": user_id}).deleted_count
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
-            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)))
+            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)),
+                                          key)
             if fields is not None:
                 db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
                 counts["chats_anonymised"] += 1
@@ -355,7 +359,8 @@ class MongoRepository:
             "chats": _delete_some(self.db.chats,
                                   {"ended_at": {"$lt": now - retention.chats_s}}, limit),
             "reports": _delete_some(self.db.reports,
-                                    {"created_at": {"$lt": now - retention.reports_s}}, limit),
+                                    {"created_at": {"$lt": now - retention.reports_s},
+                                     "ban_on_return": {"$ne": True}}, limit),  # a ban stays
             "exclusions": _delete_some(self.db.exclusions, {
                 "created_at": {"$lt": now - retention.exclusions_s}}, limit),
             "age_refusals": _delete_some(self.db.users, {"age_answer": "no", "banned": False,
@@ -419,13 +424,14 @@ class MongoRepository:
         return sorted(int(d["sender_message_id"]) for d in docs)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``; ids are random, so no counter document is hot."""
         report = Report(secrets.randbelow(10**9) + 1, reporter_id, reported_id, chat_id, reason,
                         now, "open")
         earlier = self.db.reports.find_one_and_update(
             {"reporter_id": reporter_id, "chat_id": chat_id},
-            {"$setOnInsert": {"_id": report.report_id, **docs.report_document(report)}},
+            {"$setOnInsert": {"_id": report.report_id,
+                              **docs.report_document(report, reported_key)}},
             projection={"_id": 1}, upsert=True)
         return report if earlier is None else None
 
@@ -478,6 +484,10 @@ class MongoRepository:
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
         self.db.users.update_one({"_id": user_id}, {"$set": {"nudge_pending": True}})
+
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """See ``Repository.release_inactivity_notice``."""
+        self.db.users.update_one({"_id": user_id}, {"$set": {"notice_pending": True}})
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
@@ -535,11 +545,12 @@ class MongoRepository:
                 return verdict
         return RatingVerdict(counted=False)
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
         self.db.exclusions.update_one(
             {"_id": f"{user_id}:{other_id}"},
-            {"$setOnInsert": docs.exclusion_document(user_id, other_id, reason, now)},
+            {"$setOnInsert": docs.exclusion_document(user_id, other_id, reason, now, other_key)},
             upsert=True)
         self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
         self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
@@ -609,7 +620,8 @@ class MongoRepository:
         language = self._pool_of(user_id, doc["language"])  # "*": the any-language pool
         with self._pool_lock(language) as lock:
             doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-            resumed = self._resumed_chat(doc, update_id)
+            resumed = self._resumed_chat(doc, update_id) or age_gate.refused_search(
+                age_gate.refuses(doc.get("age_answer")))
             if resumed is not None:
                 return resumed
             avoid = self._avoided_by(user_id, recent_partners)

@@ -254,8 +254,11 @@ class ModerationRecords(Protocol):
     """Reports, exclusions and bans."""
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """Store a report (status "open"); None if the reporter already reported that chat.
+
+        ``reported_key``: the protection key of a reported user who erased their data
+        (``ChatRecord.partner_key``), kept so that ``ban_erased`` can ban them.
 
         One report per reporter and chat: a second press of a reason button (a stale one
         too) or a re-delivery stores nothing more. A user's updates reach the bot one at a
@@ -275,8 +278,13 @@ class ModerationRecords(Protocol):
         """Totals for /stats; "today" is from ``since``."""
         ...
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
-        """Never match these two users again (a report or a block by ``user_id``)."""
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
+        """Never match these two users again (a report or a block by ``user_id``).
+
+        ``other_key``: the protection key of an ``other_id`` who erased their data, which
+        keeps the exclusion binding if they come back (``domain.matching``).
+        """
         ...
 
     def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
@@ -356,6 +364,14 @@ class Retained(Protocol):
         """Claim up to ``limit`` users due the notice before erasure (``notice_due``).
 
         Each claim is atomic (two runs never notice the same user twice); (user, language).
+        """
+        ...
+
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """Give back a claimed notice that was not sent (the next run tries again).
+
+        The user is due the notice again, and no erasure counts from the failed attempt:
+        the policy promises to write before it erases.
         """
         ...
 

@@ -16,13 +16,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
     Tombstones,
     anonymise_chat,
+    partner_key,
     protection_key,
     returned,
 )
@@ -73,7 +74,7 @@ ORDER BY started_at DESC, id DESC LIMIT :recent
 
 # One page of a pool's lobby in waiting order, for the matching rule to choose from.
 _LOBBY_PAGE = """
-SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0)
+SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0), u.age_answer
 FROM lobby l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
@@ -242,8 +243,11 @@ class SqliteRepository:
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
         with self._transaction() as conn:
-            conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
-                         ("yes" if confirmed else "no", now, user_id))
+            stored = conn.execute("SELECT age_answer FROM users WHERE id = ?",
+                                  (user_id,)).fetchone()
+            if stored is not None and age_gate.replaces(stored[0], confirmed):
+                conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
+                             (age_gate.answer(confirmed), now, user_id))
             if not confirmed:  # an erased user's refusal leaves the marker
                 marker = docs.user_row(docs.refusal_marker_document(user_id, now)) | {"id": user_id}
                 conn.execute(f"INSERT OR IGNORE INTO users ({', '.join(marker)})"
@@ -270,7 +274,9 @@ class SqliteRepository:
                 rows("SELECT * FROM message_links WHERE sender_id = :me OR recipient_id = :me"),
                 rows("SELECT * FROM exclusions WHERE user_id = :me OR other_id = :me"),
                 ((r["id"], r) for r in rows(
-                    "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")))
+                    "SELECT * FROM reports WHERE reporter_id = :me OR reported_id = :me")),
+                ((r["key"], json.loads(r["doc"])) for r in rows(
+                    "SELECT key, doc FROM albums WHERE json_extract(doc, '$.sender_id') = :me")))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
@@ -296,8 +302,8 @@ class SqliteRepository:
                 changed = anonymise_chat((user_a, user_b), ended_by, user_id,
                                          stones.of(user_b if user_a == user_id else user_a))
                 assert changed is not None  # noqa: S101 - the query selected their chats
-                conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
-                             (*changed.users, changed.ended_by, chat_id))
+                conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ?, erased_key = ?"
+                             " WHERE id = ?", (*changed.users, changed.ended_by, key, chat_id))
             counts["chats_anonymised"] = len(chats)
             conn.executemany("UPDATE reports SET reporter_id = ? WHERE id = ?", [
                 (stones.of(other), report_id) for report_id, other in conn.execute(
@@ -345,7 +351,8 @@ class SqliteRepository:
                 + purge(conn, "albums", "expires_at < ?", now),  # an album is a claim too
                 "chats": purge(conn, "chats", "ended_at IS NOT NULL AND ended_at < ?",
                                now - retention.chats_s),
-                "reports": purge(conn, "reports", "created_at < ?", now - retention.reports_s),
+                "reports": purge(conn, "reports", "created_at < ? AND ban_on_return = 0",  # a ban
+                                 now - retention.reports_s),  # stays (outlives_period)
                 "exclusions": purge(conn, "exclusions", "created_at < ?",
                                     now - retention.exclusions_s),
                 "age_refusals": purge(conn, "users", "age_answer = 'no' AND banned = 0"
@@ -390,14 +397,15 @@ class SqliteRepository:
         with self._transaction(write=False) as conn:
             row = conn.execute(
                 "SELECT id, CASE WHEN user_a = :me THEN user_b ELSE user_a END, language,"
-                " started_at, ended_at, end_reason, ended_by FROM chats"
+                " started_at, ended_at, end_reason, ended_by, erased_key FROM chats"
                 " WHERE user_a = :me OR user_b = :me ORDER BY started_at DESC, id DESC LIMIT 1",
                 {"me": user_id}).fetchone()
         if row is None:
             return None
-        chat_id, partner, language, started, ended, reason, ended_by = row
+        chat_id, partner, language, started, ended, reason, ended_by, erased_key = row
         return ChatRecord(chat_id, partner, language, started, ended, reason,
-                          None if ended_by is None else ended_by == user_id)
+                          None if ended_by is None else ended_by == user_id,
+                          partner_key=partner_key(partner, erased_key))
 
     def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
         """See ``Repository.chat_of``."""
@@ -421,7 +429,7 @@ class SqliteRepository:
         return sorted(int(row[0]) for row in rows)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``."""
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM reports WHERE reporter_id = ? AND chat_id = ?",
@@ -429,8 +437,8 @@ class SqliteRepository:
                 return None
             report_id = conn.execute(
                 "INSERT INTO reports (reporter_id, reported_id, chat_id, reason, created_at,"
-                " status) VALUES (?, ?, ?, ?, ?, 'open')",
-                (reporter_id, reported_id, chat_id, reason, now)).lastrowid
+                " status, reported_key) VALUES (?, ?, ?, ?, ?, 'open', ?)",
+                (reporter_id, reported_id, chat_id, reason, now, reported_key)).lastrowid
         assert report_id is not None  # noqa: S101 - an INSERT always sets lastrowid
         return Report(report_id, reporter_id, reported_id, chat_id, reason, now, "open")
 
@@ -484,6 +492,11 @@ class SqliteRepository:
         with self._transaction() as conn:
             conn.execute("UPDATE users SET nudge_pending = 1 WHERE id = ?", (user_id,))
 
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """See ``Repository.release_inactivity_notice``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET notice_pending = 1 WHERE id = ?", (user_id,))
+
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""
         with self._transaction(write=False) as conn:
@@ -535,13 +548,14 @@ class SqliteRepository:
                          (json.dumps(docs.rating_document(state)), rated_id))
         return verdict
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``."""
         with self._transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO exclusions (user_id, other_id, reason, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (user_id, other_id, reason, now),
+                "INSERT OR IGNORE INTO exclusions (user_id, other_id, reason, created_at,"
+                " other_key) VALUES (?, ?, ?, ?, ?)",
+                (user_id, other_id, reason, now, other_key),
             )
 
     def ban_erased(self, report_id: int) -> list[int] | None:
@@ -574,6 +588,8 @@ class SqliteRepository:
             state = self._state(conn, user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
+            if (refused := age_gate.refused_search(state.age_refused)) is not None:
+                return refused
             if state.chat is not None:
                 opened_by = conn.execute(
                     "SELECT opened_by_update FROM chats WHERE id = ?", (state.chat.chat_id,)
@@ -634,7 +650,8 @@ class SqliteRepository:
             rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
             chosen = matching.pick(seeker, (matching.Candidate(
                 other, pool, since, self._avoided(conn, other, recent),
-                banned=bool(banned)) for other, pool, since, banned in rows))
+                banned=bool(banned), age_refused=age_gate.refuses(answer))
+                for other, pool, since, banned, answer in rows))
             if chosen is not None or len(rows) < _PAGE:
                 return chosen
         return None  # pragma: no cover - itertools.count never ends

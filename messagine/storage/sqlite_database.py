@@ -135,6 +135,7 @@ _ADDED_COLUMNS = (
     ("lobby", "offered", "INTEGER NOT NULL DEFAULT 0"),
     ("exclusions", "other_key", "TEXT"),
     ("reports", "reported_key", "TEXT"),
+    ("chats", "erased_key", "TEXT"),
     ("reports", "ban_on_return", "INTEGER NOT NULL DEFAULT 0"),
     ("claimed_updates", "state", "TEXT NOT NULL DEFAULT 'done'"),
     ("claimed_updates", "owner", "TEXT"),
