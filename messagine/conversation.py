@@ -18,10 +18,18 @@ from messagine import keyboards
 from messagine.analytics import Analytics, now_iso
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
+from messagine.domain import matching
 from messagine.domain.age_gate import Gate, gate
 from messagine.languages import LANGUAGES, language_name
-from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, UserState
-from messagine.storage.port import Chats, Lobby, ModerationRecords, Users
+from messagine.models import (
+    ActiveChat,
+    EndedChat,
+    EndReason,
+    MatchOutcome,
+    MatchResult,
+    UserState,
+)
+from messagine.storage.port import Chats, Lobby, MessageLog, ModerationRecords, Users
 from messagine.telegram import Telegram, TelegramBlocked
 
 log = logging.getLogger(__name__)
@@ -31,8 +39,8 @@ log = logging.getLogger(__name__)
 _MAX_MATCH_ATTEMPTS = 3
 
 
-class ConversationStore(Users, Lobby, Chats, ModerationRecords, Protocol):
-    """The storage roles a conversation uses: users, the lobby, chats and bans."""
+class ConversationStore(Users, Lobby, Chats, MessageLog, ModerationRecords, Protocol):
+    """The storage roles a conversation uses: users, lobby, chats, message log and bans."""
 
 
 class Conversation:
@@ -56,6 +64,28 @@ class Conversation:
         """The catalog for a user's language (English where there is none)."""
         return self.catalog.for_language(language)
 
+    # -- where answers go ----------------------------------------------------------------
+
+    def is_newest(self, user: UserState, message_id: int) -> bool:
+        """Whether the bot's message ``message_id`` is the newest in the user's chat.
+
+        Newer are the texts the bot sent the user since (``UserState.newest_message``) and,
+        in a chat, the user's own last message and the last copy of the partner's (the
+        message log; copies are not noted one by one, so a relay costs no extra write).
+        """
+        if message_id < user.newest_message:
+            return False
+        chat = user.chat
+        if chat is None:
+            return True
+        own = self.repository.recent_messages(chat.chat_id, user.user_id, 1)
+        if own and own[-1] > message_id:
+            return False
+        theirs = self.repository.recent_messages(chat.chat_id, chat.partner_id, 1)
+        link = theirs and self.repository.find_message(chat.chat_id, chat.partner_id,
+                                                       theirs[-1])
+        return not (link and link.copy_message_id > message_id)
+
     # -- start, help, about --------------------------------------------------------------
 
     def start(self, user: UserState, answer: Answer) -> str:
@@ -67,8 +97,7 @@ class Conversation:
             self.analytics.update_profile(user, set_once={"$created": now_iso()},
                                           set_values={"language": user.language})
             return "start:new"
-        answer.send(t("start.welcome_back"), keyboards.idle(t) if user.chat is None
-                    else keyboards.in_chat(t))
+        answer.send(t("start.welcome_back"), keyboards.for_state(t, user))
         return "start:known"
 
     def help(self, user: UserState, answer: Answer) -> str:
@@ -94,6 +123,8 @@ class Conversation:
 
         Past the age gate first, whatever the route; ``any_language``: the user accepted
         the offer of the any-language pool, where their wait moves before the search.
+        Queued, they are told honestly that nobody they can be paired with is searching
+        (and how many others are), and offered the any-language pool unless they are in it.
         """
         t = self.catalog.for_user(user)
         verdict = gate(user, self.min_age)  # every route to a partner comes through here
@@ -109,7 +140,7 @@ class Conversation:
             answer.send(t("banned.notice"))
             return "find:banned"
         if any_language and not self.repository.join_any_language(user.user_id):
-            answer.send(t("lobby.not_in"), keyboards.idle(t))
+            answer.send(t("lobby.not_in"), keyboards.for_state(t, user))
             return "find:not_waiting"
         for _ in range(_MAX_MATCH_ATTEMPTS):
             result = self.repository.find_partner(
@@ -117,15 +148,17 @@ class Conversation:
             if result.outcome is MatchOutcome.IN_CHAT:
                 answer.send(t("chat.active"), keyboards.in_chat(t))
                 return "find:in_chat"
+            if result.outcome is MatchOutcome.AGE_REFUSED:  # a No since this update began
+                answer.send(t("age.closed", min_age=self.min_age, contact=self.contact),
+                            keyboards.idle(t))
+                return "find:age_refused"
             if result.outcome is MatchOutcome.WAITING:
-                name = language_name(user.language)
-                queue = (t("lobby.only_you", language=name) if result.waiting_count <= 1 else
-                         t.plural("lobby.waiting_count", result.waiting_count, language=name))
-                answer.send(t("lobby.joined", language=name) + "\n\n" + queue,
-                            keyboards.lobby(t))
+                answer.send(_searching(t, user, result, any_language=any_language),
+                            keyboards.lobby(t, offer_any=not any_language))
                 return "find:waiting"
             if result.outcome is MatchOutcome.ALREADY_WAITING:
-                answer.send(t("lobby.already"), keyboards.lobby(t))
+                answer.send(t("lobby.joined_any") if any_language else t("lobby.already"),
+                            keyboards.lobby(t))
                 return "find:already_waiting"
             assert result.chat is not None  # noqa: S101 - MATCHED always carries the chat
             if self._announce_chat(user, result.chat, answer, update_id):
@@ -211,38 +244,43 @@ class Conversation:
     def exit_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the chat (confirmed); each side is told once, even if both confirm at once."""
         t = self.catalog.for_user(user)
-        if not self.end(user, EndReason.EXIT, update_id):
-            answer.send(t("exit.already_ended"), keyboards.idle(t))
+        ended = self.end(user, EndReason.EXIT, update_id)
+        if ended is None:
+            # The chat it was about is over, whatever the state said when the update came.
+            answer.send(t("exit.already_ended"), keyboards.for_state(t, replace(user, chat=None)))
             return "exit:already_ended"
-        answer.send(t("exit.closed_by_you"), keyboards.idle(t))
+        answer.send(card(t, "exit.closed_by_you"), keyboards.chat_ended(t, ended.chat_id))
         return "exit:closed"
 
     def keep_chat(self, user: UserState, answer: Answer) -> str:
         """The user said No to ending the chat."""
         t = self.catalog.for_user(user)
         answer.send(t("exit.kept") if user.chat else t("exit.already_ended"),
-                    None if user.chat else keyboards.idle(t))
+                    None if user.chat else keyboards.for_state(t, user))
         return "exit:kept"
 
     def next_chat(self, user: UserState, answer: Answer, update_id: int) -> str:
         """End the current chat without confirmation and search again."""
-        ended = self.end(user, EndReason.NEXT, update_id) if user.chat else False
+        ended = self.end(user, EndReason.NEXT, update_id) if user.chat else None
+        if ended is not None:
+            t = self.catalog.for_user(user)
+            answer.send(card(t, "exit.closed_by_you"), keyboards.chat_ended(t, ended.chat_id))
         # The search sees the user as they are now: out of the chat just ended.
         outcome = self.find_chat(replace(user, chat=None) if ended else user, answer,
                                  update_id)
-        return ("next:ended+" if ended else "next:") + outcome.removeprefix("find:")
+        return ("next:ended+" if ended is not None else "next:") + outcome.removeprefix("find:")
 
-    def end(self, user: UserState, reason: EndReason, update_id: int) -> bool:
-        """End the user's chat and tell the partner only that it ended; False if none."""
+    def end(self, user: UserState, reason: EndReason, update_id: int) -> EndedChat | None:
+        """End the user's chat and tell the partner only that it ended; None if none."""
         ended = self.repository.end_chat(user.user_id, reason, self.clock(), update_id)
         if ended is None:
-            return False
+            return None
         if not ended.resumed:  # a resumed ending was logged by the attempt that made it
             log.info("chat ended: %s", reason.value,
                      extra={"json_fields": {"chat_end_reason": reason.value}})
         self._tell_partner(ended, "exit.closed_by_partner")
         self._track_end(user, ended, reason)
-        return True
+        return ended
 
     def _track_end(self, user: UserState, ended: EndedChat, reason: EndReason) -> None:
         """chat.ended: how long, how many messages this user sent, who ended it and how.
@@ -259,22 +297,26 @@ class Conversation:
             "how": reason.value, "language": user.language})
 
     def _tell_partner(self, ended: EndedChat, key: str) -> None:
-        """Tell the partner of an ended chat, in their language; mark them if they blocked us."""
+        """Give the partner of an ended chat its card; mark them if they blocked us."""
         partner_t = self.texts(ended.partner_language)
         try:
-            self.telegram.send_text(ended.partner_id, partner_t(key), keyboards.idle(partner_t))
+            self.telegram.send_text(ended.partner_id, card(partner_t, key),
+                                    keyboards.chat_ended(partner_t, ended.chat_id))
         except TelegramBlocked:
             self.repository.set_blocked(ended.partner_id, blocked=True)
 
     def partner_unreachable(self, user: UserState, update_id: int) -> None:
-        """The partner blocked the bot: end the chat, mark them, tell the user."""
+        """The partner blocked the bot: end the chat, mark them, give the user the card."""
         ended = self.repository.end_chat(
             user.user_id, EndReason.PARTNER_UNREACHABLE, self.clock(), update_id)
-        if ended is not None:
-            self.repository.set_blocked(ended.partner_id, blocked=True)
-            self._track_end(user, ended, EndReason.PARTNER_UNREACHABLE)
         t = self.catalog.for_user(user)
-        self.telegram.send_text(user.user_id, t("partner.unreachable"), keyboards.idle(t))
+        if ended is None:
+            self.telegram.send_text(user.user_id, t("partner.unreachable"), keyboards.idle(t))
+            return
+        self.repository.set_blocked(ended.partner_id, blocked=True)
+        self._track_end(user, ended, EndReason.PARTNER_UNREACHABLE)
+        self.telegram.send_text(user.user_id, card(t, "partner.unreachable"),
+                                keyboards.chat_ended(t, ended.chat_id))
 
     def bot_blocked(self, user: UserState, update_id: int) -> str:
         """The user blocked the bot: mark them, leave the lobby, end the chat, tell the partner."""
@@ -300,7 +342,7 @@ class Conversation:
         """Send a greeting, in the partner's language, to the partner."""
         t = self.catalog.for_user(user)
         if user.chat is None:
-            answer.send(t("hi.not_in_chat"), keyboards.idle(t))
+            answer.send(t("hi.not_in_chat"), keyboards.for_state(t, user))
             return "hi:not_in_chat"
         partner_t = self.texts(user.chat.partner_language)
         try:
@@ -309,8 +351,10 @@ class Conversation:
             self.partner_unreachable(user, update_id)
             return "hi:partner_unreachable"
         if answer.carrying_message_id is not None:
-            self.telegram.edit_keyboard(answer.chat_id, answer.carrying_message_id,
-                                        keyboards.after_hi(t))
+            # The sign that it went: on the notice the button sat on, which loses it.
+            self.telegram.edit_text(answer.chat_id, answer.carrying_message_id,
+                                    _chat_started(t) + "\n\n" + t("hi.sent"),
+                                    keyboard=keyboards.after_hi(t))
         return "hi:sent"
 
     # -- language ------------------------------------------------------------------------
@@ -355,6 +399,26 @@ class Conversation:
             self.telegram, user.user_id), update_id).removeprefix("find:")
 
 
+def _searching(t: Texts, user: UserState, result: MatchResult, *, any_language: bool) -> str:
+    """What a search that queued the user says.
+
+    Nobody they can be paired with is searching (the matching rule), how many others are,
+    and the offer of the any-language pool, unless they are in it.
+    """
+    if any_language:
+        return t("lobby.joined_any")
+    name = language_name(user.language)
+    lines = [t("lobby.joined", language=name), t("lobby.only_you", language=name)]
+    if others := matching.unpairable_others(result):
+        lines.append(t("lobby.others_unpairable", language=name, count=others))
+    return "\n\n".join([*lines, t("lobby.any_hint")])
+
+
 def _chat_started(t: Texts) -> str:
     """The chat-start notice, with the one-line safety tip at the moment it matters."""
     return t("chat.started") + "\n\n" + t("chat.safety_tip")
+
+
+def card(t: Texts, ended_key: str) -> str:
+    """The end-of-chat card's text: who ended it (``ended_key``), and the rating prompt."""
+    return t(ended_key) + "\n\n" + t("card.rate_prompt")

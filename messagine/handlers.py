@@ -87,7 +87,7 @@ class Handlers:
         envelope = context.current().require_envelope()
         if routes.parse_command(envelope.text) is not None and user.chat is None:
             t = self.catalog.for_user(user)
-            call.answer.send(t("unknown_command"), keyboards.idle(t))
+            call.answer.send(t("unknown_command"), keyboards.for_state(t, user))
             self.analytics.track(user, "command.unknown")
             _done("unknown_command")
             return
@@ -130,8 +130,10 @@ class Handlers:
             _done("button:unknown")
             return
         route, argument = found
+        newest = self.services.conversation.is_newest(ctx.user, message.message_id)
         self._press(route, self._call(
-            Answer(self.telegram, message.chat.id, message.message_id), argument))
+            Answer(self.telegram, message.chat.id, message.message_id, newest=newest),
+            argument))
 
     def _press(self, route: Route, call: Call) -> None:
         self.analytics.track(call.user, f"action.{route.name}")

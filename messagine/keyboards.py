@@ -33,6 +33,8 @@ REPORT = button("report_reason")
 REPORT_CANCEL = button("report_cancel")
 SHARE_SEND = button("share_send")
 SHARE_CANCEL = button("share_cancel")
+RATE = button("rate")
+REPORT_CHAT = button("report_chat")
 REPORT_REASONS = ("spam", "abuse", "minor", "other")
 
 
@@ -47,10 +49,18 @@ def idle(t: Texts) -> Keyboard:
     return [[(t("btn.find_chat"), FIND), (t("btn.help"), HELP)]]
 
 
-def lobby(t: Texts) -> Keyboard:
-    """For a waiting user: [Stop searching] [Language, Help]."""
-    return [[(t("btn.exit_lobby"), CANCEL_FIND)],
+def lobby(t: Texts, *, offer_any: bool = False) -> Keyboard:
+    """For a waiting user: ([Chat with anyone]) [Stop searching] [Language, Help]."""
+    offer = [[(t("btn.any_language"), ANY_LANGUAGE)]] if offer_any else []
+    return [*offer, [(t("btn.exit_lobby"), CANCEL_FIND)],
             [(t("btn.language"), LANGUAGE), (t("btn.help"), HELP)]]
+
+
+def for_state(t: Texts, user: UserState) -> Keyboard:
+    """The keyboard that agrees with the user's state: in a chat, searching, or neither."""
+    if user.chat is not None:
+        return in_chat(t)
+    return lobby(t) if user.waiting else idle(t)
 
 
 def in_chat(t: Texts) -> Keyboard:
@@ -112,9 +122,11 @@ def confirm_delete(t: Texts) -> Keyboard:
     return [[(t("btn.delete_yes"), DELETE_YES)], [(t("btn.delete_no"), DELETE_NO)]]
 
 
-def report_reasons(t: Texts) -> Keyboard:
-    """The reasons a reporter chooses from, and Cancel."""
-    rows = [[(t(f"btn.report_{reason}"), REPORT + reason)] for reason in REPORT_REASONS]
+def report_reasons(t: Texts, chat: str = "") -> Keyboard:
+    """The reasons a reporter chooses from, and Cancel (``chat``: the card's chat id)."""
+    suffix = f":{chat}" if chat else ""
+    rows = [[(t(f"btn.report_{reason}"), REPORT + reason + suffix)]
+            for reason in REPORT_REASONS]
     return [*rows, [(t("btn.cancel"), REPORT_CANCEL)]]
 
 
@@ -127,3 +139,19 @@ def moderation(t: Texts, report_id: int) -> Keyboard:
 def any_language_offer(t: Texts) -> Keyboard:
     """The offer to a long wait: [Chat with anyone] [Stop searching]."""
     return [[(t("btn.any_language"), ANY_LANGUAGE)], [(t("btn.exit_lobby"), CANCEL_FIND)]]
+
+
+def chat_ended(t: Texts, chat_id: int) -> Keyboard:
+    """The end-of-chat card: [👍, 👎] [Report, Next chat]."""
+    return [[("👍", f"{RATE}up:{chat_id}"), ("👎", f"{RATE}down:{chat_id}")],
+            *after_rating(t, chat_id)]
+
+
+def after_rating(t: Texts, chat_id: int) -> Keyboard:
+    """The card once its chat was rated: [Report, Next chat]."""
+    return [[(t("btn.report"), f"{REPORT_CHAT}{chat_id}"), (t("btn.next_chat"), FIND)]]
+
+
+def after_card(t: Texts) -> Keyboard:
+    """A card whose chat can no longer be rated or reported: [Next chat]."""
+    return [[(t("btn.next_chat"), FIND)]]

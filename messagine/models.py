@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a type only: the domain imports the models, not the other way
+    from messagine.domain.albums import Album
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,8 @@ class UserState:
     language_code: str | None = None
     """Telegram's language of the user's app: the interface falls back to it."""
     reminders_enabled: bool = True
+    newest_message: int = 0
+    """The newest message the bot sent the user (``Users.note_newest``); copies aside."""
     age_refused: bool = False
     """Answered No to the age question: the gate stays closed (``domain.age_gate``)."""
 
@@ -65,8 +70,7 @@ class OpenedUpdate:
     ``duplicate``: finished before, nothing to do; ``busy``: another attempt holds a live
     lease on it (answer 503, do nothing); ``resumed``: the attempt that held it died (its
     lease expired) and this one took it over. ``throttled``: the sender is over the flood
-    limit, so the update is dropped; ``warn``: this is the update that went over, which
-    gets the one "please slow down".
+    limit, so the update is dropped; ``warn``: its sender is told which update that was.
     """
 
     duplicate: bool
@@ -84,6 +88,8 @@ class MatchOutcome(enum.Enum):
     WAITING = "waiting"
     ALREADY_WAITING = "already_waiting"
     IN_CHAT = "in_chat"
+    AGE_REFUSED = "age_refused"
+    """The stored user answered No to the age question (``domain.age_gate``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +177,9 @@ class ChatRecord:
     """The update that made the chat (a re-delivered search resumes it)."""
     closed_by_update: int | None = None
     """The update that ended it (a re-delivered ending resumes it)."""
+    partner_key: str | None = None
+    """The protection key of a partner who erased their data (``domain.erasure``), kept so
+    that a block or report made afterwards still binds them if they come back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +215,12 @@ class StoredProfile:
     nudge_pending: bool = True
     reminded_at: float | None = None
     lobby: LobbyEntry | None = None
+    ratings_up: int = 0
+    ratings_down: int = 0
+    ratings_flagged: bool = False
+    ratings_counted_at: tuple[float, ...] = ()
+    """When the ratings of the chats counted within the report window were counted."""
+    newest_message: int = 0
     notice_pending: bool = True
     """Active since the last inactivity notice (``domain.retention``)."""
     noticed_at: float | None = None
@@ -234,6 +249,8 @@ class UserRecords:
     """The update ids the document stores keep with the user, to recognise re-deliveries."""
     claims: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Updates of this user being processed: update id -> owner, lease and attempts."""
+    albums: list[Album] = field(default_factory=list)
+    """The albums this user sent in the last day: their items' message ids and types."""
 
 
 @dataclass(frozen=True, slots=True)

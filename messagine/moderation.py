@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -22,6 +22,7 @@ from messagine.answer import Answer
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.domain.erasure import is_tombstone
+from messagine.domain.ratings import RatingRule, may_rate
 from messagine.models import ChatRecord, EndReason, UserState
 from messagine.payload import INT64
 from messagine.storage.port import Chats, MessageLog, ModerationRecords, PersonalRecords, Users
@@ -46,6 +47,13 @@ class ModerationSettings:
     admin_ids: frozenset[int]
     admin_chat_id: int | None
     report_window_s: float
+    rating_flag_after: int = 10
+    """How many 👎 from different people bring a user to the moderators' attention."""
+
+    @property
+    def rating_rule(self) -> RatingRule:
+        """A chat can be rated as long as it can be reported."""
+        return RatingRule(window_s=self.report_window_s, flag_after=self.rating_flag_after)
 
 
 class Moderation:
@@ -79,15 +87,35 @@ class Moderation:
             return None
         return last
 
+    def _card_target(self, user: UserState, chat: str) -> ChatRecord | None:
+        """The ended chat an end-of-chat card names, while it can be rated and reported."""
+        chat_id = int(chat) if re.fullmatch(r"-?\d{1,19}", chat) else None
+        if chat_id is None or not -INT64 <= chat_id < INT64:
+            return None
+        record = self.repository.chat_of(user.user_id, chat_id)
+        if record is None or not may_rate(record.ended_at, self.clock(),
+                                          self.settings.rating_rule):
+            return None
+        return record
+
     # -- users ---------------------------------------------------------------------------
 
-    def ask_report(self, user: UserState, answer: Answer) -> str:
-        """Offer the reasons, if there is someone to report."""
+    def ask_report(self, user: UserState, answer: Answer, chat: str = "") -> str:
+        """Offer the reasons, if there is someone to report.
+
+        ``chat``: the chat id an end-of-chat card names; its Report works for that chat,
+        whatever came after, while the report window lasts.
+        """
         t = self.catalog.for_user(user)
-        if self._target(user) is None:
+        target = self._card_target(user, chat) if chat else self._target(user)
+        if target is None and chat:
+            answer.send(t("card.too_late"), keyboards.after_card(t))
+            return "report:too_late"
+        if target is None:
             answer.send(t("report.nobody"))
             return "report:nobody"
-        answer.send(t("report.ask", count=EVIDENCE_MESSAGES), keyboards.report_reasons(t))
+        answer.send(t("report.ask", count=EVIDENCE_MESSAGES),
+                    keyboards.report_reasons(t, chat))
         return "report:asked"
 
     def cancel_report(self, user: UserState, answer: Answer) -> str:
@@ -95,26 +123,75 @@ class Moderation:
         answer.send(self.catalog.for_user(user)("report.cancelled"))
         return "report:cancelled"
 
-    def report(self, user: UserState, reason: str, answer: Answer, update_id: int) -> str:
-        """End the chat, exclude the pair, store the report and send it to the moderators."""
+    def report(self, user: UserState, argument: str, answer: Answer, update_id: int) -> str:
+        """End the chat, exclude the pair, store the report and send it to the moderators.
+
+        ``argument``: the reason, and the chat id when the report came from a card.
+        """
         t = self.catalog.for_user(user)
-        target = self._target(user)
+        reason, _, chat = argument.partition(":")
+        target = self._card_target(user, chat) if chat else self._target(user)
+        if target is None and chat:
+            answer.send(t("card.too_late"), keyboards.after_card(t))
+            return "report:too_late"
         if target is None or reason not in keyboards.REPORT_REASONS:
             answer.send(t("report.nobody"))
             return "report:nobody"
         if target.ended_at is None:
             self.conversation.end(user, EndReason.REPORT, update_id)
         now = self.clock()
-        self.repository.exclude_pair(user.user_id, target.partner_id, "report", now)
+        # A partner who erased their data is a tombstone: their key keeps both binding.
+        self.repository.exclude_pair(user.user_id, target.partner_id, "report", now,
+                                     target.partner_key)
         report = self.repository.add_report(user.user_id, target.partner_id, target.chat_id,
-                                            reason, now)
+                                            reason, now, target.partner_key)
         if report is None:  # pressed again, or re-delivered: the moderators have it
-            answer.send(t("report.already_sent"), keyboards.idle(t))
+            answer.send(t("report.already_sent"), keyboards.for_state(t, _after(user, target)))
             return "report:already_sent"
         # The moderators first: a re-delivery after a failed answer finds the report made.
         self._send_to_moderators(report.report_id, target, reason)
-        answer.send(t("report.thanks"), keyboards.idle(t))
+        answer.send(t("report.thanks"), keyboards.for_state(t, _after(user, target)))
         return "report:sent"
+
+    def rate(self, user: UserState, argument: str, answer: Answer) -> str:
+        """Count a 👍 or 👎 for the partner of the chat a card names, while it can be rated.
+
+        ``argument`` is "up:<chat id>" or "down:<chat id>". A 👎 keeps the pair apart; the
+        exclusion is made first, so a re-delivery after a failure in between completes it.
+        """
+        t = self.catalog.for_user(user)
+        value, _, chat = argument.partition(":")
+        target, now, rule = self._card_target(user, chat), self.clock(), self.settings.rating_rule
+        if value not in ("up", "down") or target is None:
+            answer.send(t("card.too_late"), keyboards.after_card(t))
+            return "rate:too_late"
+        positive = value == "up"
+        if not positive:
+            self.repository.exclude_pair(user.user_id, target.partner_id, "rating", now)
+        verdict = self.repository.rate_user(target.partner_id, target.chat_id, positive, now,
+                                            rule)
+        ended = t("exit.closed_by_you" if target.ended_by_user else "exit.closed_by_partner")
+        if not verdict.counted:
+            answer.send(ended + "\n\n" + t("card.rated_before"),
+                        keyboards.after_rating(t, target.chat_id))
+            return "rate:before"
+        if verdict.flag:
+            self._flag(target.partner_id, rule.flag_after)
+        answer.send(ended + "\n\n" + t("card.rated_up" if positive else "card.rated_down"),
+                    keyboards.after_rating(t, target.chat_id))
+        return "rate:up" if positive else "rate:down"
+
+    def _flag(self, user_id: int, count: int) -> None:
+        """Tell the moderators (once: the rule says when) about a user many rated 👎."""
+        if self.settings.admin_chat_id is None:
+            log.warning("a user was rated down by many, but ADMIN_CHAT_ID is not set")
+            return
+        try:
+            self.telegram.send_text(self.settings.admin_chat_id, self.moderator_texts(
+                "mod.flag", user_id=user_id, count=count))
+        except TelegramError as error:
+            log.error("a flag did not reach the moderators: %s %s",  # noqa: TRY400
+                      error.method, error.code)
 
     def _send_to_moderators(self, report_id: int, target: ChatRecord, reason: str) -> None:
         chat_id = self.settings.admin_chat_id
@@ -153,8 +230,9 @@ class Moderation:
             return "block:nobody"
         if target.ended_at is None:
             self.conversation.end(user, EndReason.BLOCK, update_id)
-        self.repository.exclude_pair(user.user_id, target.partner_id, "block", self.clock())
-        answer.send(t("block.done"), keyboards.idle(t))
+        self.repository.exclude_pair(user.user_id, target.partner_id, "block", self.clock(),
+                                     target.partner_key)
+        answer.send(t("block.done"), keyboards.for_state(t, _after(user, target)))
         return "block:done"
 
     # -- admins --------------------------------------------------------------------------
@@ -241,7 +319,12 @@ class Moderation:
             answer.send(t("mod.already_handled", report_id=report_id))
             return "mod:already_handled"
         if ban and is_tombstone(report.reported_id):  # they erased their data since
-            for user_id in self.repository.ban_erased(report_id) or ():  # back already
+            back = self.repository.ban_erased(report_id)
+            if back is None:  # a report kept no key to them: nothing can follow them
+                answer.send(t("mod.resolved_ban_unkeyed", report_id=report_id,
+                              admin_id=admin_id))
+                return "mod:ban_unkeyed"
+            for user_id in back:  # back already
                 target = self.repository.get_user(user_id)
                 user_t = self.catalog.for_user(target) if target else self.moderator_texts
                 self._tell(user_id, user_t("banned.told", reason=report.reason))
@@ -261,3 +344,12 @@ class Moderation:
             self.telegram.send_text(user_id, text)
         except (TelegramBlocked, TelegramRejected):
             log.info("could not tell user about a moderation decision (blocked or gone)")
+
+
+def _after(user: UserState, target: ChatRecord) -> UserState:
+    """The user once a report or block of ``target`` is done.
+
+    Out of that chat if it was going on (a report or block ends it), else as they were:
+    searching, or in a later chat.
+    """
+    return user if target.ended_at is not None else replace(user, chat=None)

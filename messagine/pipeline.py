@@ -28,13 +28,15 @@ from messagine.envelope import read as envelope_of
 from messagine.languages import language_for
 from messagine.models import OpenedUpdate, Profile, UserState
 from messagine.payload import problem as payload_problem
-from messagine.storage.port import MessageLog, StorageUnavailable, UpdateClaims
+from messagine.storage.port import MessageLog, StorageUnavailable, UpdateClaims, Users
 from messagine.telegram import (
     Telegram,
     TelegramError,
     TelegramUnavailable,
     reset_deadline,
+    sent_messages,
     set_deadline,
+    track_sent,
 )
 
 log = logging.getLogger("messagine.updates")
@@ -50,8 +52,8 @@ KNOWN_KINDS = tuple(dict.fromkeys((*HANDLED_KINDS, *util.update_types)))
 """Every update kind pyTelegramBotAPI knows (its own list), ours first."""
 
 
-class PipelineStore(UpdateClaims, MessageLog, Protocol):
-    """The storage roles the pipeline uses: claims, and the message log for a taken-over update."""
+class PipelineStore(UpdateClaims, MessageLog, Users, Protocol):
+    """The storage roles the pipeline uses: claims, the message log, the newest messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,8 @@ class Pipeline:
         opened = self._open(update_id, update, kind, sender, chat, owner)
         if isinstance(opened, Result):
             return self._answered(update, opened), content_type
-        stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind))
+        stopped = self._stop_before_dispatch(opened, _is_privacy_request(update, kind),
+                                             _dropped(update, kind))
         if stopped is not None:
             self._finish(update_id, opened.user, owner)
             return self._answered(update, stopped), content_type
@@ -141,6 +144,7 @@ class Pipeline:
                                     raw=payload[kind])
         token = context.enter(ctx)
         deadline = set_deadline(time.monotonic() + self.budget_s)
+        sent = track_sent()
         try:
             self.bot.process_new_updates([update])
             result = Result(200, ctx.outcome)
@@ -154,12 +158,27 @@ class Pipeline:
             self._apologise(ctx, chat)
             result = Result(200, "error")
         finally:
+            self._note_newest(sent_messages(sent))
             reset_deadline(deadline)
             context.leave(token)
             self.analytics.flush()
         # Answered 200: whatever Telegram does with the answer, the work is not redone.
         self._finish(update_id, opened.user, owner)
         return result, content_type
+
+    def _note_newest(self, sent: Mapping[int, int]) -> None:
+        """Remember the newest message the bot sent each user in this update.
+
+        A later button press asks whether it sits on the newest message. Best effort: a
+        failure only means one answer edits a message that was not the newest.
+        """
+        for chat_id, message_id in sent.items():
+            if chat_id <= 0:  # a group (the moderators'), not a user
+                continue
+            try:
+                self.repository.note_newest(chat_id, message_id)
+            except Exception as error:  # noqa: BLE001 - see above
+                log.warning("newest message of a user not noted (%s)", type(error).__name__)
 
     def _finish(self, update_id: int, user: UserState | None, owner: str) -> None:
         """Mark the claim done, so a re-delivery is answered 200 with no work.
@@ -220,13 +239,26 @@ class Pipeline:
             return Result(200, "duplicate")
         return opened
 
-    def _stop_before_dispatch(self, opened: OpenedUpdate, privacy_request: bool
-                              ) -> Result | None:
-        """Floods and banned users (but for their privacy rights) stop here."""
+    def _stop_before_dispatch(self, opened: OpenedUpdate, privacy_request: bool,
+                              dropped: tuple[int | None, str | None]) -> Result | None:
+        """Floods and banned users (but for their privacy rights) stop here.
+
+        A dropped update is named to its sender: a message by a reply to it, a button
+        press by the press's own answer.
+        """
         user = opened.user
         if opened.throttled:
             if opened.warn and user is not None:
-                self._tell(user.user_id, user, "flood.slow_down")
+                message_id, callback_id = dropped
+                text = self.catalog.for_user(user)("flood.slow_down")
+                try:
+                    if callback_id is not None:
+                        self.telegram.answer_callback(callback_id, text)
+                    else:
+                        self.telegram.send_text(user.user_id, text, reply_to=message_id)
+                except TelegramError as error:
+                    log.warning("could not say an update was dropped: %s %s", error.method,
+                                error.code)
             return Result(200, "throttled:warned" if opened.warn else "throttled")
         if user is not None and user.banned and not privacy_request:
             self._tell(user.user_id, user, "banned.notice")
@@ -260,11 +292,13 @@ class Pipeline:
     def _answered(self, update: types.Update, result: Result) -> Result:
         """A press that stops before its handler still gets its answer (the spinner stops).
 
+        A dropped press was answered with its notice already.
+
         Best effort: a press answered before (a re-delivery) or too old is refused by
         Telegram, which changes nothing.
         """
         query = update.callback_query
-        if query is not None and result.status == 200:
+        if query is not None and result.status == 200 and result.outcome != "throttled:warned":
             try:
                 self.telegram.answer_callback(query.id)
             except TelegramError as error:
@@ -291,6 +325,14 @@ class Pipeline:
             self.telegram.send_text(chat_id, self.catalog.for_user(user)(key))
         except TelegramError as error:
             log.warning("could not send %s: %s %s", key, error.method, error.code)
+
+
+def _dropped(update: types.Update, kind: str) -> tuple[int | None, str | None]:
+    """What a dropped update's notice refers to: the message id, or the button press's id."""
+    item = getattr(update, kind)
+    if kind == "callback_query":
+        return None, str(item.id)
+    return getattr(item, "message_id", None), None
 
 
 def _is_privacy_request(update: types.Update, kind: str) -> bool:

@@ -46,6 +46,8 @@ class PrivacyTerms:
     """The backend (settings.storage): the policy names who stores the records."""
     periods: Periods = field(default_factory=Periods)
     """The periods of the scheduled job's retention (reports, exclusions, accounts...)."""
+    rating_flag_after: int = 10
+    """How many 👎 from different people bring a user to the moderators (the policy says)."""
 
 
 def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
@@ -66,7 +68,9 @@ def policy_text(texts: Texts, terms: PrivacyTerms) -> str:
               contact=terms.contact),
         texts("privacy.periods", idle_hours=periods.idle_chat_hours,
               report_days=periods.report_days, exclusion_days=periods.exclusion_days,
-              inactive_days=periods.inactive_days, notice_days=periods.notice_days)]
+              inactive_days=periods.inactive_days, notice_days=periods.notice_days),
+        texts("privacy.ratings", flag_after=terms.rating_flag_after),
+        texts("privacy.newest")]
     return "\n\n".join(sections)
 
 
@@ -109,7 +113,9 @@ def _own_record(profile: StoredProfile | None, label: Callable[[int], str]) -> d
                              "inactivity_notice_due": False, "inactivity_notice_at": None,
                              "blocked_the_bot": False, "banned": False,
                              "reminder_due": False, "last_reminder_at": None},
-                "lobby": None}
+                "lobby": None, "ratings": {"thumbs_up": 0, "thumbs_down": 0,
+                                           "moderators_told": False, "counted_at": []},
+                "newest_bot_message_id": None}
     return {
         "profile": {
             "telegram_id": profile.user_id, "first_name": profile.first_name,
@@ -134,10 +140,15 @@ def _own_record(profile: StoredProfile | None, label: Callable[[int], str]) -> d
             "language": profile.lobby.language, "since": _iso(profile.lobby.since),
             "offered_any_language": profile.lobby.offered,
             "not_to_meet": [label(other) for other in profile.lobby.avoid]},
+        # Which chat a rating came from is not shown: with the counts it would name who.
+        "ratings": {"thumbs_up": profile.ratings_up, "thumbs_down": profile.ratings_down,
+                    "moderators_told": profile.ratings_flagged,
+                    "counted_at": [_iso(at) for at in profile.ratings_counted_at]},
+        "newest_bot_message_id": profile.newest_message or None,
     }
 
 
-_FLOOD_TIMES = ("window_start", "last_strike", "cooldown_until")
+_FLOOD_TIMES = ("at",)
 
 
 def _processing(records: UserRecords) -> dict[str, Any]:
@@ -209,6 +220,16 @@ def export_document(records: UserRecords | None, generated_at: float) -> dict[st
         "reports_about_you": [
             {"report_id": r.report_id, "reason": r.reason, "at": _iso(r.created_at),
              "status": r.status} for r in held.reports_about],
+        # An album on its way is kept a day after its last item (``domain.albums``).
+        "albums_sent": [
+            {"chat": chat_label(a.chat_id), "changes": a.version, "batches": [
+                {"batch": b.number, "state": b.state.value,
+                 "last_item_at": _iso(b.last_item_at), "opened_by_update": b.update_id,
+                 "flush_owner": b.owner, "flush_lease_until": _iso(b.lease_until)
+                 if b.lease_until else b.lease_until,
+                 "items": [{"message_id": i.message_id, "content_type": i.content_type}
+                           for i in b.items]} for b in a.batches]}
+            for a in held.albums],
         **_processing(held),
     }
 

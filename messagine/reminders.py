@@ -204,15 +204,32 @@ class Reminders:
                             pacer: Pacer, deadline: float) -> None:
         """The one notice before an inactive account's erasure, naming its date."""
         erase_on = datetime.fromtimestamp(self.clock() + periods.notice_days * DAY, UTC)
-        while time.monotonic() < deadline - 1.0 and (
-                noticed := self.repository.claim_inactivity_notices(cut, self.clock(), BATCH)):
-            for user_id, language in noticed:
-                t = self.catalog.for_language(language)
-                pacer.wait()
-                if self._send(user_id, t("account.inactive_notice",
-                                         date=erase_on.date().isoformat()),
-                              keyboards.idle(t), summary):
-                    summary.inactivity_notices += 1
+        unsent: list[int] = []
+        try:
+            while time.monotonic() < deadline - 1.0 and (
+                    noticed := self.repository.claim_inactivity_notices(cut, self.clock(),
+                                                                        BATCH)):
+                for user_id, language in noticed:
+                    t = self.catalog.for_language(language)
+                    pacer.wait()
+                    try:
+                        self.telegram.send_text(user_id, t(
+                            "account.inactive_notice", date=erase_on.date().isoformat()),
+                            keyboards.idle(t))
+                    except TelegramBlocked:
+                        self.repository.set_blocked(user_id, blocked=True)
+                        summary.failed += 1
+                    except TelegramError:
+                        unsent.append(user_id)
+                        summary.failed += 1
+                    else:
+                        summary.inactivity_notices += 1
+        finally:
+            # Given back after the loop (it would claim them again at once): no erasure
+            # without the notice; the next run tries again. A 403 is final: the user
+            # blocked the bot and no notice can reach them.
+            for user_id in unsent:
+                self.repository.release_inactivity_notice(user_id)
 
     def _erasures(self, cut: Cutoffs, summary: RunSummary, pacer: Pacer,
                   deadline: float) -> None:

@@ -150,6 +150,10 @@ ROUTES: tuple[Route, ...] = (
           button="deleteme:yes", while_banned=True),
     Route("deleteme_no", lambda c: _s(c).privacy.keep(c.user, c.answer),
           button="deleteme:no", while_banned=True),
+    Route("rate", lambda c: _s(c).moderation.rate(c.user, c.argument, c.answer),
+          button="rate=", prefix=True),
+    Route("report_chat", lambda c: _s(c).moderation.ask_report(c.user, c.answer, c.argument),
+          button="report=", prefix=True),
     Route("report_cancel", lambda c: _s(c).moderation.cancel_report(c.user, c.answer),
           button="report:cancel"),
     Route("report_reason", lambda c: _s(c).moderation.report(

@@ -69,11 +69,13 @@ def build_runtime(
                   settings.hold_links_minutes, albums)
     terms = PrivacyTerms(settings.privacy_contact, settings.privacy_policy_url,
                          settings.message_retention_days, settings.chat_retention_days,
-                         settings.min_age, settings.storage, settings.periods)
+                         settings.min_age, settings.storage, settings.periods,
+                         rating_flag_after=settings.rating_flag_after)
     privacy = Privacy(repository, telegram, catalog, conversation, analytics, terms, clock)
     moderation = Moderation(repository, telegram, catalog, conversation, analytics,
                             ModerationSettings(settings.admin_ids, settings.admin_chat_id,
-                                               settings.report_window_s), clock)
+                                               settings.report_window_s,
+                                               settings.rating_flag_after), clock)
     Handlers(Services(conversation, relay, privacy, moderation,
                       Reactions(repository, telegram)),
              telegram, catalog, analytics).register(bot)

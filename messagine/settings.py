@@ -69,6 +69,7 @@ class Settings:
     flood_rule: FloodRule
     admin_chat_id: int | None
     report_window_s: float
+    rating_flag_after: int
     job_secret: Secret | None
     reminder_rules: ReminderRules
     admin_ids: frozenset[int]
@@ -148,9 +149,11 @@ class Settings:
         retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
         chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
         min_age = _min_age(env, problems)
-        flood_limit = _int(env, "FLOOD_LIMIT", 3, 1, 10_000, problems)
+        flood_limit = _int(env, "FLOOD_LIMIT", 8, 1, 10_000, problems)
         admin_chat = _one_id(env, "ADMIN_CHAT_ID", problems)
-        report_window = _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems)
+        report_window, rating_flag_after = (
+            _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems),
+            _int(env, "RATING_FLAG_AFTER", 10, 1, 10_000, problems))
         job_secret = env.get("JOB_SECRET", "").strip()
         reminder_rules = ReminderRules(
             remind_after_s=_int(env, "REMINDER_AFTER_HOURS", 24, 1, 24 * 90, problems) * 3600.0,
@@ -158,7 +161,7 @@ class Settings:
             run_budget_s=float(_int(env, "REMINDER_RUN_SECONDS", 240, 5, 3000, problems)),
             any_language_after_s=60.0 * _int(env, "ANY_LANGUAGE_AFTER_MINUTES", 15, 1, 10_080,
                                              problems))
-        flood_window = _int(env, "FLOOD_WINDOW_SECONDS", 3, 1, 3600, problems)
+        flood_refill = _int(env, "FLOOD_REFILL_SECONDS", 1, 1, 3600, problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
         periods = Periods(
             age_refusal_days=_int(env, "AGE_REFUSAL_DAYS", 30, 1, 3650, problems),
@@ -200,9 +203,10 @@ class Settings:
             privacy_contact=env.get("PRIVACY_CONTACT", "").strip() or "messaginebot@gmail.com",
             privacy_policy_url=policy_url or None,
             min_age=min_age,
-            flood_rule=FloodRule(limit=flood_limit, window_s=float(flood_window)),
+            flood_rule=FloodRule(limit=flood_limit, refill_s=float(flood_refill)),
             admin_chat_id=admin_chat,
             report_window_s=report_window * 60.0,
+            rating_flag_after=rating_flag_after,
             job_secret=Secret(job_secret) if job_secret else None,
             reminder_rules=reminder_rules,
             admin_ids=frozenset(admin_ids),

@@ -94,6 +94,31 @@ def reset_deadline(token: contextvars.Token[float | None]) -> None:
     _deadline.reset(token)
 
 
+# The newest message the bot sent into each chat during the current update (copies are
+# not counted: the message log knows them), so that the pipeline can remember it.
+_sent: contextvars.ContextVar[dict[int, int] | None] = contextvars.ContextVar(
+    "telegram_sent", default=None)
+
+
+def track_sent() -> contextvars.Token[dict[int, int] | None]:
+    """Start noting the messages this update sends (see ``sent_messages``)."""
+    return _sent.set({})
+
+
+def sent_messages(token: contextvars.Token[dict[int, int] | None]) -> dict[int, int]:
+    """Stop noting; the newest message id the bot sent into each chat meanwhile."""
+    sent = _sent.get() or {}
+    _sent.reset(token)
+    return sent
+
+
+def _note_sent(chat_id: int, message_id: int) -> int:
+    sent = _sent.get()
+    if sent is not None:
+        sent[chat_id] = max(sent.get(chat_id, 0), message_id)
+    return message_id
+
+
 class _FormPostSender:
     """pyTelegramBotAPI's request sender, replaced: POST bodies, one session per thread."""
 
@@ -214,7 +239,7 @@ class Telegram:
                  if reply_to is not None else None)
         message = self._call("sendMessage", lambda: self.bot.send_message(
             chat_id, text, reply_markup=keyboard_markup(keyboard), reply_parameters=reply))
-        return int(message.message_id)
+        return _note_sent(chat_id, int(message.message_id))
 
     def copy_message(
         self, chat_id: int, from_chat_id: int, message_id: int, reply_to: int | None = None,
@@ -247,7 +272,7 @@ class Telegram:
             heading=location.heading, horizontal_accuracy=location.horizontal_accuracy,
             proximity_alert_radius=location.proximity_alert_radius, reply_parameters=reply),
             still_wanted)
-        return int(message.message_id)
+        return _note_sent(chat_id, int(message.message_id))
 
     def edit_live_location(self, chat_id: int, message_id: int, location: Location) -> None:
         """Move a live location the bot sent."""
@@ -266,6 +291,8 @@ class Telegram:
         """Send a file (sendDocument) made in memory; returns its message id."""
         message = self._call("sendDocument", lambda: self.bot.send_document(
             chat_id, io.BytesIO(content), caption=caption, visible_file_name=file_name))
+        # Not noted as the newest message: it is the /mydata file, which shows the newest
+        # noted before it, and must show what is stored.
         return int(message.message_id)
 
     def edit_text(

@@ -6,6 +6,8 @@ lasts AGE_REFUSAL_DAYS, after which the scheduled job deletes the marker."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import flask
@@ -53,10 +55,12 @@ def age_prompt(user: FakeUser) -> dict[str, Any]:
 
 
 def answer_age(runtime: Runtime, user: FakeUser, yes: bool) -> str:
-    """Press Yes or No on the newest prompt showing; the text the answer put in its place."""
-    prompt = age_prompt(user)["message_id"]
-    post(runtime, user.press(prompt, "age:yes" if yes else "age:no"))
-    return str(next(m for m in user.inbox() if m["message_id"] == prompt).get("text", ""))
+    """Press Yes or No on the newest prompt showing; the answer's text: in the prompt's
+    place when it was the newest message, else at the bottom (docs/design.md)."""
+    prompt = age_prompt(user)
+    post(runtime, user.press(prompt["message_id"], "age:yes" if yes else "age:no"))
+    now = next(m for m in user.inbox() if m["message_id"] == prompt["message_id"])
+    return str((now if now.get("text") != prompt.get("text") else user.last()).get("text", ""))
 
 
 def in_chat(runtime: Runtime, fake_api: FakeBotApi) -> tuple[FakeUser, FakeUser]:
@@ -88,7 +92,7 @@ def test_no_in_a_chat_on_an_old_prompt_ends_it_and_erases_all_but_the_marker(
     young, adult = in_chat(bot, fake_api)
     post(bot, young.text("hello"))
     refusal = answer_age(bot, young, yes=False)
-    assert adult.last()["text"] == "Chat closed by your partner."
+    assert adult.last()["text"].startswith("Chat closed by your partner.\n")
     assert "only for people aged 16 and over" in refusal and CONTACT in refusal
     assert "30 days" in refusal
     assert_only_the_marker(bot, young)
@@ -218,3 +222,57 @@ def test_a_redelivered_old_search_after_no_pairs_nobody(bot: Runtime, fake_api: 
     state = bot.repository.get_user(adult.id)
     assert state is not None and state.waiting and state.chat is None
     assert_only_the_marker(bot, young)
+
+
+def _while_stalled(runtime: Runtime, fake_api: FakeBotApi, rule: Any,
+                   first: dict[str, Any], second: dict[str, Any]) -> None:
+    """Deliver ``first``, and ``second`` while ``first`` waits out the 429 of ``rule``."""
+    worker = threading.Thread(target=post, args=(runtime, first))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while rule.hits == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rule.hits == 1, "the first update reached its 429"
+    post(runtime, second)
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    fake_api.forget(rule)
+
+
+def test_a_no_while_next_waits_out_a_429_closes_its_search(bot: Runtime,
+                                                            fake_api: FakeBotApi):
+    young, adult = in_chat(bot, fake_api)
+    waiting = fake_api.user(871, "Waiting")
+    post(bot, waiting.command("find_chat"))
+    answer_age(bot, waiting, yes=True)
+    old_no = young.press(age_prompt(young)["message_id"], "age:no")
+    # /next tells the old partner (429: waited out) and then searches with the user
+    # as loaded before the No.
+    rule = fake_api.fail("sendMessage", chat_id=adult.id, status=429, retry_after=1)
+    _while_stalled(bot, fake_api, rule, young.command("next"), old_no)
+    assert_only_the_marker(bot, young)
+    state = bot.repository.get_user(waiting.id)
+    assert state is not None and state.waiting and state.chat is None, \
+        "the refused user was neither paired nor queued"
+    assert any("under 16" in m.get("text", "") and CONTACT in m.get("text", "")
+               for m in young.inbox()[-2:]), "the search answered as the closed gate"
+
+
+def test_an_old_yes_processed_with_a_no_cannot_flip_it(bot: Runtime, fake_api: FakeBotApi):
+    young, adult = fake_api.user(881, "Young"), fake_api.user(882, "Adult")
+    post(bot, adult.command("find_chat"))
+    answer_age(bot, adult, yes=True)  # waiting
+    post(bot, young.command("find_chat"))
+    post(bot, young.command("find_chat"))
+    prompts = [m["message_id"] for m in young.inbox() if any(
+        b["callback_data"] == "age:no"
+        for row in m.get("reply_markup", {}).get("inline_keyboard", []) for b in row)]
+    assert len(prompts) == 2
+    # The Yes is loaded, then waits out a 429 on answering its button while the No is
+    # processed in full; then it writes its answer and searches.
+    rule = fake_api.fail("answerCallbackQuery", status=429, retry_after=1)
+    _while_stalled(bot, fake_api, rule, young.press(prompts[0], "age:yes"),
+                   young.press(prompts[1], "age:no"))
+    assert_only_the_marker(bot, young)
+    state = bot.repository.get_user(adult.id)
+    assert state is not None and state.waiting and state.chat is None

@@ -66,7 +66,7 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
     # Alice waits: the welcome becomes the lobby message, and its callback is answered.
     post(alice.press_button("Find Chat"))
     assert alice.last()["text"].startswith("Searching for someone who speaks English")
-    assert buttons(alice.last())[0] == "🚪 Stop searching"
+    assert buttons(alice.last())[:2] == ["🌍 Chat with anyone", "🚪 Stop searching"]
     assert len(alice.inbox()) == 1, "the pressed message was updated, not repeated"
     assert len(served_api.calls_of("answerCallbackQuery")) == 1
     post(alice.command("find_chat"))
@@ -78,10 +78,12 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
         assert user.last()["text"].startswith("Chat started")
         assert buttons(user.last()) == ["👋 Say Hi", "🚪 Exit Chat"]
 
-    # Say Hi reaches Bob; Alice's notice keeps only the exit button.
+    # Say Hi reaches Bob; Alice's notice says so and keeps only the exit button.
     post(alice.press_button("Say Hi"))
     assert bob.last()["text"] == "👋 Hi!"
     assert buttons(alice.last()) == ["🚪 Exit Chat"]
+    assert alice.last()["text"].startswith("Chat started")
+    assert alice.last()["text"].endswith("👋 You said hi.")
 
     # Every content type arrives as an anonymous copy.
     hello = alice.text("Hello *there*", entities=[{"type": "bold", "offset": 6, "length": 7}])
@@ -126,10 +128,10 @@ def test_two_strangers_meet_talk_and_part(function_server: FunctionServer, serve
     assert alice.last()["text"] == "OK, the chat goes on."
     post(alice.command("stop"))
     post(alice.press_button("Yes"))
-    assert alice.last()["text"] == "You have closed the chat."
-    assert bob.last()["text"] == "Chat closed by your partner."
+    assert alice.last()["text"].startswith("You have closed the chat.\n")
+    assert bob.last()["text"].startswith("Chat closed by your partner.\n")
     for user in (alice, bob):
-        assert buttons(user.last()) == ["🔍 Find Chat", "❓ Help"]
+        assert buttons(user.last()) == ["👍", "👎", "🚩 Report", "▶️ Next chat"]
     assert sum("closed by your partner" in t for t in bob.texts()) == 1
 
     # They just met, so they are not paired again.

@@ -48,7 +48,7 @@ def test_next_ends_the_chat_and_searches_again(deliver: Deliver, fake_api: FakeB
     assert deliver(alice.command("find_chat")).outcome == "find:matched"  # with Carol
     deliver(bob.command("find_chat"))
     assert deliver(alice.command("next")).outcome == "next:ended+matched"  # now with Bob
-    assert carol.last()["text"] == "Chat closed by your partner."
+    assert carol.last()["text"].startswith("Chat closed by your partner.\n")
     assert bob.last()["text"].startswith("Chat started")
     assert deliver(carol.command("next")).outcome == "next:waiting"
 
@@ -62,10 +62,16 @@ def test_both_confirming_exit_ends_the_chat_once(deliver: Deliver, alice: FakeUs
     bob_confirmation = bob_yes["callback_query"]["message"]["message_id"]
     assert deliver(alice_yes).outcome == "button:exit:closed"
     assert deliver(bob_yes).outcome == "button:exit:already_ended"
-    assert [t for t in bob.texts() if "closed" in t] == ["Chat closed by your partner."]
+    assert [t.split("\n")[0] for t in bob.texts() if "closed" in t] == \
+        ["Chat closed by your partner."]
+    # The card came after Bob's question, so the answer is a new message at the bottom
+    # and the question's buttons retire.
     confirmation = next(m for m in bob.inbox() if m["message_id"] == bob_confirmation)
-    assert confirmation["text"] == "This chat has already ended."
-    assert [t for t in alice.texts() if "closed" in t] == ["You have closed the chat."]
+    assert "reply_markup" not in confirmation or \
+        confirmation["reply_markup"]["inline_keyboard"] == []
+    assert bob.last()["text"] == "This chat has already ended."
+    assert [t.split("\n")[0] for t in alice.texts() if "closed" in t] == \
+        ["You have closed the chat."]
 
 
 def test_exit_outside_a_chat_says_why(deliver: Deliver, alice: FakeUser):
@@ -159,7 +165,8 @@ def test_a_partner_who_blocked_the_bot_ends_the_chat(deliver: Deliver, fake_api:
     pair(deliver, alice, bob)
     fake_api.blocked.add(bob.id)
     assert deliver(alice.text("still there?")).outcome == "relay:partner_unreachable"
-    assert "left Messagine" in alice.last()["text"]
+    assert alice.last()["text"].startswith("Your partner has left Messagine")
+    assert buttons(alice.last()) == ["👍", "👎", "🚩 Report", "▶️ Next chat"], "the card"
     state = bot.repository.get_user(bob.id)
     assert state is not None and state.blocked and state.chat is None
 
@@ -209,7 +216,7 @@ def test_a_failed_exit_notice_is_sent_again_on_redelivery(
     fake_api.fail("sendMessage", chat_id=bob.id, status=502)
     assert deliver(press).status == 503
     assert deliver(press).outcome == "button:exit:closed"
-    assert bob.last()["text"] == "Chat closed by your partner."
+    assert bob.last()["text"].startswith("Chat closed by your partner.\n")
 
 
 def test_edits_and_deletes_outside_the_chat_are_not_delivered(

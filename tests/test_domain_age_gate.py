@@ -5,9 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from messagine.domain import age_gate, matching
 from messagine.domain.age_gate import Gate, gate, refusal_marker
 from messagine.domain.nudges import NudgeStatus, claimable
-from messagine.models import ActiveChat, UserState
+from messagine.models import ActiveChat, MatchOutcome, UserState
 
 CHAT = ActiveChat(1, 2, "en", 0.0)
 
@@ -40,3 +41,17 @@ def test_the_marker_is_the_answer_and_nothing_about_the_person(user_id: int, at:
     assert marker.analytics_opt_out, "no analytics about a child"
     assert (marker.first_seen, marker.last_seen, marker.lobby) == (0.0, 0.0, None)
     assert not claimable(NudgeStatus.of(marker), float("inf")), "no reminder, ever"
+
+
+def test_a_yes_never_replaces_a_no_and_a_no_replaces_anything():
+    assert not age_gate.replaces("no", confirmed=True)
+    assert age_gate.replaces(None, confirmed=True) and age_gate.replaces("yes", confirmed=True)
+    assert all(age_gate.replaces(s, confirmed=False) for s in (None, "yes", "no"))
+
+
+def test_a_search_of_a_refused_record_is_refused_and_refused_candidates_are_not_taken():
+    refused = age_gate.refused_search(age_gate.refuses("no"))
+    assert refused is not None and refused.outcome is MatchOutcome.AGE_REFUSED
+    assert age_gate.refused_search(age_gate.refuses("yes")) is None
+    seeker = matching.Seeker(1, "en")
+    assert matching.pick(seeker, [matching.Candidate(2, "en", 0.0, age_refused=True)]) is None

@@ -17,6 +17,7 @@ from messagine.domain.matching import (
     ranked,
     recent_partners,
     resume_search,
+    unpairable_others,
 )
 from messagine.models import ActiveChat, EndReason, MatchOutcome
 from support.strategies import MAX_ID, ids, tombstones
@@ -138,3 +139,9 @@ def test_an_exclusion_binds_the_erased_user_by_their_key(user: int, victim: int,
     assert stone not in bound, "a tombstone is nobody to avoid"
     assert avoided(user, [], kept, "key-of-someone-else") == frozenset()
     assert avoided(user, [], kept) == frozenset(), "no key, no match"
+
+
+def test_after_queueing_everyone_else_in_the_pool_is_unpairable():
+    assert unpairable_others(queued(was_waiting=False, waiting_count=1)) == 0
+    assert unpairable_others(queued(was_waiting=False, waiting_count=4)) == 3
+    assert unpairable_others(queued(was_waiting=True, waiting_count=0)) == 0

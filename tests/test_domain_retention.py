@@ -13,6 +13,7 @@ from messagine.domain.retention import (
     cutoffs,
     erasure_due,
     notice_due,
+    outlives_period,
 )
 from messagine.models import Periods
 
@@ -53,3 +54,8 @@ def test_bans_and_age_refusals_have_rules_of_their_own(away: float, banned: bool
     kept = status(NOW - away, banned=banned, refused=not banned)
     assert not notice_due(kept, CUT)
     assert not erasure_due(AccountStatus(NOW - away, False, 0.0, banned, not banned), CUT)
+
+
+def test_only_a_report_holding_a_ban_outlives_its_period():
+    assert outlives_period(True)
+    assert not outlives_period(False) and not outlives_period(None)

@@ -131,3 +131,72 @@ def test_a_ban_decided_while_the_returned_user_waits_takes_them_out(bot: Bot):
     bot.send(press)
     assert offender.last()["text"] == "You have been banned from Messagine. Reason: spam"
     _banned(bot, offender)
+
+
+def _chat_then_partner_erased(bot: Bot) -> tuple[FakeUser, FakeUser]:
+    """The offender harasses the victim in a chat, then erases their data."""
+    victim, offender = bot.api.user(VICTIM, "Vic"), bot.api.user(OFFENDER, "Off")
+    bot.send(victim.command("find_chat"), offender.command("find_chat"),
+             offender.text("spam spam"))
+    assert bot.partner(victim) == OFFENDER
+    bot.send(offender.command("deleteme"))
+    bot.send(offender.press_button("Delete everything"))
+    assert "Done. Deleted" in offender.last()["text"]
+    return victim, offender
+
+
+def _kept_by_key(bot: Bot) -> None:
+    (kept,) = [e for e in bot.dump()["exclusions"] if e["user_id"] == VICTIM]
+    assert kept["other_id"] < 0 and len(kept["other_key"] or "") == 64, \
+        "a block of a tombstone keeps the erased user's key"
+    assert OFFENDER not in bot.stored()
+
+
+def test_a_block_made_after_the_partners_erasure_still_binds_them(bot: Bot):
+    victim, offender = _chat_then_partner_erased(bot)
+    bot.send(victim.command("block"))
+    _kept_by_key(bot)
+    bot.send(offender.command("start"), offender.command("find_chat"),
+             victim.command("find_chat"))
+    _never_meet_again(bot, victim, offender)
+
+
+def test_a_report_made_after_the_partners_erasure_binds_and_bans_them(bot: Bot):
+    victim, offender = _chat_then_partner_erased(bot)
+    bot.send(victim.command("report"))
+    bot.send(victim.press_button("Spam"))
+    _kept_by_key(bot)
+    (report,) = bot.dump()["reports"]
+    assert report["reported_id"] < 0 and len(report["reported_key"] or "") == 64
+    bot.send(offender.command("start"), offender.command("find_chat"),
+             victim.command("find_chat"))
+    _never_meet_again(bot, victim, offender)
+
+    card = bot.api.messages(MODERATORS)[0]
+    admin = bot.api.user(ADMIN, "Admin")
+    bot.send({"update_id": bot.api.next_update_id(), "callback_query": {
+        "id": "cb-ban", "from": admin.profile, "chat_instance": "1",
+        "message": {**card, "chat": {"id": MODERATORS, "type": "supergroup",
+                                     "title": "Moderators"}},
+        "data": card["reply_markup"]["inline_keyboard"][0][0]["callback_data"]}})
+    assert "Their ban is kept" in bot.api.messages(MODERATORS)[0]["text"]
+    bot.send(offender.command("cancel_find"), offender.command("find_chat"))
+    assert offender.last()["text"] == BANNED
+
+
+def test_a_ban_on_a_report_that_kept_no_key_says_so(bot: Bot):
+    # A report stored about a tombstone without a key (before keys were kept with chats).
+    _chat_then_partner_erased(bot)
+    chat = bot.repository.last_chat(VICTIM)
+    assert chat is not None
+    report = bot.repository.add_report(VICTIM, chat.partner_id, chat.chat_id, "spam", 0.0)
+    assert report is not None
+    admin = bot.api.user(ADMIN, "Admin")
+    bot.send({"update_id": bot.api.next_update_id(), "callback_query": {
+        "id": "cb-ban", "from": admin.profile, "chat_instance": "1",
+        "message": {"message_id": 1, "date": 0, "text": "report",
+                    "chat": {"id": MODERATORS, "type": "supergroup", "title": "Moderators"}},
+        "data": f"mod:ban:{report.report_id}"}})
+    (told,) = [m["text"] for m in bot.api.messages(MODERATORS) if "deleted their data" in
+               m.get("text", "")]
+    assert "no ban can follow them" in told and "is kept" not in told

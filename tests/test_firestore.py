@@ -248,7 +248,7 @@ def test_the_indexes_deploy_with_gcloud():
             "--field-config=field-path=since,order=ascending --async") in commands
     ttls = [c for c in commands if " fields ttls update expires_at " in c]
     assert {c.split("--collection-group=")[1].split()[0] for c in ttls} == \
-        {"links", "chats", "claims"}
+        {"links", "chats", "claims", "albums"}
     docs = (ROOT / "docs" / "storage.md").read_text()
     assert "python -m messagine.storage.setup_firestore" in docs
 

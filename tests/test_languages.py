@@ -65,21 +65,25 @@ def test_the_interface_falls_back_to_the_telegram_language(deliver: Deliver,
     assert turkish.last()["text"] == "Dilin artık Türkçe."
 
 
-def test_queue_feedback_counts_the_waiting_in_the_language(deliver: Deliver,
-                                                          fake_api: FakeBotApi):
+def test_queue_feedback_counts_only_who_can_be_paired(deliver: Deliver, fake_api: FakeBotApi):
     first, second = fake_api.user(30, "A"), fake_api.user(31, "B")
     deliver(first.command("find_chat"))
-    assert "the only one waiting in English" in first.last()["text"]
+    assert "nobody else who can be paired with you is searching in English" in \
+        first.last()["text"]
+    assert "Also searching" not in first.last()["text"]
     deliver(second.command("find_chat"))
     deliver(first.command("exit_chat"))
     deliver(first.press_button("Yes"))
-    # They just met, so both wait: two in the pool, told with the plural form.
+    # They just met, so both wait: the other one is searching but cannot be paired.
     deliver(first.command("find_chat"))
     deliver(second.command("find_chat"))
-    assert "Right now 2 people are waiting in English, you included." in second.last()["text"]
+    told = second.last()["text"]
+    assert "nobody else who can be paired with you is searching in English" in told
+    assert "Also searching in English, but not someone you can be paired with now" in told
+    assert told.split("\n\n")[2].endswith(": 1.")
     germans = [fake_api.user(40 + i, "G", language_code="de") for i in range(2)]
     for german in germans:
         deliver(german.command("set_language"))
         deliver(german.press_button("Deutsch"))
     deliver(germans[0].command("find_chat"))
-    assert "Gerade wartest nur du auf Deutsch." in germans[0].last()["text"]
+    assert "Gerade sucht niemand sonst auf Deutsch" in germans[0].last()["text"]

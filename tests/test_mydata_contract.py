@@ -1,7 +1,7 @@
 """/mydata is everything stored under the user: a contract on every backend.
 
 A user goes through everything the bot stores (chats ended and lasting, messages both
-ways, reports by and about them, exclusions by and of them, flood counters, the reminder
+ways, reports by and about them, exclusions by and of them, a rating, flood counters, the reminder
 state and time, the any-language offer, the update ids of their chats); then every record
 of every table or collection that names them, read from the database itself
 (``support.raw_store``), must be in their /mydata export. Each field of such a record is
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ data (``messagine.domain.erasure``): there is then no user to export it to."""
 
 TABLES = {"users": "users", "lobby": "lobby", "chats": "chats", "memberships": "memberships",
           "exclusions": "exclusions", "message_links": "links", "links": "links",
-          "reports": "reports"}
+          "reports": "reports", "albums": "albums"}
 """Each table (SQLite) or collection (MongoDB, Firestore) that may hold a user's records."""
 
 FIELDS: dict[str, dict[str, str]] = {
@@ -49,7 +49,8 @@ FIELDS: dict[str, dict[str, str]] = {
               "last_seen": SAME, "blocked": SAME, "banned": SAME, "analytics_opt_out": SAME,
               "age_answer": SAME, "age_answered_at": SAME, "reminders_off": SAME,
               "nudge_pending": SAME, "reminded_at": SAME, "flood": SAME,
-              "notice_pending": SAME, "noticed_at": SAME,
+              "notice_pending": SAME, "noticed_at": SAME, "ratings": SAME,
+              "newest_message": SAME,
               "recent_updates": SAME, "claims": SAME, "waiting_since": SAME,
               "chat": DERIVED},
     "lobby": {"user_id": SELF, "_id": SELF, "language": SAME, "since": SAME, "offered": SAME,
@@ -57,7 +58,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "chats": {"id": CHAT, "_id": CHAT, "user_a": PERSON, "user_b": PERSON, "users": PERSON,
               "ended_by": PERSON, "language": SAME, "started_at": SAME,
               "opened_by_update": SAME, "ended_at": SAME, "end_reason": SAME,
-              "closed_by_update": SAME, "expires_at": DERIVED},
+              "closed_by_update": SAME, "expires_at": DERIVED, "erased_key": KEPT},
     "memberships": {"user_id": SELF, "chat_id": CHAT, "partner_id": PERSON},
     "exclusions": {"_id": DERIVED, "user_id": PERSON, "other_id": PERSON, "reason": SAME,
                    "created_at": SAME, "other_key": KEPT},
@@ -67,6 +68,8 @@ FIELDS: dict[str, dict[str, str]] = {
     "reports": {"id": REPORT_ID, "_id": REPORT_ID, "reporter_id": PERSON,
                 "reported_id": PERSON, "chat_id": CHAT, "reason": SAME, "created_at": SAME,
                 "status": SAME, "reported_key": KEPT, "ban_on_return": KEPT},
+    "albums": {"key": DERIVED, "_id": DERIVED, "chat_id": CHAT, "sender_id": SELF,
+               "version": SAME, "batches": SAME, "expires_at": DERIVED},
 }
 
 
@@ -83,10 +86,13 @@ def _live_everything(bot: ServedBot) -> None:
                                                                 strict=True))
     bot.send(me.command("start"), me.command("analytics off"), me.command("find_chat"),
              first.command("find_chat"), me.text("hello first"), first.text("hi me"),
-             me.media("photo", caption="a photo"), second.command("find_chat"),
+             me.media("photo", caption="a photo"), *me.album("photo", 2))
+    _until(lambda: bot.api.calls_of("copyMessages", FIRST))  # the album sent: it stays
+    bot.send(second.command("find_chat"),
              me.command("next"), me.text("hello second"), second.text("spam from me?"),
              second.command("report"))
     bot.send(second.press_button("Spam"))  # a report about ME, and their exclusion of ME
+    bot.send(first.press_button("👍"))  # a rating of ME, kept as counts with ME
     bot.send(me.command("find_chat"), third.command("find_chat"), third.text("rude"),
              me.command("block"), me.command("report"))
     bot.send(me.press_button("Abuse"))  # a report by ME (the block came first)
@@ -94,6 +100,13 @@ def _live_everything(bot: ServedBot) -> None:
     bot.repository.claim_language_offers(time.time() + 3600, 100)
     bot.repository.claim_nudges(time.time() + 3600, time.time(), 100)
     bot.send(me.command("mydata"))
+
+
+def _until(condition: Callable[[], Any], seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "did not happen in time"
+        time.sleep(0.05)
 
 
 def _exported(value: Any) -> list[Any]:
@@ -150,7 +163,8 @@ def test_mydata_holds_every_record_stored_under_the_user(bot: ServedBot):
             assert any(all(e in entry for e in expected) for entry in pool), \
                 f"{table} record {record} is not in /mydata"
             checked[group] = checked.get(group, 0) + 1
-    assert set(checked) >= {"users", "lobby", "chats", "exclusions", "links", "reports"}
+    assert set(checked) >= {"users", "lobby", "chats", "exclusions", "links", "reports",
+                            "albums"}
     assert checked["links"] >= 4 and checked["reports"] == 2 and checked["exclusions"] >= 2
 
     serialised = json.dumps(export)

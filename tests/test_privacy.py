@@ -184,7 +184,7 @@ def test_deleteme_erases_every_trace(privacy_bot: Runtime, fake_api: FakeBotApi)
     assert privacy_bot.repository.get_user(ALICE) is not None
     process(alice.command("deleteme"))
     assert process(alice.press_button("Delete everything")).outcome == "button:deleteme:deleted"
-    assert carol.last()["text"] == "Chat closed by your partner."
+    assert carol.last()["text"].startswith("Chat closed by your partner.\n")
     assert "Done. Deleted: your profile" in alice.last()["text"]
 
     stored = everything_stored(privacy_bot)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from messagine.domain.erasure import banned_remnant
+from messagine.domain.ratings import RatingRule, RatingVerdict
 from messagine.domain.retention import cutoffs
 from messagine.models import (
     EndReason,
@@ -490,3 +491,66 @@ def test_retention_selects_in_bounded_batches_and_claims_each_notice_once(
     gone = cutoffs(later + 8 * 86_400, periods)
     assert len(repository.inactive_accounts(gone, 3)) == 3
     assert set(repository.inactive_accounts(gone, 10)) == {40, 41, 42, 43}
+
+
+# -- ratings -------------------------------------------------------------------------------
+
+def test_a_rating_counts_once_per_chat_and_shows_only_as_counts(repository: Repository):
+    rule = RatingRule(window_s=3600.0, flag_after=2)
+    register(repository, 1)
+    assert repository.rate_user(1, 10, True, T0, rule) == RatingVerdict(counted=True)
+    for again in (True, False):  # a second press, either way, or a re-delivery
+        assert repository.rate_user(1, 10, again, T0 + 5, rule) == RatingVerdict(counted=False)
+    assert repository.rate_user(1, 11, False, T0 + 6, rule) == RatingVerdict(counted=True)
+    records = repository.export_user(1)
+    assert records is not None
+    assert (records.profile.ratings_up, records.profile.ratings_down) == (1, 1)
+    assert repository.rate_user(99, 12, False, T0, rule) == RatingVerdict(counted=False)
+    assert repository.export_user(99) is None, "rating an unknown user creates nobody"
+
+
+def test_the_flag_is_raised_once_at_the_threshold(repository: Repository):
+    rule = RatingRule(window_s=3600.0, flag_after=3)
+    register(repository, 1)
+    verdicts = [repository.rate_user(1, chat, False, T0 + chat, rule) for chat in range(1, 6)]
+    assert [v.flag for v in verdicts] == [False, False, True, False, False]
+    records = repository.export_user(1)
+    assert records is not None and records.profile.ratings_down == 5
+
+
+def test_a_chat_counted_long_ago_is_forgotten_by_the_record_not_by_the_counts(
+        repository: Repository):
+    rule = RatingRule(window_s=60.0, flag_after=5)
+    register(repository, 1)
+    assert repository.rate_user(1, 10, True, T0, rule).counted
+    assert repository.rate_user(1, 11, True, T0 + 120, rule).counted
+    assert not repository.rate_user(1, 11, True, T0 + 130, rule).counted
+    records = repository.export_user(1)
+    assert records is not None and records.profile.ratings_up == 2
+
+
+def test_the_newest_message_only_grows_and_needs_a_user(repository: Repository):
+    register(repository, 1)
+    for message_id in (5, 9, 7):
+        repository.note_newest(1, message_id)
+    state = repository.get_user(1)
+    assert state is not None and state.newest_message == 9
+    repository.note_newest(2, 4)
+    assert repository.get_user(2) is None, "noting creates nobody"
+
+
+def test_a_chat_is_found_by_id_only_by_its_users(repository: Repository):
+    for user_id in (1, 2, 3):
+        register(repository, user_id)
+    find(repository, 1)
+    chat = find(repository, 2).chat
+    assert chat is not None
+    repository.end_chat(1, EndReason.EXIT, T0 + 10, next(_update_ids))
+    for user_id, partner in ((1, 2), (2, 1)):
+        record = repository.chat_of(user_id, chat.chat_id)
+        assert record is not None and record.chat_id == chat.chat_id
+        assert (record.partner_id, record.ended_at, record.end_reason) == (partner, T0 + 10,
+                                                                            "exit")
+        assert record.ended_by_user is (user_id == 1)
+    assert repository.chat_of(3, chat.chat_id) is None, "not a user of the chat"
+    assert repository.chat_of(1, chat.chat_id + 999) is None

@@ -163,7 +163,7 @@ def test_a_report_is_kept_for_its_period_then_deleted(
 
 def test_an_inactive_account_in_a_chat_the_partner_keeps_alive_ends_it_before_erasure(
         bot: Runtime, fake_api: FakeBotApi, clock: Clock):
-    gone, active = fake_api.user(951, "Gone"), fake_api.user(952, "Active")
+    gone, active = fake_api.user(971, "Gone"), fake_api.user(972, "Active")
     pair(bot, gone, active)
     erased_on = None
     for day in range(1, 45):
@@ -179,3 +179,48 @@ def test_an_inactive_account_in_a_chat_the_partner_keeps_alive_ends_it_before_er
     records = bot.repository.export_user(active.id)
     assert records is not None and all(chat.ended_at is not None for chat in records.chats), \
         "ended, so that the chat's own retention period applies to it"
+
+
+def test_a_notice_that_failed_is_sent_by_the_next_run_and_the_erasure_waits_for_it(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock):
+    gone = fake_api.user(951, "Gone")
+    post(bot, gone.command("start"))
+    clock.advance(24 * DAY)
+    fake_api.fail("sendMessage", chat_id=gone.id, status=502, times=1)
+    summary = run_job(bot)
+    assert summary["inactivity_notices"] == 0 and summary["failed"] == 1
+    assert not gone.last()["text"].startswith("You haven't used Messagine")
+    clock.advance(3 * DAY)
+    assert run_job(bot)["inactivity_notices"] == 1, "the next run sends the notice"
+    assert gone.last()["text"].startswith("You haven't used Messagine for a long time.")
+    clock.advance(6 * DAY)  # 9 days after the failed attempt, 6 after the notice
+    assert run_job(bot)["accounts_erased"] == 0, "the notice promised 7 days"
+    assert bot.repository.get_user(gone.id) is not None
+    clock.advance(2 * DAY)
+    assert run_job(bot)["accounts_erased"] == 1
+    assert bot.repository.get_user(gone.id) is None
+
+
+def test_a_ban_on_an_erased_users_report_outlives_the_reports_period(
+        make_bot: MakeBot, fake_api: FakeBotApi, clock: Clock):
+    moderators, admin_id = -100_951_000, 959
+    bot = make_bot(JOB_SECRET=JOB_SECRET, RECENT_PARTNERS="0", REPORT_RETENTION_DAYS="90",
+                   ADMIN_CHAT_ID=str(moderators), ADMIN_IDS=str(admin_id))
+    victim, offender = fake_api.user(961, "Victim"), fake_api.user(962, "Offender")
+    pair(bot, victim, offender)
+    post(bot, victim.command("report"))
+    post(bot, victim.press_button("Spam or ads"))
+    post(bot, offender.command("deleteme"))
+    post(bot, offender.press_button("Delete everything"))
+    card = fake_api.messages(moderators)[0]
+    post(bot, {"update_id": fake_api.next_update_id(), "callback_query": {
+        "id": "cb-ban", "from": fake_api.user(admin_id, "Admin").profile, "chat_instance": "1",
+        "message": {**card, "chat": {"id": moderators, "type": "supergroup", "title": "Mods"}},
+        "data": card["reply_markup"]["inline_keyboard"][0][0]["callback_data"]}})
+    assert "Their ban is kept" in fake_api.messages(moderators)[0]["text"]
+    clock.advance(91 * DAY)
+    assert run_job(bot)["purged"]["reports"] == 0, "the report holds the ban"
+    post(bot, offender.command("start"))
+    post(bot, offender.command("find_chat"))
+    state = bot.repository.get_user(offender.id)
+    assert state is not None and state.banned, "back after the period: still banned"

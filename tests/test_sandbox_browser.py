@@ -1,10 +1,13 @@
 """The sandbox in a real browser: two people meet, talk, reply, edit, share and part.
 
 Headless Chromium (Debian's chromium and chromium-driver, which .ci/run installs) driven by
-Selenium against `python -m messagine sandbox`: a pair, a reply whose quote follows an
-edit, a held link, a confirmed location, /mydata's file opened from the page, a third
-pane, a restart of the sandbox and a second chat. Screenshots of each step are saved in a
-pytest tmp directory (named in the test's output), never in the repository.
+Selenium against `python -m messagine sandbox` with the default flood rule: a pair, a
+burst of short lines, a reply whose quote follows an edit, a held link, a confirmed
+location, /mydata's file opened from the page, a third pane, Exit Chat pressed on the old
+"Chat started" (the newest line tells the truth), the end-of-chat card and a rating, a
+restart of the sandbox and a second chat. Screenshots of the conversation's steps are saved
+under artifacts/sandbox/ (committed, to be looked at); other screenshots go to a pytest tmp
+directory (named in the test's output).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import requests
 from conftest import ROOT, free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+ARTIFACTS = ROOT / "artifacts" / "sandbox"
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,7 +50,7 @@ class SandboxProcess:
         port = self.url.rstrip("/").rsplit(":", 1)[1]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "messagine", "sandbox", "--port", port, "--no-browser"],
-            cwd=self.where, env={**env, "PYTHONPATH": str(ROOT), "FLOOD_LIMIT": "1000"},
+            cwd=self.where, env={**env, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(150):
             try:
@@ -96,7 +100,8 @@ def test_two_people_chat_in_the_browser(sandbox: SandboxProcess, browser,  # typ
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    screenshots = tmp_path_factory.mktemp("sandbox-screenshots")
+    screenshots = ARTIFACTS
+    screenshots.mkdir(parents=True, exist_ok=True)
     print(f"screenshots: {screenshots}")  # where to look after a failure
     # The page re-renders a chat when it changes, so elements go stale: retry until found.
     wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
@@ -153,10 +158,34 @@ def test_two_people_chat_in_the_browser(sandbox: SandboxProcess, browser,  # typ
             pane_has(pane, "Chat started")
             pane_has(pane, "never share your phone number, address or passwords")
 
+    def click_button_of(pane: Any, text: str, label: str) -> None:
+        """Press ``label`` under the newest bot message showing ``text``, however old."""
+        def click(_d: Any) -> bool:
+            found = [m for m in messages(pane, "bot") if text in m.text]
+            buttons = found[-1].find_elements(By.CSS_SELECTOR, ".keyboard button") \
+                if found else []
+            chosen = [b for b in buttons if label in b.text]
+            if not chosen:
+                return False
+            chosen[-1].click()
+            return True
+        wait.until(click)
+
+    def newest(pane: Any) -> str:
+        return str(messages(pane)[-1].text)
+
     alice, bob = open_page()
     assert browser.find_element(By.ID, "pair-hint").is_displayed()
     pair(alice, bob)
     shot("1-chat-started")
+
+    # People type in bursts: five short lines at once all arrive, none "too fast".
+    burst = ["lol", "wait", "what", "do you", "do?"]
+    for line in burst:
+        say(bob, line)
+    wait.until(lambda _d: [m.text.split("\n")[0] for m in messages(alice, "bot")][-5:] == burst)
+    assert not any("did not get through" in m.text for m in messages(bob))
+    shot("1b-burst-of-five")
 
     say(alice, "Hello Bob")
     pane_has(bob, "Hello Bob")
@@ -230,9 +259,24 @@ def test_two_people_chat_in_the_browser(sandbox: SandboxProcess, browser,  # typ
     assert "copyMessage" in calls and "editMessageText" in calls
     assert "outcome=relayed" in browser.find_element(By.ID, "log").text
 
-    say(alice, "/exit_chat")
+    # Exit Chat on the old "Chat started", screens up: asked at the bottom, and Yes there
+    # leaves the truth on the newest line.
+    click_button_of(alice, "Chat started", "Exit Chat")
+    wait.until(lambda _d: "Are you sure" in newest(alice))
+    shot("5b-exit-asked-at-the-bottom")
     press(alice, "Yes")
+    wait.until(lambda _d: newest(alice).startswith("You have closed the chat."))
+    assert not [m for m in messages(alice, "bot") if "Chat started" in m.text
+                and m.find_elements(By.CSS_SELECTOR, ".keyboard button")], "old buttons retire"
     pane_has(bob, "Chat closed by your partner.")
+    wait.until(lambda _d: newest(bob).startswith("Chat closed by your partner."))
+    assert "How was it?" in newest(bob)
+    shot("5c-end-of-chat-card")
+    press(bob, "👎")
+    wait.until(lambda _d: "your 👎 is counted" in newest(bob))
+    assert "👎" not in [b.text for b in messages(bob)[-1].find_elements(
+        By.CSS_SELECTOR, ".keyboard button")], "rated once"
+    shot("5d-rated")
 
     # A restart starts from a fresh store: the same two people can meet again at once.
     sandbox.stop()

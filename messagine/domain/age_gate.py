@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import enum
 
-from messagine.models import StoredProfile, UserState
+from messagine.models import MatchOutcome, MatchResult, StoredProfile, UserState
+
+REFUSAL = "no"
+"""The stored answer of a user under the minimum age."""
 
 
 class Gate(enum.Enum):
@@ -37,6 +40,40 @@ def gate(user: UserState, min_age: int) -> Gate:
     if min_age and not user.age_confirmed and user.chat is None:
         return Gate.ASK
     return Gate.OPEN
+
+
+def refuses(age_answer: str | None) -> bool:
+    """Whether a stored answer is a refusal, which closes the gate."""
+    return age_answer == REFUSAL
+
+
+def refused_search(refused: bool) -> MatchResult | None:
+    """What a search answers for a user whose stored record is a refusal; None: go on.
+
+    The store's own record decides, read with the search: a search that began before
+    the No (a /next waiting out a 429 while an old prompt's No was pressed) must neither
+    queue nor pair the marker.
+    """
+    return MatchResult(MatchOutcome.AGE_REFUSED) if refused else None
+
+
+def answer(confirmed: bool) -> str:
+    """The stored form of an answer to the age question."""
+    return "yes" if confirmed else REFUSAL
+
+
+def kept_answers(confirmed: bool) -> tuple[str, ...]:
+    """The stored answers that this answer must not replace: a Yes never replaces a No.
+
+    An old prompt's Yes pressed after the No, or processed at the same time as it, so
+    leaves the refusal standing; a No replaces anything.
+    """
+    return (REFUSAL,) if confirmed else ()
+
+
+def replaces(stored: str | None, confirmed: bool) -> bool:
+    """Whether this answer may be written over the ``stored`` one (``kept_answers``)."""
+    return stored not in kept_answers(confirmed)
 
 
 def stores_profile(age_answer: str | None) -> bool:

@@ -54,6 +54,17 @@ def protection_key(pepper: bytes, user_id: int) -> str:
     return hmac.new(pepper, b"user:%d" % user_id, hashlib.sha256).hexdigest()
 
 
+def partner_key(partner_id: int, erased_key: str | None) -> str | None:
+    """The protection key a block or report of ``partner_id`` must keep, if any.
+
+    A chat whose user erased their data holds their key (``erased_key``) beside the
+    tombstone that replaced them; a block or report made afterwards names the tombstone,
+    and only the key keeps it binding if the erased user comes back. None for a live
+    partner: their id binds.
+    """
+    return erased_key if is_tombstone(partner_id) else None
+
+
 def returned(pepper: bytes, key: str, user_ids: Iterable[int]) -> list[int]:
     """The users among ``user_ids`` whose protection key is ``key``: an erased user back."""
     return [u for u in user_ids if hmac.compare_digest(protection_key(pepper, u), key)]

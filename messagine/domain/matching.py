@@ -3,11 +3,12 @@
 Two users are compatible when they wait in the same pool (a language, or "*" for the
 any-language pool, which only users who opted in enter), neither is among the other's last N
 partners, neither excluded the other (a report or a block, in either direction), and
-neither is banned. An exclusion binds the excluded user by their id or, once they erased
-their data, by their protection key (``messagine.domain.erasure``): a user who returns
-with the same Telegram id is still kept from whoever excluded them. Blocking the bot
-takes a user out of the lobby; one who searches again afterwards is evidently back, so
-the blocked mark does not keep them from a partner. Of the compatible waiting users the
+neither is banned or refused by the age gate. An exclusion binds the excluded user by
+their id or, once they erased their data, by their protection key
+(``messagine.domain.erasure``): a user who returns with the same Telegram id is still
+kept from whoever excluded them. Blocking the bot takes a user out of the lobby; one who
+searches again afterwards is evidently back, so the blocked mark does not keep them from
+a partner. Of the compatible waiting users the
 one waiting longest is taken (ties: the lower user id). A search that this same update
 already completed (a re-delivery after a failure) resumes the chat it opened.
 """
@@ -43,6 +44,8 @@ class Candidate:
     avoid: frozenset[int] = frozenset()
     """Their own recent partners and exclusions, as far as the store keeps them."""
     banned: bool = False
+    age_refused: bool = False
+    """The waiting user's stored answer is a refusal (``domain.age_gate``)."""
 
 
 Exclusion = tuple[int, int, str | None]
@@ -82,6 +85,7 @@ def compatible(seeker: Seeker, candidate: Candidate) -> bool:
     return (candidate.user_id != seeker.user_id
             and candidate.pool == seeker.pool
             and not candidate.banned
+            and not candidate.age_refused
             and candidate.user_id not in seeker.avoid
             and seeker.user_id not in candidate.avoid)
 
@@ -120,6 +124,17 @@ def queued(was_waiting: bool, waiting_count: int) -> MatchResult:
     """What a search that found nobody answers: now waiting, or still waiting."""
     outcome = MatchOutcome.ALREADY_WAITING if was_waiting else MatchOutcome.WAITING
     return MatchResult(outcome, waiting_count=waiting_count)
+
+
+def unpairable_others(result: MatchResult) -> int:
+    """How many others wait in the pool of a search that queued its user.
+
+    None of them can be paired with the user: a search takes any compatible waiting user
+    (``pick``), so those still waiting are incompatible (recent partners, exclusions).
+    What the user can honestly be told is that nobody pairable waits, and how many others
+    do.
+    """
+    return max(0, result.waiting_count - 1)
 
 
 def may_end(reason: EndReason, opened_by_update: int | None, update_id: int) -> bool:

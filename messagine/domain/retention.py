@@ -8,7 +8,8 @@ difference, and is sent once per absence (every update makes it due again, as it
 reminder). The erasure is due when the notice went out that long ago and the user has not
 come back since. Banned users (the ban outlives erasure) and age refusals (their marker
 has a period of its own, ``domain.age_gate``) are neither told nor erased here. Reports,
-exclusions, ended chats and message records go by their age alone (``purge_expired``).
+exclusions, ended chats and message records go by their age (``purge_expired``), but for
+a report on which a moderator banned an erased user (``outlives_period``).
 """
 
 from __future__ import annotations
@@ -81,3 +82,14 @@ def erasure_due(status: AccountStatus, cut: Cutoffs) -> bool:
     return (not status.kept and not status.notice_pending and status.noticed_at is not None
             and status.noticed_at < cut.noticed_before
             and status.last_seen < cut.erase_seen_before)
+
+
+def outlives_period(ban_on_return: bool | None) -> bool:
+    """Whether a report is kept past REPORT_RETENTION_DAYS: one that holds a ban.
+
+    A moderator's Ban on a report about a user who erased their data lives on that report
+    (``ban_on_return``, by the protection key, ``domain.erasure``); deleting it with the
+    report's age would lift the ban, as deleting the banned remnant would lift a ban made
+    before the erasure. It has no expiry, like the remnant.
+    """
+    return bool(ban_on_return)

@@ -14,25 +14,28 @@ the same way, over the adapter's own reads and writes. No driver is imported her
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from messagine.domain.age_gate import refusal_marker
+from messagine.domain.age_gate import refusal_marker, refuses
 from messagine.domain.albums import Album, Batch, BatchState, Item
 from messagine.domain.claims import Claim, ClaimState
 from messagine.domain.erasure import (
     Tombstones,
     anonymise_chat,
     banned_remnant,
+    partner_key,
     protection_key,
     returned,
 )
 from messagine.domain.flood import FloodState
 from messagine.domain.matching import Candidate, Exclusion, avoided, recent_partners
 from messagine.domain.nudges import NudgeStatus, activity
+from messagine.domain.ratings import RatingState
 from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle
 from messagine.models import (
     ActiveChat,
@@ -139,6 +142,7 @@ def user_state(user_id: int, doc: Mapping[str, Any], *, is_new: bool = False) ->
         analytics_opt_out=bool(doc.get("analytics_opt_out")),
         age_confirmed=doc.get("age_answer") == "yes", language_code=doc.get("language_code"),
         reminders_enabled=not doc.get("reminders_off"),
+        newest_message=int(doc.get("newest_message") or 0),
         age_refused=doc.get("age_answer") == "no",
     )
 
@@ -161,13 +165,18 @@ def stored_profile(user_id: int, doc: Mapping[str, Any],
                          tuple(int(u) for u in lobby.get("avoid") or ())) if lobby else None,
         notice_pending=bool(doc.get("notice_pending", True)),  # absent: from before notices
         noticed_at=doc.get("noticed_at"),
+        ratings_up=(ratings := rating_state(doc.get("ratings"))).up, ratings_down=ratings.down,
+        ratings_flagged=ratings.flagged, ratings_counted_at=tuple(sorted(ratings.recent.values())),
+        newest_message=int(doc.get("newest_message") or 0),
     )
 
 
 def profile_document(profile: StoredProfile) -> dict[str, Any]:
     """A whole user document holding ``profile`` and no chat, lobby or counters."""
     doc = asdict(profile)
-    del doc["user_id"], doc["lobby"]
+    for name in ("user_id", "lobby", "ratings_up", "ratings_down", "ratings_flagged",
+                 "ratings_counted_at", "newest_message"):
+        del doc[name]
     doc["reminders_off"] = not doc.pop("reminders_enabled")
     return {**doc, "chat": None, "waiting_since": None}
 
@@ -218,6 +227,20 @@ def flood_document(state: FloodState) -> dict[str, Any]:
     return asdict(state)
 
 
+def rating_state(stored: Mapping[str, Any] | str | None) -> RatingState:
+    """The ratings of a user document's ``ratings`` map (SQLite: its JSON text)."""
+    value = json.loads(stored) if isinstance(stored, str) else (stored or {})
+    return RatingState(up=int(value.get("up", 0)), down=int(value.get("down", 0)),
+                       flagged=bool(value.get("flagged")),
+                       recent={str(k): float(v) for k, v in (value.get("recent") or {}).items()})
+
+
+def rating_document(state: RatingState) -> dict[str, Any]:
+    """The ``ratings`` map of a user document."""
+    return {"up": state.up, "down": state.down, "flagged": state.flagged,
+            "recent": dict(state.recent)}
+
+
 def nudge_status(user_id: int, doc: Mapping[str, Any]) -> NudgeStatus:
     """What the reminder rule reads of a user document."""
     return NudgeStatus.of(stored_profile(user_id, doc, None))
@@ -242,7 +265,8 @@ def candidate(user_id: int, entry: Mapping[str, Any],
     """A lobby entry (and, if read too, its user's document) as the matching rule reads it."""
     return Candidate(user_id, str(entry["language"]), float(entry["since"]),
                      frozenset(int(u) for u in entry.get("avoid") or ()),
-                     banned=bool(user and user.get("banned")))
+                     banned=bool(user and user.get("banned")),
+                     age_refused=bool(user and refuses(user.get("age_answer"))))
 
 
 # -- chats ---------------------------------------------------------------------------------
@@ -273,18 +297,24 @@ def chat_record(chat_id: int, doc: Mapping[str, Any], user_id: int) -> ChatRecor
     return ChatRecord(chat_id, partner_of(doc, user_id), doc["language"], doc["started_at"],
                       doc.get("ended_at"), doc.get("end_reason"),
                       None if ended_by is None else ended_by == user_id,
-                      doc.get("opened_by_update"), doc.get("closed_by_update"))
+                      doc.get("opened_by_update"), doc.get("closed_by_update"),
+                      partner_key(partner_of(doc, user_id), doc.get("erased_key")))
 
 
-def anonymised_chat(doc: Mapping[str, Any], user_id: int,
-                    tombstone_id: int) -> dict[str, Any] | None:
-    """The fields that erase ``user_id`` from a chat document; None if not in it."""
+def anonymised_chat(doc: Mapping[str, Any], user_id: int, tombstone_id: int,
+                    key: str | None = None) -> dict[str, Any] | None:
+    """The fields that erase ``user_id`` from a chat document; None if not in it.
+
+    ``key``, their protection key, is kept as ``erased_key`` (``domain.erasure``).
+    """
     changed = anonymise_chat([int(u) for u in doc.get("users", [])], doc.get("ended_by"),
                              user_id, tombstone_id)
     if changed is None:
         return None
     # Only what changed: a concurrent end of the chat must keep its ender.
     fields: dict[str, Any] = {"users": list(changed.users)}
+    if key is not None:
+        fields["erased_key"] = key
     if changed.ended_by != doc.get("ended_by"):
         fields["ended_by"] = changed.ended_by
     return fields
@@ -304,10 +334,11 @@ def message_link(doc: Mapping[str, Any]) -> MessageLink:
                        doc["sent_at"])
 
 
-def exclusion_document(user_id: int, other_id: int, reason: str,
-                       now: float) -> dict[str, Any]:
-    """One user's exclusion of another (id ``exclusion_id``)."""
-    return {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+def exclusion_document(user_id: int, other_id: int, reason: str, now: float,
+                       other_key: str | None = None) -> dict[str, Any]:
+    """One user's exclusion of another (id ``exclusion_id``); ``other_key`` for an erased one."""
+    doc = {"user_id": user_id, "other_id": other_id, "reason": reason, "created_at": now}
+    return doc if other_key is None else {**doc, "other_key": other_key}
 
 
 def exclusion(doc: Mapping[str, Any]) -> Exclusion:
@@ -341,11 +372,11 @@ def kept(doc: Mapping[str, Any], field: str, partner: str, key_field: str | None
     return fields
 
 
-def report_document(report: Report) -> dict[str, Any]:
-    """A report, without its id."""
+def report_document(report: Report, reported_key: str | None = None) -> dict[str, Any]:
+    """A report, without its id; ``reported_key`` when it is about an erased user."""
     doc = asdict(report)
     del doc["report_id"]
-    return doc
+    return doc if reported_key is None else {**doc, "reported_key": reported_key}
 
 
 def new_report(reporter_id: int, reported_id: int, chat_id: int, reason: str,
@@ -380,14 +411,16 @@ def expired(now: float, retention: Retention) -> tuple[tuple[str, str, tuple[Fil
     return (("messages", "message_links", (("sent_at", "<", now - retention.messages_s),)),
             ("claims", "claimed_updates", (("claimed_at", "<", now - retention.claims_s),)),
             ("chats", "chats", (("ended_at", "<", now - retention.chats_s),)),
-            ("reports", "reports", (("created_at", "<", now - retention.reports_s),)),
+            ("reports", "reports", (("created_at", "<", now - retention.reports_s),
+                                    ("ban_on_return", "!=", True))),  # outlives_period
             ("exclusions", "exclusions", (("created_at", "<", now - retention.exclusions_s),)),
             ("age_refusals", "users", (("age_answered_at", "<", now - retention.age_refusals_s),
                                        ("age_answer", "==", "no"), ("banned", "==", False))))
 
 
 EXPORTED = (("message_links", ("sender_id", "recipient_id")),
-            ("exclusions", ("user_id", "other_id")), ("reports", ("reporter_id", "reported_id")))
+            ("exclusions", ("user_id", "other_id")), ("reports", ("reporter_id", "reported_id")),
+            ("albums", ("sender_id",)))
 """The records about a user besides chats, for ``user_records``, in its order: (the
 collection or table, the fields of which either names the user)."""
 
@@ -401,13 +434,15 @@ way holds message ids; the exclusions and reports about the user are kept (``KEP
 def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] | None,
                  chats: Iterable[tuple[int, Mapping[str, Any]]],
                  links: Iterable[Mapping[str, Any]], exclusions: Iterable[Mapping[str, Any]],
-                 reports: Iterable[tuple[int, Mapping[str, Any]]]) -> UserRecords:
+                 reports: Iterable[tuple[int, Mapping[str, Any]]],
+                 album_docs: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> UserRecords:
     """Everything stored under a user, from their documents, each kind in time order.
 
     ``doc``: their user document (``flood`` as a map); ``chats``: (chat id, document) of
     every chat they were in; ``links``: every link of a message they sent or received
     (once each); ``exclusions``: those they made and those about them; ``reports``:
-    (report id, document) of those they made and those about them.
+    (report id, document) of those they made and those about them; ``album_docs``: (key,
+    document) of the album records they sent.
     """
     ordered = sorted(chats, key=lambda c: (c[1]["started_at"], c[1]["opened_by_update"] or 0))
     every_link = sorted((message_link(d) for d in links), key=lambda m: m.sent_at)
@@ -428,6 +463,8 @@ def user_records(user_id: int, doc: Mapping[str, Any], lobby: Mapping[str, Any] 
         recent_updates=[int(u) for u in doc.get("recent_updates") or ()],
         claims={int(key.removeprefix("u")): dict(entry)
                 for key, entry in (doc.get("claims") or {}).items()},
+        albums=sorted((album(key, d) for key, d in album_docs),
+                      key=lambda a: min((b.last_item_at for b in a.batches), default=0.0)),
     )
 
 
@@ -604,6 +641,15 @@ class SharedOperations:
                 return EndedChat(int(chat_id), partner_id, self._language(partner_id), True)
         return None
 
+    def _chat(self, chat_id: int) -> Mapping[str, Any] | None:
+        """A chat's document (None: no such chat)."""
+        raise NotImplementedError
+
+    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
+        """See ``Repository.chat_of``."""
+        doc = self._chat(chat_id)
+        return chat_record(chat_id, doc, user_id) if doc and user_id in doc["users"] else None
+
     def _avoided_by(self, user_id: int, recent: int) -> frozenset[int]:
         """Whom the user must not meet: recent partners, exclusions either way, by key too."""
         key = protection_key(self._pepper, user_id)
@@ -619,14 +665,15 @@ class SharedOperations:
         found = self._user_and_lobby(user_id)
         if found is None:
             return None
-        chats, links, exclusions, reports = (
+        chats, links, exclusions, reports, album_docs = (
             self._any_of(collection, [(name, operator, user_id) for name in names])
             for collection, names, operator in (("chats", ("users",), "array_contains"),
                                                 *((c, n, "==") for c, n in EXPORTED)))
         return user_records(
             user_id, *found, ((int(key), doc) for key, doc in chats),
             (doc for _, doc in links if doc.get("role") != "copy"),  # Firestore's second end
-            (doc for _, doc in exclusions), ((int(key), doc) for key, doc in reports))
+            (doc for _, doc in exclusions), ((int(key), doc) for key, doc in reports),
+            ((str(key), doc) for key, doc in album_docs))
 
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
@@ -661,6 +708,10 @@ class SharedOperations:
     def moderation_stats(self, since: float) -> ModerationStats:
         """See ``Repository.moderation_stats``."""
         return ModerationStats(**self._count_each(moderation_queries(since)))
+
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """See ``Repository.release_inactivity_notice``."""
+        self._set_fields(user_id, {"notice_pending": True})
 
     def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
         """See ``Repository.count_idle_excluded``."""

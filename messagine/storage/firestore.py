@@ -20,6 +20,7 @@ firestore.indexes.json beside this module). google-cloud-firestore is imported o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import threading
 from collections import Counter
@@ -32,7 +33,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.age_gate import stores_profile
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Decision, decide
@@ -43,6 +44,7 @@ from messagine.domain.erasure import (
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
+from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.domain.retention import Cutoffs, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
@@ -286,16 +288,15 @@ class FirestoreRepository(docs.SharedOperations):
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        if not self._set_fields(user_id, {"age_answer": "yes" if confirmed else "no",
-                                          "age_answered_at": now})[0] and not confirmed:
+        answer = {"age_answer": age_gate.answer(confirmed), "age_answered_at": now}
+        if not update_guarded(self.client, self._doc("users", user_id), lambda doc: answer if (
+                age_gate.replaces(doc.get("age_answer"), confirmed)) else None) and not confirmed:
             with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
                 self._doc("users", user_id).create(docs.refusal_marker_document(user_id, now),
                                                    **WRITE)
 
     # -- privacy -------------------------------------------------------------------------
 
-    def _docs(self, collection: str, *filters: docs.Filter) -> Iterator[dict[str, Any]]:
-        return (snap.to_dict() for snap in self._stream(self._where(collection, *filters)))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
@@ -310,7 +311,7 @@ class FirestoreRepository(docs.SharedOperations):
         for snap in self._stream(self._where("chats", ("users", "array_contains", user_id))):
             counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
                 lambda doc: docs.anonymised_chat(
-                    doc, user_id, stones.of(docs.partner_of(doc, user_id))))
+                    doc, user_id, stones.of(docs.partner_of(doc, user_id)), key))
         for snap in self._stream(self._where("users", ("chat.partner", "==", user_id))):
             update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
                 doc.get("chat") or {}).get("partner") == user_id else None)
@@ -373,15 +374,24 @@ class FirestoreRepository(docs.SharedOperations):
             if key not in messages and len(messages) < limit:
                 messages[key] = [self._link_ref(*key), self._link_ref(
                     int(doc["recipient_id"]), int(doc["copy_message_id"]))]
-        more = {kind: self._refs(self._where(collection, *filters), limit)
+        more = {kind: self._refs(collection, filters, limit)
                 for kind, collection, filters in docs.expired(now, retention)
                 if kind != "messages"}
         self._delete_refs([ref for pair in messages.values() for ref in pair]
                           + [ref for refs in more.values() for ref in refs])
         return {"messages": len(messages), **{kind: len(refs) for kind, refs in more.items()}}
 
-    def _refs(self, query: Any, limit: int) -> list[Any]:
-        return [snap.reference for snap in self._stream(query.limit(limit))]
+    def _refs(self, collection: str, filters: tuple[docs.Filter, ...], limit: int) -> list[Any]:
+        """At most ``limit`` documents that the ``filters`` select.
+
+        Firestore's "!=" leaves out the documents without the field, so it is checked on
+        each document read instead.
+        """
+        unequal = [(name, value) for name, operator, value in filters if operator == "!="]
+        query = self._where(collection, *(f for f in filters if f[1] != "!="))
+        found = (snap for snap in self._stream(query if unequal else query.limit(limit))
+                 if all((snap.to_dict() or {}).get(name) != value for name, value in unequal))
+        return [snap.reference for snap in itertools.islice(found, limit)]
 
     def idle_chats(self, cut: Cutoffs, limit: int) -> list[tuple[int, str]]:
         """See ``Repository.idle_chats``: users long unseen in a chat, then their partners."""
@@ -429,14 +439,14 @@ class FirestoreRepository(docs.SharedOperations):
         return sorted(int(snap.get("sender_message_id")) for snap in self._stream(query))
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``: one create, once per reporter and chat."""
         for _ in self._stream(self._where("reports", ("reporter_id", "==", reporter_id),
                                           ("chat_id", "==", chat_id)).limit(1)):
             return None
         report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
         self._doc("reports", report.report_id).create(
-            docs.report_document(report), **WRITE)
+            docs.report_document(report, reported_key), **WRITE)
         return report
 
     @optimistic
@@ -491,14 +501,34 @@ class FirestoreRepository(docs.SharedOperations):
 
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """See ``Repository.count_messages``."""
-        return dict(Counter(int(doc["sender_id"]) for doc in self._docs(
-            "links", ("chat_id", "==", chat_id), ("role", "==", "sent"))))
+        return dict(Counter(int(snap.get("sender_id")) for snap in self._stream(self._where(
+            "links", ("chat_id", "==", chat_id), ("role", "==", "sent")))))
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """See ``Repository.note_newest``."""
+        update_guarded(self.client, self._doc("users", user_id), lambda doc: (
+            {"newest_message": message_id}
+            if message_id > int(doc.get("newest_message") or 0) else None))
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """See ``Repository.rate_user``: committed only if the user is still as read."""
+        verdicts = [RatingVerdict(counted=False)]
+
+        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
+            state, verdicts[0] = rate(docs.rating_state(doc.get("ratings")), chat_id,
+                                      positive, now, rule)
+            return {"ratings": docs.rating_document(state)} if verdicts[0].counted else None
+
+        update_guarded(self.client, self._doc("users", rated_id), change)
+        return verdicts[0]
+
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
         with contextlib.suppress(gexc.AlreadyExists):
             self._col("exclusions").document(f"{user_id}:{other_id}").create(
-                docs.exclusion_document(user_id, other_id, reason, now), **WRITE)
+                docs.exclusion_document(user_id, other_id, reason, now, other_key), **WRITE)
         for waiting, avoided in ((user_id, other_id), (other_id, user_id)):
             # ArrayUnion is applied by the server: no read, no lost update. NotFound: the
             # user is not waiting.
@@ -508,7 +538,7 @@ class FirestoreRepository(docs.SharedOperations):
 
     def _ban_on_return(self, report_id: int) -> str | None:
         (report,) = self._get(self._doc("reports", report_id))
-        key = report.get("reported_key") if report.exists else None
+        key = (report.to_dict() or {}).get("reported_key")  # a report may hold none
         if not key:
             return None
         report.reference.update({"ban_on_return": True}, **WRITE)
@@ -530,6 +560,10 @@ class FirestoreRepository(docs.SharedOperations):
                 filters: Iterable[docs.Filter]) -> Iterator[tuple[Any, dict[str, Any]]]:
         return ((snap.id, snap.to_dict()) for condition in filters
                 for snap in self._stream(self._where(collection, condition)))
+
+    def _chat(self, chat_id: int) -> dict[str, Any] | None:
+        (snap,) = self._get(self._doc("chats", chat_id))
+        return snap.to_dict() if snap.exists else None
 
     def _latest_chats(self, user_id: int, limit: int) -> Iterator[tuple[int, dict[str, Any]]]:
         descending = firestore.Query.DESCENDING
@@ -582,7 +616,8 @@ class FirestoreRepository(docs.SharedOperations):
             user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
             if not user.exists:
                 raise LookupError(f"unknown user {user_id}")
-            in_chat = self._in_chat(user, update_id)
+            in_chat = self._in_chat(user, update_id) or age_gate.refused_search(
+                age_gate.refuses(user.to_dict().get("age_answer")))
             if in_chat is not None:
                 if joined and not in_chat.resumed:
                     # Taken from the lobby after joining it in this call: the instance

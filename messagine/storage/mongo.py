@@ -32,7 +32,7 @@ import pymongo
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.age_gate import stores_profile
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
@@ -42,6 +42,7 @@ from messagine.domain.erasure import (
     protection_key,
 )
 from messagine.domain.flood import FloodRule, admit
+from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.domain.retention import Cutoffs, erasure_due
 from messagine.models import (
     ActiveChat,
@@ -66,6 +67,7 @@ from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
 from messagine.storage.port import wrap_public_methods
 
+_RATING_ATTEMPTS = 8  # a rating beaten by another one on the same user is decided again
 _OPERATORS = {"!=": "$ne", "<": "$lt", ">=": "$gte"}
 
 
@@ -288,10 +290,12 @@ class MongoRepository(docs.SharedOperations):
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
-        answer = {"age_answer": "yes" if confirmed else "no", "age_answered_at": now}
+        answer = {"age_answer": age_gate.answer(confirmed), "age_answered_at": now}
         marker = docs.refusal_marker_document(user_id, now).items()  # if erased meanwhile
-        self.db.users.update_one({"_id": user_id}, {"$set": answer, "$setOnInsert": {
-            k: v for k, v in marker if k not in answer}}, upsert=not confirmed)
+        self.db.users.update_one(
+            {"_id": user_id, "age_answer": {"$nin": list(age_gate.kept_answers(confirmed))}},
+            {"$set": answer, "$setOnInsert": {k: v for k, v in marker if k not in answer}},
+            upsert=not confirmed)
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
@@ -302,7 +306,8 @@ class MongoRepository(docs.SharedOperations):
                 {"$or": [{name: user_id} for name in names]}).deleted_count
         counts["chats_anonymised"] = 0
         for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
-            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)))
+            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)),
+                                          key)
             if fields is not None:
                 db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
                 counts["chats_anonymised"] += 1
@@ -365,12 +370,13 @@ class MongoRepository(docs.SharedOperations):
         return sorted(int(d["sender_message_id"]) for d in found)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``: one upsert, once per reporter and chat."""
         report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
         earlier = self.db.reports.find_one_and_update(
             {"reporter_id": reporter_id, "chat_id": chat_id},
-            {"$setOnInsert": {"_id": report.report_id, **docs.report_document(report)}},
+            {"$setOnInsert": {"_id": report.report_id,
+                              **docs.report_document(report, reported_key)}},
             projection={"_id": 1}, upsert=True)
         return report if earlier is None else None
 
@@ -413,11 +419,31 @@ class MongoRepository(docs.SharedOperations):
         return dict(Counter(int(doc["sender_id"]) for doc in self.db.message_links.find(
             {"chat_id": chat_id}, {"sender_id": 1})))
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """See ``Repository.note_newest``."""
+        self.db.users.update_one({"_id": user_id}, {"$max": {"newest_message": message_id}})
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """See ``Repository.rate_user``: written only if the ratings are still as read."""
+        for _ in range(_RATING_ATTEMPTS):
+            doc = self.db.users.find_one({"_id": rated_id}, {"ratings": 1})
+            if doc is None:
+                break
+            state, verdict = rate(docs.rating_state(doc.get("ratings")), chat_id, positive,
+                                  now, rule)
+            if not verdict.counted or self.db.users.update_one(
+                    {"_id": rated_id, "ratings": doc.get("ratings")},
+                    {"$set": {"ratings": docs.rating_document(state)}}).modified_count:
+                return verdict
+        return RatingVerdict(counted=False)
+
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
         self.db.exclusions.update_one(
             {"_id": f"{user_id}:{other_id}"},
-            {"$setOnInsert": docs.exclusion_document(user_id, other_id, reason, now)},
+            {"$setOnInsert": docs.exclusion_document(user_id, other_id, reason, now, other_key)},
             upsert=True)
         self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
         self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
@@ -444,6 +470,9 @@ class MongoRepository(docs.SharedOperations):
                 filters: Iterable[docs.Filter]) -> Iterator[tuple[Any, dict[str, Any]]]:
         return ((doc["_id"], doc) for doc in self.db[collection].find(
             {"$or": [_match((condition,)) for condition in filters]}))
+
+    def _chat(self, chat_id: int) -> dict[str, Any] | None:
+        return self.db.chats.find_one({"_id": chat_id})  # type: ignore[no-any-return]
 
     def _latest_chats(self, user_id: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
         return [(int(chat["_id"]), chat) for chat in self.db.chats.find({"users": user_id}).sort(
@@ -537,16 +566,15 @@ class MongoRepository(docs.SharedOperations):
             projection={"language": 1}, sort=[("since", 1)])]
 
     def _searcher(self, user_id: int, update_id: int) -> tuple[dict[str, Any], MatchResult | None]:
-        """The searcher's document, and what the search answers if they are in a chat."""
+        """The searcher's document, and the answer if they are in a chat or refused the age."""
         doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
         if doc is None:
             raise LookupError(f"unknown user {user_id}")
         chat = docs.active_chat(doc)
-        if chat is None:
-            return doc, None
-        opened = self.db.chats.find_one({"_id": chat.chat_id}, {"opened_by_update": 1})
-        return doc, matching.resume_search(chat, (opened or {}).get("opened_by_update"),
-                                           update_id)
+        resumed = None if chat is None else matching.resume_search(chat, (self.db.chats.find_one(
+            {"_id": chat.chat_id}, {"opened_by_update": 1}) or {}).get("opened_by_update"),
+            update_id)
+        return doc, resumed or age_gate.refused_search(age_gate.refuses(doc.get("age_answer")))
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""

@@ -23,10 +23,6 @@ def _if_null(field_name: str, default: Any) -> dict[str, Any]:
     return {"$ifNull": ["$" + field_name, default]}
 
 
-def _is_false(expression: Any) -> dict[str, Any]:
-    return {"$eq": [expression, False]}  # mongoeco has no $not
-
-
 def open_update_pipeline(
     update_id: int, profile: Profile, default_language: str, now: float, album: str | None,
     rule: FloodRule, claim: Claim,
@@ -40,40 +36,22 @@ def open_update_pipeline(
     """
     flood = {name: _if_null("flood." + name, default)
              for name, default in docs.flood_document(FloodState()).items()}
-    not_cooling = _is_false("$_cool")
     return [
+        {"$set": {"_level": {"$max": [0.0, {"$subtract": [flood["level"], {"$divide": [
+            {"$max": [0.0, {"$subtract": [now, flood["at"]]}]}, rule.refill_s]}]}]}}},
+        {"$set": {"_cost": {"$cond": [{"$and": [
+            album is not None, {"$eq": [flood["last_album"], {"$literal": album}]}]}, 0.0, 1.0]}}},
+        {"$set": {"_ok": {"$lte": [{"$add": ["$_level", "$_cost"]}, rule.limit]}}},
         {"$set": {
-            "_cool": {"$gt": [flood["cooldown_until"], now]},
-            "_newwin": {"$gte": [{"$subtract": [now, flood["window_start"]]}, rule.window_s]},
-        }},
-        {"$set": {"_album": {"$and": [album is not None,
-                                      {"$eq": [flood["last_album"], album]},
-                                      _is_false("$_newwin")]}}},
-        {"$set": {
-            "_count": {"$cond": ["$_cool", flood["count"], {"$cond": [
-                "$_newwin", 1, {"$add": [flood["count"], {"$cond": ["$_album", 0, 1]}]}]}]},
-            "_start": {"$cond": [{"$and": [not_cooling, "$_newwin"]}, now,
-                                 flood["window_start"]]},
-            "_warned": {"$cond": [{"$and": [not_cooling, "$_newwin"]}, False,
-                                  flood["warned"]]},
-            "_last_album": {"$cond": ["$_cool", flood["last_album"], album]},
-        }},
-        {"$set": {"_over": {"$and": [not_cooling, {"$gt": ["$_count", rule.limit]}]}}},
-        {"$set": {"_strike": {"$and": ["$_over", _is_false("$_warned")]}}},
-        {"$set": {"_strikes": {"$cond": ["$_strike", {"$add": [{"$cond": [
-            {"$gt": [{"$subtract": [now, flood["last_strike"]]},
-                     rule.strikes_forgotten_after_s]},
-            0, flood["strikes"]]}, 1]}, flood["strikes"]]}}},
-        {"$set": {
-            "flood": {
-                "window_start": "$_start", "count": "$_count",
-                "warned": {"$or": ["$_warned", "$_strike"]}, "strikes": "$_strikes",
-                "last_strike": {"$cond": ["$_strike", now, flood["last_strike"]]},
-                "cooldown_until": {"$cond": ["$_strike", {"$add": [now, {"$min": [
-                    rule.max_cooldown_s, {"$multiply": [rule.first_cooldown_s, {"$pow": [
-                        2, {"$subtract": ["$_strikes", 1]}]}]}]}]}, flood["cooldown_until"]]},
-                "last_album": "$_last_album",
+            # A computed map replaces the stored one (an object literal would merge).
+            "_flood": {
+                "level": {"$cond": ["$_ok", {"$add": ["$_level", "$_cost"]}, "$_level"]},
+                "at": {"$max": [flood["at"], now]},
+                "last_album": {"$cond": ["$_ok", {"$literal": album}, flood["last_album"]]},
             },
+        }},
+        {"$set": {
+            "flood": "$_flood",
             **{name: {"$literal": value}
                for name, value in docs.profile_fields(profile, now).items()},
             **{name: _if_null(name, value)
@@ -88,6 +66,5 @@ def open_update_pipeline(
                 [{"k": docs.claim_key(update_id),
                   "v": {"$literal": docs.claim_entry(claim)}}]]}},
         }},
-        {"$unset": ["_cool", "_newwin", "_album", "_count", "_start", "_warned", "_last_album",
-                    "_over", "_strike", "_strikes", *_LEGACY_FIELDS]},
+        {"$unset": ["_level", "_cost", "_ok", "_flood", *_LEGACY_FIELDS]},
     ]

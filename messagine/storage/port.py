@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S
+from messagine.domain.ratings import RatingRule, RatingVerdict
 from messagine.domain.retention import Cutoffs
 from messagine.models import (
     ChatRecord,
@@ -136,6 +137,13 @@ class Users(Protocol):
         """Record the user's choice of /reminders on or off."""
         ...
 
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """Remember the newest message the bot sent the user (the larger id wins).
+
+        Nothing for an unknown user.
+        """
+        ...
+
     def counts(self, user_id: int) -> Counts:
         """Totals for /about."""
         ...
@@ -201,6 +209,10 @@ class Chats(Protocol):
         """The user's most recent chat, active or ended."""
         ...
 
+    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
+        """Chat ``chat_id`` as the user sees it; None unless they were in it."""
+        ...
+
     def count_messages(self, chat_id: int) -> dict[int, int]:
         """How many messages each user of a chat sent (from the message log)."""
         ...
@@ -243,8 +255,11 @@ class ModerationRecords(Protocol):
     """Reports, exclusions and bans."""
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """Store a report (status "open"); None if the reporter already reported that chat.
+
+        ``reported_key``: the protection key of a reported user who erased their data
+        (``ChatRecord.partner_key``), kept so that ``ban_erased`` can ban them.
 
         One report per reporter and chat: a second press of a reason button (a stale one
         too) or a re-delivery stores nothing more. A user's updates reach the bot one at a
@@ -264,8 +279,22 @@ class ModerationRecords(Protocol):
         """Totals for /stats; "today" is from ``since``."""
         ...
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
-        """Never match these two users again (a report or a block by ``user_id``)."""
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
+        """Never match these two users again (a report or a block by ``user_id``).
+
+        ``other_key``: the protection key of an ``other_id`` who erased their data, which
+        keeps the exclusion binding if they come back (``domain.matching``).
+        """
+        ...
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """Count a 👍 (``positive``) or 👎 for ``rated_id`` once per chat.
+
+        ``chat_id`` is the chat the rater had with them (``messagine.domain.ratings.rate``
+        decides); an unknown user is not counted.
+        """
         ...
 
     def ban_erased(self, report_id: int) -> list[int] | None:
@@ -336,6 +365,14 @@ class Retained(Protocol):
         """Claim up to ``limit`` users due the notice before erasure (``notice_due``).
 
         Each claim is atomic (two runs never notice the same user twice); (user, language).
+        """
+        ...
+
+    def release_inactivity_notice(self, user_id: int) -> None:
+        """Give back a claimed notice that was not sent (the next run tries again).
+
+        The user is due the notice again, and no erasure counts from the failed attempt:
+        the policy promises to write before it erases.
         """
         ...
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from messagine.domain import albums, matching
+from messagine.domain import age_gate, albums, matching
 from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import (
@@ -26,7 +26,8 @@ from messagine.domain.erasure import (
     anonymise_chat,
     protection_key,
 )
-from messagine.domain.flood import FloodRule, FloodState, admit
+from messagine.domain.flood import FloodRule, admit
+from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.domain.retention import Cutoffs, chat_idle, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
@@ -66,7 +67,7 @@ _NEWEST_FIRST = "ORDER BY started_at DESC, id DESC LIMIT :limit"
 
 # One page of a pool's lobby in waiting order, for the matching rule to choose from.
 _LOBBY_PAGE = """
-SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0)
+SELECT l.user_id, l.language, l.since, coalesce(u.banned, 0), u.age_answer
 FROM lobby l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.language = ? ORDER BY l.since, l.user_id LIMIT ? OFFSET ?
 """
@@ -233,7 +234,8 @@ class SqliteRepository(docs.SharedOperations):
             known = conn.execute(
                 "SELECT flood FROM users WHERE id = ?", (profile.user_id,)
             ).fetchone()
-            counters = FloodState(**json.loads(known[0])) if known and known[0] else FloodState()
+            counters = docs.flood_state({"flood": json.loads(known[0]) if known and known[0]
+                                         else None})
             counters, verdict = admit(counters, now, album, self._flood_rule)
             refreshed = {**docs.profile_fields(profile, now), "flood": json.dumps(asdict(counters))}
             row = {"id": profile.user_id,
@@ -286,12 +288,14 @@ class SqliteRepository(docs.SharedOperations):
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
         with self._transaction() as conn:
-            if confirmed:
-                conn.execute("UPDATE users SET age_answer = 'yes', age_answered_at = ?"
-                             " WHERE id = ?", (now, user_id))
-            else:  # an erased user's refusal leaves the marker
-                _upsert(conn, "users", docs.user_row(docs.refusal_marker_document(user_id, now))
-                        | {"id": user_id}, "id", ("age_answer", "age_answered_at"))
+            stored = conn.execute("SELECT age_answer FROM users WHERE id = ?",
+                                  (user_id,)).fetchone()
+            if stored is not None and age_gate.replaces(stored[0], confirmed):
+                conn.execute("UPDATE users SET age_answer = ?, age_answered_at = ? WHERE id = ?",
+                             (age_gate.answer(confirmed), now, user_id))
+            if not confirmed:  # an erased user's refusal leaves the marker
+                _insert(conn, "users", docs.user_row(docs.refusal_marker_document(user_id, now))
+                        | {"id": user_id}, "OR IGNORE")
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``: rows name their columns as the documents do."""
@@ -300,13 +304,14 @@ class SqliteRepository(docs.SharedOperations):
             if not user:
                 return None
             lobby = _rows(conn, "SELECT * FROM lobby WHERE user_id = ?", (user_id,))
-            links, exclusions, reports = (_rows(conn, f"SELECT * FROM {table} WHERE "
-                                                f"{_naming(table, names)}", {"me": user_id})
-                                          for table, names in docs.EXPORTED)
+            links, exclusions, reports, album_rows = (
+                _rows(conn, f"SELECT * FROM {table} WHERE {_naming(table, names)}",
+                      {"me": user_id}) for table, names in docs.EXPORTED)
             return docs.user_records(
                 user_id, {**user[0], "flood": json.loads(user[0]["flood"] or "{}")},
                 lobby[0] if lobby else None, _chats(conn, user_id), links, exclusions,
-                ((r["id"], r) for r in reports))
+                ((r["id"], r) for r in reports),
+                ((r["key"], json.loads(r["doc"])) for r in album_rows))
 
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
@@ -323,8 +328,8 @@ class SqliteRepository(docs.SharedOperations):
                 changed = anonymise_chat(chat["users"], chat["ended_by"], user_id,
                                          stones.of(docs.partner_of(chat, user_id)))
                 assert changed is not None  # noqa: S101 - the query selected their chats
-                conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ? WHERE id = ?",
-                             (*changed.users, changed.ended_by, chat_id))
+                conn.execute("UPDATE chats SET user_a = ?, user_b = ?, ended_by = ?, erased_key = ?"
+                             " WHERE id = ?", (*changed.users, changed.ended_by, key, chat_id))
             counts["chats_anonymised"] = len(chats)
             for table, name, partner, key_field in docs.KEPT:  # others' protections stay
                 for row in _rows(conn, f"SELECT rowid AS row_id, * FROM {table} WHERE {name} = ?",
@@ -387,6 +392,12 @@ class SqliteRepository(docs.SharedOperations):
             chats = _chats(conn, user_id, _NEWEST_FIRST, limit=1)
         return docs.chat_record(*chats[0], user_id) if chats else None
 
+    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
+        """See ``Repository.chat_of``."""
+        with self._transaction(write=False) as conn:
+            chats = _chats(conn, user_id, "AND id = :chat", chat=chat_id)
+        return docs.chat_record(*chats[0], user_id) if chats else None
+
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
         with self._transaction(write=False) as conn:
@@ -396,14 +407,15 @@ class SqliteRepository(docs.SharedOperations):
         return sorted(int(row[0]) for row in rows)
 
     def add_report(self, reporter_id: int, reported_id: int, chat_id: int, reason: str,
-                   now: float) -> Report | None:
+                   now: float, reported_key: str | None = None) -> Report | None:
         """See ``Repository.add_report``."""
         report = docs.new_report(reporter_id, reported_id, chat_id, reason, now)
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM reports WHERE reporter_id = ? AND chat_id = ?",
                             (reporter_id, chat_id)).fetchone():
                 return None
-            report_id = _insert(conn, "reports", docs.report_document(report)).lastrowid
+            report_id = _insert(conn, "reports",
+                                docs.report_document(report, reported_key)).lastrowid
         assert report_id is not None  # noqa: S101 - an INSERT always sets lastrowid
         return replace(report, report_id=report_id)
 
@@ -451,11 +463,30 @@ class SqliteRepository(docs.SharedOperations):
                 " GROUP BY sender_id", (chat_id,)).fetchall()
         return {int(sender): int(count) for sender, count in rows}
 
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float) -> None:
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """See ``Repository.note_newest``."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE users SET newest_message = MAX(newest_message, ?) WHERE id = ?",
+                         (message_id, user_id))
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """See ``Repository.rate_user``: read, rule and write in one transaction."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT ratings FROM users WHERE id = ?", (rated_id,)).fetchone()
+            if row is None:
+                return RatingVerdict(counted=False)
+            state, verdict = rate(docs.rating_state(row[0]), chat_id, positive, now, rule)
+            conn.execute("UPDATE users SET ratings = ? WHERE id = ?",
+                         (json.dumps(docs.rating_document(state)), rated_id))
+        return verdict
+
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``."""
         with self._transaction() as conn:
-            _insert(conn, "exclusions", docs.exclusion_document(user_id, other_id, reason, now),
-                    "OR IGNORE")
+            _insert(conn, "exclusions", docs.exclusion_document(user_id, other_id, reason, now,
+                                                                other_key), "OR IGNORE")
 
     def _ban_on_return(self, report_id: int) -> str | None:
         with self._transaction() as conn:
@@ -485,6 +516,8 @@ class SqliteRepository(docs.SharedOperations):
             state = _state(conn, user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
+            if (refused := age_gate.refused_search(state.age_refused)) is not None:
+                return refused
             if state.chat is not None:
                 opened_by = conn.execute(
                     "SELECT opened_by_update FROM chats WHERE id = ?", (state.chat.chat_id,)
@@ -536,7 +569,8 @@ class SqliteRepository(docs.SharedOperations):
             rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
             chosen = matching.pick(seeker, (matching.Candidate(
                 other, pool, since, self._avoided(conn, other, recent),
-                banned=bool(banned)) for other, pool, since, banned in rows))
+                banned=bool(banned), age_refused=age_gate.refuses(answer))
+                for other, pool, since, banned, answer in rows))
             if chosen is not None or len(rows) < _PAGE:
                 return chosen
         return None  # pragma: no cover - itertools.count never ends

@@ -8,6 +8,8 @@ flattens a dump into every scalar stored, document ids included.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 from typing import Any
 
@@ -25,7 +27,7 @@ def dump(repository: Any, sqlite_path: str | None = None) -> Dump:
             for table in tables:
                 cursor = conn.execute(f"SELECT * FROM {table}")
                 names = [c[0] for c in cursor.description]
-                out[table] = [dict(zip(names, row, strict=True)) for row in cursor]
+                out[table] = [_parsed(dict(zip(names, row, strict=True))) for row in cursor]
             return out
         finally:
             conn.close()
@@ -35,6 +37,25 @@ def dump(repository: Any, sqlite_path: str | None = None) -> Dump:
                 for collection in repository.client.collections()}
     db = repository.db
     return {name: list(db[name].find()) for name in db.list_collection_names()}
+
+
+def _parsed(row: dict[str, Any]) -> dict[str, Any]:
+    """A SQLite row with its JSON columns read: ids inside them count as stored.
+
+    A ``doc`` column holds the whole document (the albums table): its fields are the
+    record's, as in the document stores.
+    """
+    out: dict[str, Any] = {}
+    for name, stored in row.items():
+        value = stored
+        if isinstance(stored, str) and stored[:1] in ("{", "["):
+            with contextlib.suppress(ValueError):
+                value = json.loads(stored)
+        if name == "doc" and isinstance(value, dict):
+            out.update(value)
+        else:
+            out[name] = value
+    return out
 
 
 def values(stored: Dump) -> list[Any]:
