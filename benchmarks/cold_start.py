@@ -79,7 +79,10 @@ def main() -> None:
             "bot, local text logs": ("webhook", ROOT / "main.py", {**env, "LOG_FORMAT": "text"}),
             "bot, Cloud Logging (K_SERVICE set)": ("webhook", ROOT / "main.py", {
                 **env, "K_SERVICE": "messagine", "STORAGE": "sqlite",
-                "GOOGLE_CLOUD_PROJECT": "demo"}),
+                "GOOGLE_CLOUD_PROJECT": "demo",
+                "ERASURE_PEPPER": "benchmark-erasure-pepper-0123456789",
+                "ALBUM_QUEUE": "projects/demo/locations/europe-west1/queues/albums",
+                "ALBUM_FLUSH_URL": "https://europe-west1-demo.cloudfunctions.net/messagine"}),
         }
         results: dict[str, list[float]] = {name: [] for name in configs}
         for _ in range(runs):  # interleaved, so drift hits every configuration alike

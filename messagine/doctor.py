@@ -50,10 +50,11 @@ MONGO_INDEXES: dict[str, dict[str, bool]] = {
     "chats": {"chats_by_user": False, "chats_by_end": False, "chats_by_closing_update": False,
               "chats_ttl": True, "chats_by_start": False},
     "exclusions": {"exclusions_by_other": False, "exclusions_by_user": False,
-                   "exclusions_by_time": False},
+                   "exclusions_by_time": False, "exclusions_by_key": False},
     "message_links": {"links_by_copy": False, "links_ttl": True, "links_by_chat": False,
                       "links_by_sender": False},
-    "reports": {"reports_by_time": False, "reports_by_reporter": False},
+    "reports": {"reports_by_time": False, "reports_by_reporter": False,
+                "reports_by_reported": False, "reports_by_key": False},
     "claimed_updates": {"claims_ttl": True},
     "albums": {"albums_ttl": True},
 }
