@@ -5,46 +5,25 @@ lasts AGE_REFUSAL_DAYS, after which the scheduled job deletes the marker."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
 
-import flask
 import pytest
 
-from conftest import SECRET, Clock, MakeBot
-from messagine import job, webhook
+from conftest import Clock, MakeBot
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.runtime import Runtime
+from support.http_entries import JOB_SECRET, post, run_job
 
 DAY = 86_400.0
-JOB_SECRET = "job-secret"
 CONTACT = "messaginebot@gmail.com"
-APP = flask.Flask(__name__)
 
 
 @pytest.fixture
 def bot(make_bot: MakeBot) -> Runtime:
     return make_bot(MIN_AGE="16", AGE_REFUSAL_DAYS="30", JOB_SECRET=JOB_SECRET,
                     REMINDER_AFTER_HOURS="24", ANY_LANGUAGE_AFTER_MINUTES="15")
-
-
-def post(runtime: Runtime, update: dict[str, Any]) -> None:
-    """Deliver ``update`` through the webhook's HTTP entry, as Telegram does."""
-    with APP.test_request_context("/", method="POST", json=update,
-                                  headers={webhook.SECRET_HEADER: SECRET}):
-        assert webhook.handle(flask.request, runtime)[1] == 200
-
-
-def run_job(runtime: Runtime) -> dict[str, Any]:
-    """One run of the scheduled job through its HTTP entry; its summary."""
-    with APP.test_request_context("/", method="POST",
-                                  headers={job.JOB_SECRET_HEADER: JOB_SECRET}):
-        body, status, _ = job.handle(flask.request, runtime)
-    assert status == 200, body
-    summary: dict[str, Any] = json.loads(body)
-    return summary
 
 
 def age_prompt(user: FakeUser) -> dict[str, Any]:

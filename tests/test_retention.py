@@ -5,20 +5,14 @@ erased as /deleteme erases it, unless its user came back."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-import flask
 import pytest
 
-from conftest import SECRET, Clock, MakeBot
-from messagine import job, webhook
+from conftest import Clock, MakeBot
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.runtime import Runtime
+from support.http_entries import JOB_SECRET, post, run_job
 
 HOUR, DAY = 3_600.0, 86_400.0
-JOB_SECRET = "job-secret"
-APP = flask.Flask(__name__)
 IDLE_ENDED = "Dieser Chat wurde beendet, weil lange niemand darin geschrieben hat."
 
 
@@ -28,23 +22,6 @@ def bot(make_bot: MakeBot) -> Runtime:
                     EXCLUSION_RETENTION_DAYS="90", REPORT_RETENTION_DAYS="90",
                     INACTIVE_ACCOUNT_DAYS="30", INACTIVE_NOTICE_DAYS="7",
                     REMINDER_AFTER_HOURS="2000", LOBBY_TIMEOUT_HOURS="720")
-
-
-def post(runtime: Runtime, update: dict[str, Any]) -> None:
-    """Deliver ``update`` through the webhook's HTTP entry, as Telegram does."""
-    with APP.test_request_context("/", method="POST", json=update,
-                                  headers={webhook.SECRET_HEADER: SECRET}):
-        assert webhook.handle(flask.request, runtime)[1] == 200
-
-
-def run_job(runtime: Runtime) -> dict[str, Any]:
-    """One run of the scheduled job through its HTTP entry; its summary."""
-    with APP.test_request_context("/", method="POST",
-                                  headers={job.JOB_SECRET_HEADER: JOB_SECRET}):
-        body, status, _ = job.handle(flask.request, runtime)
-    assert status == 200, body
-    summary: dict[str, Any] = json.loads(body)
-    return summary
 
 
 def pair(runtime: Runtime, a: FakeUser, b: FakeUser) -> None:
