@@ -118,33 +118,80 @@ def _churn(spec: Spec, worker: int, start: Any, out: Any, operations: int) -> No
     for _ in range(operations):
         user_id = rng.choice(users)
         update_id += 1
-        state = repo.get_user(user_id)
+        state = _as_telegram_retries(lambda u=user_id: repo.get_user(u))
         assert state is not None
         if state.chat is not None and state.waiting:
             violations.append(f"user {user_id} waits and chats at once")
         roll = rng.random()
         if roll < 0.6:
-            result = repo.find_partner(user_id, 2, time.time(), update_id)
+            result = _as_telegram_retries(
+                lambda u=user_id, n=update_id: repo.find_partner(u, 2, time.time(), n))
             if result.outcome is MatchOutcome.MATCHED and result.chat is not None:
                 matched.append(result.chat.chat_id)
         elif roll < 0.9:
-            repo.end_chat(user_id, EndReason.NEXT, time.time(), update_id)
+            _as_telegram_retries(lambda u=user_id, n=update_id: repo.end_chat(
+                u, EndReason.NEXT, time.time(), n))
         else:
-            repo.leave_lobby(user_id)
+            _as_telegram_retries(lambda u=user_id: repo.leave_lobby(u))
     out.put((violations, matched))
+
+
+def _as_telegram_retries(operation: Any, attempts: int = 20) -> Any:
+    """The operation, tried again after ``StorageUnavailable`` as a 503 makes Telegram do.
+
+    MongoDB's pool lease answers a search that waited over 8 s for its language's lock
+    that way (on mongoeco, an emulation at ~10 ms a write, four processes reach it); the
+    same update, with its id, comes again and must resume what the first attempt began.
+    mongoeco keeps its data in SQLite and, with four writers, sometimes answers "database
+    is locked", which no MongoDB server says: an error no adapter knows, which the
+    pipeline answers 503 too.
+    """
+    from pymongo.errors import OperationFailure
+
+    from messagine.storage.port import StorageUnavailable
+
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except (StorageUnavailable, OperationFailure) as error:
+            emulator_lock = "database is locked" in str(error)
+            if attempt == attempts - 1 or not (
+                    isinstance(error, StorageUnavailable) or emulator_lock):
+                raise
+            time.sleep(0.2)
+    return None
+
+
+class _Failed:
+    """A worker's exception, as its traceback: the test shows it instead of a timeout."""
+
+    def __init__(self, trace: str) -> None:
+        self.trace = trace
+
+
+def _reporting(target: Any, spec: Spec, worker: int, start: Any, out: Any, *extra: Any) -> None:
+    try:
+        target(spec, worker, start, out, *extra)
+    except BaseException:
+        import traceback
+
+        out.put(_Failed(traceback.format_exc()))
+        raise
 
 
 def _run(target: Any, spec: Spec, *extra: Any) -> list[Any]:
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     out = context.Queue()
-    workers = [context.Process(target=target, args=(spec, w, start, out, *extra))
+    workers = [context.Process(target=_reporting, args=(target, spec, w, start, out, *extra))
                for w in range(PROCESSES)]
     for process in workers:
         process.start()
     time.sleep(0.5)  # let every process import and open the database before the start
     start.set()
     results = [out.get(timeout=300) for _ in workers]
+    failed = [r.trace for r in results if isinstance(r, _Failed)]
+    assert not failed, "a worker failed:\n" + "\n".join(failed)
     for process in workers:
         process.join(30)
         assert process.exitcode == 0
