@@ -337,3 +337,13 @@ def redeliver_until_processed(runtime: Runtime, update: dict[str, Any],
             clock.advance(LEASE_S)
         time.sleep(0.5)
     return outcome
+
+
+def pair_over_http(server: FunctionServer, api: FakeBotApi, base: int
+                   ) -> tuple[Any, Any]:
+    """Two new users (ids base+1, base+2) paired through the HTTP entry; (A, B)."""
+    a, b = api.user(base + 1, "A"), api.user(base + 2, "B")
+    for user in (a, b):
+        assert server.post(user.command("find_chat")).status_code == 200
+    assert any("Chat started" in t for t in b.texts()), "paired with each other"
+    return a, b

@@ -15,8 +15,16 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import BACKENDS, SECRET, FunctionServer, backend_env, bot_env, free_port
-from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
+from conftest import (
+    BACKENDS,
+    SECRET,
+    FunctionServer,
+    backend_env,
+    bot_env,
+    free_port,
+)
+from conftest import pair_over_http as _pair
+from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.dev.fake_cloud_tasks import FakeCloudTasks
 from messagine.domain.albums import FLUSH_ATTEMPTS
 from messagine.schedule import ALBUM_TASK, TASK_HEADER
@@ -24,14 +32,6 @@ from messagine.schedule import ALBUM_TASK, TASK_HEADER
 pytestmark = pytest.mark.slow
 on_every_backend = pytest.mark.parametrize("served", BACKENDS, indirect=True)
 BOLD = [{"type": "bold", "offset": 0, "length": 4}]
-
-
-def _pair(server: FunctionServer, api: FakeBotApi, base: int) -> tuple[FakeUser, FakeUser]:
-    a, b = api.user(base + 1, "A"), api.user(base + 2, "B")
-    for user in (a, b):
-        assert server.post(user.command("find_chat")).status_code == 200
-    assert any("Chat started" in t for t in b.texts()), "paired with each other"
-    return a, b
 
 
 def _until(condition: Callable[[], Any], seconds: float = 15.0) -> Any:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import BACKENDS, FunctionServer
-from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
+from conftest import pair_over_http as _pair
+from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.reactions import mirrored_emoji
 
 on_every_backend = pytest.mark.parametrize("served", BACKENDS, indirect=True)
@@ -17,14 +18,6 @@ def test_the_mirrored_reaction_is_the_first_standard_emoji():
                            {"type": "emoji", "emoji": "🔥"}, {"type": "emoji", "emoji": "👍"}]
                           ) == "🔥"
     assert mirrored_emoji([{"type": "emoji"}]) is None
-
-
-def _pair(server: FunctionServer, api: FakeBotApi, base: int) -> tuple[FakeUser, FakeUser]:
-    a, b = api.user(base + 1, "A"), api.user(base + 2, "B")
-    for user in (a, b):
-        assert server.post(user.command("find_chat")).status_code == 200
-    assert any("Chat started" in t for t in b.texts()), "paired with each other"
-    return a, b
 
 
 def _message(api: FakeBotApi, chat_id: int, message_id: int) -> dict:
