@@ -58,13 +58,15 @@ class AlbumRelay:
 
     def __init__(self, repository: AlbumStore, telegram: Telegram, catalog: Catalog,
                  conversation: Conversation, clock: Callable[[], float],
-                 analytics: Analytics) -> None:
+                 analytics: Analytics, lease_s: float = albums.LEASE_S) -> None:
         self.repository = repository
         self.telegram = telegram
         self.catalog = catalog
         self.conversation = conversation
         self.clock = clock
         self.analytics = analytics
+        self.lease_s = lease_s
+        """How long a flush's claim holds (``claims.lease_for`` the request timeout)."""
         self.schedule: Schedule | None = None
 
     def collect(self, user: UserState, chat: ActiveChat, message: Envelope,
@@ -115,7 +117,7 @@ class AlbumRelay:
         now = self.clock()
         try:
             claimed = self.repository.change_album(
-                key, lambda album: albums.claim(album, number, owner, now))
+                key, lambda album: albums.claim(album, number, owner, now, lease_s=self.lease_s))
         except StorageUnavailable:
             return self._logged(key, number, Flushed("retry:storage", retry=True))
         album, batch = claimed.album, claimed.batch

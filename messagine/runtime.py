@@ -17,6 +17,7 @@ from messagine.albums import AlbumRelay, Schedule
 from messagine.analytics import Analytics, MixpanelAnalytics, NoAnalytics
 from messagine.catalog import Catalog
 from messagine.conversation import Conversation
+from messagine.domain import claims
 from messagine.handlers import Handlers
 from messagine.logs import configure_logging
 from messagine.models import Retention
@@ -63,7 +64,8 @@ def build_runtime(
     analytics = open_analytics(settings)
     conversation = Conversation(repository, telegram, catalog, settings.recent_partners, clock,
                                 analytics, settings.min_age, settings.privacy_contact)
-    albums = AlbumRelay(repository, telegram, catalog, conversation, clock, analytics)
+    albums = AlbumRelay(repository, telegram, catalog, conversation, clock, analytics,
+                        claims.lease_for(settings.request_timeout_s))
     albums.schedule = open_schedule(settings, albums)
     relay = Relay(repository, telegram, catalog, conversation, clock, analytics,
                   settings.hold_links_minutes, albums)

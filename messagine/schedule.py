@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from messagine.albums import Flushed
-from messagine.domain.albums import FIRST_FLUSH_S, FLUSH_ATTEMPTS, QUIET_S
+from messagine.domain.albums import FIRST_FLUSH_S, FLUSH_ATTEMPTS, RETRIES, Retries
 from messagine.storage.port import StorageUnavailable
 
 log = logging.getLogger("messagine.schedule")
@@ -68,32 +68,32 @@ class ScheduleUnavailable(StorageUnavailable):
 
 
 class TimerSchedule:
-    """Flushes in this process after ``delay_s``, then every ``retry_s`` while it must wait."""
+    """Flushes in this process after ``delay_s``, then again as ``retries`` says while it must."""
 
     def __init__(self, flush: Callable[..., Flushed], delay_s: float = FIRST_FLUSH_S,
-                 retry_s: float = QUIET_S, attempts: int = FLUSH_ATTEMPTS) -> None:
+                 retries: Retries = RETRIES) -> None:
         self.flush = flush
         self.delay_s = delay_s
-        self.retry_s = retry_s
-        self.attempts = attempts
+        self.retries = retries
 
     def __call__(self, key: str, number: int) -> None:
         """Flush batch ``number`` of album ``key`` soon."""
-        self._arm(key, number, self.delay_s, self.attempts)
+        self._arm(key, number, self.delay_s, 0)
 
-    def _arm(self, key: str, number: int, delay_s: float, left: int) -> None:
-        timer = threading.Timer(delay_s, self._run, (key, number, left))
+    def _arm(self, key: str, number: int, delay_s: float, retry: int) -> None:
+        timer = threading.Timer(delay_s, self._run, (key, number, retry))
         timer.daemon = True
         timer.start()
 
-    def _run(self, key: str, number: int, left: int) -> None:
+    def _run(self, key: str, number: int, retry: int) -> None:
+        last = retry + 1 >= self.retries.attempts
         try:
-            retry = self.flush(key, number, last_attempt=left <= 1).retry
+            again = self.flush(key, number, last_attempt=last).retry
         except Exception:  # a timer thread has nobody to raise to
             log.exception("album flush failed")
-            retry = True
-        if retry and left > 1:
-            self._arm(key, number, self.retry_s, left - 1)
+            again = True
+        if again and not last:
+            self._arm(key, number, self.retries.delay(retry + 1), retry + 1)
 
 
 class CloudTasksSchedule:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from messagine.domain.claims import REQUEST_TIMEOUT_S
+from messagine.domain.claims import MAX_REQUEST_TIMEOUT_S, REQUEST_TIMEOUT_S
 from messagine.domain.flood import FloodRule
 from messagine.models import Periods, ReminderRules
 from messagine.storage.registry import BY_NAME, choose_automatically, on_google_cloud
@@ -141,8 +141,8 @@ class Settings:
         recent = _int(env, "RECENT_PARTNERS", 5, 0, 1000, problems)
         hold_links = _int(env, "HOLD_LINKS_MINUTES", 3, 0, 1440, problems)
         timeout = _int(env, "TELEGRAM_TIMEOUT_SECONDS", 10, 1, 50, problems)
-        request_timeout = _int(env, "REQUEST_TIMEOUT_SECONDS", int(REQUEST_TIMEOUT_S), 5, 540,
-                               problems)
+        request_timeout = _int(env, "REQUEST_TIMEOUT_SECONDS", int(REQUEST_TIMEOUT_S), 5,
+                               int(MAX_REQUEST_TIMEOUT_S), problems)
         if timeout >= request_timeout:
             problems.append(f"TELEGRAM_TIMEOUT_SECONDS ({timeout}) must be below "
                             f"REQUEST_TIMEOUT_SECONDS ({request_timeout})")

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from conftest import Clock, MakeBot
 from messagine.albums import Flushed
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
-from messagine.domain import albums
+from messagine.domain import albums, claims
 from messagine.domain.albums import Album, BatchState
 from messagine.runtime import Runtime
 from messagine.storage.port import StorageUnavailable
@@ -49,12 +51,39 @@ def test_a_flush_that_died_holding_the_claim_is_taken_over(
         album, number, "a flush that died", clock()))
     assert runtime.albums.flush(key, number) == Flushed("album:busy", retry=True)
     assert not fake_api.calls_of("copyMessages")
-    clock.advance(albums.LEASE_S)
+    clock.advance(runtime.albums.lease_s)
     assert runtime.albums.flush(key, number) == Flushed("album:sent")
     (call,) = fake_api.calls_of("copyMessages", b.id)
     assert call.params["message_ids"] == ids
     assert runtime.albums.flush(key, number) == Flushed("album:done")
     assert len(fake_api.calls_of("copyMessages")) == 1
+
+
+@pytest.mark.parametrize("timeout_s", [claims.REQUEST_TIMEOUT_S, claims.MAX_REQUEST_TIMEOUT_S])
+def test_the_schedule_outlasts_a_dead_flush_and_sends_before_it_gives_up(
+        make_bot: MakeBot, fake_api: FakeBotApi, clock: Clock, timeout_s: float):
+    """The queue's own retries (RETRIES, cloudbuild.yaml's) take over a claim left by a flush
+    that died at the first attempt: the album is sent, and not given up with a notice."""
+    runtime, scheduled, a, b = _setup(make_bot, fake_api)
+    runtime.albums.lease_s = claims.lease_for(timeout_s)
+    _collect(runtime, a, 2)
+    key, number = scheduled[0]
+    clock.advance(albums.FIRST_FLUSH_S)
+    runtime.repository.change_album(key, lambda album: albums.claim(
+        album, number, "a flush that died", clock(), lease_s=runtime.albums.lease_s))
+    told = len(a.inbox())
+    outcomes = []
+    for retry in range(1, albums.RETRIES.attempts):
+        clock.advance(albums.RETRIES.delay(retry))
+        flushed = runtime.albums.flush(
+            key, number, last_attempt=retry + 1 == albums.RETRIES.attempts)
+        outcomes.append(flushed.outcome)
+        if not flushed.retry:
+            break
+    assert outcomes[-1] == "album:sent", outcomes
+    assert set(outcomes[:-1]) == {"album:busy"}
+    assert len(fake_api.calls_of("copyMessages", b.id)) == 1
+    assert len(a.inbox()) == told, "no notice to the sender"
 
 
 def test_a_flush_that_died_after_sending_sends_nothing_more(

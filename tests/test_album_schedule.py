@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from messagine.albums import Flushed
 from messagine.dev.fake_cloud_tasks import FakeCloudTasks
-from messagine.domain.albums import FLUSH_ATTEMPTS, album_key
+from messagine.domain.albums import FLUSH_ATTEMPTS, Retries, album_key
 from messagine.schedule import (
     CloudTasksSchedule,
     ScheduleUnavailable,
@@ -75,7 +75,7 @@ def test_the_timer_tries_again_while_the_flush_must_wait_then_stops():
         done.set()
         return Flushed("album:sent")
 
-    TimerSchedule(flush, delay_s=0.05, retry_s=0.05)("k", 1)
+    TimerSchedule(flush, delay_s=0.05, retries=Retries(FLUSH_ATTEMPTS, 0.05, 0.05, 0))("k", 1)
     assert done.wait(5)
     time.sleep(0.3)
     assert runs == [("k", 1)] * 3
@@ -91,7 +91,7 @@ def test_the_timers_last_attempt_is_told_so_and_the_queue_makes_as_many():
             done.set()
         return Flushed("retry:telegram", retry=True)
 
-    TimerSchedule(flush, delay_s=0.01, retry_s=0.01, attempts=4)("k", 1)
+    TimerSchedule(flush, delay_s=0.01, retries=Retries(4, 0.01, 0.01, 0))("k", 1)
     assert done.wait(5)
     time.sleep(0.1)
     assert lasts == [False, False, False, True], "then it stops"

@@ -26,7 +26,7 @@ from conftest import (
 from conftest import pair_over_http as _pair
 from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.dev.fake_cloud_tasks import FakeCloudTasks
-from messagine.domain.albums import FLUSH_ATTEMPTS
+from messagine.domain.albums import FLUSH_ATTEMPTS, Retries
 from messagine.schedule import ALBUM_TASK, TASK_HEADER
 
 pytestmark = pytest.mark.slow
@@ -162,7 +162,7 @@ def test_an_album_counts_once_against_the_flood_limit(tmp_path: Path,
 
 def test_album_flush_through_cloud_tasks(tmp_path: Path, request: pytest.FixtureRequest):
     """On Google Cloud a Cloud Task per batch calls the function back; bad calls are refused."""
-    tasks = FakeCloudTasks()
+    tasks = FakeCloudTasks(Retries(FLUSH_ATTEMPTS, 0.2, 0.2, 0))
     port = free_port()
     queue = "projects/demo-project/locations/europe-west1/queues/albums"
     with FakeBotApi() as api:
@@ -212,7 +212,7 @@ def test_album_flush_through_cloud_tasks(tmp_path: Path, request: pytest.Fixture
 def test_an_album_the_queue_gives_up_on_is_reported_to_the_sender(
         tmp_path: Path, request: pytest.FixtureRequest):
     """Telegram fails every copy: the queue's last attempt tells the sender, answers 200."""
-    tasks = FakeCloudTasks(backoff_s=0.02, max_attempts=FLUSH_ATTEMPTS)
+    tasks = FakeCloudTasks(Retries(FLUSH_ATTEMPTS, 0.02, 0.02, 0))
     port = free_port()
     with FakeBotApi() as api:
         env = {**bot_env(api, tmp_path / "give-up.sqlite3"), **backend_env(request, "sqlite"),

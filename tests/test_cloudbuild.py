@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from messagine.domain.albums import FLUSH_ATTEMPTS
+from messagine.domain.albums import FLUSH_ATTEMPTS, RETRIES
 from messagine.domain.claims import REQUEST_TIMEOUT_S
 from messagine.settings import Settings
 
@@ -270,7 +270,9 @@ def album_queue_commands() -> list[list[str]]:
     script = filled(step("album-queue")["args"][-1], PROJECT_NUMBER="123456789")
     retry = re.search(r'retry="([^"]+)"', script)
     assert retry is not None
-    # The queue's last attempt is the one the flush knows to be last (it tells the sender).
+    # The queue retries as the timer does, and its last attempt is the one the flush knows
+    # to be last (it tells the sender); test_album_flush shows that it outlasts a lease.
+    assert retry.group(1) == RETRIES.queue_flags()
     assert f"--max-attempts={FLUSH_ATTEMPTS} " in retry.group(1)
     script = script.replace("$$retry", retry.group(1)).replace("\\\n", " ")
     commands = []

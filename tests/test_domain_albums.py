@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messagine.domain import albums
+from messagine.domain import albums, claims
 from messagine.domain.albums import Album, BatchState, Item, Verdict
 
 KEY = albums.album_key(10, 20, "13579")
@@ -124,3 +124,31 @@ def test_every_item_is_in_exactly_one_batch_in_order_and_no_batch_is_over_ten(
         ordered = [i.message_id for i in batch.items]
         assert ordered == sorted(ordered) and 1 <= len(ordered) <= albums.MAX_ITEMS
     assert [b.number for b in album.batches] == list(range(1, len(album.batches) + 1))
+
+
+# -- the flush's retries ---------------------------------------------------------------------
+
+def test_retries_wait_as_cloud_tasks_documents():
+    """Cloud Tasks' own example: min 10 s, max 300 s, 3 doublings."""
+    example = albums.Retries(attempts=9, min_backoff_s=10, max_backoff_s=300, max_doublings=3)
+    assert [example.delay(n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 240, 300, 300]
+    assert example.window_s() == sum([10, 20, 40, 80, 160, 240, 300, 300])
+    assert example.queue_flags() == \
+        "--max-attempts=9 --min-backoff=10s --max-backoff=300s --max-doublings=3"
+
+
+def test_the_production_retries_outlast_a_claim_at_the_longest_request_timeout():
+    longest = claims.lease_for(claims.MAX_REQUEST_TIMEOUT_S)
+    assert albums.RETRIES.outlasts(longest)
+    assert albums.RETRIES.attempts == albums.FLUSH_ATTEMPTS
+    # The schedule the simulator once ran (every 0.5 s, 40 times) did not: it gave up.
+    assert not albums.Retries(40, 0.5, 0.5, 0).outlasts(claims.LEASE_S)
+
+
+@given(st.integers(1, 60), st.floats(0.01, 100), st.floats(0.01, 4000), st.integers(0, 16))
+def test_a_retry_never_waits_less_than_the_one_before_nor_past_the_cap(
+        attempts: int, low: float, high: float, doublings: int):
+    retries = albums.Retries(attempts, min(low, high), max(low, high), doublings)
+    delays = [retries.delay(n) for n in range(1, attempts + 1)]
+    assert all(retries.min_backoff_s <= d <= retries.max_backoff_s for d in delays)
+    assert delays == sorted(delays)

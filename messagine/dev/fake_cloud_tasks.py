@@ -3,8 +3,8 @@
 A real HTTP server on 127.0.0.1 that google-cloud-tasks' own REST transport talks to
 (``client_options={"api_endpoint": ...}``). ``CreateTask`` stores a task by name and
 answers 409 ALREADY_EXISTS for a name it has seen, as Cloud Tasks does; a dispatcher
-thread then sends each task's HTTP request at its schedule time and retries it (with a
-short backoff) while the answer is not 2xx, as a queue with a retry config does. Tests
+thread then sends each task's HTTP request at its schedule time and retries it while the
+answer is not 2xx, waiting and giving up as the queue's retry config (``Retries``) says. Tests
 and the delivery simulator use it; it is never deployed.
 """
 
@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
+
+from messagine.domain.albums import RETRIES, Retries
 
 
 @dataclass
@@ -38,13 +40,12 @@ class FakeTask:
 class FakeCloudTasks:
     """The fake server; ``tasks`` by name, ``creates`` counts every CreateTask call."""
 
-    def __init__(self, backoff_s: float = 0.5, max_attempts: int = 200) -> None:
+    def __init__(self, retries: Retries = RETRIES) -> None:
         self.tasks: dict[str, FakeTask] = {}
         self.creates = 0
         self.fail_creates = 0
         """Answer this many CreateTask calls with 503 (then succeed)."""
-        self.backoff_s = backoff_s
-        self.max_attempts = max_attempts
+        self.retries = retries
         self._lock = threading.Lock()
         self._stop = threading.Event()
         fake = self
@@ -82,7 +83,7 @@ class FakeCloudTasks:
             with self._lock:
                 busy = [t for t in self.tasks.values()
                         if (not t.statuses or t.statuses[-1] >= 300)
-                        and len(t.statuses) < self.max_attempts]
+                        and len(t.statuses) < self.retries.attempts]
             if not busy:
                 return True
             time.sleep(0.1)
@@ -122,7 +123,7 @@ class FakeCloudTasks:
             with self._lock:
                 due = [t for t in self.tasks.values() if t.run_at <= time.time()
                        and (not t.statuses or t.statuses[-1] >= 300)
-                       and len(t.statuses) < self.max_attempts]
+                       and len(t.statuses) < self.retries.attempts]
             for task in due:
                 try:
                     # As Cloud Tasks does: how often this task was tried before.
@@ -134,4 +135,4 @@ class FakeCloudTasks:
                     status = 599
                 with self._lock:
                     task.statuses.append(status)
-                    task.run_at = time.time() + self.backoff_s
+                    task.run_at = time.time() + self.retries.delay(len(task.statuses))

@@ -16,18 +16,69 @@ import enum
 import hashlib
 from dataclasses import dataclass, replace
 
+from messagine.domain import claims
+
 QUIET_S = 1.5
 """No new item for this long: the batch is taken as complete (Telegram sends an album's
 items within a fraction of a second of each other)."""
 FIRST_FLUSH_S = 2.0
 """The first flush is tried this long after a batch's first item."""
-LEASE_S = 45.0
-"""A flush holding its claim longer died (one Bot API call and a few writes)."""
-FLUSH_ATTEMPTS = 40
-"""A batch's flush is tried this often (the timer, and the queue's --max-attempts); the
-last attempt that cannot send tells the sender the album did not arrive."""
+LEASE_S = claims.LEASE_S
+"""A flush holding its claim longer died: a flush is one request, so it is leased as an
+update's claim is (``claims.lease_for`` the request timeout; the relay is given that)."""
 MAX_ITEMS = 10
 """Telegram's largest album: an eleventh item opens the next batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """How a batch's flush is tried again: Cloud Tasks' retry config, and the timer's.
+
+    The queue is created with ``queue_flags()`` (cloudbuild.yaml, held equal by a test),
+    and the in-process timer waits the same ``delay``s. The last attempt that cannot send
+    tells the sender the album did not arrive, so the attempts must outlast a flush that
+    died holding its claim: ``outlasts(lease_s)``.
+    """
+
+    attempts: int = 40
+    min_backoff_s: float = 1.0
+    max_backoff_s: float = 20.0
+    max_doublings: int = 4
+
+    def delay(self, retry: int) -> float:
+        """The wait before retry number ``retry`` (1: the first retry), as Cloud Tasks does.
+
+        The interval doubles ``max_doublings`` times, then grows linearly by the last
+        doubled interval, and never exceeds ``max_backoff_s``.
+        """
+        doublings = min(retry - 1, self.max_doublings)
+        interval = self.min_backoff_s * float(2 ** doublings)
+        linear = max(0, retry - 1 - self.max_doublings)
+        interval += self.min_backoff_s * float(2 ** self.max_doublings) * linear
+        return min(interval, self.max_backoff_s)
+
+    def window_s(self) -> float:
+        """From the first attempt to the last."""
+        return sum(self.delay(retry) for retry in range(1, self.attempts))
+
+    def outlasts(self, lease_s: float) -> bool:
+        """Whether a claim taken at the first attempt ends before the last attempt.
+
+        A flush that died holding it is then taken over by a later attempt, not given up.
+        """
+        return self.window_s() > lease_s + self.delay(1)
+
+    def queue_flags(self) -> str:
+        """The retry flags of ``gcloud tasks queues create``."""
+        return (f"--max-attempts={self.attempts} --min-backoff={self.min_backoff_s:g}s "
+                f"--max-backoff={self.max_backoff_s:g}s --max-doublings={self.max_doublings}")
+
+
+RETRIES = Retries()
+"""The production schedule: 1, 2, 4, 8, 16, then every 20 s; about 12 minutes in all,
+longer than a claim's lease at the longest request timeout the settings allow."""
+FLUSH_ATTEMPTS = RETRIES.attempts
+"""A batch's flush is tried this often; the last attempt knows it is the last."""
 
 
 class BatchState(enum.Enum):

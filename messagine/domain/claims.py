@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 REQUEST_TIMEOUT_S = 50.0
 """The function's request timeout (cloudbuild.yaml's --timeout, under Telegram's 60 s)."""
+MAX_REQUEST_TIMEOUT_S = 540.0
+"""The longest REQUEST_TIMEOUT_SECONDS the settings accept (an HTTP function's limit)."""
 
 
 def lease_for(request_timeout_s: float) -> float:
