@@ -242,10 +242,10 @@ def test_the_build_gets_the_whole_repository_and_the_docs_say_how(tmp_path: Path
     assert {"messagine/ops/apply.sh", "tests/requirements.txt", "cloudbuild.yaml",
             "main.py"} <= uploaded
     assert "messagine/stale.pyc" not in uploaded
-    # The browser test's screenshots (artifacts/) are kept for people, not for the build.
-    needed = {name for name in tracked if not name.startswith("artifacts/")}
+    # The browser test's screenshots are kept for people, not for the build.
+    needed = {name for name in tracked if not name.startswith("docs/screenshots/")}
     assert needed - {".gitignore", ".gcloudignore"} <= uploaded
-    assert not {name for name in uploaded if name.startswith("artifacts/")}
+    assert not {name for name in uploaded if name.startswith("docs/screenshots/")}
     for doc in ("docs/deploy.md", "README.md"):
         submits = re.findall(r"gcloud builds submit[^\n]*", (ROOT / doc).read_text())
         assert submits, doc

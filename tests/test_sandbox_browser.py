@@ -5,9 +5,10 @@ Selenium against `python -m messagine sandbox` with the default flood rule: a pa
 burst of short lines, a reply whose quote follows an edit, a held link, a confirmed
 location, /mydata's file opened from the page, a third pane, Exit Chat pressed on the old
 "Chat started" (the newest line tells the truth), the end-of-chat card and a rating, a
-restart of the sandbox and a second chat. Screenshots of the conversation's steps are saved
-under artifacts/sandbox/ (committed, to be looked at); other screenshots go to a pytest tmp
-directory (named in the test's output).
+restart of the sandbox and a second chat. Screenshots of the steps go to a pytest tmp
+directory (named in the test's output); with MESSAGINE_SCREENSHOTS=docs/screenshots/sandbox
+they replace the committed ones that the README shows (a run never changes the tree
+unless asked to).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import requests
 from conftest import ROOT, free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-ARTIFACTS = ROOT / "artifacts" / "sandbox"
+SCREENSHOTS = os.environ.get("MESSAGINE_SCREENSHOTS")
+"""Where the conversation's screenshots go instead of a tmp directory (to refresh them)."""
 
 pytestmark = [
     pytest.mark.slow,
@@ -100,7 +102,7 @@ def test_two_people_chat_in_the_browser(sandbox: SandboxProcess, browser,  # typ
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    screenshots = ARTIFACTS
+    screenshots = ROOT / SCREENSHOTS if SCREENSHOTS else tmp_path_factory.mktemp("sandbox")
     screenshots.mkdir(parents=True, exist_ok=True)
     print(f"screenshots: {screenshots}")  # where to look after a failure
     # The page re-renders a chat when it changes, so elements go stale: retry until found.
