@@ -39,8 +39,6 @@ from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
-    Tombstones,
-    protection_key,
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
@@ -74,6 +72,7 @@ from messagine.storage.firestore_commit import (
     update_guarded,
 )
 from messagine.storage.port import wrap_public_methods
+from messagine.storage.shared import DocumentOperations
 
 _PAGE = 50
 T = TypeVar("T")
@@ -83,7 +82,7 @@ _NAMES = {"message_links": "links", "claimed_updates": "claims"}
 
 
 @wrap_public_methods(unavailable_as_storage_error)
-class FirestoreRepository(docs.SharedOperations):
+class FirestoreRepository(DocumentOperations):
     """The repository port on a Firestore (native mode) database."""
 
     backend = "firestore"
@@ -297,44 +296,26 @@ class FirestoreRepository(docs.SharedOperations):
 
     # -- privacy -------------------------------------------------------------------------
 
+    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]) -> bool:
+        """Guarded by the whole document's update time, whatever ``reads`` names."""
+        del reads
+        return bool(update_guarded(self.client, self._doc(collection, key), change))
 
-    def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``."""
-        # First out of the lobby and the users, in one guarded commit: from then on no
-        # search can pair them, so the chats below are all there will ever be.
-        counts: Counter[str] = Counter(self._erase_profile(user_id))
-        for kind, collection, names in docs.ERASED:
-            for name in names:
-                counts[kind] += self._delete_all(self._where(collection, (name, "==", user_id)))
-        stones, key = Tombstones(), protection_key(self._pepper, user_id)
-        counts["chats_anonymised"] = 0
-        for snap in self._stream(self._where("chats", ("users", "array_contains", user_id))):
-            counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
-                lambda doc: docs.anonymised_chat(
-                    doc, user_id, stones.of(docs.partner_of(doc, user_id)), key))
-        for snap in self._stream(self._where("users", ("chat.partner", "==", user_id))):
-            update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
-                doc.get("chat") or {}).get("partner") == user_id else None)
-        for collection, name, partner, key_field in docs.KEPT:  # others' protections stay
-            for snap in self._stream(self._where(collection, (name, "==", user_id))):
-                self._keep(snap, name, user_id, docs.kept(snap.to_dict(), name, partner,
-                                                          key_field, stones, key))
-        for snap in self._stream(self._where("lobby", ("avoid", "array_contains", user_id))):
-            with contextlib.suppress(gexc.NotFound):  # matched or left meanwhile
-                snap.reference.update({"avoid": firestore.ArrayRemove([user_id])}, **WRITE)
-        return counts
+    def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
+        batch = self.client.batch()
+        batch.set(self._doc(collection, new_key), dict(doc))
+        batch.delete(self._doc(collection, key))
+        batch.commit(**WRITE)
 
-    def _keep(self, snap: Any, name: str, user_id: int, kept: dict[str, Any]) -> None:
-        """Write ``kept`` into a record whose ``name`` is the erased user (``docs.KEPT``)."""
-        if snap.reference.parent.id == "exclusions":  # its id names both users: it moves
-            batch = self.client.batch()
-            batch.set(self._doc("exclusions", docs.exclusion_id(snap.to_dict() | kept)),
-                      snap.to_dict() | kept)
-            batch.delete(snap.reference)
-            batch.commit(**WRITE)
-        else:
-            update_guarded(self.client, snap.reference,
-                           lambda doc: kept if doc.get(name) == user_id else None)
+    def _array_change(self, collection: str, key: Any, field: str, value: int, *,
+                      add: bool) -> None:
+        # Applied by the server: no read, no lost update. NotFound: no such document (in
+        # the lobby: the user is not waiting, or was matched meanwhile).
+        with contextlib.suppress(gexc.NotFound):
+            self._doc(collection, key).update(
+                {field: (firestore.ArrayUnion if add else firestore.ArrayRemove)([value])},
+                **WRITE)
 
     @optimistic
     def _erase_profile(self, user_id: int) -> dict[str, int]:
@@ -351,9 +332,9 @@ class FirestoreRepository(docs.SharedOperations):
         return {"lobby": int(entry.exists), "kept_for_ban": int(banned),
                 "profile": int(user.exists and not banned)}
 
-    def _delete_all(self, query: Any) -> int:
-        """Delete what ``query`` finds, in batches; counts documents (a message's copy not)."""
-        deleted = 0
+    def _delete_where(self, collection: str, condition: docs.Filter) -> int:
+        """Delete what ``condition`` selects, in batches; a message's copy is not counted."""
+        query, deleted = self._where(collection, condition), 0
         while snaps := list(self._stream(query.limit(_PURGE_BATCH))):
             self._delete_refs([snap.reference for snap in snaps])
             deleted += sum(snap.to_dict().get("role") != "copy" for snap in snaps)

@@ -125,7 +125,7 @@ def commit_unless_beaten(client: Any, snap: Any, fields: Mapping[str, Any]) -> b
 
 @optimistic
 def update_guarded(client: Any, ref: Any,
-                   change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
+                   change: Callable[[dict[str, Any]], Mapping[str, Any] | None]) -> int:
     """Apply ``change`` to the document as it is now (1), or nothing if it says None (0)."""
     (snap,) = client.get_all([ref], **CALL)
     fields = change(snap.to_dict()) if snap.exists else None

@@ -38,8 +38,6 @@ from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
-    Tombstones,
-    protection_key,
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.ratings import RatingRule, RatingVerdict, rate
@@ -65,9 +63,10 @@ from messagine.storage.mongo_client import (
 )
 from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
-from messagine.storage.port import wrap_public_methods
+from messagine.storage.port import StorageUnavailable, wrap_public_methods
+from messagine.storage.shared import DocumentOperations
 
-_RATING_ATTEMPTS = 8  # a rating beaten by another one on the same user is decided again
+_ATTEMPTS = 8  # a guarded change beaten by another write is decided again this many times
 _OPERATORS = {"!=": "$ne", "<": "$lt", ">=": "$gte"}
 
 
@@ -106,7 +105,7 @@ T = TypeVar("T")
 
 
 @wrap_public_methods(_unavailable_as_storage_error)
-class MongoRepository(docs.SharedOperations):
+class MongoRepository(DocumentOperations):
     """The repository port on a MongoDB database (Atlas in production)."""
 
     backend = "mongo"
@@ -297,36 +296,38 @@ class MongoRepository(docs.SharedOperations):
             {"$set": answer, "$setOnInsert": {k: v for k, v in marker if k not in answer}},
             upsert=not confirmed)
 
-    def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``."""
-        db, stones, key = self.db, Tombstones(), protection_key(self._pepper, user_id)
-        counts: Counter[str] = Counter()
-        for kind, collection, names in (*docs.ERASED, ("lobby", "lobby", ("_id",))):
-            counts[kind] += db[collection].delete_many(
-                {"$or": [{name: user_id} for name in names]}).deleted_count
-        counts["chats_anonymised"] = 0
-        for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
-            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)),
-                                          key)
-            if fields is not None:
-                db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
-                counts["chats_anonymised"] += 1
-        db.users.update_many({"chat.partner": user_id}, {"$set": {"chat": None}})
-        for collection, name, partner, key_field in docs.KEPT:  # others' protections stay
-            for found in db[collection].find({name: user_id}):
-                fields = docs.kept(found, name, partner, key_field, stones, key)
-                if collection == "exclusions":  # its id names both users: it moves
-                    moved = {k: v for k, v in found.items() if k != "_id"} | fields
-                    db.exclusions.replace_one({"_id": docs.exclusion_id(moved)}, moved, upsert=True)
-                    db.exclusions.delete_one({"_id": found["_id"]})
-                else:
-                    db[collection].update_one({"_id": found["_id"]}, {"$set": fields})
-        db.lobby.update_many({"avoid": user_id}, {"$pull": {"avoid": user_id}})
+    def _erase_profile(self, user_id: int) -> dict[str, int]:
+        lobby = self.db.lobby.delete_one({"_id": user_id}).deleted_count
         # A ban outlives erasure (domain.erasure): only the banned remnant stays.
-        counts["kept_for_ban"] = db.users.replace_one(
-            {"_id": user_id, "banned": True}, docs.remnant_document(user_id)).modified_count
-        counts["profile"] = db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
-        return counts
+        kept = self.db.users.replace_one({"_id": user_id, "banned": True},
+                                         docs.remnant_document(user_id)).modified_count
+        deleted = self.db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
+        return {"lobby": lobby, "kept_for_ban": kept, "profile": deleted}
+
+    def _delete_where(self, collection: str, condition: docs.Filter) -> int:
+        return int(self.db[collection].delete_many(_match((condition,))).deleted_count)
+
+    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]) -> bool:
+        """Written by one update whose filter holds the ``reads`` fields as read."""
+        for _ in range(_ATTEMPTS):  # another write in between: read and decide again
+            doc = self.db[collection].find_one({"_id": key})
+            if doc is None or (fields := change(doc)) is None:
+                return False
+            guard = {name: doc.get(name) for name in reads}
+            if self.db[collection].update_one({"_id": key, **guard},
+                                              {"$set": dict(fields)}).matched_count:
+                return True
+        raise StorageUnavailable(f"mongo: {collection} {key} kept changing")
+
+    def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
+        self.db[collection].replace_one({"_id": new_key}, dict(doc), upsert=True)
+        self.db[collection].delete_one({"_id": key})
+
+    def _array_change(self, collection: str, key: Any, field: str, value: int, *,
+                      add: bool) -> None:
+        self.db[collection].update_one({"_id": key},
+                                       {"$addToSet" if add else "$pull": {field: value}})
 
     def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
         """See ``Repository.purge_expired``.
@@ -426,7 +427,7 @@ class MongoRepository(docs.SharedOperations):
     def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
                   rule: RatingRule) -> RatingVerdict:
         """See ``Repository.rate_user``: written only if the ratings are still as read."""
-        for _ in range(_RATING_ATTEMPTS):
+        for _ in range(_ATTEMPTS):
             doc = self.db.users.find_one({"_id": rated_id}, {"ratings": 1})
             if doc is None:
                 break

@@ -46,6 +46,7 @@ from messagine.models import (
     UserState,
 )
 from messagine.storage import documents as docs
+from messagine.storage.shared import SharedOperations
 from messagine.storage.sqlite_database import Database
 
 # The state of one user, named as a user document's fields: their profile and flags,
@@ -175,7 +176,7 @@ def _language(conn: sqlite3.Connection, user_id: int) -> str:
     return str(row[0]) if row else "en"
 
 
-class SqliteRepository(docs.SharedOperations):
+class SqliteRepository(SharedOperations):
     """The repository port on one SQLite database file."""
 
     backend = "sqlite"
