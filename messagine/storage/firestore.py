@@ -42,7 +42,6 @@ from messagine.domain.erasure import (
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
-from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.domain.retention import Cutoffs, erasure_due, notice_due
 from messagine.models import (
     ActiveChat,
@@ -169,13 +168,6 @@ class FirestoreRepository(DocumentOperations):
         Indexes and TTL policies are deployed with gcloud (docs/storage.md).
         """
 
-    # -- reading state -------------------------------------------------------------------
-
-    def get_user(self, user_id: int) -> UserState | None:
-        """See ``Repository.get_user``."""
-        snap = self._doc("users", user_id).get(**CALL)
-        return docs.user_state(user_id, snap.to_dict()) if snap.exists else None
-
     # -- updates and users ---------------------------------------------------------------
 
     @optimistic
@@ -297,10 +289,11 @@ class FirestoreRepository(DocumentOperations):
     # -- privacy -------------------------------------------------------------------------
 
     def _change(self, collection: str, key: Any, reads: tuple[str, ...],
-                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]) -> bool:
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
         """Guarded by the whole document's update time, whatever ``reads`` names."""
         del reads
-        return bool(update_guarded(self.client, self._doc(collection, key), change))
+        return update_guarded(self.client, self._doc(collection, key), change)
 
     def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
         batch = self.client.batch()
@@ -430,17 +423,6 @@ class FirestoreRepository(DocumentOperations):
             docs.report_document(report, reported_key), **WRITE)
         return report
 
-    @optimistic
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """See ``Repository.resolve_report``: the open -> status change is won once."""
-        (snap,) = self._get(self._doc("reports", report_id))
-        if not snap.exists or snap.get("status") != "open":
-            return None
-        batch = self._guarded(snap)
-        batch.put(snap.reference, {"status": status})
-        batch.commit()
-        return docs.report(report_id, {**snap.to_dict(), "status": status})
-
     # -- reminders -----------------------------------------------------------------------
 
     def claim_nudges(self, idle_before: float, now: float, limit: int) -> list[Nudge]:
@@ -491,19 +473,6 @@ class FirestoreRepository(DocumentOperations):
             {"newest_message": message_id}
             if message_id > int(doc.get("newest_message") or 0) else None))
 
-    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
-                  rule: RatingRule) -> RatingVerdict:
-        """See ``Repository.rate_user``: committed only if the user is still as read."""
-        verdicts = [RatingVerdict(counted=False)]
-
-        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
-            state, verdicts[0] = rate(docs.rating_state(doc.get("ratings")), chat_id,
-                                      positive, now, rule)
-            return {"ratings": docs.rating_document(state)} if verdicts[0].counted else None
-
-        update_guarded(self.client, self._doc("users", rated_id), change)
-        return verdicts[0]
-
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
                      other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
@@ -517,33 +486,16 @@ class FirestoreRepository(DocumentOperations):
                 self._doc("lobby", waiting).update({"avoid": firestore.ArrayUnion([avoided])},
                                             **WRITE)
 
-    def _ban_on_return(self, report_id: int) -> str | None:
-        (report,) = self._get(self._doc("reports", report_id))
-        key = (report.to_dict() or {}).get("reported_key")  # a report may hold none
-        if not key:
-            return None
-        report.reference.update({"ban_on_return": True}, **WRITE)
-        return str(key)
-
-    def _bans_on_return(self, key: str) -> bool:
-        return any(self._stream(self._where("reports", ("reported_key", "==", key),
-                                            ("ban_on_return", "==", True)).limit(1)))
-
     def _waiting(self) -> Iterator[int]:
         return (int(entry.id) for entry in self._stream(self._col("lobby")))
-
-    def _user_and_lobby(self, user_id: int
-                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
-        return (user.to_dict(), entry.to_dict()) if user.exists else None
 
     def _any_of(self, collection: str,
                 filters: Iterable[docs.Filter]) -> Iterator[tuple[Any, dict[str, Any]]]:
         return ((snap.id, snap.to_dict()) for condition in filters
                 for snap in self._stream(self._where(collection, condition)))
 
-    def _chat(self, chat_id: int) -> dict[str, Any] | None:
-        (snap,) = self._get(self._doc("chats", chat_id))
+    def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
+        (snap,) = self._get(self._doc(collection, key))
         return snap.to_dict() if snap.exists else None
 
     def _latest_chats(self, user_id: int, limit: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -597,8 +549,7 @@ class FirestoreRepository(DocumentOperations):
             user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
             if not user.exists:
                 raise LookupError(f"unknown user {user_id}")
-            in_chat = self._in_chat(user, update_id) or age_gate.refused_search(
-                age_gate.refuses(user.to_dict().get("age_answer")))
+            in_chat = self._resumed_search(user.to_dict(), update_id)
             if in_chat is not None:
                 if joined and not in_chat.resumed:
                     # Taken from the lobby after joining it in this call: the instance
@@ -661,14 +612,6 @@ class FirestoreRepository(DocumentOperations):
                            ActiveChat(chat_id, partner_id, partner_language, now),
                            partner_waiting_since=their_entry.get("since"))
 
-    def _in_chat(self, user: Any, update_id: int) -> MatchResult | None:
-        chat = docs.active_chat(user.to_dict())
-        if chat is None:
-            return None
-        (record,) = self._get(self._doc("chats", chat.chat_id))
-        return matching.resume_search(
-            chat, record.get("opened_by_update") if record.exists else None, update_id)
-
     @optimistic
     def join_any_language(self, user_id: int) -> bool:
         """See ``Repository.join_any_language``."""
@@ -721,10 +664,6 @@ class FirestoreRepository(DocumentOperations):
         return EndedChat(chat_id, partner_id,
                          str(partner.get("language")) if partner.exists else "en",
                          resumed=not ends)
-
-    def _language(self, user_id: int) -> str:
-        (snap,) = self._get(self._doc("users", user_id))
-        return str(snap.get("language")) if snap.exists else "en"
 
     # -- message links -------------------------------------------------------------------
 

@@ -40,7 +40,6 @@ from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
 )
 from messagine.domain.flood import FloodRule, admit
-from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.domain.retention import Cutoffs, erasure_due
 from messagine.models import (
     ActiveChat,
@@ -163,13 +162,6 @@ class MongoRepository(DocumentOperations):
         """Create every index, idempotently (``python -m messagine init-db``, and first use)."""
         create_indexes(self._connect(), self._update_retention_s)
         self._indexes_ready = True
-
-    # -- reading state -------------------------------------------------------------------
-
-    def get_user(self, user_id: int) -> UserState | None:
-        """See ``Repository.get_user``."""
-        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-        return docs.user_state(user_id, doc) if doc else None
 
     # -- updates and users ---------------------------------------------------------------
 
@@ -308,16 +300,17 @@ class MongoRepository(DocumentOperations):
         return int(self.db[collection].delete_many(_match((condition,))).deleted_count)
 
     def _change(self, collection: str, key: Any, reads: tuple[str, ...],
-                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]) -> bool:
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
         """Written by one update whose filter holds the ``reads`` fields as read."""
         for _ in range(_ATTEMPTS):  # another write in between: read and decide again
             doc = self.db[collection].find_one({"_id": key})
             if doc is None or (fields := change(doc)) is None:
-                return False
+                return None
             guard = {name: doc.get(name) for name in reads}
             if self.db[collection].update_one({"_id": key, **guard},
                                               {"$set": dict(fields)}).matched_count:
-                return True
+                return {**doc, **fields}
         raise StorageUnavailable(f"mongo: {collection} {key} kept changing")
 
     def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
@@ -381,13 +374,6 @@ class MongoRepository(DocumentOperations):
             projection={"_id": 1}, upsert=True)
         return report if earlier is None else None
 
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """See ``Repository.resolve_report``: the open -> status change is won once."""
-        doc = self.db.reports.find_one_and_update(
-            {"_id": report_id, "status": "open"}, {"$set": {"status": status}},
-            return_document=ReturnDocument.AFTER)
-        return None if doc is None else docs.report(int(doc["_id"]), doc)
-
     def _count(self, collection: str, filters: tuple[docs.Filter, ...]) -> int:
         """How many documents match; a whole collection's count is the cheap estimate."""
         if not filters:
@@ -424,21 +410,6 @@ class MongoRepository(DocumentOperations):
         """See ``Repository.note_newest``."""
         self.db.users.update_one({"_id": user_id}, {"$max": {"newest_message": message_id}})
 
-    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
-                  rule: RatingRule) -> RatingVerdict:
-        """See ``Repository.rate_user``: written only if the ratings are still as read."""
-        for _ in range(_ATTEMPTS):
-            doc = self.db.users.find_one({"_id": rated_id}, {"ratings": 1})
-            if doc is None:
-                break
-            state, verdict = rate(docs.rating_state(doc.get("ratings")), chat_id, positive,
-                                  now, rule)
-            if not verdict.counted or self.db.users.update_one(
-                    {"_id": rated_id, "ratings": doc.get("ratings")},
-                    {"$set": {"ratings": docs.rating_document(state)}}).modified_count:
-                return verdict
-        return RatingVerdict(counted=False)
-
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
                      other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
@@ -449,31 +420,16 @@ class MongoRepository(DocumentOperations):
         self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
         self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
 
-    def _ban_on_return(self, report_id: int) -> str | None:
-        report = self.db.reports.find_one_and_update(
-            {"_id": report_id, "reported_key": {"$ne": None}},
-            {"$set": {"ban_on_return": True}}, projection={"reported_key": 1})
-        return None if report is None else str(report["reported_key"])
-
-    def _bans_on_return(self, key: str) -> bool:
-        return self.db.reports.find_one({"reported_key": key, "ban_on_return": True},
-                                        {"_id": 1}) is not None
-
     def _waiting(self) -> list[int]:
         return [int(entry["_id"]) for entry in self.db.lobby.find({}, {"_id": 1})]
-
-    def _user_and_lobby(self, user_id: int
-                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        doc = self.db.users.find_one({"_id": user_id})
-        return None if doc is None else (doc, self.db.lobby.find_one({"_id": user_id}))
 
     def _any_of(self, collection: str,
                 filters: Iterable[docs.Filter]) -> Iterator[tuple[Any, dict[str, Any]]]:
         return ((doc["_id"], doc) for doc in self.db[collection].find(
             {"$or": [_match((condition,)) for condition in filters]}))
 
-    def _chat(self, chat_id: int) -> dict[str, Any] | None:
-        return self.db.chats.find_one({"_id": chat_id})  # type: ignore[no-any-return]
+    def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
+        return self.db[collection].find_one({"_id": key})  # type: ignore[no-any-return]
 
     def _latest_chats(self, user_id: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
         return [(int(chat["_id"]), chat) for chat in self.db.chats.find({"users": user_id}).sort(
@@ -571,11 +527,7 @@ class MongoRepository(DocumentOperations):
         doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
         if doc is None:
             raise LookupError(f"unknown user {user_id}")
-        chat = docs.active_chat(doc)
-        resumed = None if chat is None else matching.resume_search(chat, (self.db.chats.find_one(
-            {"_id": chat.chat_id}, {"opened_by_update": 1}) or {}).get("opened_by_update"),
-            update_id)
-        return doc, resumed or age_gate.refused_search(age_gate.refuses(doc.get("age_answer")))
+        return doc, self._resumed_search(doc, update_id)
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""
@@ -616,10 +568,6 @@ class MongoRepository(DocumentOperations):
             return EndedChat(chat_id, partner_id, self._language(partner_id),
                              resumed=ended is None)
         return self._ended_by(user_id, update_id)
-
-    def _language(self, user_id: int) -> str:
-        doc = self.db.users.find_one({"_id": user_id}, {"language": 1})
-        return str(doc["language"]) if doc else "en"
 
     # -- message links -------------------------------------------------------------------
 

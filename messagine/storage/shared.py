@@ -2,8 +2,9 @@
 
 ``SharedOperations`` is what all three adapters do the same way: the flags, the counts,
 the bans on return. ``DocumentOperations`` adds what MongoDB and Firestore do alike over
-their documents (``documents`` maps them): the export, erasure, the last chat, a chat by
-its id, whom a searcher avoids and a re-delivered ending. Each operation stands on primitives
+their documents (``documents`` maps them): the export, erasure, a rating, resolving a
+report, the state of a user, their last chat, a chat by its id, whom a searcher avoids,
+whether a search resumes, and a re-delivered ending. Each operation stands on primitives
 that the adapter gives, each one read or one write under the adapter's own guard. They
 are declared as Protocols (``Primitives``, ``DocumentPrimitives``), which the operations'
 classes subclass: an adapter that lacks one stays abstract, and mypy refuses to make it.
@@ -16,9 +17,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from messagine.domain import age_gate, matching
 from messagine.domain.erasure import Tombstones, protection_key, returned
-from messagine.domain.matching import avoided, recent_partners
-from messagine.models import ChatRecord, Counts, EndedChat, ModerationStats, UserRecords
+from messagine.domain.ratings import RatingRule, RatingVerdict, rate
+from messagine.models import (
+    ChatRecord,
+    Counts,
+    EndedChat,
+    MatchResult,
+    ModerationStats,
+    Report,
+    UserRecords,
+    UserState,
+)
 from messagine.storage import documents as docs
 
 
@@ -112,9 +123,8 @@ class DocumentPrimitives(Primitives, Protocol):
         """How many documents of ``collection`` the ``filters`` select."""
         ...
 
-    def _user_and_lobby(self, user_id: int
-                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        """The user's document and lobby entry (None: no entry); None for an unknown user."""
+    def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
+        """The document ``key`` of ``collection`` (None: there is none)."""
         ...
 
     def _any_of(self, collection: str,
@@ -126,21 +136,14 @@ class DocumentPrimitives(Primitives, Protocol):
         """(id, document) of the user's newest chats (a chat made by a later update is newer)."""
         ...
 
-    def _language(self, user_id: int) -> str:
-        """The user's language ("en" for a user who is gone)."""
-        ...
-
-    def _chat(self, chat_id: int) -> Mapping[str, Any] | None:
-        """A chat's document (None: no such chat)."""
-        ...
-
     def _change(self, collection: str, key: Any, reads: tuple[str, ...],
-                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]) -> bool:
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
         """Set the fields ``change`` gives for the document as it is now, under a guard.
 
         Written only if the fields named in ``reads`` (Firestore: the whole document) are
-        still as read; else read and decide again. Whether it wrote (False: no such
-        document, or ``change`` said None).
+        still as read; else read and decide again. The document as written; None if there
+        is no such document, or ``change`` said None.
         """
         ...
 
@@ -169,6 +172,23 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         """Each query's count, by its name."""
         return docs.count_each(queries, self._count)
 
+    def get_user(self, user_id: int) -> UserState | None:
+        """See ``Repository.get_user``."""
+        doc = self._document("users", user_id)
+        return docs.user_state(user_id, doc) if doc else None
+
+    def _language(self, user_id: int) -> str:
+        """The user's language ("en" for a user who is gone)."""
+        doc = self._document("users", user_id)
+        return str(doc["language"]) if doc else "en"
+
+    def _resumed_search(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
+        """The answer to a search by the user of ``doc`` if they are in a chat or refused."""
+        chat = docs.active_chat(doc)
+        resumed = None if chat is None else matching.resume_search(chat, (self._document(
+            "chats", chat.chat_id) or {}).get("opened_by_update"), update_id)
+        return resumed or age_gate.refused_search(age_gate.refuses(doc.get("age_answer")))
+
     def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
         """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
         for chat_id, doc in self._any_of("chats", (("closed_by_update", "==", update_id),)):
@@ -179,14 +199,14 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
 
     def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
         """See ``Repository.chat_of``."""
-        doc = self._chat(chat_id)
+        doc = self._document("chats", chat_id)
         return docs.chat_record(chat_id, doc, user_id) if doc and user_id in doc["users"] else None
 
     def _avoided_by(self, user_id: int, recent: int) -> frozenset[int]:
         """Whom the user must not meet: recent partners, exclusions either way, by key too."""
         key = protection_key(self._pepper, user_id)
         chats = self._latest_chats(user_id, recent) if recent > 0 else ()
-        return avoided(user_id, recent_partners(
+        return matching.avoided(user_id, matching.recent_partners(
             user_id, ([int(u) for u in doc["users"]] for _, doc in chats), recent), (
             docs.exclusion(doc) for _, doc in self._any_of("exclusions", (
                 ("user_id", "==", user_id), ("other_id", "==", user_id),
@@ -194,15 +214,16 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
 
     def export_user(self, user_id: int) -> UserRecords | None:
         """See ``Repository.export_user``."""
-        found = self._user_and_lobby(user_id)
-        if found is None:
+        doc = self._document("users", user_id)
+        if doc is None:
             return None
         chats, links, exclusions, reports, album_docs = (
             self._any_of(collection, [(name, operator, user_id) for name in names])
             for collection, names, operator in (("chats", ("users",), "array_contains"),
                                                 *((c, n, "==") for c, n in docs.EXPORTED)))
         return docs.user_records(
-            user_id, *found, ((int(key), doc) for key, doc in chats),
+            user_id, doc, self._document("lobby", user_id),
+            ((int(key), chat) for key, chat in chats),
             (doc for _, doc in links if doc.get("role") != "copy"),  # Firestore's second end
             (doc for _, doc in exclusions), ((int(key), doc) for key, doc in reports),
             ((str(key), doc) for key, doc in album_docs))
@@ -230,7 +251,7 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         for chat_id, _ in self._any_of("chats", (("users", "array_contains", user_id),)):
             counts["chats_anonymised"] += self._change(
                 "chats", chat_id, ("users", "ended_by"), lambda doc: docs.anonymised_chat(
-                    doc, user_id, stones.of(docs.partner_of(doc, user_id)), key))
+                    doc, user_id, stones.of(docs.partner_of(doc, user_id)), key)) is not None
         for partner_id, _ in self._any_of("users", (("chat.partner", "==", user_id),)):
             self._change("users", partner_id, ("chat",), lambda doc: {"chat": None} if (
                 doc.get("chat") or {}).get("partner") == user_id else None)
@@ -241,6 +262,34 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         for entry_id, _ in self._any_of("lobby", (("avoid", "array_contains", user_id),)):
             self._array_change("lobby", entry_id, "avoid", user_id, add=False)
         return counts
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """See ``Repository.rate_user``: written only if the ratings are still as read."""
+        verdicts = [RatingVerdict(counted=False)]
+
+        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
+            state, verdicts[0] = rate(docs.rating_state(doc.get("ratings")), chat_id, positive,
+                                      now, rule)
+            return {"ratings": docs.rating_document(state)} if verdicts[0].counted else None
+
+        self._change("users", rated_id, ("ratings",), change)
+        return verdicts[0]
+
+    def resolve_report(self, report_id: int, status: str) -> Report | None:
+        """See ``Repository.resolve_report``: the open -> status change is won once."""
+        doc = self._change("reports", report_id, ("status",), lambda doc: {"status": status}
+                           if doc.get("status") == "open" else None)
+        return None if doc is None else docs.report(report_id, doc)
+
+    def _ban_on_return(self, report_id: int) -> str | None:
+        doc = self._change("reports", report_id, ("reported_key",), lambda doc: {
+            "ban_on_return": True} if doc.get("reported_key") else None)  # a report may hold none
+        return None if doc is None else str(doc["reported_key"])
+
+    def _bans_on_return(self, key: str) -> bool:
+        return any(doc.get("ban_on_return") for _, doc in self._any_of(
+            "reports", (("reported_key", "==", key),)))
 
     def _keep(self, collection: str, record_id: Any, doc: Mapping[str, Any], name: str,
               user_id: int, kept: dict[str, Any]) -> None:
