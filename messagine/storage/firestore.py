@@ -182,13 +182,8 @@ class FirestoreRepository(DocumentOperations):
         updates write.
         """
         if profile is None:
-            claim = self._doc("claims", update_id)
-            try:
-                claim.create({"claimed_at": now,
-                              "expires_at": docs.utc(now) + self._update_retention}, **WRITE)
-            except gexc.AlreadyExists:
-                return OpenedUpdate(duplicate=True)
-            return OpenedUpdate(duplicate=False)
+            return OpenedUpdate(duplicate=not self._create("claims", update_id, {
+                "claimed_at": now, "expires_at": docs.utc(now) + self._update_retention}))
         (snap,) = self._get(self._doc("users", profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
         if doc.get("banned"):  # claimed alone (domain.erasure)
@@ -282,9 +277,8 @@ class FirestoreRepository(DocumentOperations):
         answer = {"age_answer": age_gate.answer(confirmed), "age_answered_at": now}
         if not update_guarded(self.client, self._doc("users", user_id), lambda doc: answer if (
                 age_gate.replaces(doc.get("age_answer"), confirmed)) else None) and not confirmed:
-            with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
-                self._doc("users", user_id).create(docs.refusal_marker_document(user_id, now),
-                                                   **WRITE)
+            self._create("users", user_id,  # an erased user's refusal leaves the marker
+                         docs.refusal_marker_document(user_id, now))
 
     # -- privacy -------------------------------------------------------------------------
 
@@ -294,6 +288,13 @@ class FirestoreRepository(DocumentOperations):
         """Guarded by the whole document's update time, whatever ``reads`` names."""
         del reads
         return update_guarded(self.client, self._doc(collection, key), change)
+
+    def _create(self, collection: str, key: Any, doc: Mapping[str, Any]) -> bool:
+        try:
+            self._doc(collection, key).create(dict(doc), **WRITE)
+        except gexc.AlreadyExists:
+            return False
+        return True
 
     def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
         batch = self.client.batch()
@@ -472,19 +473,6 @@ class FirestoreRepository(DocumentOperations):
         update_guarded(self.client, self._doc("users", user_id), lambda doc: (
             {"newest_message": message_id}
             if message_id > int(doc.get("newest_message") or 0) else None))
-
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
-                     other_key: str | None = None) -> None:
-        """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
-        with contextlib.suppress(gexc.AlreadyExists):
-            self._col("exclusions").document(f"{user_id}:{other_id}").create(
-                docs.exclusion_document(user_id, other_id, reason, now, other_key), **WRITE)
-        for waiting, avoided in ((user_id, other_id), (other_id, user_id)):
-            # ArrayUnion is applied by the server: no read, no lost update. NotFound: the
-            # user is not waiting.
-            with contextlib.suppress(gexc.NotFound):
-                self._doc("lobby", waiting).update({"avoid": firestore.ArrayUnion([avoided])},
-                                            **WRITE)
 
     def _waiting(self) -> Iterator[int]:
         return (int(entry.id) for entry in self._stream(self._col("lobby")))

@@ -176,12 +176,8 @@ class MongoRepository(DocumentOperations):
         lease is taken over by one conditional update.
         """
         if profile is None:
-            try:
-                self.db.claimed_updates.insert_one(
-                    {"_id": update_id, "claimed_at": datetime.now(UTC)})
-            except DuplicateKeyError:
-                return OpenedUpdate(duplicate=True)
-            return OpenedUpdate(duplicate=False)
+            return OpenedUpdate(duplicate=not self._create(
+                "claimed_updates", update_id, {"claimed_at": datetime.now(UTC)}))
         try:
             # The document as it was before: the pipeline applied flood.admit to it on the
             # server, and applying it here again gives the verdict without storing it.
@@ -313,6 +309,13 @@ class MongoRepository(DocumentOperations):
                 return {**doc, **fields}
         raise StorageUnavailable(f"mongo: {collection} {key} kept changing")
 
+    def _create(self, collection: str, key: Any, doc: Mapping[str, Any]) -> bool:
+        try:
+            self.db[collection].insert_one({"_id": key, **doc})
+        except DuplicateKeyError:
+            return False
+        return True
+
     def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
         self.db[collection].replace_one({"_id": new_key}, dict(doc), upsert=True)
         self.db[collection].delete_one({"_id": key})
@@ -409,16 +412,6 @@ class MongoRepository(DocumentOperations):
     def note_newest(self, user_id: int, message_id: int) -> None:
         """See ``Repository.note_newest``."""
         self.db.users.update_one({"_id": user_id}, {"$max": {"newest_message": message_id}})
-
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
-                     other_key: str | None = None) -> None:
-        """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
-        self.db.exclusions.update_one(
-            {"_id": f"{user_id}:{other_id}"},
-            {"$setOnInsert": docs.exclusion_document(user_id, other_id, reason, now, other_key)},
-            upsert=True)
-        self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
-        self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
 
     def _waiting(self) -> list[int]:
         return [int(entry["_id"]) for entry in self.db.lobby.find({}, {"_id": 1})]

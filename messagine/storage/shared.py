@@ -1,14 +1,14 @@
 """The port operations the adapters perform alike, each written once over a few primitives.
 
 ``SharedOperations`` is what all three adapters do the same way: the flags, the counts,
-the bans on return. ``DocumentOperations`` adds what MongoDB and Firestore do alike over
-their documents (``documents`` maps them): the export, erasure, a rating, resolving a
-report, the state of a user, their last chat, a chat by its id, whom a searcher avoids,
-whether a search resumes, and a re-delivered ending. Each operation stands on primitives
-that the adapter gives, each one read or one write under the adapter's own guard. They
-are declared as Protocols (``Primitives``, ``DocumentPrimitives``), which the operations'
-classes subclass: an adapter that lacks one stays abstract, and mypy refuses to make it.
-No driver is imported here.
+the bans on return, the export, the last chat, a chat by its id, whom a searcher avoids
+and a re-delivered ending, read as documents (``documents`` maps them; SQLite reads its
+rows so). ``DocumentOperations`` adds what MongoDB and Firestore do alike: erasure, an
+exclusion, a rating, resolving a report, the state of a user and whether a search
+resumes. Each operation stands on primitives that the adapter gives, each one read or one
+write under the adapter's own guard. They are declared as Protocols (``Primitives``,
+``DocumentPrimitives``), which the operations' classes subclass: an adapter that lacks
+one stays abstract, and mypy refuses to make it. No driver is imported here.
 """
 
 from __future__ import annotations
@@ -60,6 +60,19 @@ class Primitives(Protocol):
 
     def _waiting(self) -> Iterable[int]:
         """The ids of the users in the lobby."""
+        ...
+
+    def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
+        """The document ``key`` of ``collection`` (None: there is none)."""
+        ...
+
+    def _any_of(self, collection: str,
+                filters: Iterable[docs.Filter]) -> Iterable[tuple[Any, Mapping[str, Any]]]:
+        """(id, document) of each document that one of the ``filters`` selects."""
+        ...
+
+    def _latest_chats(self, user_id: int, limit: int) -> Iterable[tuple[int, Mapping[str, Any]]]:
+        """(id, document) of the user's newest chats (a chat made by a later update is newer)."""
         ...
 
 
@@ -115,79 +128,10 @@ class SharedOperations(Primitives):
         return self._bans_on_return(protection_key(self._pepper, user_id)) and self.set_banned(
             user_id, banned=True)
 
-
-class DocumentPrimitives(Primitives, Protocol):
-    """What MongoDB and Firestore give ``DocumentOperations`` besides ``Primitives``."""
-
-    def _count(self, collection: str, filters: tuple[docs.Filter, ...]) -> int:
-        """How many documents of ``collection`` the ``filters`` select."""
-        ...
-
-    def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
-        """The document ``key`` of ``collection`` (None: there is none)."""
-        ...
-
-    def _any_of(self, collection: str,
-                filters: Iterable[docs.Filter]) -> Iterable[tuple[Any, Mapping[str, Any]]]:
-        """(id, document) of each document that one of the ``filters`` selects."""
-        ...
-
-    def _latest_chats(self, user_id: int, limit: int) -> Iterable[tuple[int, Mapping[str, Any]]]:
-        """(id, document) of the user's newest chats (a chat made by a later update is newer)."""
-        ...
-
-    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
-                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
-                ) -> dict[str, Any] | None:
-        """Set the fields ``change`` gives for the document as it is now, under a guard.
-
-        Written only if the fields named in ``reads`` (Firestore: the whole document) are
-        still as read; else read and decide again. The document as written; None if there
-        is no such document, or ``change`` said None.
-        """
-        ...
-
-    def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
-        """Store ``doc`` under ``new_key`` in place of the document ``key``."""
-        ...
-
-    def _array_change(self, collection: str, key: Any, field: str, value: int, *,
-                      add: bool) -> None:
-        """Add ``value`` to the array ``field`` of a document, or remove it, if it exists."""
-        ...
-
-    def _delete_where(self, collection: str, condition: docs.Filter) -> int:
-        """Delete every document that ``condition`` selects; how many (Firestore: messages)."""
-        ...
-
-    def _erase_profile(self, user_id: int) -> dict[str, int]:
-        """Delete the user's lobby entry and document (a ban keeps the remnant), by kind."""
-        ...
-
-
-class DocumentOperations(SharedOperations, DocumentPrimitives):
-    """The port operations MongoDB and Firestore perform the same way over their documents."""
-
-    def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
-        """Each query's count, by its name."""
-        return docs.count_each(queries, self._count)
-
-    def get_user(self, user_id: int) -> UserState | None:
-        """See ``Repository.get_user``."""
-        doc = self._document("users", user_id)
-        return docs.user_state(user_id, doc) if doc else None
-
     def _language(self, user_id: int) -> str:
         """The user's language ("en" for a user who is gone)."""
         doc = self._document("users", user_id)
         return str(doc["language"]) if doc else "en"
-
-    def _resumed_search(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
-        """The answer to a search by the user of ``doc`` if they are in a chat or refused."""
-        chat = docs.active_chat(doc)
-        resumed = None if chat is None else matching.resume_search(chat, (self._document(
-            "chats", chat.chat_id) or {}).get("opened_by_update"), update_id)
-        return resumed or age_gate.refused_search(age_gate.refuses(doc.get("age_answer")))
 
     def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
         """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
@@ -234,6 +178,66 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
             return docs.chat_record(chat_id, doc, user_id)
         return None
 
+
+class DocumentPrimitives(Primitives, Protocol):
+    """What MongoDB and Firestore give ``DocumentOperations`` besides ``Primitives``."""
+
+    def _count(self, collection: str, filters: tuple[docs.Filter, ...]) -> int:
+        """How many documents of ``collection`` the ``filters`` select."""
+        ...
+
+    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
+        """Set the fields ``change`` gives for the document as it is now, under a guard.
+
+        Written only if the fields named in ``reads`` (Firestore: the whole document) are
+        still as read; else read and decide again. The document as written; None if there
+        is no such document, or ``change`` said None.
+        """
+        ...
+
+    def _create(self, collection: str, key: Any, doc: Mapping[str, Any]) -> bool:
+        """Store ``doc`` as the document ``key`` unless there is one; whether it did."""
+        ...
+
+    def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
+        """Store ``doc`` under ``new_key`` in place of the document ``key``."""
+        ...
+
+    def _array_change(self, collection: str, key: Any, field: str, value: int, *,
+                      add: bool) -> None:
+        """Add ``value`` to the array ``field`` of a document, or remove it, if it exists."""
+        ...
+
+    def _delete_where(self, collection: str, condition: docs.Filter) -> int:
+        """Delete every document that ``condition`` selects; how many (Firestore: messages)."""
+        ...
+
+    def _erase_profile(self, user_id: int) -> dict[str, int]:
+        """Delete the user's lobby entry and document (a ban keeps the remnant), by kind."""
+        ...
+
+
+class DocumentOperations(SharedOperations, DocumentPrimitives):
+    """The port operations MongoDB and Firestore perform the same way over their documents."""
+
+    def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
+        """Each query's count, by its name."""
+        return docs.count_each(queries, self._count)
+
+    def get_user(self, user_id: int) -> UserState | None:
+        """See ``Repository.get_user``."""
+        doc = self._document("users", user_id)
+        return docs.user_state(user_id, doc) if doc else None
+
+    def _resumed_search(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
+        """The answer to a search by the user of ``doc`` if they are in a chat or refused."""
+        chat = docs.active_chat(doc)
+        resumed = None if chat is None else matching.resume_search(chat, (self._document(
+            "chats", chat.chat_id) or {}).get("opened_by_update"), update_id)
+        return resumed or age_gate.refused_search(age_gate.refuses(doc.get("age_answer")))
+
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``.
 
@@ -262,6 +266,14 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         for entry_id, _ in self._any_of("lobby", (("avoid", "array_contains", user_id),)):
             self._array_change("lobby", entry_id, "avoid", user_id, add=False)
         return counts
+
+    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
+                     other_key: str | None = None) -> None:
+        """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
+        doc = docs.exclusion_document(user_id, other_id, reason, now, other_key)
+        self._create("exclusions", docs.exclusion_id(doc), doc)
+        for waiting, other in ((user_id, other_id), (other_id, user_id)):
+            self._array_change("lobby", waiting, "avoid", other, add=True)
 
     def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
                   rule: RatingRule) -> RatingVerdict:
