@@ -42,7 +42,7 @@ from messagine.domain.erasure import (
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
-from messagine.domain.retention import Cutoffs, erasure_due, notice_due
+from messagine.domain.retention import Cutoffs, notice_due
 from messagine.models import (
     ActiveChat,
     EndedChat,
@@ -374,8 +374,8 @@ class FirestoreRepository(DocumentOperations):
                             ("chat.started_at", ">", 0)).order_by("last_seen").order_by(
                                 "chat.started_at").limit(docs.IDLE_SCAN * limit)
         return docs.idle_chats(((int(snap.id), snap.to_dict()) for snap in self._stream(users)),
-                               lambda partner: (self._get(self._doc("users", partner))[0]
-                                                .to_dict() or {}).get("last_seen"), cut, limit)
+                               lambda partner: (self._document("users", partner) or {}).get(
+                                   "last_seen"), cut, limit)
 
     def claim_inactivity_notices(self, cut: Cutoffs, now: float,
                                  limit: int) -> list[tuple[int, str]]:
@@ -390,11 +390,10 @@ class FirestoreRepository(DocumentOperations):
         return claim_each(self._where("users", *docs.notice_candidates(cut)).order_by(
             "last_seen"), limit, claim)
 
-    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
-        """See ``Repository.inactive_accounts``."""
-        return [int(snap.id) for snap in self._stream(self._where(
-            "users", *docs.noticed(cut)).order_by("noticed_at").limit(limit))
-            if erasure_due(docs.account(int(snap.id), snap.to_dict()), cut)]
+    def _first(self, collection: str, filters: Iterable[docs.Filter], order: str,
+               limit: int) -> Iterator[tuple[Any, dict[str, Any]]]:
+        return ((snap.id, snap.to_dict()) for snap in self._stream(self._where(
+            collection, *filters).order_by(order).limit(limit)))
 
     def _delete_refs(self, refs: list[Any]) -> None:
         """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""
@@ -647,11 +646,9 @@ class FirestoreRepository(DocumentOperations):
             batch.put(record.reference, docs.ended_fields(
                 user_id, reason, now, update_id, docs.utc(now) + self._chat_retention))
         batch.commit()
-        if not ends and not (record.exists and record.get("closed_by_update") == update_id):
-            return None
-        return EndedChat(chat_id, partner_id,
-                         str(partner.get("language")) if partner.exists else "en",
-                         resumed=not ends)
+        return matching.end_answer(
+            chat_id, partner_id, str(partner.get("language")) if partner.exists else "en", ends,
+            record.get("closed_by_update") if record.exists else None, update_id)
 
     # -- message links -------------------------------------------------------------------
 

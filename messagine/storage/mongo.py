@@ -40,7 +40,7 @@ from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
 )
 from messagine.domain.flood import FloodRule, admit
-from messagine.domain.retention import Cutoffs, erasure_due
+from messagine.domain.retention import Cutoffs
 from messagine.models import (
     ActiveChat,
     EndedChat,
@@ -340,8 +340,7 @@ class MongoRepository(DocumentOperations):
                                    {"language": 1, "chat": 1, "last_seen": 1}).sort(
                                        "last_seen", 1).limit(docs.IDLE_SCAN * limit)
         return docs.idle_chats(((int(doc["_id"]), doc) for doc in users), lambda partner: (
-            self.db.users.find_one({"_id": partner}, {"last_seen": 1}) or {}).get("last_seen"),
-            cut, limit)
+            self._document("users", partner) or {}).get("last_seen"), cut, limit)
 
     def claim_inactivity_notices(self, cut: Cutoffs, now: float,
                                  limit: int) -> list[tuple[int, str]]:
@@ -352,12 +351,10 @@ class MongoRepository(DocumentOperations):
             {"notice_pending": False, "noticed_at": now}, limit, projection={"language": 1},
             sort=[("last_seen", 1)])]
 
-    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
-        """See ``Repository.inactive_accounts``."""
-        return [int(doc["_id"]) for doc in self.db.users.find(
-            _match(docs.noticed(cut)), {"recent_updates": 0, "claims": 0}).sort(
-                "noticed_at", 1).limit(limit)
-            if erasure_due(docs.account(int(doc["_id"]), doc), cut)]
+    def _first(self, collection: str, filters: Iterable[docs.Filter], order: str,
+               limit: int) -> Iterator[tuple[Any, dict[str, Any]]]:
+        return ((doc["_id"], doc) for doc in self.db[collection].find(_match(filters)).sort(
+            order, 1).limit(limit))
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
@@ -556,10 +553,9 @@ class MongoRepository(DocumentOperations):
             closed = ended or self.db.chats.find_one({"_id": chat_id}, {"closed_by_update": 1})
             self.db.users.update_many({"_id": {"$in": [user_id, partner_id]}, "chat.id": chat_id},
                                       {"$set": {"chat": None}})
-            if ended is None and (closed or {}).get("closed_by_update") != update_id:
-                return None
-            return EndedChat(chat_id, partner_id, self._language(partner_id),
-                             resumed=ended is None)
+            return matching.end_answer(chat_id, partner_id, self._language(partner_id),
+                                       ended is not None, (closed or {}).get("closed_by_update"),
+                                       update_id)
         return self._ended_by(user_id, update_id)
 
     # -- message links -------------------------------------------------------------------

@@ -1,14 +1,15 @@
 """The port operations the adapters perform alike, each written once over a few primitives.
 
 ``SharedOperations`` is what all three adapters do the same way: the flags, the counts,
-the bans on return, the export, the last chat, a chat by its id, whom a searcher avoids
-and a re-delivered ending, read as documents (``documents`` maps them; SQLite reads its
-rows so). ``DocumentOperations`` adds what MongoDB and Firestore do alike: erasure, an
-exclusion, a rating, resolving a report, the state of a user and whether a search
-resumes. Each operation stands on primitives that the adapter gives, each one read or one
-write under the adapter's own guard. They are declared as Protocols (``Primitives``,
-``DocumentPrimitives``), which the operations' classes subclass: an adapter that lacks
-one stays abstract, and mypy refuses to make it. No driver is imported here.
+the bans on return, the inactive accounts, the export, the last chat, a chat by its id,
+whom a searcher avoids and a re-delivered ending, read as documents (``documents`` maps
+them; SQLite reads its rows so). ``DocumentOperations`` adds what MongoDB and Firestore
+do alike: erasure, an exclusion, a rating, resolving a report, the state of a user and
+whether a search resumes. Each operation stands on primitives that the adapter gives,
+each one read or one write under the adapter's own guard. They are declared as Protocols
+(``Primitives``, ``DocumentPrimitives``), which the operations' classes subclass: an
+adapter that lacks one stays abstract, and mypy refuses to make it. No driver is
+imported here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from messagine.domain import age_gate, matching
 from messagine.domain.erasure import Tombstones, protection_key, returned
 from messagine.domain.ratings import RatingRule, RatingVerdict, rate
+from messagine.domain.retention import Cutoffs, erasure_due
 from messagine.models import (
     ChatRecord,
     Counts,
@@ -75,6 +77,11 @@ class Primitives(Protocol):
         """(id, document) of the user's newest chats (a chat made by a later update is newer)."""
         ...
 
+    def _first(self, collection: str, filters: Iterable[docs.Filter], order: str,
+               limit: int) -> Iterable[tuple[Any, dict[str, Any]]]:
+        """(id, document) of the first ``limit`` that the ``filters`` select, by ``order``."""
+        ...
+
 
 class SharedOperations(Primitives):
     """The port operations every adapter performs the same way, over its primitives."""
@@ -127,6 +134,12 @@ class SharedOperations(Primitives):
         """See ``Repository.apply_erased_ban``."""
         return self._bans_on_return(protection_key(self._pepper, user_id)) and self.set_banned(
             user_id, banned=True)
+
+    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
+        """See ``Repository.inactive_accounts``: the rule decides on the longest noticed."""
+        return [int(key) for key, doc in self._first("users", docs.noticed(cut), "noticed_at",
+                                                     limit)
+                if erasure_due(docs.account(int(key), doc), cut)]
 
     def _language(self, user_id: int) -> str:
         """The user's language ("en" for a user who is gone)."""

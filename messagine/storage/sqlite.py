@@ -28,7 +28,7 @@ from messagine.domain.erasure import (
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.ratings import RatingRule, RatingVerdict, rate
-from messagine.domain.retention import Cutoffs, chat_idle, erasure_due, notice_due
+from messagine.domain.retention import Cutoffs, chat_idle, notice_due
 from messagine.models import (
     ActiveChat,
     EndedChat,
@@ -372,11 +372,11 @@ class SqliteRepository(SharedOperations):
                              [(now, row["id"]) for row in rows])
         return [(int(row["id"]), row["language"]) for row in rows]
 
-    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
-        """See ``Repository.inactive_accounts``."""
-        with self._transaction(write=False) as conn:
-            rows = _select(conn, "users", docs.noticed(cut), "ORDER BY noticed_at LIMIT ?", limit)
-        return [int(row["id"]) for row in rows if erasure_due(docs.account(row["id"], row), cut)]
+    def _first(self, collection: str, filters: Iterable[docs.Filter], order: str,
+               limit: int) -> list[tuple[Any, dict[str, Any]]]:
+        with self._transaction(write=False) as conn:  # the names are ours, the values bound
+            return [_as_document(collection, row) for row in _select(
+                conn, collection, filters, f"ORDER BY {order} LIMIT ?", limit)]
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
