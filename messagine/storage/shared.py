@@ -1,11 +1,11 @@
 """The port operations the adapters perform alike, each written once over a few primitives.
 
 ``SharedOperations`` is what all three adapters do the same way: the flags, the counts,
-the bans on return, the inactive accounts, the export, the last chat, a chat by its id,
-whom a searcher avoids and a re-delivered ending, read as documents (``documents`` maps
-them; SQLite reads its rows so). ``DocumentOperations`` adds what MongoDB and Firestore
-do alike: erasure, an exclusion, a rating, resolving a report, the state of a user and
-whether a search resumes. Each operation stands on primitives that the adapter gives,
+the bans on return, the inactive accounts, the state of a user, the export, the last
+chat, a chat by its id, whom a searcher avoids and a re-delivered ending, read as
+documents (``documents`` maps them; SQLite reads its rows so). ``DocumentOperations``
+adds what MongoDB and Firestore do alike: erasure, an exclusion, a rating, resolving a
+report and whether a search resumes. Each operation stands on primitives that the adapter gives,
 each one read or one write under the adapter's own guard. They are declared as Protocols
 (``Primitives``, ``DocumentPrimitives``), which the operations' classes subclass: an
 adapter that lacks one stays abstract, and mypy refuses to make it. No driver is
@@ -141,6 +141,11 @@ class SharedOperations(Primitives):
                                                      limit)
                 if erasure_due(docs.account(int(key), doc), cut)]
 
+    def get_user(self, user_id: int) -> UserState | None:
+        """See ``Repository.get_user``."""
+        doc = self._document("users", user_id)
+        return docs.user_state(user_id, doc) if doc else None
+
     def _language(self, user_id: int) -> str:
         """The user's language ("en" for a user who is gone)."""
         doc = self._document("users", user_id)
@@ -238,11 +243,6 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
     def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
         """Each query's count, by its name."""
         return docs.count_each(queries, self._count)
-
-    def get_user(self, user_id: int) -> UserState | None:
-        """See ``Repository.get_user``."""
-        doc = self._document("users", user_id)
-        return docs.user_state(user_id, doc) if doc else None
 
     def _resumed_search(self, doc: Mapping[str, Any], update_id: int) -> MatchResult | None:
         """The answer to a search by the user of ``doc`` if they are in a chat or refused."""

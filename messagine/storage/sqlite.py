@@ -89,15 +89,16 @@ _KEYS = {"lobby": "user_id", "albums": "key"}
 def _as_document(table: str, row: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """A row as (key, document), the document with the fields the document stores keep.
 
-    A chat's two users are its ``users``; an album's document and a user's flood counters
-    are JSON here.
+    A chat's two users are its ``users``; an album's document is JSON here.
     """
     if table == "chats":
         return row["id"], {**row, "users": [row["user_a"], row["user_b"]]}
     if table == "albums":
         return row["key"], json.loads(row["doc"])
-    doc = {**row, "flood": json.loads(row["flood"] or "{}")} if table == "users" else dict(row)
-    return row.get(_KEYS.get(table, "id")), doc
+    if table == "users":  # JSON here: the flood counters, and the chat _STATE_QUERY joins in
+        return row["id"], {**row, "flood": json.loads(row["flood"] or "{}"),
+                           "chat": json.loads(row.get("chat") or "null")}
+    return row.get(_KEYS.get(table, "id")), dict(row)
 
 
 def _chats(conn: sqlite3.Connection, user_id: int, rest: str = "",
@@ -106,16 +107,6 @@ def _chats(conn: sqlite3.Connection, user_id: int, rest: str = "",
     return [_as_document("chats", c) for c in _rows(
         conn, "SELECT * FROM chats WHERE (user_a = :me OR user_b = :me) " + rest,
         {"me": user_id, **params})]
-
-
-def _state(conn: sqlite3.Connection, user_id: int, *, is_new: bool = False) -> UserState | None:
-    """The user's state (None for an unknown user)."""
-    found = _rows(conn, _STATE_QUERY, (user_id,))
-    if not found:
-        return None
-    chat = found[0]["chat"]
-    return docs.user_state(user_id, {**found[0], "chat": chat and json.loads(chat)},
-                           is_new=is_new)
 
 
 def _where(table: str, filters: Iterable[docs.Filter], joined: str = " AND "
@@ -201,13 +192,6 @@ class SqliteRepository(SharedOperations):
         """Close this thread's connection."""
         self._database.close()
 
-    # -- reading state -------------------------------------------------------------------
-
-    def get_user(self, user_id: int) -> UserState | None:
-        """See ``Repository.get_user``."""
-        with self._transaction(write=False) as conn:
-            return _state(conn, user_id)
-
     # -- updates and users ---------------------------------------------------------------
 
     def open_update(
@@ -220,7 +204,7 @@ class SqliteRepository(SharedOperations):
                 claimed = _insert(conn, "claimed_updates",
                                   {"update_id": update_id, "claimed_at": now}, "OR IGNORE").rowcount
                 return OpenedUpdate(duplicate=not claimed)
-            banned = _state(conn, profile.user_id)
+            banned = self.get_user(profile.user_id)
             if banned is not None and banned.banned:  # claimed alone (domain.erasure)
                 claimed = _insert(conn, "claimed_updates", {"update_id": update_id,
                                   "claimed_at": now, "owner": owner}, "OR IGNORE").rowcount
@@ -247,13 +231,15 @@ class SqliteRepository(SharedOperations):
             row = {"id": profile.user_id,
                    **docs.user_row(docs.new_user_fields(default_language, now)), **refreshed}
             _upsert(conn, "users", row, "id", refreshed)
-            state = _state(conn, profile.user_id, is_new=known is None)
+            state = self.get_user(profile.user_id)
             if state is not None and state.age_refused:  # domain.age_gate.stores_profile
                 forgotten = docs.forgotten_profile()
                 conn.execute(f"UPDATE users SET {_assignments(forgotten)} WHERE id = :id",
                              {**forgotten, "id": profile.user_id})
-            return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
-                                warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
+            return OpenedUpdate(duplicate=False,
+                                user=state and replace(state, is_new=known is None),
+                                throttled=verdict.throttled, warn=verdict.warn,
+                                resumed=decision is Decision.TAKE_OVER)
 
     def finish_update(self, update_id: int, user_id: int | None, owner: str) -> None:
         """See ``Repository.finish_update``."""
@@ -273,7 +259,7 @@ class SqliteRepository(SharedOperations):
     def set_language(self, user_id: int, language: str) -> UserState:
         """See ``Repository.set_language``."""
         with self._transaction() as conn:
-            state = _state(conn, user_id)
+            state = self.get_user(user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
             if state.chat is not None:
@@ -487,8 +473,10 @@ class SqliteRepository(SharedOperations):
             return [int(u) for (u,) in conn.execute("SELECT user_id FROM lobby")]
 
     def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
+        """A row as its document; a user's holds their chat and lobby time (_STATE_QUERY)."""
         with self._transaction(write=False) as conn:
-            found = _select(conn, collection, ((_KEYS.get(collection, "id"), "==", key),), "")
+            found = _rows(conn, _STATE_QUERY, (key,)) if collection == "users" else _select(
+                conn, collection, ((_KEYS.get(collection, "id"), "==", key),), "")
         return _as_document(collection, found[0])[1] if found else None
 
     def _any_of(self, collection: str,
@@ -513,7 +501,7 @@ class SqliteRepository(SharedOperations):
     ) -> MatchResult:
         """See ``Repository.find_partner``; serialised by the IMMEDIATE write lock."""
         with self._transaction() as conn:
-            state = _state(conn, user_id)
+            state = self.get_user(user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
             if (refused := age_gate.refused_search(state.age_refused)) is not None:
