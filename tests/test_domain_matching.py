@@ -11,6 +11,7 @@ from messagine.domain.matching import (
     Seeker,
     avoided,
     compatible,
+    end_answer,
     may_end,
     pick,
     queued,
@@ -19,7 +20,7 @@ from messagine.domain.matching import (
     resume_search,
     unpairable_others,
 )
-from messagine.models import ActiveChat, EndReason, MatchOutcome
+from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome
 from support.strategies import MAX_ID, ids, tombstones
 
 pools = st.sampled_from(["en", "de", ANY_LANGUAGE])
@@ -121,6 +122,13 @@ def test_a_search_resumes_the_chat_its_own_update_opened():
 def test_only_a_next_is_kept_from_ending_the_chat_its_update_opened(
         reason: EndReason, opened: int | None, update: int):
     assert may_end(reason, opened, update) == (reason is not EndReason.NEXT or opened != update)
+
+
+def test_an_end_is_answered_when_written_now_or_to_the_update_that_wrote_it():
+    assert end_answer(7, 2, "de", True, None, 40) == EndedChat(7, 2, "de", resumed=False)
+    assert end_answer(7, 2, "de", False, 40, 40) == EndedChat(7, 2, "de", resumed=True)
+    assert end_answer(7, 2, "de", False, 41, 40) is None  # the partner ended it first
+    assert end_answer(7, 2, "de", False, None, 40) is None
 
 
 def test_a_search_that_finds_nobody_waits_or_keeps_waiting():

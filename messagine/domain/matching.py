@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from messagine.models import ActiveChat, EndReason, MatchOutcome, MatchResult
+from messagine.models import ActiveChat, EndedChat, EndReason, MatchOutcome, MatchResult
 
 ANY_LANGUAGE = "*"
 """The pool of users who agreed to talk to anyone, whatever the language."""
@@ -144,3 +144,16 @@ def may_end(reason: EndReason, opened_by_update: int | None, update_id: int) -> 
     first attempt ended the old chat and found a new partner, resumes instead.
     """
     return not (reason is EndReason.NEXT and opened_by_update == update_id)
+
+
+def end_answer(chat_id: int, partner_id: int, partner_language: str, ended_now: bool,
+               closed_by_update: int | None, update_id: int) -> EndedChat | None:
+    """What ending a chat answers once its end was written, or found written.
+
+    The chat, if this update ended it now. One ended already is answered only to a
+    re-delivery of the update that ended it, which resends the notices; if the partner
+    ended it first, their update told both.
+    """
+    if not ended_now and closed_by_update != update_id:
+        return None
+    return EndedChat(chat_id, partner_id, partner_language, resumed=not ended_now)

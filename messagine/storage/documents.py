@@ -8,8 +8,8 @@ beside it. SQLite's rows name their columns the same way, so its data export rea
 through the same mappings. What the stores select is declared here as data too: the
 collections (tables) and fields that the export, erasure and the purge go through, and
 the filters of what /about, /stats and the reminders count, which each adapter turns
-into its own queries. ``SharedOperations`` holds the port methods every adapter performs
-the same way, over the adapter's own reads and writes. No driver is imported here.
+into its own queries. The operations the adapters perform alike over these mappings are
+in ``shared``. No driver is imported here.
 """
 
 from __future__ import annotations
@@ -29,23 +29,18 @@ from messagine.domain.erasure import (
     anonymise_chat,
     banned_remnant,
     partner_key,
-    protection_key,
-    returned,
 )
 from messagine.domain.flood import FloodState
-from messagine.domain.matching import Candidate, Exclusion, avoided, recent_partners
+from messagine.domain.matching import Candidate, Exclusion
 from messagine.domain.nudges import NudgeStatus, activity
 from messagine.domain.ratings import RatingState
 from messagine.domain.retention import AccountStatus, Cutoffs, chat_idle
 from messagine.models import (
     ActiveChat,
     ChatRecord,
-    Counts,
-    EndedChat,
     EndReason,
     LobbyEntry,
     MessageLink,
-    ModerationStats,
     Nudge,
     Profile,
     Report,
@@ -573,159 +568,3 @@ def idle_chats(users: Iterable[tuple[int, Mapping[str, Any]]],
         if len(found) >= limit:
             break
     return list(found.values())
-
-
-# -- what every adapter does the same way ---------------------------------------------------
-
-class SharedOperations:
-    """The port operations every adapter performs the same way, over its own primitives.
-
-    An adapter inherits them and provides ``_set_fields``, ``_count`` (or
-    ``_count_each``), ``_ban_on_return``, ``_bans_on_return``, ``_waiting`` and
-    ``_pepper``; each primitive is one read or write under the adapter's own guard.
-    """
-
-    _pepper: bytes
-
-    def _set_fields(self, user_id: int, fields: Mapping[str, Any], *,
-                    leave_lobby: bool = False) -> tuple[bool, bool]:
-        """Set fields of a known user, and take them out of the lobby if asked.
-
-        Whether the user was known, and whether they left the lobby.
-        """
-        raise NotImplementedError
-
-    def _count(self, collection: str, filters: tuple[Filter, ...]) -> int:
-        """How many documents of ``collection`` the ``filters`` select."""
-        raise NotImplementedError
-
-    def _count_each(self, queries: Mapping[str, Query]) -> dict[str, int]:
-        """Each query's count, by its name."""
-        return count_each(queries, self._count)
-
-    def _ban_on_return(self, report_id: int) -> str | None:
-        """Mark a report about an erased user as banning them; its keyed hash, else None."""
-        raise NotImplementedError
-
-    def _bans_on_return(self, key: str) -> bool:
-        """Whether a report marked so bans the user of this keyed hash."""
-        raise NotImplementedError
-
-    def _waiting(self) -> Iterable[int]:
-        """The ids of the users in the lobby."""
-        raise NotImplementedError
-
-    def _user_and_lobby(self, user_id: int
-                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        """The user's document and lobby entry (None: no entry); None for an unknown user."""
-        raise NotImplementedError
-
-    def _any_of(self, collection: str,
-                filters: Iterable[Filter]) -> Iterable[tuple[Any, Mapping[str, Any]]]:
-        """(id, document) of each document that one of the ``filters`` selects."""
-        raise NotImplementedError
-
-    def _latest_chats(self, user_id: int, limit: int) -> Iterable[tuple[int, Mapping[str, Any]]]:
-        """(id, document) of the user's newest chats (a chat made by a later update is newer)."""
-        raise NotImplementedError
-
-    def _language(self, user_id: int) -> str:
-        """The user's language ("en" for a user who is gone)."""
-        raise NotImplementedError
-
-    def _ended_by(self, user_id: int, update_id: int) -> EndedChat | None:
-        """The user's chat that ``update_id`` ended before (a re-delivery), if any."""
-        for chat_id, doc in self._any_of("chats", (("closed_by_update", "==", update_id),)):
-            if user_id in doc["users"]:
-                partner_id = partner_of(doc, user_id)
-                return EndedChat(int(chat_id), partner_id, self._language(partner_id), True)
-        return None
-
-    def _chat(self, chat_id: int) -> Mapping[str, Any] | None:
-        """A chat's document (None: no such chat)."""
-        raise NotImplementedError
-
-    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
-        """See ``Repository.chat_of``."""
-        doc = self._chat(chat_id)
-        return chat_record(chat_id, doc, user_id) if doc and user_id in doc["users"] else None
-
-    def _avoided_by(self, user_id: int, recent: int) -> frozenset[int]:
-        """Whom the user must not meet: recent partners, exclusions either way, by key too."""
-        key = protection_key(self._pepper, user_id)
-        chats = self._latest_chats(user_id, recent) if recent > 0 else ()
-        return avoided(user_id, recent_partners(
-            user_id, ([int(u) for u in doc["users"]] for _, doc in chats), recent), (
-            exclusion(doc) for _, doc in self._any_of("exclusions", (
-                ("user_id", "==", user_id), ("other_id", "==", user_id),
-                ("other_key", "==", key)))), key)
-
-    def export_user(self, user_id: int) -> UserRecords | None:
-        """See ``Repository.export_user``."""
-        found = self._user_and_lobby(user_id)
-        if found is None:
-            return None
-        chats, links, exclusions, reports, album_docs = (
-            self._any_of(collection, [(name, operator, user_id) for name in names])
-            for collection, names, operator in (("chats", ("users",), "array_contains"),
-                                                *((c, n, "==") for c, n in EXPORTED)))
-        return user_records(
-            user_id, *found, ((int(key), doc) for key, doc in chats),
-            (doc for _, doc in links if doc.get("role") != "copy"),  # Firestore's second end
-            (doc for _, doc in exclusions), ((int(key), doc) for key, doc in reports),
-            ((str(key), doc) for key, doc in album_docs))
-
-    def last_chat(self, user_id: int) -> ChatRecord | None:
-        """See ``Repository.last_chat``."""
-        for chat_id, doc in self._latest_chats(user_id, 1):
-            return chat_record(chat_id, doc, user_id)
-        return None
-
-    def set_blocked(self, user_id: int, blocked: bool) -> None:
-        """See ``Repository.set_blocked``."""
-        self._set_fields(user_id, {"blocked": blocked}, leave_lobby=blocked)
-
-    def set_banned(self, user_id: int, banned: bool) -> bool:
-        """See ``Repository.set_banned``."""
-        return self._set_fields(user_id, {"banned": banned}, leave_lobby=banned)[0]
-
-    def set_analytics_opt_out(self, user_id: int, opt_out: bool) -> None:
-        """See ``Repository.set_analytics_opt_out``."""
-        self._set_fields(user_id, {"analytics_opt_out": opt_out})
-
-    def set_reminders(self, user_id: int, enabled: bool) -> None:
-        """See ``Repository.set_reminders``."""
-        self._set_fields(user_id, {"reminders_off": not enabled})
-
-    def release_nudge(self, user_id: int) -> None:
-        """See ``Repository.release_nudge``."""
-        self._set_fields(user_id, {"nudge_pending": True})
-
-    def counts(self, user_id: int) -> Counts:
-        """See ``Repository.counts``."""
-        return Counts(**self._count_each(count_queries(user_id)))
-
-    def moderation_stats(self, since: float) -> ModerationStats:
-        """See ``Repository.moderation_stats``."""
-        return ModerationStats(**self._count_each(moderation_queries(since)))
-
-    def release_inactivity_notice(self, user_id: int) -> None:
-        """See ``Repository.release_inactivity_notice``."""
-        self._set_fields(user_id, {"notice_pending": True})
-
-    def count_idle_excluded(self, idle_before: float) -> dict[str, int]:
-        """See ``Repository.count_idle_excluded``."""
-        return self._count_each(idle_excluded_queries(idle_before))
-
-    def ban_erased(self, report_id: int) -> list[int] | None:
-        """See ``Repository.ban_erased``."""
-        key = self._ban_on_return(report_id)
-        if key is None:
-            return None
-        return [user_id for user_id in returned(self._pepper, key, self._waiting())
-                if self.set_banned(user_id, banned=True)]
-
-    def apply_erased_ban(self, user_id: int) -> bool:
-        """See ``Repository.apply_erased_ban``."""
-        return self._bans_on_return(protection_key(self._pepper, user_id)) and self.set_banned(
-            user_id, banned=True)

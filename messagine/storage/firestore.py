@@ -39,13 +39,10 @@ from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Decision, decide
 from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
-    Tombstones,
-    protection_key,
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.nudges import claimable
-from messagine.domain.ratings import RatingRule, RatingVerdict, rate
-from messagine.domain.retention import Cutoffs, erasure_due, notice_due
+from messagine.domain.retention import Cutoffs, notice_due
 from messagine.models import (
     ActiveChat,
     EndedChat,
@@ -74,6 +71,7 @@ from messagine.storage.firestore_commit import (
     update_guarded,
 )
 from messagine.storage.port import wrap_public_methods
+from messagine.storage.shared import DocumentOperations
 
 _PAGE = 50
 T = TypeVar("T")
@@ -83,7 +81,7 @@ _NAMES = {"message_links": "links", "claimed_updates": "claims"}
 
 
 @wrap_public_methods(unavailable_as_storage_error)
-class FirestoreRepository(docs.SharedOperations):
+class FirestoreRepository(DocumentOperations):
     """The repository port on a Firestore (native mode) database."""
 
     backend = "firestore"
@@ -170,13 +168,6 @@ class FirestoreRepository(docs.SharedOperations):
         Indexes and TTL policies are deployed with gcloud (docs/storage.md).
         """
 
-    # -- reading state -------------------------------------------------------------------
-
-    def get_user(self, user_id: int) -> UserState | None:
-        """See ``Repository.get_user``."""
-        snap = self._doc("users", user_id).get(**CALL)
-        return docs.user_state(user_id, snap.to_dict()) if snap.exists else None
-
     # -- updates and users ---------------------------------------------------------------
 
     @optimistic
@@ -191,13 +182,8 @@ class FirestoreRepository(docs.SharedOperations):
         updates write.
         """
         if profile is None:
-            claim = self._doc("claims", update_id)
-            try:
-                claim.create({"claimed_at": now,
-                              "expires_at": docs.utc(now) + self._update_retention}, **WRITE)
-            except gexc.AlreadyExists:
-                return OpenedUpdate(duplicate=True)
-            return OpenedUpdate(duplicate=False)
+            return OpenedUpdate(duplicate=not self._create("claims", update_id, {
+                "claimed_at": now, "expires_at": docs.utc(now) + self._update_retention}))
         (snap,) = self._get(self._doc("users", profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
         if doc.get("banned"):  # claimed alone (domain.erasure)
@@ -291,50 +277,39 @@ class FirestoreRepository(docs.SharedOperations):
         answer = {"age_answer": age_gate.answer(confirmed), "age_answered_at": now}
         if not update_guarded(self.client, self._doc("users", user_id), lambda doc: answer if (
                 age_gate.replaces(doc.get("age_answer"), confirmed)) else None) and not confirmed:
-            with contextlib.suppress(gexc.AlreadyExists):  # an erased user's refusal
-                self._doc("users", user_id).create(docs.refusal_marker_document(user_id, now),
-                                                   **WRITE)
+            self._create("users", user_id,  # an erased user's refusal leaves the marker
+                         docs.refusal_marker_document(user_id, now))
 
     # -- privacy -------------------------------------------------------------------------
 
+    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
+        """Guarded by the whole document's update time, whatever ``reads`` names."""
+        del reads
+        return update_guarded(self.client, self._doc(collection, key), change)
 
-    def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``."""
-        # First out of the lobby and the users, in one guarded commit: from then on no
-        # search can pair them, so the chats below are all there will ever be.
-        counts: Counter[str] = Counter(self._erase_profile(user_id))
-        for kind, collection, names in docs.ERASED:
-            for name in names:
-                counts[kind] += self._delete_all(self._where(collection, (name, "==", user_id)))
-        stones, key = Tombstones(), protection_key(self._pepper, user_id)
-        counts["chats_anonymised"] = 0
-        for snap in self._stream(self._where("chats", ("users", "array_contains", user_id))):
-            counts["chats_anonymised"] += update_guarded(self.client, snap.reference,
-                lambda doc: docs.anonymised_chat(
-                    doc, user_id, stones.of(docs.partner_of(doc, user_id)), key))
-        for snap in self._stream(self._where("users", ("chat.partner", "==", user_id))):
-            update_guarded(self.client, snap.reference, lambda doc: {"chat": None} if (
-                doc.get("chat") or {}).get("partner") == user_id else None)
-        for collection, name, partner, key_field in docs.KEPT:  # others' protections stay
-            for snap in self._stream(self._where(collection, (name, "==", user_id))):
-                self._keep(snap, name, user_id, docs.kept(snap.to_dict(), name, partner,
-                                                          key_field, stones, key))
-        for snap in self._stream(self._where("lobby", ("avoid", "array_contains", user_id))):
-            with contextlib.suppress(gexc.NotFound):  # matched or left meanwhile
-                snap.reference.update({"avoid": firestore.ArrayRemove([user_id])}, **WRITE)
-        return counts
+    def _create(self, collection: str, key: Any, doc: Mapping[str, Any]) -> bool:
+        try:
+            self._doc(collection, key).create(dict(doc), **WRITE)
+        except gexc.AlreadyExists:
+            return False
+        return True
 
-    def _keep(self, snap: Any, name: str, user_id: int, kept: dict[str, Any]) -> None:
-        """Write ``kept`` into a record whose ``name`` is the erased user (``docs.KEPT``)."""
-        if snap.reference.parent.id == "exclusions":  # its id names both users: it moves
-            batch = self.client.batch()
-            batch.set(self._doc("exclusions", docs.exclusion_id(snap.to_dict() | kept)),
-                      snap.to_dict() | kept)
-            batch.delete(snap.reference)
-            batch.commit(**WRITE)
-        else:
-            update_guarded(self.client, snap.reference,
-                           lambda doc: kept if doc.get(name) == user_id else None)
+    def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
+        batch = self.client.batch()
+        batch.set(self._doc(collection, new_key), dict(doc))
+        batch.delete(self._doc(collection, key))
+        batch.commit(**WRITE)
+
+    def _array_change(self, collection: str, key: Any, field: str, value: int, *,
+                      add: bool) -> None:
+        # Applied by the server: no read, no lost update. NotFound: no such document (in
+        # the lobby: the user is not waiting, or was matched meanwhile).
+        with contextlib.suppress(gexc.NotFound):
+            self._doc(collection, key).update(
+                {field: (firestore.ArrayUnion if add else firestore.ArrayRemove)([value])},
+                **WRITE)
 
     @optimistic
     def _erase_profile(self, user_id: int) -> dict[str, int]:
@@ -351,9 +326,9 @@ class FirestoreRepository(docs.SharedOperations):
         return {"lobby": int(entry.exists), "kept_for_ban": int(banned),
                 "profile": int(user.exists and not banned)}
 
-    def _delete_all(self, query: Any) -> int:
-        """Delete what ``query`` finds, in batches; counts documents (a message's copy not)."""
-        deleted = 0
+    def _delete_where(self, collection: str, condition: docs.Filter) -> int:
+        """Delete what ``condition`` selects, in batches; a message's copy is not counted."""
+        query, deleted = self._where(collection, condition), 0
         while snaps := list(self._stream(query.limit(_PURGE_BATCH))):
             self._delete_refs([snap.reference for snap in snaps])
             deleted += sum(snap.to_dict().get("role") != "copy" for snap in snaps)
@@ -399,8 +374,8 @@ class FirestoreRepository(docs.SharedOperations):
                             ("chat.started_at", ">", 0)).order_by("last_seen").order_by(
                                 "chat.started_at").limit(docs.IDLE_SCAN * limit)
         return docs.idle_chats(((int(snap.id), snap.to_dict()) for snap in self._stream(users)),
-                               lambda partner: (self._get(self._doc("users", partner))[0]
-                                                .to_dict() or {}).get("last_seen"), cut, limit)
+                               lambda partner: (self._document("users", partner) or {}).get(
+                                   "last_seen"), cut, limit)
 
     def claim_inactivity_notices(self, cut: Cutoffs, now: float,
                                  limit: int) -> list[tuple[int, str]]:
@@ -415,11 +390,10 @@ class FirestoreRepository(docs.SharedOperations):
         return claim_each(self._where("users", *docs.notice_candidates(cut)).order_by(
             "last_seen"), limit, claim)
 
-    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
-        """See ``Repository.inactive_accounts``."""
-        return [int(snap.id) for snap in self._stream(self._where(
-            "users", *docs.noticed(cut)).order_by("noticed_at").limit(limit))
-            if erasure_due(docs.account(int(snap.id), snap.to_dict()), cut)]
+    def _first(self, collection: str, filters: Iterable[docs.Filter], order: str,
+               limit: int) -> Iterator[tuple[Any, dict[str, Any]]]:
+        return ((snap.id, snap.to_dict()) for snap in self._stream(self._where(
+            collection, *filters).order_by(order).limit(limit)))
 
     def _delete_refs(self, refs: list[Any]) -> None:
         """Delete the documents ``refs`` (absent ones too), a batch per _PURGE_BATCH."""
@@ -448,17 +422,6 @@ class FirestoreRepository(docs.SharedOperations):
         self._doc("reports", report.report_id).create(
             docs.report_document(report, reported_key), **WRITE)
         return report
-
-    @optimistic
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """See ``Repository.resolve_report``: the open -> status change is won once."""
-        (snap,) = self._get(self._doc("reports", report_id))
-        if not snap.exists or snap.get("status") != "open":
-            return None
-        batch = self._guarded(snap)
-        batch.put(snap.reference, {"status": status})
-        batch.commit()
-        return docs.report(report_id, {**snap.to_dict(), "status": status})
 
     # -- reminders -----------------------------------------------------------------------
 
@@ -510,59 +473,16 @@ class FirestoreRepository(docs.SharedOperations):
             {"newest_message": message_id}
             if message_id > int(doc.get("newest_message") or 0) else None))
 
-    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
-                  rule: RatingRule) -> RatingVerdict:
-        """See ``Repository.rate_user``: committed only if the user is still as read."""
-        verdicts = [RatingVerdict(counted=False)]
-
-        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
-            state, verdicts[0] = rate(docs.rating_state(doc.get("ratings")), chat_id,
-                                      positive, now, rule)
-            return {"ratings": docs.rating_document(state)} if verdicts[0].counted else None
-
-        update_guarded(self.client, self._doc("users", rated_id), change)
-        return verdicts[0]
-
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
-                     other_key: str | None = None) -> None:
-        """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
-        with contextlib.suppress(gexc.AlreadyExists):
-            self._col("exclusions").document(f"{user_id}:{other_id}").create(
-                docs.exclusion_document(user_id, other_id, reason, now, other_key), **WRITE)
-        for waiting, avoided in ((user_id, other_id), (other_id, user_id)):
-            # ArrayUnion is applied by the server: no read, no lost update. NotFound: the
-            # user is not waiting.
-            with contextlib.suppress(gexc.NotFound):
-                self._doc("lobby", waiting).update({"avoid": firestore.ArrayUnion([avoided])},
-                                            **WRITE)
-
-    def _ban_on_return(self, report_id: int) -> str | None:
-        (report,) = self._get(self._doc("reports", report_id))
-        key = (report.to_dict() or {}).get("reported_key")  # a report may hold none
-        if not key:
-            return None
-        report.reference.update({"ban_on_return": True}, **WRITE)
-        return str(key)
-
-    def _bans_on_return(self, key: str) -> bool:
-        return any(self._stream(self._where("reports", ("reported_key", "==", key),
-                                            ("ban_on_return", "==", True)).limit(1)))
-
     def _waiting(self) -> Iterator[int]:
         return (int(entry.id) for entry in self._stream(self._col("lobby")))
-
-    def _user_and_lobby(self, user_id: int
-                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
-        return (user.to_dict(), entry.to_dict()) if user.exists else None
 
     def _any_of(self, collection: str,
                 filters: Iterable[docs.Filter]) -> Iterator[tuple[Any, dict[str, Any]]]:
         return ((snap.id, snap.to_dict()) for condition in filters
                 for snap in self._stream(self._where(collection, condition)))
 
-    def _chat(self, chat_id: int) -> dict[str, Any] | None:
-        (snap,) = self._get(self._doc("chats", chat_id))
+    def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
+        (snap,) = self._get(self._doc(collection, key))
         return snap.to_dict() if snap.exists else None
 
     def _latest_chats(self, user_id: int, limit: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -616,8 +536,7 @@ class FirestoreRepository(docs.SharedOperations):
             user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
             if not user.exists:
                 raise LookupError(f"unknown user {user_id}")
-            in_chat = self._in_chat(user, update_id) or age_gate.refused_search(
-                age_gate.refuses(user.to_dict().get("age_answer")))
+            in_chat = self._resumed_search(user.to_dict(), update_id)
             if in_chat is not None:
                 if joined and not in_chat.resumed:
                     # Taken from the lobby after joining it in this call: the instance
@@ -680,14 +599,6 @@ class FirestoreRepository(docs.SharedOperations):
                            ActiveChat(chat_id, partner_id, partner_language, now),
                            partner_waiting_since=their_entry.get("since"))
 
-    def _in_chat(self, user: Any, update_id: int) -> MatchResult | None:
-        chat = docs.active_chat(user.to_dict())
-        if chat is None:
-            return None
-        (record,) = self._get(self._doc("chats", chat.chat_id))
-        return matching.resume_search(
-            chat, record.get("opened_by_update") if record.exists else None, update_id)
-
     @optimistic
     def join_any_language(self, user_id: int) -> bool:
         """See ``Repository.join_any_language``."""
@@ -735,15 +646,9 @@ class FirestoreRepository(docs.SharedOperations):
             batch.put(record.reference, docs.ended_fields(
                 user_id, reason, now, update_id, docs.utc(now) + self._chat_retention))
         batch.commit()
-        if not ends and not (record.exists and record.get("closed_by_update") == update_id):
-            return None
-        return EndedChat(chat_id, partner_id,
-                         str(partner.get("language")) if partner.exists else "en",
-                         resumed=not ends)
-
-    def _language(self, user_id: int) -> str:
-        (snap,) = self._get(self._doc("users", user_id))
-        return str(snap.get("language")) if snap.exists else "en"
+        return matching.end_answer(
+            chat_id, partner_id, str(partner.get("language")) if partner.exists else "en", ends,
+            record.get("closed_by_update") if record.exists else None, update_id)
 
     # -- message links -------------------------------------------------------------------
 

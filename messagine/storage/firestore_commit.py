@@ -125,16 +125,19 @@ def commit_unless_beaten(client: Any, snap: Any, fields: Mapping[str, Any]) -> b
 
 @optimistic
 def update_guarded(client: Any, ref: Any,
-                   change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
-    """Apply ``change`` to the document as it is now (1), or nothing if it says None (0)."""
+                   change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                   ) -> dict[str, Any] | None:
+    """Apply ``change`` to the document as it is now: the document as written, or None.
+
+    None: there is no such document, or ``change`` said None (nothing to write).
+    """
     (snap,) = client.get_all([ref], **CALL)
-    fields = change(snap.to_dict()) if snap.exists else None
-    if fields is None:
-        return 0
+    if not snap.exists or (fields := change(snap.to_dict())) is None:
+        return None
     batch = Guarded(client, [snap])
     batch.put(ref, fields)
     batch.commit()
-    return 1
+    return {**snap.to_dict(), **fields}
 
 
 def claim_each(query: Any, limit: int, claim: Callable[[Any], R | None]) -> list[R]:

@@ -38,12 +38,9 @@ from messagine.domain.albums import Album
 from messagine.domain.claims import LEASE_S, Claim, ClaimState, Decision, decide
 from messagine.domain.erasure import (
     UNCONFIGURED_PEPPER,
-    Tombstones,
-    protection_key,
 )
 from messagine.domain.flood import FloodRule, admit
-from messagine.domain.ratings import RatingRule, RatingVerdict, rate
-from messagine.domain.retention import Cutoffs, erasure_due
+from messagine.domain.retention import Cutoffs
 from messagine.models import (
     ActiveChat,
     EndedChat,
@@ -65,9 +62,10 @@ from messagine.storage.mongo_client import (
 )
 from messagine.storage.mongo_lease import PoolLease
 from messagine.storage.mongo_pipeline import open_update_pipeline
-from messagine.storage.port import wrap_public_methods
+from messagine.storage.port import StorageUnavailable, wrap_public_methods
+from messagine.storage.shared import DocumentOperations
 
-_RATING_ATTEMPTS = 8  # a rating beaten by another one on the same user is decided again
+_ATTEMPTS = 8  # a guarded change beaten by another write is decided again this many times
 _OPERATORS = {"!=": "$ne", "<": "$lt", ">=": "$gte"}
 
 
@@ -106,7 +104,7 @@ T = TypeVar("T")
 
 
 @wrap_public_methods(_unavailable_as_storage_error)
-class MongoRepository(docs.SharedOperations):
+class MongoRepository(DocumentOperations):
     """The repository port on a MongoDB database (Atlas in production)."""
 
     backend = "mongo"
@@ -165,13 +163,6 @@ class MongoRepository(docs.SharedOperations):
         create_indexes(self._connect(), self._update_retention_s)
         self._indexes_ready = True
 
-    # -- reading state -------------------------------------------------------------------
-
-    def get_user(self, user_id: int) -> UserState | None:
-        """See ``Repository.get_user``."""
-        doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
-        return docs.user_state(user_id, doc) if doc else None
-
     # -- updates and users ---------------------------------------------------------------
 
     def open_update(
@@ -185,12 +176,8 @@ class MongoRepository(docs.SharedOperations):
         lease is taken over by one conditional update.
         """
         if profile is None:
-            try:
-                self.db.claimed_updates.insert_one(
-                    {"_id": update_id, "claimed_at": datetime.now(UTC)})
-            except DuplicateKeyError:
-                return OpenedUpdate(duplicate=True)
-            return OpenedUpdate(duplicate=False)
+            return OpenedUpdate(duplicate=not self._create(
+                "claimed_updates", update_id, {"claimed_at": datetime.now(UTC)}))
         try:
             # The document as it was before: the pipeline applied flood.admit to it on the
             # server, and applying it here again gives the verdict without storing it.
@@ -297,36 +284,46 @@ class MongoRepository(docs.SharedOperations):
             {"$set": answer, "$setOnInsert": {k: v for k, v in marker if k not in answer}},
             upsert=not confirmed)
 
-    def delete_user(self, user_id: int) -> dict[str, int]:
-        """See ``Repository.delete_user``."""
-        db, stones, key = self.db, Tombstones(), protection_key(self._pepper, user_id)
-        counts: Counter[str] = Counter()
-        for kind, collection, names in (*docs.ERASED, ("lobby", "lobby", ("_id",))):
-            counts[kind] += db[collection].delete_many(
-                {"$or": [{name: user_id} for name in names]}).deleted_count
-        counts["chats_anonymised"] = 0
-        for chat in db.chats.find({"users": user_id}, {"users": 1, "ended_by": 1}):
-            fields = docs.anonymised_chat(chat, user_id, stones.of(docs.partner_of(chat, user_id)),
-                                          key)
-            if fields is not None:
-                db.chats.update_one({"_id": chat["_id"]}, {"$set": fields})
-                counts["chats_anonymised"] += 1
-        db.users.update_many({"chat.partner": user_id}, {"$set": {"chat": None}})
-        for collection, name, partner, key_field in docs.KEPT:  # others' protections stay
-            for found in db[collection].find({name: user_id}):
-                fields = docs.kept(found, name, partner, key_field, stones, key)
-                if collection == "exclusions":  # its id names both users: it moves
-                    moved = {k: v for k, v in found.items() if k != "_id"} | fields
-                    db.exclusions.replace_one({"_id": docs.exclusion_id(moved)}, moved, upsert=True)
-                    db.exclusions.delete_one({"_id": found["_id"]})
-                else:
-                    db[collection].update_one({"_id": found["_id"]}, {"$set": fields})
-        db.lobby.update_many({"avoid": user_id}, {"$pull": {"avoid": user_id}})
+    def _erase_profile(self, user_id: int) -> dict[str, int]:
+        lobby = self.db.lobby.delete_one({"_id": user_id}).deleted_count
         # A ban outlives erasure (domain.erasure): only the banned remnant stays.
-        counts["kept_for_ban"] = db.users.replace_one(
-            {"_id": user_id, "banned": True}, docs.remnant_document(user_id)).modified_count
-        counts["profile"] = db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
-        return counts
+        kept = self.db.users.replace_one({"_id": user_id, "banned": True},
+                                         docs.remnant_document(user_id)).modified_count
+        deleted = self.db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
+        return {"lobby": lobby, "kept_for_ban": kept, "profile": deleted}
+
+    def _delete_where(self, collection: str, condition: docs.Filter) -> int:
+        return int(self.db[collection].delete_many(_match((condition,))).deleted_count)
+
+    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
+        """Written by one update whose filter holds the ``reads`` fields as read."""
+        for _ in range(_ATTEMPTS):  # another write in between: read and decide again
+            doc = self.db[collection].find_one({"_id": key})
+            if doc is None or (fields := change(doc)) is None:
+                return None
+            guard = {name: doc.get(name) for name in reads}
+            if self.db[collection].update_one({"_id": key, **guard},
+                                              {"$set": dict(fields)}).matched_count:
+                return {**doc, **fields}
+        raise StorageUnavailable(f"mongo: {collection} {key} kept changing")
+
+    def _create(self, collection: str, key: Any, doc: Mapping[str, Any]) -> bool:
+        try:
+            self.db[collection].insert_one({"_id": key, **doc})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    def _move(self, collection: str, key: Any, new_key: Any, doc: Mapping[str, Any]) -> None:
+        self.db[collection].replace_one({"_id": new_key}, dict(doc), upsert=True)
+        self.db[collection].delete_one({"_id": key})
+
+    def _array_change(self, collection: str, key: Any, field: str, value: int, *,
+                      add: bool) -> None:
+        self.db[collection].update_one({"_id": key},
+                                       {"$addToSet" if add else "$pull": {field: value}})
 
     def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
         """See ``Repository.purge_expired``.
@@ -343,8 +340,7 @@ class MongoRepository(docs.SharedOperations):
                                    {"language": 1, "chat": 1, "last_seen": 1}).sort(
                                        "last_seen", 1).limit(docs.IDLE_SCAN * limit)
         return docs.idle_chats(((int(doc["_id"]), doc) for doc in users), lambda partner: (
-            self.db.users.find_one({"_id": partner}, {"last_seen": 1}) or {}).get("last_seen"),
-            cut, limit)
+            self._document("users", partner) or {}).get("last_seen"), cut, limit)
 
     def claim_inactivity_notices(self, cut: Cutoffs, now: float,
                                  limit: int) -> list[tuple[int, str]]:
@@ -355,12 +351,10 @@ class MongoRepository(docs.SharedOperations):
             {"notice_pending": False, "noticed_at": now}, limit, projection={"language": 1},
             sort=[("last_seen", 1)])]
 
-    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
-        """See ``Repository.inactive_accounts``."""
-        return [int(doc["_id"]) for doc in self.db.users.find(
-            _match(docs.noticed(cut)), {"recent_updates": 0, "claims": 0}).sort(
-                "noticed_at", 1).limit(limit)
-            if erasure_due(docs.account(int(doc["_id"]), doc), cut)]
+    def _first(self, collection: str, filters: Iterable[docs.Filter], order: str,
+               limit: int) -> Iterator[tuple[Any, dict[str, Any]]]:
+        return ((doc["_id"], doc) for doc in self.db[collection].find(_match(filters)).sort(
+            order, 1).limit(limit))
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
@@ -379,13 +373,6 @@ class MongoRepository(docs.SharedOperations):
                               **docs.report_document(report, reported_key)}},
             projection={"_id": 1}, upsert=True)
         return report if earlier is None else None
-
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """See ``Repository.resolve_report``: the open -> status change is won once."""
-        doc = self.db.reports.find_one_and_update(
-            {"_id": report_id, "status": "open"}, {"$set": {"status": status}},
-            return_document=ReturnDocument.AFTER)
-        return None if doc is None else docs.report(int(doc["_id"]), doc)
 
     def _count(self, collection: str, filters: tuple[docs.Filter, ...]) -> int:
         """How many documents match; a whole collection's count is the cheap estimate."""
@@ -423,56 +410,16 @@ class MongoRepository(docs.SharedOperations):
         """See ``Repository.note_newest``."""
         self.db.users.update_one({"_id": user_id}, {"$max": {"newest_message": message_id}})
 
-    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
-                  rule: RatingRule) -> RatingVerdict:
-        """See ``Repository.rate_user``: written only if the ratings are still as read."""
-        for _ in range(_RATING_ATTEMPTS):
-            doc = self.db.users.find_one({"_id": rated_id}, {"ratings": 1})
-            if doc is None:
-                break
-            state, verdict = rate(docs.rating_state(doc.get("ratings")), chat_id, positive,
-                                  now, rule)
-            if not verdict.counted or self.db.users.update_one(
-                    {"_id": rated_id, "ratings": doc.get("ratings")},
-                    {"$set": {"ratings": docs.rating_document(state)}}).modified_count:
-                return verdict
-        return RatingVerdict(counted=False)
-
-    def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
-                     other_key: str | None = None) -> None:
-        """See ``Repository.exclude_pair``; waiting entries learn of it at once."""
-        self.db.exclusions.update_one(
-            {"_id": f"{user_id}:{other_id}"},
-            {"$setOnInsert": docs.exclusion_document(user_id, other_id, reason, now, other_key)},
-            upsert=True)
-        self.db.lobby.update_one({"_id": user_id}, {"$addToSet": {"avoid": other_id}})
-        self.db.lobby.update_one({"_id": other_id}, {"$addToSet": {"avoid": user_id}})
-
-    def _ban_on_return(self, report_id: int) -> str | None:
-        report = self.db.reports.find_one_and_update(
-            {"_id": report_id, "reported_key": {"$ne": None}},
-            {"$set": {"ban_on_return": True}}, projection={"reported_key": 1})
-        return None if report is None else str(report["reported_key"])
-
-    def _bans_on_return(self, key: str) -> bool:
-        return self.db.reports.find_one({"reported_key": key, "ban_on_return": True},
-                                        {"_id": 1}) is not None
-
     def _waiting(self) -> list[int]:
         return [int(entry["_id"]) for entry in self.db.lobby.find({}, {"_id": 1})]
-
-    def _user_and_lobby(self, user_id: int
-                        ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        doc = self.db.users.find_one({"_id": user_id})
-        return None if doc is None else (doc, self.db.lobby.find_one({"_id": user_id}))
 
     def _any_of(self, collection: str,
                 filters: Iterable[docs.Filter]) -> Iterator[tuple[Any, dict[str, Any]]]:
         return ((doc["_id"], doc) for doc in self.db[collection].find(
             {"$or": [_match((condition,)) for condition in filters]}))
 
-    def _chat(self, chat_id: int) -> dict[str, Any] | None:
-        return self.db.chats.find_one({"_id": chat_id})  # type: ignore[no-any-return]
+    def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
+        return self.db[collection].find_one({"_id": key})  # type: ignore[no-any-return]
 
     def _latest_chats(self, user_id: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
         return [(int(chat["_id"]), chat) for chat in self.db.chats.find({"users": user_id}).sort(
@@ -570,11 +517,7 @@ class MongoRepository(docs.SharedOperations):
         doc = self.db.users.find_one({"_id": user_id}, {"recent_updates": 0})
         if doc is None:
             raise LookupError(f"unknown user {user_id}")
-        chat = docs.active_chat(doc)
-        resumed = None if chat is None else matching.resume_search(chat, (self.db.chats.find_one(
-            {"_id": chat.chat_id}, {"opened_by_update": 1}) or {}).get("opened_by_update"),
-            update_id)
-        return doc, resumed or age_gate.refused_search(age_gate.refuses(doc.get("age_answer")))
+        return doc, self._resumed_search(doc, update_id)
 
     def leave_lobby(self, user_id: int) -> bool:
         """See ``Repository.leave_lobby``."""
@@ -610,15 +553,10 @@ class MongoRepository(docs.SharedOperations):
             closed = ended or self.db.chats.find_one({"_id": chat_id}, {"closed_by_update": 1})
             self.db.users.update_many({"_id": {"$in": [user_id, partner_id]}, "chat.id": chat_id},
                                       {"$set": {"chat": None}})
-            if ended is None and (closed or {}).get("closed_by_update") != update_id:
-                return None
-            return EndedChat(chat_id, partner_id, self._language(partner_id),
-                             resumed=ended is None)
+            return matching.end_answer(chat_id, partner_id, self._language(partner_id),
+                                       ended is not None, (closed or {}).get("closed_by_update"),
+                                       update_id)
         return self._ended_by(user_id, update_id)
-
-    def _language(self, user_id: int) -> str:
-        doc = self.db.users.find_one({"_id": user_id}, {"language": 1})
-        return str(doc["language"]) if doc else "en"
 
     # -- message links -------------------------------------------------------------------
 

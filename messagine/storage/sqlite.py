@@ -28,10 +28,9 @@ from messagine.domain.erasure import (
 )
 from messagine.domain.flood import FloodRule, admit
 from messagine.domain.ratings import RatingRule, RatingVerdict, rate
-from messagine.domain.retention import Cutoffs, chat_idle, erasure_due, notice_due
+from messagine.domain.retention import Cutoffs, chat_idle, notice_due
 from messagine.models import (
     ActiveChat,
-    ChatRecord,
     EndedChat,
     EndReason,
     MatchOutcome,
@@ -46,6 +45,7 @@ from messagine.models import (
     UserState,
 )
 from messagine.storage import documents as docs
+from messagine.storage.shared import SharedOperations
 from messagine.storage.sqlite_database import Database
 
 # The state of one user, named as a user document's fields: their profile and flags,
@@ -82,52 +82,64 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
+_KEYS = {"lobby": "user_id", "albums": "key"}
+"""The key column of the tables not keyed by ``id`` (an exclusion or a message has none)."""
+
+
+def _as_document(table: str, row: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A row as (key, document), the document with the fields the document stores keep.
+
+    A chat's two users are its ``users``; an album's document is JSON here.
+    """
+    if table == "chats":
+        return row["id"], {**row, "users": [row["user_a"], row["user_b"]]}
+    if table == "albums":
+        return row["key"], json.loads(row["doc"])
+    if table == "users":  # JSON here: the flood counters, and the chat _STATE_QUERY joins in
+        return row["id"], {**row, "flood": json.loads(row["flood"] or "{}"),
+                           "chat": json.loads(row.get("chat") or "null")}
+    return row.get(_KEYS.get(table, "id")), dict(row)
+
+
 def _chats(conn: sqlite3.Connection, user_id: int, rest: str = "",
            **params: object) -> list[tuple[int, dict[str, Any]]]:
     """The user's chats as (id, chat document); ``rest`` narrows, orders or limits them."""
-    return [(c["id"], {**c, "users": json.loads(c["users"])}) for c in _rows(
-        conn, "SELECT *, json_array(user_a, user_b) AS users FROM chats"
-        " WHERE (user_a = :me OR user_b = :me) " + rest, {"me": user_id, **params})]
+    return [_as_document("chats", c) for c in _rows(
+        conn, "SELECT * FROM chats WHERE (user_a = :me OR user_b = :me) " + rest,
+        {"me": user_id, **params})]
 
 
-def _state(conn: sqlite3.Connection, user_id: int, *, is_new: bool = False) -> UserState | None:
-    """The user's state (None for an unknown user)."""
-    found = _rows(conn, _STATE_QUERY, (user_id,))
-    if not found:
-        return None
-    chat = found[0]["chat"]
-    return docs.user_state(user_id, {**found[0], "chat": chat and json.loads(chat)},
-                           is_new=is_new)
-
-
-def _where(filters: Iterable[docs.Filter]) -> tuple[str, list[Any]]:
+def _where(table: str, filters: Iterable[docs.Filter], joined: str = " AND "
+           ) -> tuple[str, list[Any]]:
     """The document stores' ``filters`` as an SQL condition and its parameters.
 
-    A chat's users are two columns here, so "users array_contains" asks for either.
+    A chat's users are two columns here, so "users array_contains" asks for either; an
+    album's fields are in its JSON ``doc``. ``joined``: " OR " for any of the filters.
     """
-    clauses, params = ["1"], []
+    clauses, params = [], []
     for name, operator, value in filters:
+        column = f"json_extract(doc, '$.{name}')" if table == "albums" else name
         if operator == "array_contains":
             clauses.append("(user_a = ? OR user_b = ?)")
             params += [value, value]
         elif value is None:
-            clauses.append(f"{name} IS {'NOT ' if operator == '!=' else ''}NULL")
+            clauses.append(f"{column} IS {'NOT ' if operator == '!=' else ''}NULL")
         else:
-            clauses.append(f"{name} {'=' if operator == '==' else operator} ?")
+            clauses.append(f"{column} {'=' if operator == '==' else operator} ?")
             params.append(value)
-    return " AND ".join(clauses), params
+    return joined.join(clauses) or "1", params
 
 
 def _select(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter], rest: str,
-            *more: object) -> list[dict[str, Any]]:
+            *more: object, joined: str = " AND ") -> list[dict[str, Any]]:
     """The rows of ``table`` that the ``filters`` select; ``rest`` orders and limits them."""
-    condition, params = _where(filters)
+    condition, params = _where(table, filters, joined)
     return _rows(conn, f"SELECT * FROM {table} WHERE {condition} {rest}", (*params, *more))
 
 
 def _count(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter]) -> int:
     """How many rows of ``table`` the ``filters`` select."""
-    condition, params = _where(filters)
+    condition, params = _where(table, filters)
     return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {condition}",
                             params).fetchone()[0])
 
@@ -135,19 +147,10 @@ def _count(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter])
 def _delete_some(conn: sqlite3.Connection, table: str, filters: Iterable[docs.Filter],
                  limit: int) -> int:
     """Delete at most ``limit`` rows of ``table`` that the ``filters`` select."""
-    condition, params = _where(filters)
+    condition, params = _where(table, filters)
     return conn.execute(f"DELETE FROM {table} WHERE rowid IN"  # the names are ours, values bound
                         f" (SELECT rowid FROM {table} WHERE {condition} LIMIT ?)",
                         (*params, limit)).rowcount
-
-
-def _naming(table: str, names: Iterable[str]) -> str:
-    """The condition that one of the columns ``names`` is the user ``:me``.
-
-    An album's fields are in its ``doc``.
-    """
-    return " OR ".join(f"json_extract(doc, '$.{name}') = :me" if table == "albums"
-                       else f"{name} = :me" for name in names)
 
 
 def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, Any], how: str = "",
@@ -169,13 +172,7 @@ def _assignments(columns: Iterable[str]) -> str:
     return ", ".join(f"{name} = :{name}" for name in columns)
 
 
-def _language(conn: sqlite3.Connection, user_id: int) -> str:
-    """The user's language ("en" for a user who is gone)."""
-    row = conn.execute("SELECT language FROM users WHERE id = ?", (user_id,)).fetchone()
-    return str(row[0]) if row else "en"
-
-
-class SqliteRepository(docs.SharedOperations):
+class SqliteRepository(SharedOperations):
     """The repository port on one SQLite database file."""
 
     backend = "sqlite"
@@ -195,13 +192,6 @@ class SqliteRepository(docs.SharedOperations):
         """Close this thread's connection."""
         self._database.close()
 
-    # -- reading state -------------------------------------------------------------------
-
-    def get_user(self, user_id: int) -> UserState | None:
-        """See ``Repository.get_user``."""
-        with self._transaction(write=False) as conn:
-            return _state(conn, user_id)
-
     # -- updates and users ---------------------------------------------------------------
 
     def open_update(
@@ -214,7 +204,7 @@ class SqliteRepository(docs.SharedOperations):
                 claimed = _insert(conn, "claimed_updates",
                                   {"update_id": update_id, "claimed_at": now}, "OR IGNORE").rowcount
                 return OpenedUpdate(duplicate=not claimed)
-            banned = _state(conn, profile.user_id)
+            banned = self.get_user(profile.user_id)
             if banned is not None and banned.banned:  # claimed alone (domain.erasure)
                 claimed = _insert(conn, "claimed_updates", {"update_id": update_id,
                                   "claimed_at": now, "owner": owner}, "OR IGNORE").rowcount
@@ -241,13 +231,15 @@ class SqliteRepository(docs.SharedOperations):
             row = {"id": profile.user_id,
                    **docs.user_row(docs.new_user_fields(default_language, now)), **refreshed}
             _upsert(conn, "users", row, "id", refreshed)
-            state = _state(conn, profile.user_id, is_new=known is None)
+            state = self.get_user(profile.user_id)
             if state is not None and state.age_refused:  # domain.age_gate.stores_profile
                 forgotten = docs.forgotten_profile()
                 conn.execute(f"UPDATE users SET {_assignments(forgotten)} WHERE id = :id",
                              {**forgotten, "id": profile.user_id})
-            return OpenedUpdate(duplicate=False, user=state, throttled=verdict.throttled,
-                                warn=verdict.warn, resumed=decision is Decision.TAKE_OVER)
+            return OpenedUpdate(duplicate=False,
+                                user=state and replace(state, is_new=known is None),
+                                throttled=verdict.throttled, warn=verdict.warn,
+                                resumed=decision is Decision.TAKE_OVER)
 
     def finish_update(self, update_id: int, user_id: int | None, owner: str) -> None:
         """See ``Repository.finish_update``."""
@@ -267,7 +259,7 @@ class SqliteRepository(docs.SharedOperations):
     def set_language(self, user_id: int, language: str) -> UserState:
         """See ``Repository.set_language``."""
         with self._transaction() as conn:
-            state = _state(conn, user_id)
+            state = self.get_user(user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
             if state.chat is not None:
@@ -297,30 +289,16 @@ class SqliteRepository(docs.SharedOperations):
                 _insert(conn, "users", docs.user_row(docs.refusal_marker_document(user_id, now))
                         | {"id": user_id}, "OR IGNORE")
 
-    def export_user(self, user_id: int) -> UserRecords | None:
-        """See ``Repository.export_user``: rows name their columns as the documents do."""
-        with self._transaction(write=False) as conn:
-            user = _rows(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
-            if not user:
-                return None
-            lobby = _rows(conn, "SELECT * FROM lobby WHERE user_id = ?", (user_id,))
-            links, exclusions, reports, album_rows = (
-                _rows(conn, f"SELECT * FROM {table} WHERE {_naming(table, names)}",
-                      {"me": user_id}) for table, names in docs.EXPORTED)
-            return docs.user_records(
-                user_id, {**user[0], "flood": json.loads(user[0]["flood"] or "{}")},
-                lobby[0] if lobby else None, _chats(conn, user_id), links, exclusions,
-                ((r["id"], r) for r in reports),
-                ((r["key"], json.loads(r["doc"])) for r in album_rows))
-
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``."""
         stones, key = Tombstones(), protection_key(self._pepper, user_id)
         with self._transaction() as conn:
             counts: Counter[str] = Counter()
             for kind, table, names in (*docs.ERASED, ("lobby", "lobby", ("user_id",))):
-                counts[kind] += conn.execute(f"DELETE FROM {table} WHERE {_naming(table, names)}",
-                                             {"me": user_id}).rowcount
+                condition, params = _where(table, [(name, "==", user_id) for name in names],
+                                           " OR ")
+                counts[kind] += conn.execute(f"DELETE FROM {table} WHERE {condition}",
+                                             params).rowcount
             conn.execute("DELETE FROM memberships WHERE user_id = :me OR partner_id = :me",
                          {"me": user_id})
             chats = _chats(conn, user_id)
@@ -380,23 +358,11 @@ class SqliteRepository(docs.SharedOperations):
                              [(now, row["id"]) for row in rows])
         return [(int(row["id"]), row["language"]) for row in rows]
 
-    def inactive_accounts(self, cut: Cutoffs, limit: int) -> list[int]:
-        """See ``Repository.inactive_accounts``."""
-        with self._transaction(write=False) as conn:
-            rows = _select(conn, "users", docs.noticed(cut), "ORDER BY noticed_at LIMIT ?", limit)
-        return [int(row["id"]) for row in rows if erasure_due(docs.account(row["id"], row), cut)]
-
-    def last_chat(self, user_id: int) -> ChatRecord | None:
-        """See ``Repository.last_chat``."""
-        with self._transaction(write=False) as conn:
-            chats = _chats(conn, user_id, _NEWEST_FIRST, limit=1)
-        return docs.chat_record(*chats[0], user_id) if chats else None
-
-    def chat_of(self, user_id: int, chat_id: int) -> ChatRecord | None:
-        """See ``Repository.chat_of``."""
-        with self._transaction(write=False) as conn:
-            chats = _chats(conn, user_id, "AND id = :chat", chat=chat_id)
-        return docs.chat_record(*chats[0], user_id) if chats else None
+    def _first(self, collection: str, filters: Iterable[docs.Filter], order: str,
+               limit: int) -> list[tuple[Any, dict[str, Any]]]:
+        with self._transaction(write=False) as conn:  # the names are ours, the values bound
+            return [_as_document(collection, row) for row in _select(
+                conn, collection, filters, f"ORDER BY {order} LIMIT ?", limit)]
 
     def recent_messages(self, chat_id: int, sender_id: int, limit: int) -> list[int]:
         """See ``Repository.recent_messages``."""
@@ -506,6 +472,28 @@ class SqliteRepository(docs.SharedOperations):
         with self._transaction(write=False) as conn:
             return [int(u) for (u,) in conn.execute("SELECT user_id FROM lobby")]
 
+    def _document(self, collection: str, key: Any) -> dict[str, Any] | None:
+        """A row as its document; a user's holds their chat and lobby time (_STATE_QUERY)."""
+        with self._transaction(write=False) as conn:
+            found = _rows(conn, _STATE_QUERY, (key,)) if collection == "users" else _select(
+                conn, collection, ((_KEYS.get(collection, "id"), "==", key),), "")
+        return _as_document(collection, found[0])[1] if found else None
+
+    def _any_of(self, collection: str,
+                filters: Iterable[docs.Filter]) -> list[tuple[Any, dict[str, Any]]]:
+        with self._transaction(write=False) as conn:
+            return [_as_document(collection, row)
+                    for row in _select(conn, collection, filters, "", joined=" OR ")]
+
+    def _latest_chats(self, user_id: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        with self._transaction(write=False) as conn:
+            return _chats(conn, user_id, _NEWEST_FIRST, limit=limit)
+
+    def export_user(self, user_id: int) -> UserRecords | None:
+        """See ``Repository.export_user``: its reads in one transaction."""
+        with self._transaction(write=False):
+            return super().export_user(user_id)
+
     # -- lobby and chats -----------------------------------------------------------------
 
     def find_partner(
@@ -513,7 +501,7 @@ class SqliteRepository(docs.SharedOperations):
     ) -> MatchResult:
         """See ``Repository.find_partner``; serialised by the IMMEDIATE write lock."""
         with self._transaction() as conn:
-            state = _state(conn, user_id)
+            state = self.get_user(user_id)
             if state is None:
                 raise LookupError(f"unknown user {user_id}")
             if (refused := age_gate.refused_search(state.age_refused)) is not None:
@@ -529,7 +517,7 @@ class SqliteRepository(docs.SharedOperations):
                                  (user_id,)).fetchone()
             pool = entry[0] if entry else state.language  # "*": the any-language pool
             candidate = self._choose(conn, matching.Seeker(
-                user_id, pool, self._avoided(conn, user_id, recent_partners)), recent_partners)
+                user_id, pool, self._avoided_by(user_id, recent_partners)), recent_partners)
             if candidate is None:
                 _insert(conn, "lobby", {"user_id": user_id, "language": pool, "since": now},
                         "OR IGNORE")
@@ -546,21 +534,8 @@ class SqliteRepository(docs.SharedOperations):
             )
             assert chat_id is not None  # noqa: S101 - an INSERT always sets lastrowid
             return MatchResult(
-                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, _language(conn, partner_id),
+                MatchOutcome.MATCHED, ActiveChat(chat_id, partner_id, self._language(partner_id),
                                                  now), partner_waiting_since=partner_since)
-
-    @staticmethod
-    def _recent_partners(conn: sqlite3.Connection, user_id: int, recent: int) -> list[int]:
-        return matching.recent_partners(user_id, (chat["users"] for _, chat in _chats(
-            conn, user_id, _NEWEST_FIRST, limit=recent)), recent)
-
-    def _avoided(self, conn: sqlite3.Connection, user_id: int, recent: int) -> frozenset[int]:
-        """Whom the user must not meet: recent partners, exclusions either way, by key too."""
-        key = protection_key(self._pepper, user_id)
-        return matching.avoided(user_id, self._recent_partners(conn, user_id, recent), (
-            conn.execute("SELECT user_id, other_id, other_key FROM exclusions WHERE"
-                         " user_id = :me OR other_id = :me OR other_key = :key",
-                         {"me": user_id, "key": key})), key)
 
     def _choose(self, conn: sqlite3.Connection, seeker: matching.Seeker,
                 recent: int) -> matching.Candidate | None:
@@ -568,7 +543,7 @@ class SqliteRepository(docs.SharedOperations):
         for offset in itertools.count(0, _PAGE):
             rows = conn.execute(_LOBBY_PAGE, (seeker.pool, _PAGE, offset)).fetchall()
             chosen = matching.pick(seeker, (matching.Candidate(
-                other, pool, since, self._avoided(conn, other, recent),
+                other, pool, since, self._avoided_by(other, recent),
                 banned=bool(banned), age_refused=age_gate.refuses(answer))
                 for other, pool, since, banned, answer in rows))
             if chosen is not None or len(rows) < _PAGE:
@@ -605,21 +580,15 @@ class SqliteRepository(docs.SharedOperations):
                 "SELECT m.chat_id, m.partner_id, c.opened_by_update FROM memberships m"
                 " JOIN chats c ON c.id = m.chat_id WHERE m.user_id = ?", (user_id,)).fetchone()
             if member is None or not matching.may_end(reason, member[2], update_id):
-                earlier = _chats(conn, user_id, "AND closed_by_update = :update", update=update_id)
-                if not earlier:
-                    return None
-                chat_id, partner_id = earlier[0][0], docs.partner_of(earlier[0][1], user_id)
-                resumed = True
-            else:
-                chat_id, partner_id, _ = member
-                resumed = False
-                conn.execute(
-                    "UPDATE chats SET ended_at = ?, ended_by = ?, end_reason = ?,"
-                    " closed_by_update = ? WHERE id = ?",
-                    (now, user_id, reason.value, update_id, chat_id),
-                )
-                conn.execute("DELETE FROM memberships WHERE chat_id = ?", (chat_id,))
-            return EndedChat(chat_id, partner_id, _language(conn, partner_id), resumed)
+                return self._ended_by(user_id, update_id)
+            chat_id, partner_id, _ = member
+            conn.execute(
+                "UPDATE chats SET ended_at = ?, ended_by = ?, end_reason = ?,"
+                " closed_by_update = ? WHERE id = ?",
+                (now, user_id, reason.value, update_id, chat_id),
+            )
+            conn.execute("DELETE FROM memberships WHERE chat_id = ?", (chat_id,))
+            return EndedChat(chat_id, partner_id, self._language(partner_id), resumed=False)
 
     # -- message links -------------------------------------------------------------------
 

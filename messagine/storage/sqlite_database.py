@@ -183,12 +183,22 @@ class Database:
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction; BEGIN IMMEDIATE takes the write lock before the first read."""
+        """One transaction; BEGIN IMMEDIATE takes the write lock before the first read.
+
+        Asked for inside this thread's open transaction, it is that one: a shared
+        operation's reads (``storage.shared``) then see what the adapter's transaction
+        has written, under its lock.
+        """
         try:
             conn = self.connection()
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            joined = conn.in_transaction
+            if not joined:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.OperationalError as error:
             raise StorageUnavailable(f"sqlite: {error}") from None
+        if joined:
+            yield conn
+            return
         try:
             yield conn
             conn.execute("COMMIT")
