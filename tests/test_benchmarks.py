@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 SMOKE = {
     "cold_start": (["--runs", "1"], r"bot, Cloud Logging .* x[\d.]+ of bare"),

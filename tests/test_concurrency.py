@@ -25,7 +25,7 @@ PROCESSES = 4
 USERS = 200
 T0 = 1_790_000_000.0
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 Spec = tuple[str, str, str]

@@ -16,7 +16,7 @@ from messagine.dev.fake_bot_api import FakeBotApi
 from messagine.dev.simulator import Faults, Load, Simulation
 from support.simulated_backends import SimulatedStore
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 ENV = {"WEBHOOK_SECRET": SECRET, "MIN_AGE": "0", "FLOOD_LIMIT": "10000",
        "RECENT_PARTNERS": "0", "TELEGRAM_TIMEOUT_SECONDS": "2", "LOG_FORMAT": "text",
