@@ -186,6 +186,22 @@ def refusal_marker_document(user_id: int, refused_at: float) -> dict[str, Any]:
     return profile_document(refusal_marker(user_id, refused_at))
 
 
+def kept_profile(user_id: int, doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What of the user document ``doc`` erasure keeps (None: nothing).
+
+    A ban's remnant, or an age refusal's marker with its time: kept by the erasure
+    itself, else a /deleteme that an outage cut short after this step and Telegram
+    re-delivered would find the age gate open.
+    """
+    if doc is None:
+        return None
+    if doc.get("banned"):
+        return remnant_document(user_id)
+    if refuses(doc.get("age_answer")):
+        return refusal_marker_document(user_id, float(doc.get("age_answered_at") or 0.0))
+    return None
+
+
 def forgotten_profile() -> dict[str, Any]:
     """The profile fields of a refusal's marker, which its user's later updates keep so."""
     marker = refusal_marker(0, 0.0)

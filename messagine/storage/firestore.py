@@ -318,8 +318,11 @@ class FirestoreRepository(DocumentOperations):
         batch = self._guarded(user, entry)
         batch.delete(entry.reference)
         banned = user.exists and bool(user.to_dict().get("banned"))
-        if banned:  # a ban outlives erasure (domain.erasure): only the remnant stays
-            batch.replace(user.reference, docs.remnant_document(user_id))
+        # A ban outlives erasure (domain.erasure): only the remnant stays; an age
+        # refusal only its marker.
+        kept = docs.kept_profile(user_id, user.to_dict() if user.exists else None)
+        if kept is not None:
+            batch.replace(user.reference, kept)
         else:
             batch.delete(user.reference)
         batch.commit()

@@ -286,11 +286,22 @@ class MongoRepository(DocumentOperations):
 
     def _erase_profile(self, user_id: int) -> dict[str, int]:
         lobby = self.db.lobby.delete_one({"_id": user_id}).deleted_count
-        # A ban outlives erasure (domain.erasure): only the banned remnant stays.
-        kept = self.db.users.replace_one({"_id": user_id, "banned": True},
-                                         docs.remnant_document(user_id)).modified_count
-        deleted = self.db.users.delete_one({"_id": user_id, "banned": False}).deleted_count
-        return {"lobby": lobby, "kept_for_ban": kept, "profile": deleted}
+        # A ban outlives erasure (domain.erasure): only the banned remnant stays; an age
+        # refusal only its marker. Replaced only if ban and answer are still as read.
+        for _ in range(_ATTEMPTS):
+            doc = self.db.users.find_one({"_id": user_id}, {"banned": 1, "age_answer": 1,
+                                                            "age_answered_at": 1})
+            if doc is None:
+                return {"lobby": lobby, "kept_for_ban": 0, "profile": 0}
+            guard = {"_id": user_id, "banned": doc.get("banned"),
+                     "age_answer": doc.get("age_answer")}
+            kept = docs.kept_profile(user_id, doc)
+            done = (self.db.users.replace_one(guard, kept) if kept is not None
+                    else self.db.users.delete_one(guard))
+            if (done.matched_count if kept is not None else done.deleted_count):
+                banned = bool(doc.get("banned"))
+                return {"lobby": lobby, "kept_for_ban": int(banned), "profile": int(not banned)}
+        raise StorageUnavailable(f"mongo: users {user_id} kept changing")
 
     def _delete_where(self, collection: str, condition: docs.Filter) -> int:
         return int(self.db[collection].delete_many(_match((condition,))).deleted_count)

@@ -315,14 +315,17 @@ class SqliteRepository(SharedOperations):
                     kept = docs.kept(row, name, partner, key_field, stones, key)
                     conn.execute(f"UPDATE {table} SET {_assignments(kept)} WHERE rowid = :row_id",
                                  {**kept, "row_id": row["row_id"]})
-            # A ban outlives erasure (domain.erasure): only the banned remnant stays. Its
-            # columns are named as the documents' fields; the rest live in other tables.
-            remnant = docs.user_row(docs.remnant_document(user_id)) | {"flood": None}
-            counts["kept_for_ban"] = conn.execute(
-                f"UPDATE users SET {_assignments(remnant)} WHERE id = :user AND banned = 1",
-                {**remnant, "user": user_id}).rowcount
-            counts["profile"] = conn.execute("DELETE FROM users WHERE id = ? AND banned = 0",
-                                             (user_id,)).rowcount
+            # A ban outlives erasure (domain.erasure): only the banned remnant stays; an
+            # age refusal only its marker. Its columns are named as the documents' fields;
+            # the rest live in other tables.
+            found = _rows(conn, "SELECT banned, age_answer, age_answered_at FROM users"
+                          " WHERE id = ?", (user_id,))
+            survivor = docs.kept_profile(user_id, found[0] if found else None)
+            conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            if survivor is not None:
+                _insert(conn, "users", docs.user_row(survivor) | {"id": user_id})
+            counts["kept_for_ban"] = int(bool(found and found[0]["banned"]))
+            counts["profile"] = int(bool(found and not found[0]["banned"]))
         return counts
 
     def purge_expired(self, now: float, retention: Retention, limit: int) -> dict[str, int]:
