@@ -161,6 +161,17 @@ def test_a_block_made_after_the_partners_erasure_still_binds_them(bot: Bot):
     _never_meet_again(bot, victim, offender)
 
 
+def test_a_thumbs_down_on_the_card_after_the_partners_erasure_still_binds_them(bot: Bot):
+    victim, offender = _chat_then_partner_erased(bot)
+    bot.send(victim.press_button("👎"))
+    assert "your 👎 is counted" in victim.last()["text"] or \
+        "rated this chat already" in victim.last()["text"]
+    _kept_by_key(bot)
+    bot.send(offender.command("start"), offender.command("find_chat"),
+             victim.command("find_chat"))
+    _never_meet_again(bot, victim, offender)
+
+
 def test_a_report_made_after_the_partners_erasure_binds_and_bans_them(bot: Bot):
     victim, offender = _chat_then_partner_erased(bot)
     bot.send(victim.command("report"))
