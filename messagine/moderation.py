@@ -166,8 +166,9 @@ class Moderation:
             answer.send(t("card.too_late"), keyboards.after_card(t))
             return "rate:too_late"
         positive = value == "up"
-        if not positive:
-            self.repository.exclude_pair(user.user_id, target.partner_id, "rating", now)
+        if not positive:  # a partner who erased their data: their key keeps it binding
+            self.repository.exclude_pair(user.user_id, target.partner_id, "rating", now,
+                                         target.partner_key)
         verdict = self.repository.rate_user(target.partner_id, target.chat_id, positive, now,
                                             rule)
         ended = t("exit.closed_by_you" if target.ended_by_user else "exit.closed_by_partner")
