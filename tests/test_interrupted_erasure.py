@@ -121,3 +121,46 @@ def test_an_interrupted_deleteme_completes_when_telegram_delivers_it_again(
     post(bot, alice.command("find_chat"))
     state = bot.repository.get_user(ALICE)
     assert state is not None and state.chat is None, "the report's protection was lost"
+
+
+def test_a_user_back_while_their_erasure_runs_keeps_a_consistent_new_chat(
+        bot: Runtime, fake_api: FakeBotApi, monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest):
+    """Bob's next updates arrive while his /deleteme is still running (Telegram delivers
+    a user's updates concurrently): he comes back and is paired with Carol. Whatever the
+    erasure then does, Bob and Carol must agree on whether they are in a chat."""
+    if bot.repository.backend != "sqlite":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "delete_user's chat and partner rewrites run after the profile is gone, so they "
+            "also take the new chat of a user back meanwhile (storage/shared.py "
+            "DocumentOperations.delete_user): not fixed yet")))
+    alice, bob, carol = (fake_api.user(i, n) for i, n in ((ALICE, "Alice"), (BOB, "Bob"),
+                                                           (CAROL, "Carol")))
+    for update in (alice.command("find_chat"), bob.command("find_chat"), bob.text("hi")):
+        post(bot, update)
+    post(bot, bob.command("deleteme"))
+    press = bob.press_button("Delete everything")
+    target, name = ((bot.repository, "delete_user") if bot.repository.backend == "sqlite"
+                    else (bot.repository, "_delete_where"))
+    real = getattr(target, name)
+    came_back: list[int] = []
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if not came_back and bot.repository.backend != "sqlite":
+            came_back.append(1)
+            for update in (carol.command("find_chat"), bob.command("find_chat")):
+                assert _process(bot, update) != "retry:storage"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, meanwhile)
+    assert _process(bot, press) == "button:deleteme:deleted"
+    monkeypatch.setattr(target, name, real)
+    if not came_back:  # SQLite: one transaction, so the updates wait until it is done
+        for update in (carol.command("find_chat"), bob.command("find_chat")):
+            post(bot, update)
+    bob_state, carol_state = bot.repository.get_user(BOB), bot.repository.get_user(CAROL)
+    assert carol_state is not None
+    bob_partner = None if bob_state is None or bob_state.chat is None \
+        else bob_state.chat.partner_id
+    carol_partner = None if carol_state.chat is None else carol_state.chat.partner_id
+    assert (bob_partner == CAROL) == (carol_partner == BOB), (bob_partner, carol_partner)
