@@ -14,6 +14,7 @@ imported here.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -254,10 +255,12 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
     def delete_user(self, user_id: int) -> dict[str, int]:
         """See ``Repository.delete_user``.
 
-        The lobby entry and the user document go first: from then on no search can pair
-        the user, so the chats below are all there will ever be. Every chat, report and
-        partner that names them is then rewritten under the adapter's guard, so a chat
-        made or ended meanwhile is never overwritten.
+        The lobby entry and the user document go first; every chat, report and partner
+        that names the user is then rewritten under the adapter's guard, so a chat made or
+        ended meanwhile is never overwritten. Telegram delivers a user's updates
+        concurrently, so the user may come back while this runs (a new document) and be
+        paired again: the chat their new document names, and its partner, are theirs
+        again, and are left alone.
         """
         counts: Counter[str] = Counter(self._erase_profile(user_id))
         for kind, collection, names in docs.ERASED:
@@ -266,12 +269,13 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         stones, key = Tombstones(), protection_key(self._pepper, user_id)
         counts["chats_anonymised"] = 0
         for chat_id, _ in self._any_of("chats", (("users", "array_contains", user_id),)):
-            counts["chats_anonymised"] += self._change(
-                "chats", chat_id, ("users", "ended_by"), lambda doc: docs.anonymised_chat(
-                    doc, user_id, stones.of(docs.partner_of(doc, user_id)), key)) is not None
+            if chat_id != self._chat_since_return(user_id):
+                counts["chats_anonymised"] += self._change(
+                    "chats", chat_id, ("users", "ended_by"), lambda doc: docs.anonymised_chat(
+                        doc, user_id, stones.of(docs.partner_of(doc, user_id)), key)) is not None
         for partner_id, _ in self._any_of("users", (("chat.partner", "==", user_id),)):
-            self._change("users", partner_id, ("chat",), lambda doc: {"chat": None} if (
-                doc.get("chat") or {}).get("partner") == user_id else None)
+            self._change("users", partner_id, ("chat",), functools.partial(
+                _partner_left, user_id, self._chat_since_return(user_id)))
         for collection, name, partner, key_field in docs.KEPT:  # others' protections stay
             for record_id, doc in self._any_of(collection, ((name, "==", user_id),)):
                 self._keep(collection, record_id, doc, name, user_id,
@@ -279,6 +283,12 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         for entry_id, _ in self._any_of("lobby", (("avoid", "array_contains", user_id),)):
             self._array_change("lobby", entry_id, "avoid", user_id, add=False)
         return counts
+
+    def _chat_since_return(self, user_id: int) -> int | None:
+        """The chat of a user erased a moment ago who came back and was paired meanwhile."""
+        fresh = self._document("users", user_id)
+        chat = docs.active_chat(fresh) if fresh is not None else None
+        return chat.chat_id if chat is not None else None
 
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
                      other_key: str | None = None) -> None:
@@ -325,3 +335,11 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         else:
             self._change(collection, record_id, (name,),
                          lambda found: kept if found.get(name) == user_id else None)
+
+
+def _partner_left(erased_id: int, returned_to: int | None,
+                  doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A partner's chat with the erased user ends (unless it is the one they came back to)."""
+    chat = doc.get("chat") or {}
+    return {"chat": None} if chat.get("partner") == erased_id and \
+        chat.get("id") != returned_to else None
