@@ -169,9 +169,13 @@ class Moderation:
         if not positive:  # a partner who erased their data: their key keeps it binding
             self.repository.exclude_pair(user.user_id, target.partner_id, "rating", now,
                                          target.partner_key)
+        ended = t("exit.closed_by_you" if target.ended_by_user else "exit.closed_by_partner")
+        if target.partner_key is not None:  # erased: no record left to count it on
+            answer.send(ended + "\n\n" + t(f"card.rated_gone_{value}"),
+                        keyboards.after_rating(t, target.chat_id))
+            return "rate:partner_gone"
         verdict = self.repository.rate_user(target.partner_id, target.chat_id, positive, now,
                                             rule)
-        ended = t("exit.closed_by_you" if target.ended_by_user else "exit.closed_by_partner")
         if not verdict.counted:
             answer.send(ended + "\n\n" + t("card.rated_before"),
                         keyboards.after_rating(t, target.chat_id))

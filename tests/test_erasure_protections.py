@@ -164,12 +164,24 @@ def test_a_block_made_after_the_partners_erasure_still_binds_them(bot: Bot):
 def test_a_thumbs_down_on_the_card_after_the_partners_erasure_still_binds_them(bot: Bot):
     victim, offender = _chat_then_partner_erased(bot)
     bot.send(victim.press_button("👎"))
-    assert "your 👎 is counted" in victim.last()["text"] or \
-        "rated this chat already" in victim.last()["text"]
+    assert victim.last()["text"].endswith(
+        "This person has deleted their data, so there is no one left to rate; you will not "
+        "be paired with them again if they come back.")
     _kept_by_key(bot)
     bot.send(offender.command("start"), offender.command("find_chat"),
              victim.command("find_chat"))
     _never_meet_again(bot, victim, offender)
+
+
+def test_a_thumbs_up_on_the_card_after_the_partners_erasure_says_there_is_no_one_to_rate(
+        bot: Bot):
+    victim, _ = _chat_then_partner_erased(bot)
+    bot.send(victim.press_button("👍"))
+    assert victim.last()["text"].endswith(
+        "This person has deleted their data, so there is no one left to rate.")
+    assert not any(e["user_id"] == VICTIM for e in bot.dump().get("exclusions", [])), \
+        "a 👍 keeps nobody apart"
+    assert OFFENDER not in bot.stored()
 
 
 def test_a_report_made_after_the_partners_erasure_binds_and_bans_them(bot: Bot):
