@@ -47,7 +47,7 @@ class ModerationSettings:
     admin_ids: frozenset[int]
     admin_chat_id: int | None
     report_window_s: float
-    rating_flag_after: int = 10
+    rating_flag_after: int = RatingRule().flag_after
     """How many 👎 from different people bring a user to the moderators' attention."""
 
     @property
@@ -170,21 +170,21 @@ class Moderation:
             self.repository.exclude_pair(user.user_id, target.partner_id, "rating", now,
                                          target.partner_key)
         ended = t("exit.closed_by_you" if target.ended_by_user else "exit.closed_by_partner")
+
+        def rated(key: str, outcome: str) -> str:  # the card, answered in place
+            answer.send(ended + "\n\n" + t(key), keyboards.after_rating(t, target.chat_id))
+            return outcome
+
         if target.partner_key is not None:  # erased: no record left to count it on
-            answer.send(ended + "\n\n" + t(f"card.rated_gone_{value}"),
-                        keyboards.after_rating(t, target.chat_id))
-            return "rate:partner_gone"
+            return rated(f"card.rated_gone_{value}", "rate:partner_gone")
         verdict = self.repository.rate_user(target.partner_id, target.chat_id, positive, now,
                                             rule)
         if not verdict.counted:
-            answer.send(ended + "\n\n" + t("card.rated_before"),
-                        keyboards.after_rating(t, target.chat_id))
-            return "rate:before"
+            return rated("card.rated_before", "rate:before")
         if verdict.flag:
             self._flag(target.partner_id, rule.flag_after)
-        answer.send(ended + "\n\n" + t("card.rated_up" if positive else "card.rated_down"),
-                    keyboards.after_rating(t, target.chat_id))
-        return "rate:up" if positive else "rate:down"
+        return rated("card.rated_up" if positive else "card.rated_down",
+                     "rate:up" if positive else "rate:down")
 
     def _flag(self, user_id: int, count: int) -> None:
         """Tell the moderators (once: the rule says when) about a user many rated 👎."""

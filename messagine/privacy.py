@@ -19,6 +19,7 @@ from messagine.analytics import Analytics
 from messagine.answer import Answer
 from messagine.catalog import Catalog, Texts
 from messagine.conversation import Conversation
+from messagine.domain.ratings import RatingRule
 from messagine.models import EndReason, Periods, StoredProfile, UserRecords, UserState
 from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.storage.port import PersonalRecords, Users
@@ -46,7 +47,7 @@ class PrivacyTerms:
     """The backend (settings.storage): the policy names who stores the records."""
     periods: Periods = field(default_factory=Periods)
     """The periods of the scheduled job's retention (reports, exclusions, accounts...)."""
-    rating_flag_after: int = 10
+    rating_flag_after: int = RatingRule().flag_after
     """How many 👎 from different people bring a user to the moderators (the policy says)."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from messagine.domain.claims import MAX_REQUEST_TIMEOUT_S, REQUEST_TIMEOUT_S
 from messagine.domain.flood import FloodRule
+from messagine.domain.ratings import RatingRule
 from messagine.models import Periods, ReminderRules
 from messagine.storage.registry import BY_NAME, choose_automatically, on_google_cloud
 
@@ -149,11 +150,11 @@ class Settings:
         retention = _int(env, "MESSAGE_LOG_RETENTION_DAYS", 30, 1, 3650, problems)
         chat_retention = _int(env, "CHAT_HISTORY_RETENTION_DAYS", 180, 1, 3650, problems)
         min_age = _min_age(env, problems)
-        flood_limit = _int(env, "FLOOD_LIMIT", 8, 1, 10_000, problems)
+        flood_limit = _int(env, "FLOOD_LIMIT", FloodRule().limit, 1, 10_000, problems)
         admin_chat = _one_id(env, "ADMIN_CHAT_ID", problems)
         report_window, rating_flag_after = (
             _int(env, "REPORT_WINDOW_MINUTES", 60, 1, 10_080, problems),
-            _int(env, "RATING_FLAG_AFTER", 10, 1, 10_000, problems))
+            _int(env, "RATING_FLAG_AFTER", RatingRule().flag_after, 1, 10_000, problems))
         job_secret = env.get("JOB_SECRET", "").strip()
         reminder_rules = ReminderRules(
             remind_after_s=_int(env, "REMINDER_AFTER_HOURS", 24, 1, 24 * 90, problems) * 3600.0,
@@ -161,7 +162,8 @@ class Settings:
             run_budget_s=float(_int(env, "REMINDER_RUN_SECONDS", 240, 5, 3000, problems)),
             any_language_after_s=60.0 * _int(env, "ANY_LANGUAGE_AFTER_MINUTES", 15, 1, 10_080,
                                              problems))
-        flood_refill = _int(env, "FLOOD_REFILL_SECONDS", 1, 1, 3600, problems)
+        flood_refill = _int(env, "FLOOD_REFILL_SECONDS", int(FloodRule().refill_s), 1, 3600,
+                            problems)
         policy_url = _https_url(env, "PRIVACY_POLICY_URL", problems)
         periods = Periods(
             age_refusal_days=_int(env, "AGE_REFUSAL_DAYS", 30, 1, 3650, problems),

@@ -20,7 +20,8 @@ class RatingRule:
     """How long after its end a chat can be rated, and how many 👎 bring a flag."""
 
     window_s: float = 3600.0
-    flag_after: int = 5
+    flag_after: int = 10
+    """The default of RATING_FLAG_AFTER, which the settings, the policy and moderation use."""
 
 
 @dataclass(frozen=True, slots=True)
