@@ -26,7 +26,7 @@ from conftest import (
 )
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.domain.flood import FloodRule, FloodState, admit
-from messagine.models import Profile
+from messagine.models import EndReason, MatchOutcome, Profile
 from messagine.runtime import LazyRuntime, Runtime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.mongo import MongoRepository
@@ -264,4 +264,131 @@ def test_a_user_document_holds_no_scratch_fields_and_the_flood_map_follows_the_r
         assert not [key for key in doc if key.startswith(("_", "f_")) and key != "_id"]
         assert not {"created_now", "f_throttled", "f_warn"} & set(doc)
         assert FloodState(**doc["flood"]) == state, f"step {update_id}"
+    repository.close()
+
+
+# -- pairing without transactions: a step that stops half way never leaves a one-sided chat
+
+T0 = 1_790_000_000.0
+
+
+def _registered(mongo_uri: str, database: str, users: int) -> MongoRepository:
+    repository = MongoRepository(mongo_uri, database)
+    for user_id in range(1, users + 1):
+        repository.open_update(user_id, Profile(user_id, f"U{user_id}", None, None, None),
+                               "en", T0)
+    return repository
+
+
+def _assert_chats_agree(repository: MongoRepository, users: int) -> None:
+    """Whoever names a partner is named back, in the same chat, and it is not ended."""
+    states = {u: repository.get_user(u) for u in range(1, users + 1)}
+    for user_id, state in states.items():
+        assert state is not None
+        if state.chat is not None:
+            partner = states[state.chat.partner_id]
+            assert partner is not None and partner.chat is not None, f"{user_id}: one-sided"
+            assert (partner.chat.partner_id, partner.chat.chat_id) == (
+                user_id, state.chat.chat_id)
+    in_chats = sum(1 for s in states.values() if s is not None and s.chat is not None)
+    assert repository.counts(1).active_chats * 2 == in_chats
+
+
+def _leave_intent(repository: MongoRepository, intent: dict[str, Any]) -> None:
+    """The "en" pool's lock as an instance that died after writing its intent leaves it."""
+    repository.db.locks.update_one({"_id": "lobby:en"}, {"$set": {
+        "holder": "dead", "until": 0.0, "intent": intent}}, upsert=True)
+
+
+def _intent(searcher: int, partner: int, chat_id: int) -> dict[str, Any]:
+    return {"searcher": searcher, "partner": partner, "chat_id": chat_id, "language": "en",
+            "language_of_searcher": "en", "partner_language": "en", "started_at": T0,
+            "update_id": 500 + searcher}
+
+
+def test_a_pairing_rolled_forward_after_its_partner_was_taken_is_undone(
+        mongo_uri: str, database: str):
+    """An instance stalled past its lease (or died) after choosing user 2; meanwhile 3 took
+    2. Rolling its intent forward must not leave 1 naming 2: it is undone, 1 waits again."""
+    repository = _registered(mongo_uri, database, 4)
+    assert repository.find_partner(1, 5, T0, 101).outcome is MatchOutcome.WAITING
+    assert repository.find_partner(2, 5, T0, 102).outcome is MatchOutcome.MATCHED  # 2 and 1
+    assert repository.find_partner(3, 5, T0, 103).outcome is MatchOutcome.WAITING
+    _leave_intent(repository, _intent(3, 2, 77))  # 3 with 2, decided before 2 was taken
+    assert repository.find_partner(4, 5, T0, 104).outcome is MatchOutcome.MATCHED  # rolls it
+    _assert_chats_agree(repository, 4)
+    assert repository.db.chats.find_one({"_id": 77}) is None
+    assert repository.db.locks.find_one({"_id": "lobby:en"}).get("intent") is None
+    three = repository.get_user(3)
+    assert three is not None and three.chat is not None and three.chat.partner_id == 4
+    repository.close()
+
+
+def test_an_undone_pairing_gives_the_waiting_side_back_to_the_lobby(
+        mongo_uri: str, database: str):
+    """The searcher (1) is taken by another pairing first; the lobby side (3) is released
+    waiting as before, and a later searcher still finds them."""
+    repository = _registered(mongo_uri, database, 4)
+    repository.find_partner(3, 5, T0, 103)  # 3 waits
+    repository.find_partner(1, 5, T0 + 1, 101)  # 1 and 3
+    repository.end_chat(1, EndReason.EXIT, T0 + 2, 201)
+    repository.find_partner(3, 5, T0 + 3, 104)  # 3 waits again, since T0 + 3
+    repository.find_partner(2, 0, T0 + 4, 105)  # 2 and 3: now 2 is taken
+    repository.find_partner(4, 5, T0 + 5, 106)  # 4 waits
+    _leave_intent(repository, _intent(2, 4, 78))  # 2 with 4, decided before 2 was taken
+    assert repository.find_partner(1, 0, T0 + 6, 107).outcome is MatchOutcome.MATCHED
+    _assert_chats_agree(repository, 4)
+    one = repository.get_user(1)
+    assert one is not None and one.chat is not None and one.chat.partner_id == 4
+    repository.close()
+
+
+def test_a_stale_intent_does_not_reopen_an_ended_chat(mongo_uri: str, database: str):
+    """An intent the lock kept (clearing it failed) whose chat has since ended is left
+    alone by the next holder: the two stay apart."""
+    repository = _registered(mongo_uri, database, 3)
+    repository.find_partner(1, 5, T0, 101)
+    matched = repository.find_partner(2, 5, T0, 102)
+    assert matched.chat is not None
+    ended = repository.end_chat(1, EndReason.EXIT, T0 + 1, 201)
+    assert ended is not None and ended.chat_id == matched.chat.chat_id
+    _leave_intent(repository, _intent(2, 1, matched.chat.chat_id))
+    assert repository.find_partner(3, 5, T0 + 2, 103).outcome is MatchOutcome.WAITING
+    _assert_chats_agree(repository, 3)
+    assert all(repository.get_user(u).chat is None for u in (1, 2))  # type: ignore[union-attr]
+    repository.close()
+
+
+def test_a_lease_lost_before_the_intent_is_written_answers_503(mongo_uri: str, database: str):
+    """A holder that stalled past its lease while another took it writes nothing: what it
+    read may be stale, so the search answers 503 and Telegram re-delivers it."""
+    from messagine.storage.port import StorageUnavailable
+
+    repository = _registered(mongo_uri, database, 2)
+    repository.find_partner(1, 5, T0, 101)
+    with pytest.raises(StorageUnavailable), repository._pool_lock("en") as lock:
+        repository.db.locks.update_one({"_id": "lobby:en"}, {"$set": {"holder": "another"}})
+        lock.record_intent(_intent(2, 1, 79))
+    assert repository.db.chats.find_one({"_id": 79}) is None
+    assert repository.find_partner(2, 5, T0, 102).outcome is MatchOutcome.MATCHED
+    _assert_chats_agree(repository, 2)
+    repository.close()
+
+
+def test_a_redelivered_end_clears_the_partner_the_first_attempt_left(
+        mongo_uri: str, database: str):
+    """The first attempt ended the chat and cleared its sender, then failed before the
+    partner: the re-delivered update (same id) clears the partner too."""
+    repository = _registered(mongo_uri, database, 2)
+    repository.find_partner(1, 5, T0, 101)
+    chat = repository.find_partner(2, 5, T0, 102).chat
+    assert chat is not None
+    assert repository.end_chat(1, EndReason.EXIT, T0 + 1, 201) is not None
+    repository.db.users.update_one({"_id": 2}, {"$set": {"chat": {
+        "id": chat.chat_id, "partner": 1, "partner_language": "en", "started_at": T0}}})
+    again = repository.end_chat(1, EndReason.EXIT, T0 + 2, 201)
+    assert again is not None and again.resumed
+    _assert_chats_agree(repository, 2)
+    two = repository.get_user(2)
+    assert two is not None and two.chat is None
     repository.close()

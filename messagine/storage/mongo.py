@@ -10,7 +10,8 @@ transactions (they cost more and abort under contention):
 - pairing takes a short lease on the language pool's lock document (one conditional
   upsert) so that choosing a partner and writing the chat cannot interleave with another
   instance's; the pairing's steps are written into the lock first as an intent that the
-  next holder rolls forward if the instance died half way;
+  next holder rolls forward if the instance died half way, and a pairing that finds one of
+  its users taken by another (a holder stalled past its lease) is undone;
 - a chat ends when its document's ``ended_at`` goes from null to a time, which only one
   of two concurrent callers can do.
 
@@ -441,20 +442,33 @@ class MongoRepository(DocumentOperations):
     def _pool_lock(self, language: str) -> PoolLease:
         return PoolLease(self.db.locks, f"lobby:{language}", self._apply_pairing)
 
-    def _apply_pairing(self, intent: Mapping[str, Any]) -> None:
-        """Write a pairing; every step is idempotent, so a crashed one is rolled forward."""
+    def _apply_pairing(self, intent: Mapping[str, Any]) -> bool:
+        """Write a pairing, and say whether it stands (docs/storage.md, find_partner).
+
+        Every step is idempotent, so the pool's next holder rolls forward a pairing whose
+        writer stopped half way; one whose chat has ended since is left alone, and one that
+        finds a user taken by another pairing (a holder stalled past its lease) is undone.
+        """
         a, b, chat_id = intent["searcher"], intent["partner"], intent["chat_id"]
-        with contextlib.suppress(DuplicateKeyError):  # written before the instance died
-            self.db.chats.insert_one({"_id": chat_id, **docs.chat_document(
-                [b, a], intent["language"], intent["started_at"], intent["update_id"])})
+        if not self._create("chats", chat_id, docs.chat_document(
+                [b, a], intent["language"], intent["started_at"], intent["update_id"])) and \
+                self.db.chats.find_one({"_id": chat_id, "ended_at": None}) is None:
+            return False  # ended (or undone) since: rolling it forward would reopen it
         for user, partner, partner_language in (
                 (a, b, intent["partner_language"]), (b, a, intent["language_of_searcher"])):
-            self.db.users.update_one(
-                {"_id": user, "chat": None},
-                {"$set": {"chat": docs.chat_field(chat_id, partner, partner_language,
-                                                  intent["started_at"]),
-                          "waiting_since": None}})
+            if not self.db.users.update_one(
+                    {"_id": user, "$or": [{"chat": None}, {"chat.id": chat_id}]},
+                    {"$set": {"chat": docs.chat_field(chat_id, partner, partner_language,
+                                                      intent["started_at"]),
+                              "waiting_since": None}}).matched_count:
+                for taken in (a, b):  # give back whom it took, waiting again if they were
+                    entry = self.db.lobby.find_one({"_id": taken}) or {}
+                    self.db.users.update_one({"_id": taken, "chat.id": chat_id}, {"$set": {
+                        "chat": None, "waiting_since": entry.get("since")}})
+                self.db.chats.delete_one({"_id": chat_id, "ended_at": None})
+                return False
         self.db.lobby.delete_many({"_id": {"$in": [a, b]}})
+        return True
 
     # -- lobby and chats -----------------------------------------------------------------
 
@@ -495,8 +509,10 @@ class MongoRepository(DocumentOperations):
                       "partner_language": partner["language"] if partner else language,
                       "started_at": now, "update_id": update_id}
             lock.record_intent(intent)
-            self._apply_pairing(intent)
+            paired = self._apply_pairing(intent)
             lock.clear_intent()
+        if not paired:  # a stalled pairing took the partner meanwhile: Telegram re-delivers
+            raise StorageUnavailable("mongo: the partner was taken by another pairing")
         return MatchResult(MatchOutcome.MATCHED, ActiveChat(
             intent["chat_id"], intent["partner"], intent["partner_language"], now),
             partner_waiting_since=candidate.since)
@@ -567,7 +583,12 @@ class MongoRepository(DocumentOperations):
             return matching.end_answer(chat_id, partner_id, self._language(partner_id),
                                        ended is not None, (closed or {}).get("closed_by_update"),
                                        update_id)
-        return self._ended_by(user_id, update_id)
+        ended = self._ended_by(user_id, update_id)
+        if ended is not None:  # a re-delivery: finish what the first attempt may have left
+            self.db.users.update_many(
+                {"_id": {"$in": [user_id, ended.partner_id]}, "chat.id": ended.chat_id},
+                {"$set": {"chat": None}})
+        return ended
 
     # -- message links -------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ class PoolLease:
     """A lease on one language pool: held for a few commands, expiring if its holder dies."""
 
     def __init__(self, locks: Any, key: str,
-                 roll_forward: Callable[[Mapping[str, Any]], None]) -> None:
+                 roll_forward: Callable[[Mapping[str, Any]], object]) -> None:
         """``locks``: the collection; ``roll_forward`` finishes a pairing left as an intent."""
         self._locks = locks
         self._key = key
@@ -58,9 +58,15 @@ class PoolLease:
             pause = min(pause * 2, 0.05)
 
     def record_intent(self, intent: Mapping[str, Any]) -> None:
-        """Write the pairing about to be applied, for the next holder if this one dies."""
-        self._locks.update_one(
+        """Write the pairing about to be applied, for the next holder if this one dies.
+
+        Raises ``StorageUnavailable`` if the lease has passed to another holder: this one
+        stalled past it, and what it read under the lease may be stale.
+        """
+        recorded = self._locks.update_one(
             {"_id": self._key, "holder": self._token}, {"$set": {"intent": dict(intent)}})
+        if not recorded.matched_count:
+            raise StorageUnavailable(f"mongo: the lease on {self._key} expired")
 
     def clear_intent(self) -> None:
         """Forget the intent: the pairing is applied."""
