@@ -23,7 +23,7 @@ from messagine.catalog import Catalog
 from messagine.conversation import Conversation
 from messagine.domain.erasure import is_tombstone
 from messagine.domain.ratings import RatingRule, may_rate
-from messagine.models import ChatRecord, EndReason, UserState
+from messagine.models import ChatRecord, EndReason, Report, UserState
 from messagine.payload import INT64
 from messagine.storage.port import Chats, MessageLog, ModerationRecords, PersonalRecords, Users
 from messagine.telegram import Telegram, TelegramBlocked, TelegramError, TelegramRejected
@@ -319,30 +319,44 @@ class Moderation:
             log.warning("a moderation button carried no report number")
             return "mod:malformed"
         report_id = int(number)
-        report = self.repository.resolve_report(report_id, "banned" if ban else "dismissed")
-        if report is None:
+        report = self.repository.open_report(report_id)
+        if report is None:  # another moderator's, or an old button's
             answer.send(t("mod.already_handled", report_id=report_id))
             return "mod:already_handled"
+        # The decision is carried out before the report is closed: a failure half way
+        # leaves it open, and Telegram's re-delivery of this press carries it out again
+        # (every step is idempotent). Closed first, the re-delivery would find it handled.
         if ban and is_tombstone(report.reported_id):  # they erased their data since
-            back = self.repository.ban_erased(report_id)
-            if back is None:  # a report kept no key to them: nothing can follow them
-                answer.send(t("mod.resolved_ban_unkeyed", report_id=report_id,
-                              admin_id=admin_id))
-                return "mod:ban_unkeyed"
-            for user_id in back:  # back already
-                target = self.repository.get_user(user_id)
-                user_t = self.catalog.for_user(target) if target else self.moderator_texts
-                self._tell(user_id, user_t("banned.told", reason=report.reason))
-            answer.send(t("mod.resolved_ban_erased", report_id=report_id, admin_id=admin_id))
-            return "mod:ban_erased"
+            return self._ban_erased(report, admin_id, answer)
         if ban:
             self.ban(report.reported_id, report.reason, Answer(self.telegram, chat_id),
                      update_id)
+            self.repository.resolve_report(report_id, "banned")
             answer.send(t("mod.resolved_ban", report_id=report_id,
                           reported_id=report.reported_id, admin_id=admin_id))
             return "mod:ban"
+        if self.repository.resolve_report(report_id, "dismissed") is None:  # raced a Ban
+            answer.send(t("mod.already_handled", report_id=report_id))
+            return "mod:already_handled"
         answer.send(t("mod.resolved_dismiss", report_id=report_id, admin_id=admin_id))
         return "mod:dismiss"
+
+    def _ban_erased(self, report: Report, admin_id: int, answer: Answer) -> str:
+        """Ban a reported user who has erased their data: by their key, if it was kept."""
+        t = self.moderator_texts
+        back = self.repository.ban_erased(report.report_id)
+        self.repository.resolve_report(report.report_id, "banned")
+        if back is None:  # a report kept no key to them: nothing can follow them
+            answer.send(t("mod.resolved_ban_unkeyed", report_id=report.report_id,
+                          admin_id=admin_id))
+            return "mod:ban_unkeyed"
+        for user_id in back:  # back already
+            target = self.repository.get_user(user_id)
+            user_t = self.catalog.for_user(target) if target else self.moderator_texts
+            self._tell(user_id, user_t("banned.told", reason=report.reason))
+        answer.send(t("mod.resolved_ban_erased", report_id=report.report_id,
+                      admin_id=admin_id))
+        return "mod:ban_erased"
 
     def _tell(self, user_id: int, text: str) -> None:
         try:

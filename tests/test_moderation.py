@@ -8,6 +8,7 @@ from conftest import MakeBot
 from messagine.dev.fake_bot_api import CONTENT_FIELDS, FakeBotApi, FakeUser
 from messagine.moderation import EVIDENCE_MESSAGES
 from messagine.runtime import Runtime
+from messagine.storage.port import StorageUnavailable
 
 ADMIN, MODERATORS = 900_001, -100_555_000
 ALICE, BOB, CAROL = 900_101, 900_102, 900_103
@@ -158,6 +159,51 @@ def test_moderators_ban_or_dismiss_from_the_report(
     assert "banned by admin" in moderators_chat(fake_api)[0]["text"]
     moderator_press["update_id"] = fake_api.next_update_id()
     assert bot.pipeline.process(moderator_press).outcome == "mod:already_handled"
+
+
+def test_a_ban_that_failed_half_way_is_carried_out_by_the_redelivery(
+    bot: Runtime, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser,
+    monkeypatch: pytest.MonkeyPatch
+):
+    """The store fails while the moderator's Ban is carried out (the report read, Bob's
+    ban not yet written): 503, and Telegram's re-delivery of the same press bans Bob and
+    takes him out of the lobby. A later press, and the old button after an unban, change
+    nothing."""
+    pair(bot, alice, bob)
+    bot.pipeline.process(bob.text("offensive"))
+    bot.pipeline.process(alice.command("report"))
+    bot.pipeline.process(alice.press_button("Spam"))
+    assert bot.pipeline.process(bob.command("find_chat")).outcome == "find:waiting"
+    report = moderators_chat(fake_api)[0]
+    admin = fake_api.user(ADMIN, "Admin")
+
+    def press() -> dict:
+        message = {**report, "chat": {"id": MODERATORS, "type": "supergroup"}}
+        return {"update_id": fake_api.next_update_id(), "callback_query": {
+            "id": "cb-ban", "from": admin.profile, "message": message, "chat_instance": "1",
+            "data": report["reply_markup"]["inline_keyboard"][0][0]["callback_data"]}}
+
+    repository = bot.repository
+    set_banned = repository.set_banned
+    failures = iter([StorageUnavailable("the store went away")])
+
+    def failing_once(user_id: int, banned: bool) -> bool:
+        for failure in failures:
+            raise failure
+        return set_banned(user_id, banned)
+
+    monkeypatch.setattr(repository, "set_banned", failing_once)
+    update = press()
+    assert bot.pipeline.process(update).status == 503
+    assert bot.pipeline.process(update).outcome == "mod:ban"
+    state = repository.get_user(BOB)
+    assert state is not None and state.banned and not state.waiting
+    assert repository.counts(BOB).waiting == 0
+    assert bot.pipeline.process(press()).outcome == "mod:already_handled"
+    assert bot.pipeline.process(admin.command(f"unban {BOB}")).outcome == "admin:unban"
+    assert bot.pipeline.process(press()).outcome == "mod:already_handled"
+    state = repository.get_user(BOB)
+    assert state is not None and not state.banned
 
 
 def test_a_short_429_is_waited_out_and_the_message_sent_once(

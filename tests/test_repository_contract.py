@@ -113,6 +113,17 @@ def test_a_released_claim_is_new_again(repository: Repository):
     assert not repository.open_update(update_id, profile(1), "en", T0 + 2, owner="x").busy
 
 
+def test_a_released_claim_of_an_update_with_no_user_is_new_again(repository: Repository):
+    """A moderator's press in the moderators' group (no private sender) that failed with a
+    503 is processed again when Telegram re-delivers it; once done it is a duplicate."""
+    update_id = next(_update_ids)
+    assert not repository.open_update(update_id, None, "en", T0, owner="failed").duplicate
+    repository.release_update(update_id, "failed")
+    assert not repository.open_update(update_id, None, "en", T0 + 1, owner="retry").duplicate
+    repository.finish_update(update_id, None, "retry")
+    assert repository.open_update(update_id, None, "en", T0 + 2, owner="x").duplicate
+
+
 def test_many_claims_of_one_user_stay_apart(repository: Repository):
     updates = [next(_update_ids) for _ in range(12)]
     for update_id in updates:

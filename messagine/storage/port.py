@@ -267,6 +267,10 @@ class ModerationRecords(Protocol):
         """
         ...
 
+    def open_report(self, report_id: int) -> Report | None:
+        """The report, if no moderator has resolved it yet (None: resolved, or no such)."""
+        ...
+
     def resolve_report(self, report_id: int, status: str) -> Report | None:
         """Move an open report to ``status`` once; None if it was not open."""
         ...

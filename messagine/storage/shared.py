@@ -91,6 +91,11 @@ class SharedOperations(Primitives):
         """See ``Repository.set_blocked``."""
         self._set_fields(user_id, {"blocked": blocked}, leave_lobby=blocked)
 
+    def open_report(self, report_id: int) -> Report | None:
+        """See ``Repository.open_report``."""
+        doc = self._document("reports", report_id)
+        return docs.report(report_id, doc) if doc and doc.get("status") == "open" else None
+
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
         return self._set_fields(user_id, {"banned": banned}, leave_lobby=banned)[0]

@@ -201,8 +201,8 @@ class SqliteRepository(SharedOperations):
         """See ``Repository.open_update``: claim, profile upsert and state in one transaction."""
         with self._transaction() as conn:
             if profile is None:
-                claimed = _insert(conn, "claimed_updates",
-                                  {"update_id": update_id, "claimed_at": now}, "OR IGNORE").rowcount
+                claimed = _insert(conn, "claimed_updates", {"update_id": update_id,
+                                  "claimed_at": now, "owner": owner}, "OR IGNORE").rowcount
                 return OpenedUpdate(duplicate=not claimed)
             banned = self.get_user(profile.user_id)
             if banned is not None and banned.banned:  # claimed alone (domain.erasure)
