@@ -392,3 +392,30 @@ def test_a_redelivered_end_clears_the_partner_the_first_attempt_left(
     two = repository.get_user(2)
     assert two is not None and two.chat is None
     repository.close()
+
+
+def _fail_once(repository: MongoRepository, command: str, collection: str) -> None:
+    """The server fails the next ``command`` on ``collection`` (MongoDB's failCommand
+    fail point; 112, a write conflict: transient, and not retried by pymongo itself)."""
+    repository.db.client.admin.command("configureFailPoint", "failCommand", mode={"times": 1},
+                                       data={"failCommands": [command], "errorCode": 112,
+                                             "namespace": f"{repository.db.name}.{collection}"})
+
+
+@pytest.mark.parametrize(("command", "collection"), [("update", "users"), ("delete", "lobby")])
+def test_a_lobby_timeout_that_failed_half_way_is_finished_by_the_next_run(
+        mongo_uri: str, database: str, command: str, collection: str):
+    """Either write of expiring a wait may fail; the next run still expires it, and the
+    user is left neither waiting without an entry nor with an entry and not waiting."""
+    from messagine.storage.port import StorageUnavailable
+
+    repository = _registered(mongo_uri, database, 2)
+    repository.find_partner(1, 5, T0, 101)
+    _fail_once(repository, command, collection)
+    with pytest.raises(StorageUnavailable):
+        repository.expire_lobby(T0 + 60, 10)
+    assert repository.expire_lobby(T0 + 60, 10) == [(1, "en")]
+    one = repository.get_user(1)
+    assert one is not None and not one.waiting
+    assert repository.counts(1).waiting == 0
+    repository.close()

@@ -405,11 +405,14 @@ class MongoRepository(DocumentOperations):
         expired: list[tuple[int, str]] = []
         for entry in list(self.db.lobby.find({"since": {"$lt": waiting_before}},
                                              {"language": 1}).sort("since", 1).limit(limit)):
+            due = {"_id": entry["_id"], "since": {"$lt": waiting_before}}
             with self._pool_lock(entry["language"]):
-                if self.db.lobby.delete_one(
-                        {"_id": entry["_id"], "since": {"$lt": waiting_before}}).deleted_count:
+                # The user's side first: a failure in between leaves the entry, which the
+                # next run finds and finishes (the other way round, nothing would).
+                if self.db.lobby.find_one(due, {"_id": 1}) is not None:
                     self.db.users.update_one({"_id": entry["_id"], "chat": None},
                                              {"$set": {"waiting_since": None}})
+                if self.db.lobby.delete_one(due).deleted_count:
                     expired.append((int(entry["_id"]), entry["language"]))
         return expired
 
@@ -453,7 +456,7 @@ class MongoRepository(DocumentOperations):
         if not self._create("chats", chat_id, docs.chat_document(
                 [b, a], intent["language"], intent["started_at"], intent["update_id"])) and \
                 self.db.chats.find_one({"_id": chat_id, "ended_at": None}) is None:
-            return False  # ended (or undone) since: rolling it forward would reopen it
+            return False  # ended since: rolling it forward would reopen it
         for user, partner, partner_language in (
                 (a, b, intent["partner_language"]), (b, a, intent["language_of_searcher"])):
             if not self.db.users.update_one(
