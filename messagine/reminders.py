@@ -204,11 +204,12 @@ class Reminders:
                             pacer: Pacer, deadline: float) -> None:
         """The one notice before an inactive account's erasure, naming its date."""
         erase_on = datetime.fromtimestamp(self.clock() + periods.notice_days * DAY, UTC)
-        unsent: list[int] = []
+        unsent: list[int] = []  # claimed, and not (yet) told
         try:
             while time.monotonic() < deadline - 1.0 and (
                     noticed := self.repository.claim_inactivity_notices(cut, self.clock(),
                                                                         BATCH)):
+                unsent.extend(user_id for user_id, _ in noticed)
                 for user_id, language in noticed:
                     t = self.catalog.for_language(language)
                     pacer.wait()
@@ -218,16 +219,18 @@ class Reminders:
                             keyboards.idle(t))
                     except TelegramBlocked:
                         self.repository.set_blocked(user_id, blocked=True)
+                        unsent.remove(user_id)
                         summary.failed += 1
                     except TelegramError:
-                        unsent.append(user_id)
                         summary.failed += 1
                     else:
+                        unsent.remove(user_id)
                         summary.inactivity_notices += 1
         finally:
-            # Given back after the loop (it would claim them again at once): no erasure
-            # without the notice; the next run tries again. A 403 is final: the user
-            # blocked the bot and no notice can reach them.
+            # Given back after the loop (it would claim them again at once), and also when
+            # the run stops on an error half way through a batch: no erasure without the
+            # notice; the next run tries again. A 403 is final: the user blocked the bot
+            # and no notice can reach them.
             for user_id in unsent:
                 self.repository.release_inactivity_notice(user_id)
 

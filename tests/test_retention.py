@@ -5,12 +5,15 @@ erased as /deleteme erases it, unless its user came back."""
 
 from __future__ import annotations
 
+import flask
 import pytest
 
 from conftest import Clock, MakeBot
+from messagine import job
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.runtime import Runtime
-from support.http_entries import JOB_SECRET, post, run_job
+from messagine.storage.port import StorageUnavailable
+from support.http_entries import APP, JOB_SECRET, post, run_job
 
 HOUR, DAY = 3_600.0, 86_400.0
 IDLE_ENDED = "Dieser Chat wurde beendet, weil lange niemand darin geschrieben hat."
@@ -106,6 +109,36 @@ def test_an_inactive_account_gets_one_notice_then_is_erased(
     assert bot.repository.get_user(back.id) is not None
     clock.advance(30 * DAY)
     assert run_job(bot)["inactivity_notices"] == 1, "a new absence, a new notice"
+
+
+def test_notices_claimed_by_a_run_the_store_stopped_are_sent_by_the_next(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock, monkeypatch: pytest.MonkeyPatch):
+    """The first user of a batch has blocked the bot, and marking them blocked fails (the
+    store went away): the run stops half way through its batch. The users it had claimed
+    and not told get their notice from the next run: nobody is erased without it."""
+    blocked = fake_api.user(951, "Blocked")
+    post(bot, blocked.command("start"))
+    clock.advance(HOUR)  # the longest away: first in the batch
+    others = [fake_api.user(952, "Second"), fake_api.user(953, "Third")]
+    for user in others:
+        post(bot, user.command("start"))
+    clock.advance(24 * DAY)
+    fake_api.reset_calls()
+    fake_api.fail("sendMessage", chat_id=blocked.id, status=403)
+
+    def store_gone(user_id: int, blocked: bool) -> None:
+        raise StorageUnavailable("the store went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(bot.repository, "set_blocked", store_gone)
+        with APP.test_request_context("/", method="POST",
+                                      headers={job.JOB_SECRET_HEADER: JOB_SECRET}):
+            assert job.handle(flask.request, bot)[1] != 200
+    assert all(fake_api.calls_of("sendMessage", user.id) == [] for user in others)
+    # All three: the first was never marked blocked, so it is tried again too.
+    assert run_job(bot)["inactivity_notices"] == 3
+    for user in others:
+        assert user.last()["text"].startswith("You haven't used Messagine for a long time.")
 
 
 def test_banned_users_and_age_refusals_are_left_to_their_own_rules(
