@@ -9,7 +9,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -418,4 +418,47 @@ def test_a_lobby_timeout_that_failed_half_way_is_finished_by_the_next_run(
     one = repository.get_user(1)
     assert one is not None and not one.waiting
     assert repository.counts(1).waiting == 0
+    repository.close()
+
+
+class _FailAfter(monitoring.CommandListener):
+    """Arms the fail point once ``after`` commands named ``command`` have succeeded."""
+
+    def __init__(self, arm: Callable[[], None], command: str, after: int) -> None:
+        self.arm, self.command, self.left = arm, command, after
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if event.command_name == self.command:
+            self.left -= 1
+            if self.left == 0:
+                self.arm()
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_claim_batch_cut_short_by_the_store_returns_what_it_claimed(
+        mongo_uri: str, database: str):
+    """The third claim of a batch of inactivity notices fails: the two claimed are
+    returned (to be told, or given back), not left claimed and untold."""
+    from messagine.domain.retention import Cutoffs
+
+    _registered(mongo_uri, database, 3).close()
+    admin: pymongo.MongoClient[Any] = pymongo.MongoClient(mongo_uri)
+    listener = _FailAfter(lambda: admin.admin.command(
+        "configureFailPoint", "failCommand", mode={"times": 1},
+        data={"failCommands": ["findAndModify"], "errorCode": 112,
+              "namespace": f"{database}.users"}), "findAndModify", 2)
+    repository = MongoRepository(mongo_uri, database, client_factory=lambda *a, **k: (
+        pymongo.MongoClient(*a, event_listeners=[listener], **k)))
+    cut = Cutoffs(active_before=T0 + 1, notice_seen_before=T0 + 1, noticed_before=T0,
+                  erase_seen_before=T0)
+    claimed = repository.claim_inactivity_notices(cut, T0 + 2, 10)
+    assert len(claimed) == 2
+    assert [u for u, _ in repository.claim_inactivity_notices(cut, T0 + 2, 10)] == [
+        u for u in (1, 2, 3) if u not in {c for c, _ in claimed}]
+    admin.close()
     repository.close()

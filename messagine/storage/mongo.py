@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from messagine.domain import age_gate, albums, matching
 from messagine.domain.age_gate import stores_profile
@@ -85,11 +85,19 @@ def _match(filters: Iterable[docs.Filter]) -> dict[str, Any]:
 
 def _claim_each(collection: Any, query: dict[str, Any], claimed: dict[str, Any], limit: int,
                 **options: Any) -> list[dict[str, Any]]:
-    """Set ``claimed`` in up to ``limit`` documents matching ``query``, one at a time."""
+    """Set ``claimed`` in up to ``limit`` documents matching ``query``, one at a time.
+
+    A failure after the first returns those claimed so far: the caller acts on them (or
+    gives them back), and meets the failure on its next call.
+    """
     found: list[dict[str, Any]] = []
-    while len(found) < limit and (doc := collection.find_one_and_update(
-            query, {"$set": claimed}, **options)) is not None:
-        found.append(doc)
+    try:
+        while len(found) < limit and (doc := collection.find_one_and_update(
+                query, {"$set": claimed}, **options)) is not None:
+            found.append(doc)
+    except PyMongoError:
+        if not found:
+            raise
     return found
 
 
