@@ -462,3 +462,18 @@ def test_a_claim_batch_cut_short_by_the_store_returns_what_it_claimed(
         u for u in (1, 2, 3) if u not in {c for c, _ in claimed}]
     admin.close()
     repository.close()
+
+
+def test_an_intent_whose_partner_stopped_waiting_pairs_nobody(mongo_uri: str, database: str):
+    """An intent left in the lock (its pairing undone, or its writer dead before the chat
+    was written) chose user 2 from the lobby; 2 has stopped waiting since. Rolling it
+    forward must not put 2 in a chat they did not ask for."""
+    repository = _registered(mongo_uri, database, 4)
+    repository.find_partner(2, 5, T0, 102)
+    assert repository.leave_lobby(2)
+    _leave_intent(repository, _intent(3, 2, 80))
+    assert repository.find_partner(4, 5, T0 + 1, 104).outcome is MatchOutcome.WAITING
+    _assert_chats_agree(repository, 4)
+    assert all(repository.get_user(u).chat is None for u in (2, 3))  # type: ignore[union-attr]
+    assert repository.db.chats.find_one({"_id": 80}) is None
+    repository.close()

@@ -458,17 +458,21 @@ class MongoRepository(DocumentOperations):
 
         Every step is idempotent, so the pool's next holder rolls forward a pairing whose
         writer stopped half way; one whose chat has ended since is left alone, and one that
-        finds a user taken by another pairing (a holder stalled past its lease) is undone.
+        finds a user taken by another pairing (a holder stalled past its lease), or the
+        partner no longer waiting, is undone.
         """
         a, b, chat_id = intent["searcher"], intent["partner"], intent["chat_id"]
         if not self._create("chats", chat_id, docs.chat_document(
                 [b, a], intent["language"], intent["started_at"], intent["update_id"])) and \
                 self.db.chats.find_one({"_id": chat_id, "ended_at": None}) is None:
             return False  # ended since: rolling it forward would reopen it
-        for user, partner, partner_language in (
-                (a, b, intent["partner_language"]), (b, a, intent["language_of_searcher"])):
+        # The partner was chosen from the lobby: taken only while still waiting there.
+        waiting = {"chat": None, "waiting_since": {"$ne": None}}
+        for user, partner, partner_language, free in (
+                (a, b, intent["partner_language"], {"chat": None}),
+                (b, a, intent["language_of_searcher"], waiting)):
             if not self.db.users.update_one(
-                    {"_id": user, "$or": [{"chat": None}, {"chat.id": chat_id}]},
+                    {"_id": user, "$or": [free, {"chat.id": chat_id}]},
                     {"$set": {"chat": docs.chat_field(chat_id, partner, partner_language,
                                                       intent["started_at"]),
                               "waiting_since": None}}).matched_count:
