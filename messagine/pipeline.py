@@ -273,14 +273,23 @@ class Pipeline:
         its process stopped mid-request. A chat message is relayed again unless its
         copy's link exists (written right after the copy: a message that has one was
         relayed); a command is run again, which every command tolerates (a search or an
-        ending resumes by update id, the rest answer again). Buttons and other texts are
-        taken as done.
+        ending resumes by update id, the rest answer again), and so is a button whose route
+        ``resumes`` (ending a chat, a report, the age answer, erasure: a crash half way
+        would otherwise leave them half done). Other buttons and texts are taken as done.
         """
+        if chat.type != "private" or user is None:
+            return None
+        query = update.callback_query if kind == "callback_query" else None
+        if query is not None:
+            found = routes.button_route(query.data or "")
+            resumes = found is not None and found[0].resumes and (
+                not user.banned or found[0].while_banned)
+            return user if resumes else None
         message = update.message if kind == "message" else None
-        if message is None or chat.type != "private" or message.from_user is None:
+        if message is None or message.from_user is None:
             return None
         command = (message.text or "").startswith("/")
-        if user is None or user.banned or (user.chat is None and not command):
+        if user.banned or (user.chat is None and not command):
             return None
         if user.chat is not None and self.repository.find_message(
                 user.chat.chat_id, user.user_id, message.message_id) is not None:

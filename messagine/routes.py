@@ -68,7 +68,10 @@ class Route:
     ``button``: the callback data of its button (a prefix when ``prefix`` is set, the rest
     of the data being the call's argument); ``menu``: listed in the command menu;
     ``while_banned``: still answered for a banned user (privacy rights); ``admin_only``:
-    answered for admins, an unknown command for everyone else.
+    answered for admins, an unknown command for everyone else; ``resumes``: a button whose
+    action may run again for the same update (it resumes by update id, or repeats its
+    change), so a press whose first attempt died half way is carried out on re-delivery.
+    Every command is run again that way; a button without it is taken as done.
     """
 
     name: str
@@ -79,6 +82,7 @@ class Route:
     menu: bool = False
     while_banned: bool = False
     admin_only: bool = False
+    resumes: bool = False
 
 
 def _s(call: Call) -> Services:
@@ -125,7 +129,7 @@ ROUTES: tuple[Route, ...] = (
           commands=("analytics",)),
     # Buttons only.
     Route("exit_yes", lambda c: _s(c).conversation.exit_chat(c.user, c.answer, c.update_id),
-          button="exit:yes"),
+          button="exit:yes", resumes=True),
     Route("exit_no", lambda c: _s(c).conversation.keep_chat(c.user, c.answer),
           button="exit:no"),
     Route("language_all", lambda c: _s(c).conversation.toggle_languages(
@@ -133,7 +137,7 @@ ROUTES: tuple[Route, ...] = (
     Route("language_top", lambda c: _s(c).conversation.toggle_languages(
         c.user, c.answer, show_all=False), button="lang:top"),
     Route("choose_language", lambda c: _s(c).conversation.set_language(
-        c.user, c.argument, c.answer, c.update_id), button="lang=", prefix=True),
+        c.user, c.argument, c.answer, c.update_id), button="lang=", prefix=True, resumes=True),
     Route("share_send", lambda c: _s(c).relay.confirm_share(
         c.user, c.argument, c.answer, c.update_id), button="share=", prefix=True),
     Route("share_cancel", lambda c: _s(c).relay.cancel_share(c.user, c.answer),
@@ -141,13 +145,13 @@ ROUTES: tuple[Route, ...] = (
     Route("say_hi", lambda c: _s(c).conversation.say_hi(c.user, c.answer, c.update_id),
           button="hi"),
     Route("any_language", lambda c: _s(c).conversation.join_any_language(
-        c.user, c.answer, c.update_id), button="anylang"),
+        c.user, c.answer, c.update_id), button="anylang", resumes=True),
     Route("age_yes", lambda c: _s(c).conversation.confirm_age(c.user, c.answer, c.update_id),
-          button="age:yes"),
+          button="age:yes", resumes=True),
     Route("age_no", lambda c: _s(c).privacy.refuse_age(c.user, c.answer, c.update_id),
-          button="age:no"),
+          button="age:no", resumes=True),
     Route("deleteme_yes", lambda c: _s(c).privacy.delete(c.user, c.answer, c.update_id),
-          button="deleteme:yes", while_banned=True),
+          button="deleteme:yes", while_banned=True, resumes=True),
     Route("deleteme_no", lambda c: _s(c).privacy.keep(c.user, c.answer),
           button="deleteme:no", while_banned=True),
     Route("rate", lambda c: _s(c).moderation.rate(c.user, c.argument, c.answer),
@@ -157,7 +161,7 @@ ROUTES: tuple[Route, ...] = (
     Route("report_cancel", lambda c: _s(c).moderation.cancel_report(c.user, c.answer),
           button="report:cancel"),
     Route("report_reason", lambda c: _s(c).moderation.report(
-        c.user, c.argument, c.answer, c.update_id), button="report:", prefix=True),
+        c.user, c.argument, c.answer, c.update_id), button="report:", prefix=True, resumes=True),
     # Admins only: an unknown command for everyone else, so they cannot be used to probe
     # the bot or to reach a partner.
     *(Route(name, _admin_command(name), commands=(name,), admin_only=True)

@@ -382,6 +382,27 @@ def test_a_command_claimed_by_an_attempt_that_died_runs_on_redelivery(
     assert deliver(press).outcome == "duplicate"
 
 
+def test_a_press_that_resumes_runs_again_when_its_attempt_died(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock, alice: FakeUser, bob: FakeUser):
+    """Yes under "end the chat?", claimed by an attempt that died: the re-delivery ends the
+    chat and tells both (ending resumes by update id), once. A press whose route does not
+    resume (No) is taken as done."""
+    deliver = bot.pipeline.process
+    pair(deliver, alice, bob)
+    deliver(alice.command("exit_chat"))
+    keep = alice.press_button("No")
+    claim_of_a_dead_attempt(bot, clock, keep, alice)
+    assert deliver(keep).outcome == "duplicate"
+    yes = alice.press_button("Yes")
+    claim_of_a_dead_attempt(bot, clock, yes, alice)
+    assert deliver(yes).outcome == "button:exit:closed"
+    for user in (alice, bob):
+        state = bot.repository.get_user(user.id)
+        assert state is not None and state.chat is None
+    assert bob.last()["text"].startswith("Chat closed by your partner.")
+    assert deliver(yes).outcome == "duplicate", "done now: never twice"
+
+
 def test_a_redelivery_during_the_first_attempt_is_503_and_then_a_duplicate(
         bot: Runtime, fake_api: FakeBotApi, clock: Clock, alice: FakeUser, bob: FakeUser):
     deliver = bot.pipeline.process
