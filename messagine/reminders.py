@@ -72,6 +72,7 @@ class RunSummary:
     idle_chats_ended: int = 0
     inactivity_notices: int = 0
     accounts_erased: int = 0
+    erasures_finished: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -81,7 +82,8 @@ class RunSummary:
                 "stopped_early": self.stopped_early, "purged": self.purged,
                 "idle_chats_ended": self.idle_chats_ended,
                 "inactivity_notices": self.inactivity_notices,
-                "accounts_erased": self.accounts_erased}
+                "accounts_erased": self.accounts_erased,
+                "erasures_finished": self.erasures_finished}
 
 
 class Pacer:
@@ -144,6 +146,7 @@ class Reminders:
         token = set_deadline(deadline)
         pacer = Pacer(MESSAGES_PER_SECOND)
         try:
+            self._finish_erasures(summary, deadline)
             self._retention(summary, pacer, deadline)
             self._lobby_timeouts(summary, pacer, deadline)
             self._language_offers(summary, pacer, deadline)
@@ -260,6 +263,18 @@ class Reminders:
                 self.repository.delete_user(user_id)
                 summary.accounts_erased += 1
             self.analytics.flush()  # no update's pipeline flushes for the job
+
+    def _finish_erasures(self, summary: RunSummary, deadline: float) -> None:
+        """Finish the erasures that an outage or a crash stopped half way.
+
+        /deleteme's, an age refusal's or this job's; a user who came back since keeps
+        their account.
+        """
+        while time.monotonic() < deadline - 1.0 and (
+                unfinished := self.repository.unfinished_erasures(BATCH)):
+            for user_id in unfinished:
+                self.repository.delete_user(user_id)
+                summary.erasures_finished += 1
 
     def _lobby_timeouts(self, summary: RunSummary, pacer: Pacer, deadline: float) -> None:
         waiting_before = self.clock() - self.rules.lobby_timeout_s

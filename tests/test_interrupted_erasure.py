@@ -20,7 +20,7 @@ from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.runtime import Runtime
 from messagine.storage import documents as docs
 from messagine.storage.port import StorageUnavailable
-from support.http_entries import post
+from support.http_entries import JOB_SECRET, post, run_job
 from support.raw_store import dump, values
 
 DAY = 86_400.0
@@ -121,6 +121,63 @@ def test_an_interrupted_deleteme_completes_when_telegram_delivers_it_again(
     post(bot, alice.command("find_chat"))
     state = bot.repository.get_user(ALICE)
     assert state is not None and state.chat is None, "the report's protection was lost"
+
+
+def _cut_short(runtime: Runtime, user: FakeUser, monkeypatch: pytest.MonkeyPatch,
+               where: str) -> None:
+    """/deleteme's press meets an outage, and is never delivered again (Telegram gave up,
+    or the user went away)."""
+    post(runtime, user.command("deleteme"))
+    press = user.press_button("Delete everything")
+    with outage_in(monkeypatch, *_fault(runtime, where)) as calls:
+        assert runtime.pipeline.process(press).status == 503
+        assert calls, "the outage struck"
+
+
+@pytest.mark.parametrize("where", ["erasure", "kept"])
+def test_an_erasure_cut_short_and_never_redelivered_is_finished_by_the_job(
+        make_bot: MakeBot, fake_api: FakeBotApi, monkeypatch: pytest.MonkeyPatch, where: str):
+    """MongoDB and Firestore delete the user document first: an erasure cut short there
+    left records naming the user that no later update would find. The scheduled job
+    finishes it. (SQLite's erasure is one transaction: cut short, nothing was erased, and
+    the user still has their account to ask again.)"""
+    runtime = make_bot(RECENT_PARTNERS="0", JOB_SECRET=JOB_SECRET)
+    alice, bob, carol = (fake_api.user(i, n) for i, n in ((ALICE, "Alice"), (BOB, "Bob"),
+                                                           (CAROL, "Carol")))
+    for update in (alice.command("find_chat"), bob.command("find_chat"), bob.text("hi"),
+                   alice.command("report")):
+        post(runtime, update)
+    post(runtime, alice.press_button("Spam"))
+    for update in (carol.command("find_chat"), bob.command("find_chat"), bob.text("hey")):
+        post(runtime, update)
+    _cut_short(runtime, bob, monkeypatch, where)
+    one_transaction = runtime.repository.backend == "sqlite"
+    assert (BOB in values(dump(runtime.repository))) is True
+    assert run_job(runtime)["erasures_finished"] == (0 if one_transaction else 1)
+    if one_transaction:
+        assert runtime.repository.get_user(BOB) is not None, "nothing was erased"
+        return
+    assert BOB not in values(dump(runtime.repository)), "a record still names the erased user"
+    carol_state = runtime.repository.get_user(CAROL)
+    assert carol_state is not None and carol_state.chat is None
+    (kept,) = [r for r in dump(runtime.repository)["reports"] if r["reporter_id"] == ALICE]
+    assert kept["reported_id"] < 0 and len(kept["reported_key"]) == 64
+    assert run_job(runtime)["erasures_finished"] == 0, "finished once"
+
+
+def test_a_user_back_before_the_job_keeps_their_new_account(
+        make_bot: MakeBot, fake_api: FakeBotApi, monkeypatch: pytest.MonkeyPatch):
+    """An erasure cut short, and its user back (/start) before the job runs: the job
+    leaves their new account alone and forgets the unfinished erasure."""
+    runtime = make_bot(RECENT_PARTNERS="0", JOB_SECRET=JOB_SECRET)
+    bob = fake_api.user(BOB, "Bob")
+    post(runtime, bob.command("find_chat"))
+    _cut_short(runtime, bob, monkeypatch, "erasure")
+    post(runtime, bob.command("start"))
+    assert run_job(runtime)["erasures_finished"] == 0
+    assert runtime.repository.get_user(BOB) is not None
+    assert runtime.repository.unfinished_erasures(10) == []
+    assert not dump(runtime.repository).get("erasures"), "the journal entry stayed"
 
 
 def test_a_user_back_while_their_erasure_runs_keeps_a_consistent_new_chat(

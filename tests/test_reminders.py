@@ -183,7 +183,7 @@ def test_the_entry_point_needs_the_job_secret(fake_api: FakeBotApi, tmp_path: Pa
                              "purged": {"messages": 0, "claims": 0, "chats": 0,
                                         "reports": 0, "exclusions": 0, "age_refusals": 0},
                              "idle_chats_ended": 0, "inactivity_notices": 0,
-                             "accounts_erased": 0}
+                             "accounts_erased": 0, "erasures_finished": 0}
         assert "reminders run" in server.log()
     finally:
         server.stop()

@@ -221,6 +221,15 @@ def profile_fields(profile: Profile, now: float) -> dict[str, Any]:
             "last_seen": now, "nudge_pending": True, "notice_pending": True}
 
 
+def came_back(doc: Mapping[str, Any] | None) -> bool:
+    """Whether the user document found after an unfinished erasure is a user back.
+
+    Not back: no document, or what the erasure keeps (a ban's remnant, an age refusal's
+    marker).
+    """
+    return doc is not None and kept_profile(0, doc) is None
+
+
 def new_user_fields(default_language: str, now: float) -> dict[str, Any]:
     """The fields a user's first update creates besides the profile."""
     return {"first_seen": now, "language": default_language, "blocked": False,

@@ -402,6 +402,14 @@ class PersonalRecords(Protocol):
         """
         ...
 
+    def unfinished_erasures(self, limit: int) -> list[int]:
+        """Up to ``limit`` users whose ``delete_user`` stopped half way, for the job.
+
+        An outage or a crash cut it short. A user who came back since keeps their account
+        (what was erased already stays erased), and is not among them.
+        """
+        ...
+
 
 class Schema(Protocol):
     """Setting the store up."""

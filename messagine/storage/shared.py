@@ -196,6 +196,11 @@ class SharedOperations(Primitives):
             (doc for _, doc in exclusions), ((int(key), doc) for key, doc in reports),
             ((str(key), doc) for key, doc in album_docs))
 
+    def unfinished_erasures(self, limit: int) -> list[int]:
+        """See ``Repository.unfinished_erasures``: none where erasure is one transaction."""
+        del limit
+        return []
+
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
         for chat_id, doc in self._latest_chats(user_id, 1):
@@ -267,6 +272,9 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         paired again: the chat their new document names, and its partner, are theirs
         again, and are left alone.
         """
+        # A journal entry until the last step: an erasure stopped half way (the user
+        # document already gone) is finished by the job (unfinished_erasures).
+        self._create("erasures", user_id, {"user_id": user_id})
         counts: Counter[str] = Counter(self._erase_profile(user_id))
         for kind, collection, names in docs.ERASED:
             for name in names:
@@ -287,7 +295,19 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
                            docs.kept(doc, name, partner, key_field, stones, key))
         for entry_id, _ in self._any_of("lobby", (("avoid", "array_contains", user_id),)):
             self._array_change("lobby", entry_id, "avoid", user_id, add=False)
+        self._delete_where("erasures", ("user_id", "==", user_id))
         return counts
+
+    def unfinished_erasures(self, limit: int) -> list[int]:
+        """See ``Repository.unfinished_erasures``: the journal entries ``delete_user`` left."""
+        unfinished = []
+        for _, entry in self._first("erasures", (), "user_id", limit):
+            user_id = int(entry["user_id"])
+            if docs.came_back(self._document("users", user_id)):
+                self._delete_where("erasures", ("user_id", "==", user_id))
+            else:
+                unfinished.append(user_id)
+        return unfinished
 
     def _chat_since_return(self, user_id: int) -> int | None:
         """The chat of a user erased a moment ago who came back and was paired meanwhile."""
