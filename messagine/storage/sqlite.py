@@ -27,7 +27,6 @@ from messagine.domain.erasure import (
     protection_key,
 )
 from messagine.domain.flood import FloodRule, admit
-from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.domain.retention import Cutoffs, chat_idle, notice_due
 from messagine.models import (
     ActiveChat,
@@ -277,6 +276,21 @@ class SqliteRepository(SharedOperations):
             return conn.execute(f"UPDATE users SET {_assignments(fields)} WHERE id = :user",
                                 {**fields, "user": user_id}).rowcount > 0, left
 
+    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
+        """Read, decide and write in one write transaction, whose lock guards ``reads`` too."""
+        del reads
+        with self._transaction() as conn:
+            doc = self._document(collection, key)
+            if doc is None or (fields := change(doc)) is None:
+                return None
+            row = {name: json.dumps(value) if isinstance(value, dict) else value  # a map: JSON
+                   for name, value in fields.items()}
+            conn.execute(f"UPDATE {collection} SET {_assignments(row)}"  # the names are ours
+                         f" WHERE {_KEYS.get(collection, 'id')} = :_key", {**row, "_key": key})
+        return {**doc, **fields}
+
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
         with self._transaction() as conn:
@@ -388,14 +402,6 @@ class SqliteRepository(SharedOperations):
         assert report_id is not None  # noqa: S101 - an INSERT always sets lastrowid
         return replace(report, report_id=report_id)
 
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """See ``Repository.resolve_report``."""
-        with self._transaction() as conn:
-            changed = conn.execute("UPDATE reports SET status = ? WHERE id = ? AND status = 'open'",
-                                   (status, report_id)).rowcount
-            found = _rows(conn, "SELECT * FROM reports WHERE id = ?", (report_id,))
-        return docs.report(report_id, found[0]) if changed and found else None
-
     def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
         """Each query's count, in one read transaction."""
         with self._transaction(write=False) as conn:
@@ -438,38 +444,12 @@ class SqliteRepository(SharedOperations):
             conn.execute("UPDATE users SET newest_message = MAX(newest_message, ?) WHERE id = ?",
                          (message_id, user_id))
 
-    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
-                  rule: RatingRule) -> RatingVerdict:
-        """See ``Repository.rate_user``: read, rule and write in one transaction."""
-        with self._transaction() as conn:
-            row = conn.execute("SELECT ratings FROM users WHERE id = ?", (rated_id,)).fetchone()
-            if row is None:
-                return RatingVerdict(counted=False)
-            state, verdict = rate(docs.rating_state(row[0]), chat_id, positive, now, rule)
-            conn.execute("UPDATE users SET ratings = ? WHERE id = ?",
-                         (json.dumps(docs.rating_document(state)), rated_id))
-        return verdict
-
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
                      other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``."""
         with self._transaction() as conn:
             _insert(conn, "exclusions", docs.exclusion_document(user_id, other_id, reason, now,
                                                                 other_key), "OR IGNORE")
-
-    def _ban_on_return(self, report_id: int) -> str | None:
-        with self._transaction() as conn:
-            row = conn.execute("SELECT reported_key FROM reports WHERE id = ?",
-                               (report_id,)).fetchone()
-            if row is None or row[0] is None:
-                return None
-            conn.execute("UPDATE reports SET ban_on_return = 1 WHERE id = ?", (report_id,))
-            return str(row[0])
-
-    def _bans_on_return(self, key: str) -> bool:
-        with self._transaction(write=False) as conn:
-            return conn.execute("SELECT 1 FROM reports WHERE reported_key = ? AND ban_on_return"
-                                " = 1", (key,)).fetchone() is not None
 
     def _waiting(self) -> list[int]:
         with self._transaction(write=False) as conn:
