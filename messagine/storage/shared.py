@@ -1,15 +1,15 @@
 """The port operations the adapters perform alike, each written once over a few primitives.
 
 ``SharedOperations`` is what all three adapters do the same way: the flags, the counts,
-the bans on return, a rating, resolving a report, the inactive accounts, the state of a
-user, the export, the last chat, a chat by its id, whom a searcher avoids and a
-re-delivered ending, read as documents (``documents`` maps them; SQLite reads its rows
-so). ``DocumentOperations`` adds what MongoDB and Firestore do alike: erasure, an
-exclusion and whether a search resumes. Each operation stands on primitives that the
-adapter gives, each one read or one write under the adapter's own guard. They are
-declared as Protocols (``Primitives``, ``DocumentPrimitives``), which the operations'
-classes subclass: an adapter that lacks one stays abstract, and mypy refuses to make it.
-No driver is imported here.
+the newest message, the bans on return, a rating, resolving a report, the inactive
+accounts, the state of a user, the export, the last chat, a chat by its id, whom a
+searcher avoids and a re-delivered ending, read as documents (``documents`` maps them;
+SQLite reads its rows so). ``DocumentOperations`` adds what MongoDB and Firestore do
+alike: erasure, an exclusion and whether a search resumes. Each operation stands on
+primitives that the adapter gives, each one read or one write under the adapter's own
+guard. They are declared as Protocols (``Primitives``, ``DocumentPrimitives``), which
+the operations' classes subclass: an adapter that lacks one stays abstract, and mypy
+refuses to make it. No driver is imported here.
 """
 
 from __future__ import annotations
@@ -110,6 +110,12 @@ class SharedOperations(Primitives):
     def release_nudge(self, user_id: int) -> None:
         """See ``Repository.release_nudge``."""
         self._set_fields(user_id, {"nudge_pending": True})
+
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """See ``Repository.note_newest``: the larger id wins."""
+        self._change("users", user_id, ("newest_message",), lambda doc: {
+            "newest_message": message_id} if message_id > int(doc.get("newest_message") or 0)
+            else None)
 
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts``."""

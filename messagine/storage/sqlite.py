@@ -438,12 +438,6 @@ class SqliteRepository(SharedOperations):
                 " GROUP BY sender_id", (chat_id,)).fetchall()
         return {int(sender): int(count) for sender, count in rows}
 
-    def note_newest(self, user_id: int, message_id: int) -> None:
-        """See ``Repository.note_newest``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET newest_message = MAX(newest_message, ?) WHERE id = ?",
-                         (message_id, user_id))
-
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
                      other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``."""
