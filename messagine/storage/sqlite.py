@@ -203,11 +203,12 @@ class SqliteRepository(SharedOperations):
                 claimed = _insert(conn, "claimed_updates",
                                   {"update_id": update_id, "claimed_at": now}, "OR IGNORE").rowcount
                 return OpenedUpdate(duplicate=not claimed)
-            banned = self.get_user(profile.user_id)
-            if banned is not None and banned.banned:  # claimed alone (domain.erasure)
+            known = self._document("users", profile.user_id)
+            if known is not None and known["banned"]:  # claimed alone (domain.erasure)
                 claimed = _insert(conn, "claimed_updates", {"update_id": update_id,
                                   "claimed_at": now, "owner": owner}, "OR IGNORE").rowcount
-                return OpenedUpdate(duplicate=not claimed, user=banned)
+                return OpenedUpdate(duplicate=not claimed,
+                                    user=docs.user_state(profile.user_id, known))
             row = conn.execute(
                 "SELECT state, owner, lease_until, attempts FROM claimed_updates "
                 "WHERE update_id = ?", (update_id,)).fetchone()
@@ -220,23 +221,15 @@ class SqliteRepository(SharedOperations):
             entry = {**docs.claim_entry(claim), "state": claim.state.value}
             _upsert(conn, "claimed_updates", {"update_id": update_id, "claimed_at": now, **entry},
                     "update_id", entry)
-            known = conn.execute(
-                "SELECT flood FROM users WHERE id = ?", (profile.user_id,)
-            ).fetchone()
-            counters = docs.flood_state({"flood": json.loads(known[0]) if known and known[0]
-                                         else None})
-            counters, verdict = admit(counters, now, album, self._flood_rule)
+            counters, verdict = admit(docs.flood_state(known or {}), now, album, self._flood_rule)
             refreshed = {**docs.profile_fields(profile, now), "flood": json.dumps(asdict(counters))}
-            row = {"id": profile.user_id,
-                   **docs.user_row(docs.new_user_fields(default_language, now)), **refreshed}
-            _upsert(conn, "users", row, "id", refreshed)
-            state = self.get_user(profile.user_id)
-            if state is not None and state.age_refused:  # domain.age_gate.stores_profile
-                forgotten = docs.forgotten_profile()
-                conn.execute(f"UPDATE users SET {_assignments(forgotten)} WHERE id = :id",
-                             {**forgotten, "id": profile.user_id})
+            doc = {**(known or docs.new_user_fields(default_language, now)), **refreshed}
+            written = refreshed if age_gate.stores_profile(doc.get("age_answer")) else (
+                refreshed | docs.forgotten_profile())  # the marker stays the marker
+            _upsert(conn, "users", {"id": profile.user_id, **docs.user_row(
+                docs.new_user_fields(default_language, now)), **written}, "id", written)
             return OpenedUpdate(duplicate=False,
-                                user=state and replace(state, is_new=known is None),
+                                user=docs.user_state(profile.user_id, doc, is_new=known is None),
                                 throttled=verdict.throttled, warn=verdict.warn,
                                 resumed=decision is Decision.TAKE_OVER)
 
