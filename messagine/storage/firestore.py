@@ -470,12 +470,6 @@ class FirestoreRepository(DocumentOperations):
         return dict(Counter(int(snap.get("sender_id")) for snap in self._stream(self._where(
             "links", ("chat_id", "==", chat_id), ("role", "==", "sent")))))
 
-    def note_newest(self, user_id: int, message_id: int) -> None:
-        """See ``Repository.note_newest``."""
-        update_guarded(self.client, self._doc("users", user_id), lambda doc: (
-            {"newest_message": message_id}
-            if message_id > int(doc.get("newest_message") or 0) else None))
-
     def _waiting(self) -> Iterator[int]:
         return (int(entry.id) for entry in self._stream(self._col("lobby")))
 

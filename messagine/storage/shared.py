@@ -1,15 +1,15 @@
 """The port operations the adapters perform alike, each written once over a few primitives.
 
 ``SharedOperations`` is what all three adapters do the same way: the flags, the counts,
-the bans on return, the inactive accounts, the state of a user, the export, the last
-chat, a chat by its id, whom a searcher avoids and a re-delivered ending, read as
-documents (``documents`` maps them; SQLite reads its rows so). ``DocumentOperations``
-adds what MongoDB and Firestore do alike: erasure, an exclusion, a rating, resolving a
-report and whether a search resumes. Each operation stands on primitives that the adapter gives,
-each one read or one write under the adapter's own guard. They are declared as Protocols
-(``Primitives``, ``DocumentPrimitives``), which the operations' classes subclass: an
-adapter that lacks one stays abstract, and mypy refuses to make it. No driver is
-imported here.
+the newest message, the bans on return, a rating, resolving a report, the inactive
+accounts, the state of a user, the export, the last chat, a chat by its id, whom a
+searcher avoids and a re-delivered ending, read as documents (``documents`` maps them;
+SQLite reads its rows so). ``DocumentOperations`` adds what MongoDB and Firestore do
+alike: erasure, an exclusion and whether a search resumes. Each operation stands on
+primitives that the adapter gives, each one read or one write under the adapter's own
+guard. They are declared as Protocols (``Primitives``, ``DocumentPrimitives``), which
+the operations' classes subclass: an adapter that lacks one stays abstract, and mypy
+refuses to make it. No driver is imported here.
 """
 
 from __future__ import annotations
@@ -53,12 +53,16 @@ class Primitives(Protocol):
         """Each query's count, by its name."""
         ...
 
-    def _ban_on_return(self, report_id: int) -> str | None:
-        """Mark a report about an erased user as banning them; its keyed hash, else None."""
-        ...
+    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
+        """Set the fields ``change`` gives for the document as it is now, under a guard.
 
-    def _bans_on_return(self, key: str) -> bool:
-        """Whether a report marked so bans the user of this keyed hash."""
+        Written only if the fields named in ``reads`` (Firestore: the whole document) are
+        still as read; else read and decide again (SQLite: one write transaction, whose
+        lock keeps them so). The document as written; None if there is no such document,
+        or ``change`` said None.
+        """
         ...
 
     def _waiting(self) -> Iterable[int]:
@@ -112,6 +116,12 @@ class SharedOperations(Primitives):
         """See ``Repository.release_nudge``."""
         self._set_fields(user_id, {"nudge_pending": True})
 
+    def note_newest(self, user_id: int, message_id: int) -> None:
+        """See ``Repository.note_newest``: the larger id wins."""
+        self._change("users", user_id, ("newest_message",), lambda doc: {
+            "newest_message": message_id} if message_id > int(doc.get("newest_message") or 0)
+            else None)
+
     def counts(self, user_id: int) -> Counts:
         """See ``Repository.counts``."""
         return Counts(**self._count_each(docs.count_queries(user_id)))
@@ -135,6 +145,36 @@ class SharedOperations(Primitives):
             return None
         return [user_id for user_id in returned(self._pepper, key, self._waiting())
                 if self.set_banned(user_id, banned=True)]
+
+    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
+                  rule: RatingRule) -> RatingVerdict:
+        """See ``Repository.rate_user``: written only if the ratings are still as read."""
+        verdicts = [RatingVerdict(counted=False)]
+
+        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
+            state, verdicts[0] = rate(docs.rating_state(doc.get("ratings")), chat_id, positive,
+                                      now, rule)
+            return {"ratings": docs.rating_document(state)} if verdicts[0].counted else None
+
+        self._change("users", rated_id, ("ratings",), change)
+        return verdicts[0]
+
+    def resolve_report(self, report_id: int, status: str) -> Report | None:
+        """See ``Repository.resolve_report``: the open -> status change is won once."""
+        doc = self._change("reports", report_id, ("status",), lambda doc: {"status": status}
+                           if doc.get("status") == "open" else None)
+        return None if doc is None else docs.report(report_id, doc)
+
+    def _ban_on_return(self, report_id: int) -> str | None:
+        """Mark a report about an erased user as banning them; its keyed hash, else None."""
+        doc = self._change("reports", report_id, ("reported_key",), lambda doc: {
+            "ban_on_return": True} if doc.get("reported_key") else None)  # a report may hold none
+        return None if doc is None else str(doc["reported_key"])
+
+    def _bans_on_return(self, key: str) -> bool:
+        """Whether a report marked so bans the user of this keyed hash."""
+        return any(doc.get("ban_on_return") for _, doc in self._any_of(
+            "reports", (("reported_key", "==", key),)))
 
     def apply_erased_ban(self, user_id: int) -> bool:
         """See ``Repository.apply_erased_ban``."""
@@ -213,17 +253,6 @@ class DocumentPrimitives(Primitives, Protocol):
 
     def _count(self, collection: str, filters: tuple[docs.Filter, ...]) -> int:
         """How many documents of ``collection`` the ``filters`` select."""
-        ...
-
-    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
-                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
-                ) -> dict[str, Any] | None:
-        """Set the fields ``change`` gives for the document as it is now, under a guard.
-
-        Written only if the fields named in ``reads`` (Firestore: the whole document) are
-        still as read; else read and decide again. The document as written; None if there
-        is no such document, or ``change`` said None.
-        """
         ...
 
     def _create(self, collection: str, key: Any, doc: Mapping[str, Any]) -> bool:
@@ -322,34 +351,6 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         self._create("exclusions", docs.exclusion_id(doc), doc)
         for waiting, other in ((user_id, other_id), (other_id, user_id)):
             self._array_change("lobby", waiting, "avoid", other, add=True)
-
-    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
-                  rule: RatingRule) -> RatingVerdict:
-        """See ``Repository.rate_user``: written only if the ratings are still as read."""
-        verdicts = [RatingVerdict(counted=False)]
-
-        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
-            state, verdicts[0] = rate(docs.rating_state(doc.get("ratings")), chat_id, positive,
-                                      now, rule)
-            return {"ratings": docs.rating_document(state)} if verdicts[0].counted else None
-
-        self._change("users", rated_id, ("ratings",), change)
-        return verdicts[0]
-
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """See ``Repository.resolve_report``: the open -> status change is won once."""
-        doc = self._change("reports", report_id, ("status",), lambda doc: {"status": status}
-                           if doc.get("status") == "open" else None)
-        return None if doc is None else docs.report(report_id, doc)
-
-    def _ban_on_return(self, report_id: int) -> str | None:
-        doc = self._change("reports", report_id, ("reported_key",), lambda doc: {
-            "ban_on_return": True} if doc.get("reported_key") else None)  # a report may hold none
-        return None if doc is None else str(doc["reported_key"])
-
-    def _bans_on_return(self, key: str) -> bool:
-        return any(doc.get("ban_on_return") for _, doc in self._any_of(
-            "reports", (("reported_key", "==", key),)))
 
     def _keep(self, collection: str, record_id: Any, doc: Mapping[str, Any], name: str,
               user_id: int, kept: dict[str, Any]) -> None:

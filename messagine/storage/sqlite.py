@@ -27,7 +27,6 @@ from messagine.domain.erasure import (
     protection_key,
 )
 from messagine.domain.flood import FloodRule, admit
-from messagine.domain.ratings import RatingRule, RatingVerdict, rate
 from messagine.domain.retention import Cutoffs, chat_idle, notice_due
 from messagine.models import (
     ActiveChat,
@@ -204,11 +203,12 @@ class SqliteRepository(SharedOperations):
                 claimed = _insert(conn, "claimed_updates", {"update_id": update_id,
                                   "claimed_at": now, "owner": owner}, "OR IGNORE").rowcount
                 return OpenedUpdate(duplicate=not claimed)
-            banned = self.get_user(profile.user_id)
-            if banned is not None and banned.banned:  # claimed alone (domain.erasure)
+            known = self._document("users", profile.user_id)
+            if known is not None and known["banned"]:  # claimed alone (domain.erasure)
                 claimed = _insert(conn, "claimed_updates", {"update_id": update_id,
                                   "claimed_at": now, "owner": owner}, "OR IGNORE").rowcount
-                return OpenedUpdate(duplicate=not claimed, user=banned)
+                return OpenedUpdate(duplicate=not claimed,
+                                    user=docs.user_state(profile.user_id, known))
             row = conn.execute(
                 "SELECT state, owner, lease_until, attempts FROM claimed_updates "
                 "WHERE update_id = ?", (update_id,)).fetchone()
@@ -221,23 +221,15 @@ class SqliteRepository(SharedOperations):
             entry = {**docs.claim_entry(claim), "state": claim.state.value}
             _upsert(conn, "claimed_updates", {"update_id": update_id, "claimed_at": now, **entry},
                     "update_id", entry)
-            known = conn.execute(
-                "SELECT flood FROM users WHERE id = ?", (profile.user_id,)
-            ).fetchone()
-            counters = docs.flood_state({"flood": json.loads(known[0]) if known and known[0]
-                                         else None})
-            counters, verdict = admit(counters, now, album, self._flood_rule)
+            counters, verdict = admit(docs.flood_state(known or {}), now, album, self._flood_rule)
             refreshed = {**docs.profile_fields(profile, now), "flood": json.dumps(asdict(counters))}
-            row = {"id": profile.user_id,
-                   **docs.user_row(docs.new_user_fields(default_language, now)), **refreshed}
-            _upsert(conn, "users", row, "id", refreshed)
-            state = self.get_user(profile.user_id)
-            if state is not None and state.age_refused:  # domain.age_gate.stores_profile
-                forgotten = docs.forgotten_profile()
-                conn.execute(f"UPDATE users SET {_assignments(forgotten)} WHERE id = :id",
-                             {**forgotten, "id": profile.user_id})
+            doc = {**(known or docs.new_user_fields(default_language, now)), **refreshed}
+            written = refreshed if age_gate.stores_profile(doc.get("age_answer")) else (
+                refreshed | docs.forgotten_profile())  # the marker stays the marker
+            _upsert(conn, "users", {"id": profile.user_id, **docs.user_row(
+                docs.new_user_fields(default_language, now)), **written}, "id", written)
             return OpenedUpdate(duplicate=False,
-                                user=state and replace(state, is_new=known is None),
+                                user=docs.user_state(profile.user_id, doc, is_new=known is None),
                                 throttled=verdict.throttled, warn=verdict.warn,
                                 resumed=decision is Decision.TAKE_OVER)
 
@@ -276,6 +268,21 @@ class SqliteRepository(SharedOperations):
                                                 (user_id,)).rowcount > 0
             return conn.execute(f"UPDATE users SET {_assignments(fields)} WHERE id = :user",
                                 {**fields, "user": user_id}).rowcount > 0, left
+
+    def _change(self, collection: str, key: Any, reads: tuple[str, ...],
+                change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                ) -> dict[str, Any] | None:
+        """Read, decide and write in one write transaction, whose lock guards ``reads`` too."""
+        del reads
+        with self._transaction() as conn:
+            doc = self._document(collection, key)
+            if doc is None or (fields := change(doc)) is None:
+                return None
+            row = {name: json.dumps(value) if isinstance(value, dict) else value  # a map: JSON
+                   for name, value in fields.items()}
+            conn.execute(f"UPDATE {collection} SET {_assignments(row)}"  # the names are ours
+                         f" WHERE {_KEYS.get(collection, 'id')} = :_key", {**row, "_key": key})
+        return {**doc, **fields}
 
     def confirm_age(self, user_id: int, confirmed: bool, now: float) -> None:
         """See ``Repository.confirm_age``."""
@@ -388,14 +395,6 @@ class SqliteRepository(SharedOperations):
         assert report_id is not None  # noqa: S101 - an INSERT always sets lastrowid
         return replace(report, report_id=report_id)
 
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """See ``Repository.resolve_report``."""
-        with self._transaction() as conn:
-            changed = conn.execute("UPDATE reports SET status = ? WHERE id = ? AND status = 'open'",
-                                   (status, report_id)).rowcount
-            found = _rows(conn, "SELECT * FROM reports WHERE id = ?", (report_id,))
-        return docs.report(report_id, found[0]) if changed and found else None
-
     def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
         """Each query's count, in one read transaction."""
         with self._transaction(write=False) as conn:
@@ -432,44 +431,12 @@ class SqliteRepository(SharedOperations):
                 " GROUP BY sender_id", (chat_id,)).fetchall()
         return {int(sender): int(count) for sender, count in rows}
 
-    def note_newest(self, user_id: int, message_id: int) -> None:
-        """See ``Repository.note_newest``."""
-        with self._transaction() as conn:
-            conn.execute("UPDATE users SET newest_message = MAX(newest_message, ?) WHERE id = ?",
-                         (message_id, user_id))
-
-    def rate_user(self, rated_id: int, chat_id: int, positive: bool, now: float,
-                  rule: RatingRule) -> RatingVerdict:
-        """See ``Repository.rate_user``: read, rule and write in one transaction."""
-        with self._transaction() as conn:
-            row = conn.execute("SELECT ratings FROM users WHERE id = ?", (rated_id,)).fetchone()
-            if row is None:
-                return RatingVerdict(counted=False)
-            state, verdict = rate(docs.rating_state(row[0]), chat_id, positive, now, rule)
-            conn.execute("UPDATE users SET ratings = ? WHERE id = ?",
-                         (json.dumps(docs.rating_document(state)), rated_id))
-        return verdict
-
     def exclude_pair(self, user_id: int, other_id: int, reason: str, now: float,
                      other_key: str | None = None) -> None:
         """See ``Repository.exclude_pair``."""
         with self._transaction() as conn:
             _insert(conn, "exclusions", docs.exclusion_document(user_id, other_id, reason, now,
                                                                 other_key), "OR IGNORE")
-
-    def _ban_on_return(self, report_id: int) -> str | None:
-        with self._transaction() as conn:
-            row = conn.execute("SELECT reported_key FROM reports WHERE id = ?",
-                               (report_id,)).fetchone()
-            if row is None or row[0] is None:
-                return None
-            conn.execute("UPDATE reports SET ban_on_return = 1 WHERE id = ?", (report_id,))
-            return str(row[0])
-
-    def _bans_on_return(self, key: str) -> bool:
-        with self._transaction(write=False) as conn:
-            return conn.execute("SELECT 1 FROM reports WHERE reported_key = ? AND ban_on_return"
-                                " = 1", (key,)).fetchone() is not None
 
     def _waiting(self) -> list[int]:
         with self._transaction(write=False) as conn:
