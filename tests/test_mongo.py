@@ -308,8 +308,10 @@ def _intent(searcher: int, partner: int, chat_id: int) -> dict[str, Any]:
 
 def test_a_pairing_rolled_forward_after_its_partner_was_taken_is_undone(
         mongo_uri: str, database: str):
-    """An instance stalled past its lease (or died) after choosing user 2; meanwhile 3 took
-    2. Rolling its intent forward must not leave 1 naming 2: it is undone, 1 waits again."""
+    """An instance stalled past its lease (or died) after pairing 3 with the waiting 2;
+    meanwhile 1 took 2. Rolling the intent forward takes 3, then finds 2 taken: it is
+    undone, and 3 is given back waiting (else 4, who rolls it forward, could not be paired
+    with 3: a partner must be waiting)."""
     repository = _registered(mongo_uri, database, 4)
     assert repository.find_partner(1, 5, T0, 101).outcome is MatchOutcome.WAITING
     assert repository.find_partner(2, 5, T0, 102).outcome is MatchOutcome.MATCHED  # 2 and 1
@@ -326,8 +328,9 @@ def test_a_pairing_rolled_forward_after_its_partner_was_taken_is_undone(
 
 def test_an_undone_pairing_gives_the_waiting_side_back_to_the_lobby(
         mongo_uri: str, database: str):
-    """The searcher (1) is taken by another pairing first; the lobby side (3) is released
-    waiting as before, and a later searcher still finds them."""
+    """The intent's searcher (2) was taken by another pairing first: it is undone before
+    it touches its partner (4), who still waits, and the next searcher (1) finds them.
+    (The give-back of a side already taken is the test above: 3 waits again.)"""
     repository = _registered(mongo_uri, database, 4)
     repository.find_partner(3, 5, T0, 103)  # 3 waits
     repository.find_partner(1, 5, T0 + 1, 101)  # 1 and 3
@@ -476,4 +479,26 @@ def test_an_intent_whose_partner_stopped_waiting_pairs_nobody(mongo_uri: str, da
     _assert_chats_agree(repository, 4)
     assert all(repository.get_user(u).chat is None for u in (2, 3))  # type: ignore[union-attr]
     assert repository.db.chats.find_one({"_id": 80}) is None
+    repository.close()
+
+
+def test_a_lobby_entry_a_cut_short_timeout_left_does_not_block_the_pool(
+        mongo_uri: str, database: str):
+    """A lobby timeout cleared user 1's waiting time and failed to delete the entry. The
+    next search that chooses the entry answers 503 once and drops it; its re-delivery
+    (Telegram's) waits in the lobby like any search, and 1 is not paired."""
+    from messagine.storage.port import StorageUnavailable
+
+    repository = _registered(mongo_uri, database, 2)
+    repository.find_partner(1, 5, T0, 101)
+    _fail_once(repository, "delete", "lobby")
+    with pytest.raises(StorageUnavailable):
+        repository.expire_lobby(T0 + 60, 10)
+    with pytest.raises(StorageUnavailable):
+        repository.find_partner(2, 5, T0 + 61, 102)
+    assert repository.find_partner(2, 5, T0 + 61, 102).outcome is MatchOutcome.WAITING
+    one = repository.get_user(1)
+    assert one is not None and one.chat is None and not one.waiting
+    assert repository.db.lobby.find_one({"_id": 1}) is None
+    _assert_chats_agree(repository, 2)
     repository.close()

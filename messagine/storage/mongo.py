@@ -429,10 +429,6 @@ class MongoRepository(DocumentOperations):
         return dict(Counter(int(doc["sender_id"]) for doc in self.db.message_links.find(
             {"chat_id": chat_id}, {"sender_id": 1})))
 
-    def note_newest(self, user_id: int, message_id: int) -> None:
-        """See ``Repository.note_newest``."""
-        self.db.users.update_one({"_id": user_id}, {"$max": {"newest_message": message_id}})
-
     def _waiting(self) -> list[int]:
         return [int(entry["_id"]) for entry in self.db.lobby.find({}, {"_id": 1})]
 
@@ -465,6 +461,7 @@ class MongoRepository(DocumentOperations):
         if not self._create("chats", chat_id, docs.chat_document(
                 [b, a], intent["language"], intent["started_at"], intent["update_id"])) and \
                 self.db.chats.find_one({"_id": chat_id, "ended_at": None}) is None:
+            self._drop_stale_entries((a, b), intent["started_at"])
             return False  # ended since: rolling it forward would reopen it
         # The partner was chosen from the lobby: taken only while still waiting there.
         waiting = {"chat": None, "waiting_since": {"$ne": None}}
@@ -481,9 +478,19 @@ class MongoRepository(DocumentOperations):
                     self.db.users.update_one({"_id": taken, "chat.id": chat_id}, {"$set": {
                         "chat": None, "waiting_since": entry.get("since")}})
                 self.db.chats.delete_one({"_id": chat_id, "ended_at": None})
+                self._drop_stale_entries((a, b), intent["started_at"])
                 return False
         self.db.lobby.delete_many({"_id": {"$in": [a, b]}})
         return True
+
+    def _drop_stale_entries(self, users: tuple[int, int], before: float) -> None:
+        """Delete the lobby entries (from before ``before``) of those not waiting.
+
+        A lobby timeout or a pairing cut short left them, and every search would choose them.
+        """
+        idle = [doc["_id"] for doc in self.db.users.find(
+            {"_id": {"$in": list(users)}, "waiting_since": None}, {"_id": 1})]
+        self.db.lobby.delete_many({"_id": {"$in": idle}, "since": {"$lte": before}})
 
     # -- lobby and chats -----------------------------------------------------------------
 
@@ -567,11 +574,10 @@ class MongoRepository(DocumentOperations):
         return doc is not None and self._leave_lobby(user_id, doc["language"])
 
     def _leave_lobby(self, user_id: int, language: str) -> bool:
-        with self._pool_lock(self._pool_of(user_id, language)):
-            left = bool(self.db.lobby.delete_one({"_id": user_id}).deleted_count)
+        with self._pool_lock(self._pool_of(user_id, language)):  # the user's side first
             self.db.users.update_one({"_id": user_id, "chat": None},
                                      {"$set": {"waiting_since": None}})
-        return left
+            return bool(self.db.lobby.delete_one({"_id": user_id}).deleted_count)
 
     def end_chat(
         self, user_id: int, reason: EndReason, now: float, update_id: int
