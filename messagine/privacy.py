@@ -310,13 +310,15 @@ class Privacy:
         contact address for a mistaken answer.
         """
         t = self.catalog.for_user(user)
-        outcome = "age:no:again"
-        if not user.age_refused:
-            self.conversation.withdraw(user, update_id)
-            self.analytics.delete_profile(user.user_id)
-            self.repository.delete_user(user.user_id)
-            self.repository.confirm_age(user.user_id, False, self.clock())
-            outcome = "age:no"
+        # The refusal first: erasure keeps its marker, so an erasure cut short (re-run by
+        # Telegram's re-delivery, or finished by the job) leaves the gate closed. Every
+        # step is idempotent and runs on a No pressed again too (a refusal's re-delivery
+        # finds the refusal stored already).
+        self.repository.confirm_age(user.user_id, False, self.clock())
+        self.conversation.withdraw(user, update_id)
+        self.analytics.delete_profile(user.user_id)
+        self.repository.delete_user(user.user_id)
+        outcome = "age:no:again" if user.age_refused else "age:no"
         answer.send(t("age.refused_erased", min_age=self.terms.min_age,
                       days=self.terms.periods.age_refusal_days, contact=self.terms.contact))
         return outcome

@@ -268,13 +268,15 @@ class Reminders:
         """Finish the erasures that an outage or a crash stopped half way.
 
         /deleteme's, an age refusal's or this job's; a user who came back since keeps
-        their account.
+        their account, and loses what the erasure was to erase (``finish_erasure``).
         """
         while time.monotonic() < deadline - 1.0 and (
                 unfinished := self.repository.unfinished_erasures(BATCH)):
             for user_id in unfinished:
-                self.repository.delete_user(user_id)
+                self.analytics.delete_profile(user_id)  # buffered: lost if it stopped first
+                self.repository.finish_erasure(user_id)
                 summary.erasures_finished += 1
+            self.analytics.flush()
 
     def _lobby_timeouts(self, summary: RunSummary, pacer: Pacer, deadline: float) -> None:
         waiting_before = self.clock() - self.rules.lobby_timeout_s

@@ -152,7 +152,7 @@ def test_an_erasure_cut_short_and_never_redelivered_is_finished_by_the_job(
         post(runtime, update)
     _cut_short(runtime, bob, monkeypatch, where)
     one_transaction = runtime.repository.backend == "sqlite"
-    assert (BOB in values(dump(runtime.repository))) is True
+    assert runtime.repository.unfinished_erasures(10) == ([] if one_transaction else [BOB])
     assert run_job(runtime)["erasures_finished"] == (0 if one_transaction else 1)
     if one_transaction:
         assert runtime.repository.get_user(BOB) is not None, "nothing was erased"
@@ -165,19 +165,32 @@ def test_an_erasure_cut_short_and_never_redelivered_is_finished_by_the_job(
     assert run_job(runtime)["erasures_finished"] == 0, "finished once"
 
 
-def test_a_user_back_before_the_job_keeps_their_new_account(
+def test_a_user_back_before_the_job_keeps_the_new_account_and_loses_the_old_records(
         make_bot: MakeBot, fake_api: FakeBotApi, monkeypatch: pytest.MonkeyPatch):
-    """An erasure cut short, and its user back (/start) before the job runs: the job
-    leaves their new account alone and forgets the unfinished erasure."""
+    """Bob's /deleteme is cut short, and he is back (and paired with Carol) before the job
+    runs. The job finishes the erasure he asked for: his chat with Alice no longer names
+    him; his new account and his chat with Carol stay, on both sides."""
     runtime = make_bot(RECENT_PARTNERS="0", JOB_SECRET=JOB_SECRET)
-    bob = fake_api.user(BOB, "Bob")
-    post(runtime, bob.command("find_chat"))
+    alice, bob, carol = (fake_api.user(i, n) for i, n in ((ALICE, "Alice"), (BOB, "Bob"),
+                                                           (CAROL, "Carol")))
+    for update in (alice.command("find_chat"), bob.command("find_chat"), bob.text("hi"),
+                   bob.command("next"), alice.command("cancel")):
+        post(runtime, update)
     _cut_short(runtime, bob, monkeypatch, "erasure")
-    post(runtime, bob.command("start"))
-    assert run_job(runtime)["erasures_finished"] == 0
-    assert runtime.repository.get_user(BOB) is not None
-    assert runtime.repository.unfinished_erasures(10) == []
-    assert not dump(runtime.repository).get("erasures"), "the journal entry stayed"
+    for update in (bob.command("start"), carol.command("find_chat"), bob.command("find_chat"),
+                   bob.text("hello again")):
+        post(runtime, update)
+    finished = run_job(runtime)["erasures_finished"]
+    assert finished == (0 if runtime.repository.backend == "sqlite" else 1)
+    back, carol_state = runtime.repository.get_user(BOB), runtime.repository.get_user(CAROL)
+    assert back is not None and back.chat is not None and back.chat.partner_id == CAROL
+    assert carol_state is not None and carol_state.chat is not None
+    assert carol_state.chat.partner_id == BOB
+    records = runtime.repository.export_user(ALICE)
+    assert records is not None and len(records.chats) == 1
+    if finished:
+        assert records.chats[0].partner_id < 0, "the old chat still names Bob"
+        assert not dump(runtime.repository).get("erasures"), "the journal entry stayed"
 
 
 def test_a_user_back_while_their_erasure_runs_keeps_a_consistent_new_chat(

@@ -293,23 +293,24 @@ class MongoRepository(DocumentOperations):
             {"$set": answer, "$setOnInsert": {k: v for k, v in marker if k not in answer}},
             upsert=not confirmed)
 
-    def _erase_profile(self, user_id: int) -> dict[str, int]:
-        lobby = self.db.lobby.delete_one({"_id": user_id}).deleted_count
+    def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int]:
         # A ban outlives erasure (domain.erasure): only the banned remnant stays; an age
         # refusal only its marker. Replaced only if ban and answer are still as read.
         for _ in range(_ATTEMPTS):
             doc = self.db.users.find_one({"_id": user_id}, {"banned": 1, "age_answer": 1,
                                                             "age_answered_at": 1})
-            if doc is None:
-                return {"lobby": lobby, "kept_for_ban": 0, "profile": 0}
-            guard = {"_id": user_id, "banned": doc.get("banned"),
-                     "age_answer": doc.get("age_answer")}
+            if finishing and docs.came_back(doc):
+                return {}  # back since the erasure was cut short: their account stays
             kept = docs.kept_profile(user_id, doc)
-            done = (self.db.users.replace_one(guard, kept) if kept is not None
-                    else self.db.users.delete_one(guard))
-            if (done.matched_count if kept is not None else done.deleted_count):
-                banned = bool(doc.get("banned"))
-                return {"lobby": lobby, "kept_for_ban": int(banned), "profile": int(not banned)}
+            guard = {"_id": user_id, "banned": (doc or {}).get("banned"),
+                     "age_answer": (doc or {}).get("age_answer")}
+            done = (self.db.users.replace_one(guard, kept).matched_count if kept is not None
+                    else doc is None or self.db.users.delete_one(guard).deleted_count)
+            if done:
+                banned, lobby = bool((doc or {}).get("banned")), self.db.lobby.delete_one(
+                    {"_id": user_id}).deleted_count
+                return {"lobby": lobby, "kept_for_ban": int(banned),
+                        "profile": int(doc is not None and not banned)}
         raise StorageUnavailable(f"mongo: users {user_id} kept changing")
 
     def _delete_where(self, collection: str, condition: docs.Filter) -> int:

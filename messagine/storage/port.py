@@ -403,10 +403,15 @@ class PersonalRecords(Protocol):
         ...
 
     def unfinished_erasures(self, limit: int) -> list[int]:
-        """Up to ``limit`` users whose ``delete_user`` stopped half way, for the job.
+        """Up to ``limit`` users whose ``delete_user`` an outage or a crash cut short."""
+        ...
 
-        An outage or a crash cut it short. A user who came back since keeps their account
-        (what was erased already stays erased), and is not among them.
+    def finish_erasure(self, user_id: int) -> dict[str, int]:
+        """Finish an erasure ``unfinished_erasures`` names, as ``delete_user`` would.
+
+        A user who came back since keeps their profile, lobby place and current chat;
+        everything from before (links, chats, what others keep about them) is erased or
+        anonymised all the same: the erasure they asked for is not undone by coming back.
         """
         ...
 

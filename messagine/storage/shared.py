@@ -241,6 +241,11 @@ class SharedOperations(Primitives):
         del limit
         return []
 
+    def finish_erasure(self, user_id: int) -> dict[str, int]:
+        """See ``Repository.finish_erasure``: nothing, where none is ever unfinished."""
+        del user_id
+        return {}
+
     def last_chat(self, user_id: int) -> ChatRecord | None:
         """See ``Repository.last_chat``."""
         for chat_id, doc in self._latest_chats(user_id, 1):
@@ -272,8 +277,11 @@ class DocumentPrimitives(Primitives, Protocol):
         """Delete every document that ``condition`` selects; how many (Firestore: messages)."""
         ...
 
-    def _erase_profile(self, user_id: int) -> dict[str, int]:
-        """Delete the user's lobby entry and document (a ban keeps the remnant), by kind."""
+    def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int]:
+        """Delete the user's lobby entry and document (a ban keeps the remnant), by kind.
+
+        ``finishing`` an erasure cut short: a user who came back since keeps both.
+        """
         ...
 
 
@@ -303,8 +311,15 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         """
         # A journal entry until the last step: an erasure stopped half way (the user
         # document already gone) is finished by the job (unfinished_erasures).
+        return self._erase(user_id, finishing=False)
+
+    def finish_erasure(self, user_id: int) -> dict[str, int]:
+        """See ``Repository.finish_erasure``."""
+        return self._erase(user_id, finishing=True)
+
+    def _erase(self, user_id: int, *, finishing: bool) -> dict[str, int]:
         self._create("erasures", user_id, {"user_id": user_id})
-        counts: Counter[str] = Counter(self._erase_profile(user_id))
+        counts: Counter[str] = Counter(self._erase_profile(user_id, finishing))
         for kind, collection, names in docs.ERASED:
             for name in names:
                 counts[kind] += self._delete_where(collection, (name, "==", user_id))
@@ -329,14 +344,8 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
 
     def unfinished_erasures(self, limit: int) -> list[int]:
         """See ``Repository.unfinished_erasures``: the journal entries ``delete_user`` left."""
-        unfinished = []
-        for _, entry in self._first("erasures", (), "user_id", limit):
-            user_id = int(entry["user_id"])
-            if docs.came_back(self._document("users", user_id)):
-                self._delete_where("erasures", ("user_id", "==", user_id))
-            else:
-                unfinished.append(user_id)
-        return unfinished
+        return [int(entry["user_id"]) for _, entry in self._first("erasures", (), "user_id",
+                                                                  limit)]
 
     def _chat_since_return(self, user_id: int) -> int | None:
         """The chat of a user erased a moment ago who came back and was paired meanwhile."""
