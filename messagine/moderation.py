@@ -319,33 +319,31 @@ class Moderation:
             log.warning("a moderation button carried no report number")
             return "mod:malformed"
         report_id = int(number)
-        report = self.repository.open_report(report_id)
+        # A Ban moves the report open -> banning (won once; a re-delivery of the press, or
+        # a later Ban on one that stopped half way, resumes it), carries the ban out (every
+        # step idempotent), then banning -> banned. A Dismiss needs it open, so the two
+        # never both win, and an old Ban button after an unban changes nothing.
+        report = (self.repository.resolve_report(report_id, "banning", ("open", "banning"))
+                  if ban else self.repository.resolve_report(report_id, "dismissed"))
         if report is None:  # another moderator's, or an old button's
             answer.send(t("mod.already_handled", report_id=report_id))
             return "mod:already_handled"
-        # The decision is carried out before the report is closed: a failure half way
-        # leaves it open, and Telegram's re-delivery of this press carries it out again
-        # (every step is idempotent). Closed first, the re-delivery would find it handled.
-        if ban and is_tombstone(report.reported_id):  # they erased their data since
+        if not ban:
+            answer.send(t("mod.resolved_dismiss", report_id=report_id, admin_id=admin_id))
+            return "mod:dismiss"
+        if is_tombstone(report.reported_id):  # they erased their data since
             return self._ban_erased(report, admin_id, answer)
-        if ban:
-            self.ban(report.reported_id, report.reason, Answer(self.telegram, chat_id),
-                     update_id)
-            self.repository.resolve_report(report_id, "banned")
-            answer.send(t("mod.resolved_ban", report_id=report_id,
-                          reported_id=report.reported_id, admin_id=admin_id))
-            return "mod:ban"
-        if self.repository.resolve_report(report_id, "dismissed") is None:  # raced a Ban
-            answer.send(t("mod.already_handled", report_id=report_id))
-            return "mod:already_handled"
-        answer.send(t("mod.resolved_dismiss", report_id=report_id, admin_id=admin_id))
-        return "mod:dismiss"
+        self.ban(report.reported_id, report.reason, Answer(self.telegram, chat_id), update_id)
+        self.repository.resolve_report(report_id, "banned", ("banning",))
+        answer.send(t("mod.resolved_ban", report_id=report_id, reported_id=report.reported_id,
+                      admin_id=admin_id))
+        return "mod:ban"
 
     def _ban_erased(self, report: Report, admin_id: int, answer: Answer) -> str:
         """Ban a reported user who has erased their data: by their key, if it was kept."""
         t = self.moderator_texts
         back = self.repository.ban_erased(report.report_id)
-        self.repository.resolve_report(report.report_id, "banned")
+        self.repository.resolve_report(report.report_id, "banned", ("banning",))
         if back is None:  # a report kept no key to them: nothing can follow them
             answer.send(t("mod.resolved_ban_unkeyed", report_id=report.report_id,
                           admin_id=admin_id))

@@ -165,10 +165,10 @@ def test_a_ban_that_failed_half_way_is_carried_out_by_the_redelivery(
     bot: Runtime, fake_api: FakeBotApi, alice: FakeUser, bob: FakeUser,
     monkeypatch: pytest.MonkeyPatch
 ):
-    """The store fails while the moderator's Ban is carried out (the report read, Bob's
+    """The store fails while the moderator's Ban is carried out (the report taken, Bob's
     ban not yet written): 503, and Telegram's re-delivery of the same press bans Bob and
-    takes him out of the lobby. A later press, and the old button after an unban, change
-    nothing."""
+    takes him out of the lobby. A Dismiss pressed meanwhile, a later press, and the old
+    button after an unban, change nothing."""
     pair(bot, alice, bob)
     bot.pipeline.process(bob.text("offensive"))
     bot.pipeline.process(alice.command("report"))
@@ -177,11 +177,11 @@ def test_a_ban_that_failed_half_way_is_carried_out_by_the_redelivery(
     report = moderators_chat(fake_api)[0]
     admin = fake_api.user(ADMIN, "Admin")
 
-    def press() -> dict:
+    def press(button: int = 0) -> dict:
         message = {**report, "chat": {"id": MODERATORS, "type": "supergroup"}}
         return {"update_id": fake_api.next_update_id(), "callback_query": {
             "id": "cb-ban", "from": admin.profile, "message": message, "chat_instance": "1",
-            "data": report["reply_markup"]["inline_keyboard"][0][0]["callback_data"]}}
+            "data": report["reply_markup"]["inline_keyboard"][0][button]["callback_data"]}}
 
     repository = bot.repository
     set_banned = repository.set_banned
@@ -195,6 +195,8 @@ def test_a_ban_that_failed_half_way_is_carried_out_by_the_redelivery(
     monkeypatch.setattr(repository, "set_banned", failing_once)
     update = press()
     assert bot.pipeline.process(update).status == 503
+    # Another moderator's Dismiss meanwhile loses: the Ban has begun.
+    assert bot.pipeline.process(press(button=1)).outcome == "mod:already_handled"
     assert bot.pipeline.process(update).outcome == "mod:ban"
     state = repository.get_user(BOB)
     assert state is not None and state.banned and not state.waiting

@@ -267,12 +267,12 @@ class ModerationRecords(Protocol):
         """
         ...
 
-    def open_report(self, report_id: int) -> Report | None:
-        """The report, if no moderator has resolved it yet (None: resolved, or no such)."""
-        ...
+    def resolve_report(self, report_id: int, status: str,
+                       was: tuple[str, ...] = ("open",)) -> Report | None:
+        """Move a report whose status is one of ``was`` to ``status``; None if it was not.
 
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """Move an open report to ``status`` once; None if it was not open."""
+        Of two moderators pressing at once, exactly one moves an open report.
+        """
         ...
 
     def set_banned(self, user_id: int, banned: bool) -> bool:

@@ -95,11 +95,6 @@ class SharedOperations(Primitives):
         """See ``Repository.set_blocked``."""
         self._set_fields(user_id, {"blocked": blocked}, leave_lobby=blocked)
 
-    def open_report(self, report_id: int) -> Report | None:
-        """See ``Repository.open_report``."""
-        doc = self._document("reports", report_id)
-        return docs.report(report_id, doc) if doc and doc.get("status") == "open" else None
-
     def set_banned(self, user_id: int, banned: bool) -> bool:
         """See ``Repository.set_banned``."""
         return self._set_fields(user_id, {"banned": banned}, leave_lobby=banned)[0]
@@ -159,10 +154,11 @@ class SharedOperations(Primitives):
         self._change("users", rated_id, ("ratings",), change)
         return verdicts[0]
 
-    def resolve_report(self, report_id: int, status: str) -> Report | None:
-        """See ``Repository.resolve_report``: the open -> status change is won once."""
+    def resolve_report(self, report_id: int, status: str,
+                       was: tuple[str, ...] = ("open",)) -> Report | None:
+        """See ``Repository.resolve_report``: a guarded change, won once."""
         doc = self._change("reports", report_id, ("status",), lambda doc: {"status": status}
-                           if doc.get("status") == "open" else None)
+                           if doc.get("status") in was else None)
         return None if doc is None else docs.report(report_id, doc)
 
     def _ban_on_return(self, report_id: int) -> str | None:
