@@ -137,7 +137,9 @@ class Moderation:
         if target is None or reason not in keyboards.REPORT_REASONS:
             answer.send(t("report.nobody"))
             return "report:nobody"
-        if target.ended_at is None:
+        if target.ended_at is None or (target.closed_by_update == update_id and user.chat is None):
+            # (The second: this report's attempt that died had ended it; its partner is
+            # told again, as any resumed ending tells them.)
             self.conversation.end(user, EndReason.REPORT, update_id)
         now = self.clock()
         # A partner who erased their data is a tombstone: their key keeps both binding.

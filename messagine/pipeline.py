@@ -274,8 +274,9 @@ class Pipeline:
         copy's link exists (written right after the copy: a message that has one was
         relayed); a command is run again, which every command tolerates (a search or an
         ending resumes by update id, the rest answer again), and so is a button whose route
-        ``resumes`` (ending a chat, a report, the age answer, erasure: a crash half way
-        would otherwise leave them half done). Other buttons and texts are taken as done.
+        ``resumes`` (a search, ending a chat, a report or rating, the age answers,
+        erasure: a crash half way would otherwise leave them half done). Other buttons
+        and texts are taken as done.
         """
         if chat.type != "private" or user is None:
             return None

@@ -289,8 +289,9 @@ class Privacy:
         An age refusal's marker survives, with its time: erasure must not reopen the gate.
         """
         t = self.catalog.for_user(user)
-        if user.chat is not None:
-            self.conversation.end(user, EndReason.DELETED, update_id)
+        # Without a chat, this resumes only an ending this update made before (its
+        # attempt died): the partner is told again.
+        self.conversation.end(user, EndReason.DELETED, update_id)
         self.analytics.delete_profile(user.user_id)
         records = self.repository.export_user(user.user_id) if user.age_refused else None
         counts = self.repository.delete_user(user.user_id)

@@ -97,7 +97,7 @@ def _admin_command(name: str) -> Action:
 # The order of the commands with ``menu=True`` is the order of the command menu.
 ROUTES: tuple[Route, ...] = (
     Route("find_chat", lambda c: _s(c).conversation.find_chat(c.user, c.answer, c.update_id),
-          commands=("find_chat", "find", "search"), button="find", menu=True),
+          commands=("find_chat", "find", "search"), button="find", menu=True, resumes=True),
     Route("next", lambda c: _s(c).conversation.next_chat(c.user, c.answer, c.update_id),
           commands=("next",), menu=True),
     Route("exit_chat", lambda c: _s(c).conversation.ask_exit(c.user, c.answer),
@@ -137,7 +137,7 @@ ROUTES: tuple[Route, ...] = (
     Route("language_top", lambda c: _s(c).conversation.toggle_languages(
         c.user, c.answer, show_all=False), button="lang:top"),
     Route("choose_language", lambda c: _s(c).conversation.set_language(
-        c.user, c.argument, c.answer, c.update_id), button="lang=", prefix=True, resumes=True),
+        c.user, c.argument, c.answer, c.update_id), button="lang=", prefix=True),
     Route("share_send", lambda c: _s(c).relay.confirm_share(
         c.user, c.argument, c.answer, c.update_id), button="share=", prefix=True),
     Route("share_cancel", lambda c: _s(c).relay.cancel_share(c.user, c.answer),
@@ -145,7 +145,7 @@ ROUTES: tuple[Route, ...] = (
     Route("say_hi", lambda c: _s(c).conversation.say_hi(c.user, c.answer, c.update_id),
           button="hi"),
     Route("any_language", lambda c: _s(c).conversation.join_any_language(
-        c.user, c.answer, c.update_id), button="anylang", resumes=True),
+        c.user, c.answer, c.update_id), button="anylang"),
     Route("age_yes", lambda c: _s(c).conversation.confirm_age(c.user, c.answer, c.update_id),
           button="age:yes", resumes=True),
     Route("age_no", lambda c: _s(c).privacy.refuse_age(c.user, c.answer, c.update_id),
@@ -155,7 +155,7 @@ ROUTES: tuple[Route, ...] = (
     Route("deleteme_no", lambda c: _s(c).privacy.keep(c.user, c.answer),
           button="deleteme:no", while_banned=True),
     Route("rate", lambda c: _s(c).moderation.rate(c.user, c.argument, c.answer),
-          button="rate=", prefix=True),
+          button="rate=", prefix=True, resumes=True),
     Route("report_chat", lambda c: _s(c).moderation.ask_report(c.user, c.answer, c.argument),
           button="report=", prefix=True),
     Route("report_cancel", lambda c: _s(c).moderation.cancel_report(c.user, c.answer),

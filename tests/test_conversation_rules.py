@@ -15,7 +15,7 @@ import pytest
 from conftest import Clock, Deliver, bot_env
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.domain.claims import LEASE_S
-from messagine.models import Profile
+from messagine.models import EndReason, Profile
 from messagine.runtime import Runtime, build_runtime
 from messagine.settings import Settings
 from messagine.storage.sqlite import SqliteRepository
@@ -384,9 +384,9 @@ def test_a_command_claimed_by_an_attempt_that_died_runs_on_redelivery(
 
 def test_a_press_that_resumes_runs_again_when_its_attempt_died(
         bot: Runtime, fake_api: FakeBotApi, clock: Clock, alice: FakeUser, bob: FakeUser):
-    """Yes under "end the chat?", claimed by an attempt that died: the re-delivery ends the
-    chat and tells both (ending resumes by update id), once. A press whose route does not
-    resume (No) is taken as done."""
+    """Yes under "end the chat?", claimed by an attempt that died after ending the chat and
+    before telling anyone: the re-delivery resumes the ending by its update id and tells
+    both, once. A press whose route does not resume (No) is taken as done."""
     deliver = bot.pipeline.process
     pair(deliver, alice, bob)
     deliver(alice.command("exit_chat"))
@@ -395,6 +395,10 @@ def test_a_press_that_resumes_runs_again_when_its_attempt_died(
     assert deliver(keep).outcome == "duplicate"
     yes = alice.press_button("Yes")
     claim_of_a_dead_attempt(bot, clock, yes, alice)
+    # The dead attempt had ended the chat in the store, and died before telling anyone.
+    fake_api.reset_calls()
+    assert bot.repository.end_chat(alice.id, EndReason.EXIT, clock.now, yes["update_id"])
+    assert fake_api.calls_of("sendMessage", bob.id) == []
     assert deliver(yes).outcome == "button:exit:closed"
     for user in (alice, bob):
         state = bot.repository.get_user(user.id)
