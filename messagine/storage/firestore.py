@@ -25,7 +25,6 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -186,10 +185,8 @@ class FirestoreRepository(DocumentOperations):
                 "claimed_at": now, "expires_at": docs.utc(now) + self._update_retention}))
         (snap,) = self._get(self._doc("users", profile.user_id))
         doc = snap.to_dict() if snap.exists else {}
-        if doc.get("banned"):  # claimed alone (domain.erasure)
-            opened = self.open_update(update_id, None, "", now)
-            return replace(opened, user=None if opened.duplicate else docs.user_state(
-                profile.user_id, doc))
+        if doc.get("banned"):
+            return self._claimed_alone(update_id, profile.user_id, doc, now)
         decision, claim = decide(docs.stored_claim(doc, update_id), update_id, owner, now,
                                  lease_s)
         if claim is None:

@@ -25,7 +25,6 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -214,10 +213,8 @@ class MongoRepository(DocumentOperations):
                     lease_s: float) -> OpenedUpdate:
         """An update id the user's document holds: done, busy, or taken over."""
         doc = self.db.users.find_one({"_id": profile.user_id})
-        if doc and doc.get("banned"):  # claimed alone (domain.erasure)
-            opened = self.open_update(update_id, None, "", now)
-            return replace(opened, user=None if opened.duplicate else docs.user_state(
-                profile.user_id, doc))
+        if doc and doc.get("banned"):
+            return self._claimed_alone(update_id, profile.user_id, doc, now)
         decision, claim = decide(docs.stored_claim(doc or {}, update_id), update_id, owner,
                                  now, lease_s)
         if claim is None:
@@ -591,26 +588,23 @@ class MongoRepository(DocumentOperations):
                                             {"opened_by_update": 1}) or {}
             if not matching.may_end(reason, opened.get("opened_by_update"), update_id):
                 chat = None  # this update opened it: a re-delivered /next resumes instead
-        if chat:
-            chat_id, partner_id = int(chat["id"]), int(chat["partner"])
-            ended = self.db.chats.find_one_and_update(
-                {"_id": chat_id, "ended_at": None},
-                {"$set": docs.ended_fields(user_id, reason, now, update_id,
-                                           docs.utc(now) + self._chat_retention)},
-                projection={"_id": 1})
-            # None: the partner ended it first, and our side is tidied here if not yet.
-            closed = ended or self.db.chats.find_one({"_id": chat_id}, {"closed_by_update": 1})
-            self.db.users.update_many({"_id": {"$in": [user_id, partner_id]}, "chat.id": chat_id},
-                                      {"$set": {"chat": None}})
-            return matching.end_answer(chat_id, partner_id, self._language(partner_id),
-                                       ended is not None, (closed or {}).get("closed_by_update"),
-                                       update_id)
-        ended = self._ended_by(user_id, update_id)
-        if ended is not None:  # a re-delivery: finish what the first attempt may have left
-            self.db.users.update_many(
-                {"_id": {"$in": [user_id, ended.partner_id]}, "chat.id": ended.chat_id},
-                {"$set": {"chat": None}})
-        return ended
+        if not chat:  # a re-delivery of the update that ended it tidies both sides again
+            if (before := self._ended_by(user_id, update_id)) is None:
+                return None
+            chat = {"id": before.chat_id, "partner": before.partner_id}
+        chat_id, partner_id = int(chat["id"]), int(chat["partner"])
+        ended = self.db.chats.find_one_and_update(
+            {"_id": chat_id, "ended_at": None},
+            {"$set": docs.ended_fields(user_id, reason, now, update_id,
+                                       docs.utc(now) + self._chat_retention)},
+            projection={"_id": 1})
+        # None: the partner ended it first, and our side is tidied here if not yet.
+        closed = ended or self.db.chats.find_one({"_id": chat_id}, {"closed_by_update": 1})
+        self.db.users.update_many({"_id": {"$in": [user_id, partner_id]}, "chat.id": chat_id},
+                                  {"$set": {"chat": None}})
+        return matching.end_answer(chat_id, partner_id, self._language(partner_id),
+                                   ended is not None, (closed or {}).get("closed_by_update"),
+                                   update_id)
 
     # -- message links -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from messagine.domain import age_gate, matching
@@ -29,6 +30,8 @@ from messagine.models import (
     EndedChat,
     MatchResult,
     ModerationStats,
+    OpenedUpdate,
+    Profile,
     Report,
     UserRecords,
     UserState,
@@ -273,6 +276,11 @@ class DocumentPrimitives(Primitives, Protocol):
         """Delete every document that ``condition`` selects; how many (Firestore: messages)."""
         ...
 
+    def open_update(self, update_id: int, profile: Profile | None, default_language: str,
+                    now: float) -> OpenedUpdate:
+        """See ``Repository.open_update`` (an update with no user, here)."""
+        ...
+
     def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int]:
         """Delete the user's lobby entry and document (a ban keeps the remnant), by kind.
 
@@ -283,6 +291,15 @@ class DocumentPrimitives(Primitives, Protocol):
 
 class DocumentOperations(SharedOperations, DocumentPrimitives):
     """The port operations MongoDB and Firestore perform the same way over their documents."""
+
+    def _claimed_alone(self, update_id: int, user_id: int, doc: Mapping[str, Any],
+                       now: float) -> OpenedUpdate:
+        """A banned user's update, claimed as one with no user (``domain.erasure``).
+
+        Nothing of theirs is written: the remnant stays the remnant.
+        """
+        opened = self.open_update(update_id, None, "", now)
+        return replace(opened, user=None if opened.duplicate else docs.user_state(user_id, doc))
 
     def _count_each(self, queries: Mapping[str, docs.Query]) -> dict[str, int]:
         """Each query's count, by its name."""
