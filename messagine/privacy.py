@@ -312,10 +312,11 @@ class Privacy:
         """
         t = self.catalog.for_user(user)
         # The refusal first: erasure keeps its marker, so an erasure cut short (re-run by
-        # Telegram's re-delivery, or finished by the job) leaves the gate closed. Every
-        # step is idempotent and runs on a No pressed again too (a refusal's re-delivery
-        # finds the refusal stored already).
-        self.repository.confirm_age(user.user_id, False, self.clock())
+        # Telegram's re-delivery, or finished by the job) leaves the gate closed. The rest
+        # runs on a No pressed again too (a refusal's re-delivery finds the refusal
+        # stored, and its time is kept: the refusal period does not start again).
+        if not user.age_refused:
+            self.repository.confirm_age(user.user_id, False, self.clock())
         self.conversation.withdraw(user, update_id)
         self.analytics.delete_profile(user.user_id)
         self.repository.delete_user(user.user_id)

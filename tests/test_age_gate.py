@@ -181,6 +181,21 @@ def test_deleteme_keeps_the_marker(bot: Runtime, fake_api: FakeBotApi, clock: Cl
     assert "answer stands" in young.last()["text"]
 
 
+def test_a_no_pressed_again_does_not_restart_the_refusal_period(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock):
+    young = fake_api.user(843, "Young")
+    post(bot, young.command("find_chat"))
+    prompt = age_prompt(young)
+    answer_age(bot, young, yes=False)
+    refused = bot.repository.export_user(young.id)
+    assert refused is not None
+    clock.advance(DAY)
+    post(bot, young.press(prompt["message_id"], "age:no"))  # the old prompt, a day later
+    again = bot.repository.export_user(young.id)
+    assert again is not None and again.profile.age_answer == "no"
+    assert again.profile.age_answered_at == refused.profile.age_answered_at
+
+
 def test_a_redelivered_old_search_after_no_pairs_nobody(bot: Runtime, fake_api: FakeBotApi):
     """MongoDB and Firestore keep the update ids with the user's document, which the
     refusal erased: the old /find_chat then counts as new, and the gate stops it."""

@@ -193,6 +193,24 @@ def test_a_user_back_before_the_job_keeps_the_new_account_and_loses_the_old_reco
         assert not dump(runtime.repository).get("erasures"), "the journal entry stayed"
 
 
+def test_a_block_made_after_coming_back_survives_the_finished_erasure(
+        make_bot: MakeBot, fake_api: FakeBotApi, monkeypatch: pytest.MonkeyPatch):
+    """Bob's /deleteme is cut short; back, he is paired with Carol and blocks her. The job
+    finishes his erasure, and his block still keeps Carol away from him."""
+    runtime = make_bot(RECENT_PARTNERS="0", JOB_SECRET=JOB_SECRET)
+    bob, carol = fake_api.user(BOB, "Bob"), fake_api.user(CAROL, "Carol")
+    post(runtime, bob.command("start"))
+    _cut_short(runtime, bob, monkeypatch, "erasure")
+    for update in (bob.command("start"), carol.command("find_chat"), bob.command("find_chat"),
+                   bob.command("block")):
+        post(runtime, update)
+    run_job(runtime)
+    for update in (carol.command("find_chat"), bob.command("find_chat")):
+        post(runtime, update)
+    state = runtime.repository.get_user(BOB)
+    assert state is not None and state.chat is None and state.waiting, "paired with Carol"
+
+
 def test_a_user_back_while_their_erasure_runs_keeps_a_consistent_new_chat(
         bot: Runtime, fake_api: FakeBotApi, monkeypatch: pytest.MonkeyPatch):
     """Bob's next updates arrive while his /deleteme is still running (Telegram delivers

@@ -502,3 +502,39 @@ def test_a_lobby_entry_a_cut_short_timeout_left_does_not_block_the_pool(
     assert repository.db.lobby.find_one({"_id": 1}) is None
     _assert_chats_agree(repository, 2)
     repository.close()
+
+
+def test_a_lobby_entry_an_erasure_cut_short_left_does_not_block_the_pool(
+        mongo_uri: str, database: str):
+    """User 1's erasure took their document and failed before their lobby entry. The
+    search that chooses the entry answers 503 once and drops it; its re-delivery waits."""
+    from messagine.storage.port import StorageUnavailable
+
+    repository = _registered(mongo_uri, database, 2)
+    repository.find_partner(1, 5, T0, 101)
+    _fail_once(repository, "delete", "lobby")
+    with pytest.raises(StorageUnavailable):
+        repository.delete_user(1)
+    assert repository.get_user(1) is None
+    with pytest.raises(StorageUnavailable):
+        repository.find_partner(2, 5, T0 + 1, 102)
+    assert repository.find_partner(2, 5, T0 + 1, 102).outcome is MatchOutcome.WAITING
+    assert repository.db.lobby.find_one({"_id": 1}) is None
+    assert repository.unfinished_erasures(10) == [1]
+    repository.close()
+
+
+@pytest.mark.parametrize("profile_erased", [False, True])
+def test_finishing_an_erasure_tells_a_return_from_a_profile_never_erased(
+        mongo_uri: str, database: str, profile_erased: bool):
+    """The journal says whether the erasure had taken the profile. If not (it died right
+    after writing its journal entry), the profile there is the one to erase; if it had, a
+    profile there is a user who came back, and stays."""
+    repository = _registered(mongo_uri, database, 1)
+    repository.db.erasures.insert_one({"_id": 1, "user_id": 1,
+                                       "profile_erased": profile_erased})
+    assert repository.unfinished_erasures(10) == [1]
+    repository.finish_erasure(1)
+    assert (repository.get_user(1) is not None) is profile_erased
+    assert repository.unfinished_erasures(10) == []
+    repository.close()

@@ -309,11 +309,11 @@ class FirestoreRepository(DocumentOperations):
                 **WRITE)
 
     @optimistic
-    def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int]:
+    def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int] | None:
         """Take the user out of the lobby and delete their document (a ban keeps a remnant)."""
         user, entry = self._get(self._doc("users", user_id), self._doc("lobby", user_id))
         if finishing and docs.came_back(user.to_dict() if user.exists else None):
-            return {}  # back since the erasure was cut short: their account stays
+            return None  # back since the erasure was cut short: their account stays
         batch = self._guarded(user, entry)
         batch.delete(entry.reference)
         banned = user.exists and bool(user.to_dict().get("banned"))

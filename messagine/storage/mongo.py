@@ -290,14 +290,16 @@ class MongoRepository(DocumentOperations):
             {"$set": answer, "$setOnInsert": {k: v for k, v in marker if k not in answer}},
             upsert=not confirmed)
 
-    def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int]:
+    def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int] | None:
         # A ban outlives erasure (domain.erasure): only the banned remnant stays; an age
-        # refusal only its marker. Replaced only if ban and answer are still as read.
+        # refusal only its marker. Replaced only if ban and answer are still as read. The
+        # lobby entry read first goes: not one the user made coming back meanwhile.
+        entry = self.db.lobby.find_one({"_id": user_id}, {"since": 1})
         for _ in range(_ATTEMPTS):
             doc = self.db.users.find_one({"_id": user_id}, {"banned": 1, "age_answer": 1,
                                                             "age_answered_at": 1})
             if finishing and docs.came_back(doc):
-                return {}  # back since the erasure was cut short: their account stays
+                return None  # back since the erasure was cut short: their account stays
             kept = docs.kept_profile(user_id, doc)
             guard = {"_id": user_id, "banned": (doc or {}).get("banned"),
                      "age_answer": (doc or {}).get("age_answer")}
@@ -305,7 +307,7 @@ class MongoRepository(DocumentOperations):
                     else doc is None or self.db.users.delete_one(guard).deleted_count)
             if done:
                 banned, lobby = bool((doc or {}).get("banned")), self.db.lobby.delete_one(
-                    {"_id": user_id}).deleted_count
+                    {"_id": user_id, "since": entry["since"]}).deleted_count if entry else 0
                 return {"lobby": lobby, "kept_for_ban": int(banned),
                         "profile": int(doc is not None and not banned)}
         raise StorageUnavailable(f"mongo: users {user_id} kept changing")
@@ -482,13 +484,15 @@ class MongoRepository(DocumentOperations):
         return True
 
     def _drop_stale_entries(self, users: tuple[int, int], before: float) -> None:
-        """Delete the lobby entries (from before ``before``) of those not waiting.
+        """Delete the lobby entries (from before ``before``) of those not waiting, or gone.
 
-        A lobby timeout or a pairing cut short left them, and every search would choose them.
+        A lobby timeout, a pairing or an erasure cut short left them, and every search
+        would choose them.
         """
-        idle = [doc["_id"] for doc in self.db.users.find(
-            {"_id": {"$in": list(users)}, "waiting_since": None}, {"_id": 1})]
-        self.db.lobby.delete_many({"_id": {"$in": idle}, "since": {"$lte": before}})
+        waiting = {doc["_id"] for doc in self.db.users.find(
+            {"_id": {"$in": list(users)}, "waiting_since": {"$ne": None}}, {"_id": 1})}
+        self.db.lobby.delete_many({"_id": {"$in": [u for u in users if u not in waiting]},
+                                   "since": {"$lte": before}})
 
     # -- lobby and chats -----------------------------------------------------------------
 

@@ -409,9 +409,10 @@ class PersonalRecords(Protocol):
     def finish_erasure(self, user_id: int) -> dict[str, int]:
         """Finish an erasure ``unfinished_erasures`` names, as ``delete_user`` would.
 
-        A user who came back since keeps their profile, lobby place and current chat;
-        everything from before (links, chats, what others keep about them) is erased or
-        anonymised all the same: the erasure they asked for is not undone by coming back.
+        A user who came back since keeps their profile, lobby place, current chat and the
+        exclusions they made (their blocks and 👎 protect them); everything else from
+        before (links, chats, what others keep about them) is erased or anonymised all the
+        same: the erasure they asked for is not undone by coming back.
         """
         ...
 

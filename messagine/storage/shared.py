@@ -281,10 +281,11 @@ class DocumentPrimitives(Primitives, Protocol):
         """See ``Repository.open_update`` (an update with no user, here)."""
         ...
 
-    def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int]:
+    def _erase_profile(self, user_id: int, finishing: bool = False) -> dict[str, int] | None:
         """Delete the user's lobby entry and document (a ban keeps the remnant), by kind.
 
-        ``finishing`` an erasure cut short: a user who came back since keeps both.
+        ``finishing`` an erasure cut short after this step: a user who came back since
+        keeps both (None).
         """
         ...
 
@@ -331,9 +332,15 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         return self._erase(user_id, finishing=True)
 
     def _erase(self, user_id: int, *, finishing: bool) -> dict[str, int]:
-        self._create("erasures", user_id, {"user_id": user_id})
-        counts: Counter[str] = Counter(self._erase_profile(user_id, finishing))
+        journal = self._document("erasures", user_id) if finishing else None
+        self._create("erasures", user_id, {"user_id": user_id, "profile_erased": False})
+        profile = self._erase_profile(user_id, bool((journal or {}).get("profile_erased")))
+        self._change("erasures", user_id, ("profile_erased",),
+                     lambda entry: {"profile_erased": True})
+        counts: Counter[str] = Counter(profile or {})
         for kind, collection, names in docs.ERASED:
+            if profile is None and collection == "exclusions":
+                continue  # back since: the blocks and 👎 they made keep protecting them
             for name in names:
                 counts[kind] += self._delete_where(collection, (name, "==", user_id))
         stones, key = Tombstones(), protection_key(self._pepper, user_id)
