@@ -270,9 +270,11 @@ class Reminders:
         /deleteme's, an age refusal's or this job's; a user who came back since keeps
         their account, and loses what the erasure was to erase (``finish_erasure``).
         """
-        while time.monotonic() < deadline - 1.0 and (
-                unfinished := self.repository.unfinished_erasures(BATCH)):
+        finished: set[int] = set()
+        while time.monotonic() < deadline - 1.0 and (unfinished := set(
+                self.repository.unfinished_erasures(BATCH)) - finished):
             for user_id in unfinished:
+                finished.add(user_id)
                 self.analytics.delete_profile(user_id)  # buffered: lost if it stopped first
                 self.repository.finish_erasure(user_id)
                 summary.erasures_finished += 1

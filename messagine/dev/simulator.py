@@ -217,6 +217,11 @@ class Instances:
             self.urls.append(f"http://127.0.0.1:{port}/")
         for url, process in zip(self.urls, self.processes, strict=True):
             _wait_until_up(url, process)
+        # Warm, as instances serving traffic are: each worker's first request makes its
+        # store client (lazily, once), which on a loaded machine may outlast a call's
+        # deadline (a 503, re-delivered). The runs measure warm instances.
+        for index, url in enumerate(self.urls):
+            _warm_up(url, secret, load.workers_per_instance * load.threads_per_worker, index)
 
     def workers(self) -> list[int]:
         """The pids of every instance's worker processes (gunicorn's master's children)."""
@@ -821,6 +826,34 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+WARM_UP_USER = 2**40
+"""Warm-up requests come from users of their own (ids from here), never simulated ones."""
+
+
+def _warm_up(url: str, secret: str, requests_at_once: int, instance: int) -> None:
+    """/help from that many users at once, each until answered 200 (or 60 s)."""
+    def ask(number: int) -> None:
+        user = {"id": WARM_UP_USER + instance * 1_000 + number, "is_bot": False,
+                "first_name": "Warm-up"}
+        update = {"update_id": user["id"], "message": {
+            "message_id": 1, "date": int(time.time()), "from": user, "text": "/help",
+            "chat": {"id": user["id"], "type": "private", "first_name": "Warm-up"},
+            "entities": [{"type": "bot_command", "offset": 0, "length": 5}]}}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if requests.post(url, json=update, timeout=30, headers={
+                        "X-Telegram-Bot-Api-Secret-Token": secret}).status_code == 200:
+                    return
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(requests_at_once)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:

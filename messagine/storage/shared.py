@@ -5,7 +5,8 @@ the newest message, the bans on return, a rating, resolving a report, the inacti
 accounts, the state of a user, the export, the last chat, a chat by its id, whom a
 searcher avoids and a re-delivered ending, read as documents (``documents`` maps them;
 SQLite reads its rows so). ``DocumentOperations`` adds what MongoDB and Firestore do
-alike: erasure, an exclusion and whether a search resumes. Each operation stands on
+alike: erasure (and finishing one cut short), an exclusion, whether a search resumes
+and a banned user's update claimed alone. Each operation stands on
 primitives that the adapter gives, each one read or one write under the adapter's own
 guard. They are declared as Protocols (``Primitives``, ``DocumentPrimitives``), which
 the operations' classes subclass: an adapter that lacks one stays abstract, and mypy
@@ -323,8 +324,6 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         paired again: the chat their new document names, and its partner, are theirs
         again, and are left alone.
         """
-        # A journal entry until the last step: an erasure stopped half way (the user
-        # document already gone) is finished by the job (unfinished_erasures).
         return self._erase(user_id, finishing=False)
 
     def finish_erasure(self, user_id: int) -> dict[str, int]:
@@ -332,6 +331,9 @@ class DocumentOperations(SharedOperations, DocumentPrimitives):
         return self._erase(user_id, finishing=True)
 
     def _erase(self, user_id: int, *, finishing: bool) -> dict[str, int]:
+        # A journal entry until the last step: an erasure stopped half way (the user
+        # document already gone) is finished by the job (unfinished_erasures). It says
+        # whether the profile was taken, so that finishing tells a user back since.
         journal = self._document("erasures", user_id) if finishing else None
         self._create("erasures", user_id, {"user_id": user_id, "profile_erased": False})
         profile = self._erase_profile(user_id, bool((journal or {}).get("profile_erased")))
