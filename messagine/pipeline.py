@@ -28,7 +28,7 @@ from messagine.envelope import read as envelope_of
 from messagine.languages import language_for
 from messagine.models import OpenedUpdate, Profile, UserState
 from messagine.payload import problem as payload_problem
-from messagine.storage.port import MessageLog, StorageUnavailable, UpdateClaims, Users
+from messagine.storage.port import Chats, MessageLog, StorageUnavailable, UpdateClaims, Users
 from messagine.telegram import (
     Telegram,
     TelegramError,
@@ -52,8 +52,11 @@ KNOWN_KINDS = tuple(dict.fromkeys((*HANDLED_KINDS, *util.update_types)))
 """Every update kind pyTelegramBotAPI knows (its own list), ours first."""
 
 
-class PipelineStore(UpdateClaims, MessageLog, Users, Protocol):
-    """The storage roles the pipeline uses: claims, the message log, the newest messages."""
+class PipelineStore(UpdateClaims, MessageLog, Users, Chats, Protocol):
+    """The storage roles the pipeline uses: claims, the message log, the newest messages.
+
+    And a user's last chat: whether an unfinished update's text reached it.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,13 +273,14 @@ class Pipeline:
         """The sender, when an update whose first attempt died must be processed again.
 
         Its claim's lease expired before it was marked done: the attempt was killed or
-        its process stopped mid-request. A chat message is relayed again unless its
-        copy's link exists (written right after the copy: a message that has one was
-        relayed); a command is run again, which every command tolerates (a search or an
-        ending resumes by update id, the rest answer again), and so is a button whose route
-        ``resumes`` (a search, ending a chat, a report or rating, the age answers,
-        erasure: a crash half way would otherwise leave them half done). Other buttons
-        and texts are taken as done.
+        its process stopped mid-request (or failed and could not give its claim back). A
+        message is relayed again unless its copy's link exists (written right after the
+        copy: a message that has one was relayed), its sender told it was not delivered
+        if its chat has ended since; a command is run
+        again, which every command tolerates (a search or an ending resumes by update id,
+        the rest answer again), and so is a button whose route ``resumes`` (a search,
+        ending a chat, a report or rating, the age answers, erasure: a crash half way
+        would otherwise leave them half done). Other buttons are taken as done.
         """
         if chat.type != "private" or user is None:
             return None
@@ -289,12 +293,16 @@ class Pipeline:
         message = update.message if kind == "message" else None
         if message is None or message.from_user is None:
             return None
-        command = (message.text or "").startswith("/")
-        if user.banned or (user.chat is None and not command):
+        if user.banned:
             return None
-        if user.chat is not None and self.repository.find_message(
-                user.chat.chat_id, user.user_id, message.message_id) is not None:
-            return None  # relayed already (an unknown /word in a chat is relayed too)
+        # Relayed already if its link exists, in the chat or, once it has ended, in the
+        # last one (an unknown /word in a chat is relayed too). A text that was not, with
+        # the chat ended meanwhile, runs again: its sender is told it was not delivered.
+        chat_id = user.chat.chat_id if user.chat else getattr(
+            self.repository.last_chat(user.user_id), "chat_id", None)
+        if chat_id is not None and self.repository.find_message(
+                chat_id, user.user_id, message.message_id) is not None:
+            return None
         log.warning("update %s was claimed by an attempt that died: processing it again",
                     update.update_id)
         return user

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import Clock, Deliver, bot_env
+from messagine.catalog import Catalog
 from messagine.dev.fake_bot_api import FakeBotApi, FakeUser
 from messagine.domain.claims import LEASE_S
 from messagine.models import EndReason, Profile
@@ -350,6 +351,25 @@ def test_a_message_claimed_by_an_attempt_that_died_is_relayed_on_redelivery(
     assert deliver(update).outcome == "relayed"
     assert deliver(update).outcome == "duplicate", "now it is done: never twice"
     assert list(bob.texts()).count("the instance died before copying me") == 1
+
+
+def test_a_message_whose_dead_attempt_copied_nothing_after_its_chat_ended_is_answered(
+        bot: Runtime, fake_api: FakeBotApi, clock: Clock, alice: FakeUser, bob: FakeUser):
+    """The attempt died (or failed, and could not give its claim back); Bob left before
+    the re-delivery. Alice's text is not taken as done: she is answered, not left thinking
+    it arrived."""
+    deliver = bot.pipeline.process
+    pair(deliver, alice, bob)
+    update = alice.text("did this arrive?")
+    claim_of_a_dead_attempt(bot, clock, update, alice)
+    deliver(bob.command("exit_chat"))
+    deliver(bob.press_button("Yes"))
+    fake_api.reset_calls()
+    assert deliver(update).outcome != "duplicate"
+    t = Catalog().for_language("en")
+    assert alice.last()["text"] in {t("relay.chat_ended"), t("relay.idle")}, \
+        "Alice was not told her text reached nobody"
+    assert "did this arrive?" not in bob.texts()
 
 
 def test_a_message_whose_dead_attempt_had_copied_it_is_not_copied_again(
