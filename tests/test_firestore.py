@@ -332,3 +332,34 @@ def test_gcloud_accepts_the_setup_commands_and_fails_only_for_lack_of_an_account
         assert result.returncode != 0
         assert "You do not currently have an active account selected" in result.stderr, \
             (command, result.stderr)
+
+
+def test_a_claim_batch_cut_short_by_the_store_returns_what_it_claimed(
+        firestore_emulator: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch):
+    """The third claim of a batch of inactivity notices fails (the service unavailable):
+    the two claimed are returned (to be told, or given back), not left claimed and untold."""
+    from google.api_core import exceptions as gexc
+
+    from messagine.storage import firestore as firestore_adapter
+
+    project = firestore_project()
+    repository = FirestoreRepository(project, emulator_host=firestore_emulator.host)
+    now = 1_790_000_000.0
+    for user_id in (1, 2, 3):
+        repository.open_update(user_id, Profile(user_id, f"U{user_id}", None, None, None), "en",
+                               now)
+    real, calls = firestore_adapter.commit_unless_beaten, []
+
+    def third_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise gexc.ServiceUnavailable("test: the store went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(firestore_adapter, "commit_unless_beaten", third_fails)
+    cut = cutoffs(now + 400 * 86_400, Periods())
+    claimed = repository.claim_inactivity_notices(cut, now + 400 * 86_400, 10)
+    assert len(claimed) == 2
+    assert [u for u, _ in repository.claim_inactivity_notices(cut, now + 400 * 86_400, 10)] \
+        == [u for u in (1, 2, 3) if u not in {c for c, _ in claimed}]
+    firestore_emulator.reset(project)

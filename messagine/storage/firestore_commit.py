@@ -141,13 +141,22 @@ def update_guarded(client: Any, ref: Any,
 
 
 def claim_each(query: Any, limit: int, claim: Callable[[Any], R | None]) -> list[R]:
-    """Claim up to ``limit`` of what ``query`` finds; ``claim`` says None when beaten."""
+    """Claim up to ``limit`` of what ``query`` finds; ``claim`` says None when beaten.
+
+    A failure after the first claim returns those claimed so far (as MongoDB's
+    ``_claim_each``): the caller acts on them or gives them back, and meets the failure
+    on its next call.
+    """
     claimed: list[R] = []
-    for _ in range(limit + 3):  # a round that claims nobody still makes progress
-        if len(claimed) >= limit:
-            break
-        found = list(query.limit(limit - len(claimed)).stream(**CALL))
-        if not found:
-            break
-        claimed.extend(r for r in map(claim, found) if r is not None)
+    try:
+        for _ in range(limit + 3):  # a round that claims nobody still makes progress
+            if len(claimed) >= limit:
+                break
+            found = list(query.limit(limit - len(claimed)).stream(**CALL))
+            if not found:
+                break
+            claimed.extend(r for r in map(claim, found) if r is not None)  # one by one
+    except UNAVAILABLE:
+        if not claimed:
+            raise
     return claimed

@@ -535,7 +535,7 @@ class MongoRepository(DocumentOperations):
             lock.record_intent(intent)
             paired = self._apply_pairing(intent)
             lock.clear_intent()
-        if not paired:  # a stalled pairing took the partner meanwhile: Telegram re-delivers
+        if not paired:  # a side taken meanwhile, or a stale entry: Telegram re-delivers
             raise StorageUnavailable("mongo: the partner was taken by another pairing")
         return MatchResult(MatchOutcome.MATCHED, ActiveChat(
             intent["chat_id"], intent["partner"], intent["partner_language"], now),
